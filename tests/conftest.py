@@ -1,0 +1,30 @@
+"""Shared fixtures: the real HAM10000 copy beside the project, and isolated output folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_HAM = Path(os.environ.get("METANET_TEST_DATA", ROOT.parent / "shared" / "ham10000"))
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """The real HAM10000 copy (../shared/ham10000): 10015 images at 200x150 and the metadata."""
+    if not (SHARED_HAM / "HAM10000_metadata.csv").is_file():
+        pytest.skip(f"real HAM10000 copy not found at {SHARED_HAM}")
+    return SHARED_HAM
+
+
+@pytest.fixture()
+def isolated_root(tmp_path, monkeypatch) -> Path:
+    """A private project root: results/, figures/, data/cache go under tmp_path."""
+    monkeypatch.setenv("METANET_ROOT", str(tmp_path))
+    monkeypatch.setenv("METANET_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setenv("METANET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("METANET_FIGURES_DIR", str(tmp_path / "figures"))
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    return tmp_path
