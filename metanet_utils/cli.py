@@ -1,0 +1,233 @@
+"""Command line: ``python -m metanet_utils ...`` (also installed as ``metanet``).
+
+Commands:
+    data verify|download|synth|prepare   find, fetch, check and cache the data
+    train                                one run of a profile
+    grid                                 all runs of a profile (here, several workers, or Slurm)
+    weights fetch                        pretrained weights into a folder, for offline machines
+    tables                               Tables 1-4 from the records of a profile
+
+Every command checks its arguments before any work starts and exits non-zero with a
+one-line message on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="folder with HAM10000_metadata.csv and the ISIC_*.jpg images "
+                        "(default: $METANET_DATA_DIR, then data/ham10000/)")
+
+
+def _add_profile(p: argparse.ArgumentParser, default: str | None = "demo") -> None:
+    p.add_argument("--profile", default=default, help="profile name in configs/ (smoke, demo, quick, paper) "
+                                                      "or a path to a YAML file (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="metanet", description="MetaNet (Li et al., ISBI 2020) reproduction kit")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="find, download, verify, synthesise and cache data")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    v = dsub.add_parser("verify", help="check a data folder: counts vs the paper, missing/extra/broken files")
+    _add_data_dir(v)
+    v.add_argument("--no-decode", action="store_true", help="skip decoding every image (faster)")
+    d = dsub.add_parser("download", help="download the official ISIC 2018 Task 3 files and HAM10000 metadata")
+    d.add_argument("--dest", type=Path, default=None, help="target folder (default: data/ham10000/)")
+    d.add_argument("--metadata-only", action="store_true", help="only the metadata CSV (a few hundred kB)")
+    s = dsub.add_parser("synth", help="write the synthetic dataset (same layout as the real data)")
+    s.add_argument("--dest", type=Path, default=None, help="target folder (default: data/synthetic-<n>-s<seed>/)")
+    s.add_argument("--n", type=int, default=700, help="number of images (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=0)
+    pr = dsub.add_parser("prepare", help="build the image caches and folds a profile needs")
+    _add_data_dir(pr)
+    _add_profile(pr)
+
+    t = sub.add_parser("train", help="train one run (skipped if its record is complete)")
+    _add_profile(t)
+    _add_data_dir(t)
+    t.add_argument("--backbone", required=True)
+    t.add_argument("--fusion", required=True, choices=["none", "concat", "metanet", "metablock"])
+    t.add_argument("--fold", type=int, default=0)
+    t.add_argument("--meta-features", default="age,sex,localization",
+                   help="comma-separated subset of age,sex,localization")
+    t.add_argument("--meta-layers", type=int, default=None, help="fully connected layers for the metadata (default: "
+                                                                 "profile's; concat in Table 1 uses 0)")
+    t.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
+    t.add_argument("--device", default=None)
+    t.add_argument("--weights-dir", type=Path, default=None)
+
+    g = sub.add_parser("grid", help="train every missing run of a profile")
+    _add_profile(g)
+    _add_data_dir(g)
+    g.add_argument("--only", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="restrict to runs whose setting matches, e.g. fusion=metanet fold=0,1")
+    g.add_argument("--workers", type=int, default=None, help="worker processes on this machine (default: profile's)")
+    g.add_argument("--executor", choices=["local", "slurm"], default="local")
+    g.add_argument("--no-wait", action="store_true", help="do not wait for runs held by other workers / jobs")
+    g.add_argument("--device", default=None)
+    g.add_argument("--weights-dir", type=Path, default=None)
+    g.add_argument("--list", action="store_true", help="only list the runs and whether they are complete")
+    g.add_argument("--partition", default=None, help="Slurm partition")
+    g.add_argument("--gpus-per-job", type=int, default=1)
+    g.add_argument("--max-parallel", type=int, default=None, help="Slurm array: jobs running at once")
+    g.add_argument("--time", type=int, default=None, help="Slurm time limit per job, minutes")
+    g.add_argument("--slurm-option", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra Slurm settings passed to submitit (slurm_additional_parameters)")
+
+    w = sub.add_parser("weights", help="pretrained weights for machines without internet")
+    wsub = w.add_subparsers(dest="weights_command", required=True)
+    wf = wsub.add_parser("fetch", help="download the six backbones' ImageNet weights into a folder")
+    wf.add_argument("--weights-dir", type=Path, required=True)
+    wf.add_argument("--backbones", nargs="*", default=None)
+
+    tb = sub.add_parser("tables", help="write results/tables/table{1,2,3,4}.{csv,md} from a profile's records")
+    _add_profile(tb)
+    _add_data_dir(tb)
+    return ap
+
+
+def _fail(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import ConfigError
+    from .data import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args, argv)
+    except (ConfigError, DataError) as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are kept; rerun the same command to continue", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> int:
+    if args.command == "data":
+        return _data(args)
+    if args.command == "weights":
+        from .models import fetch_weights
+
+        fetch_weights(args.weights_dir, *( [args.backbones] if args.backbones else []))
+        print(f"weights in {args.weights_dir}; on offline machines set METANET_WEIGHTS_DIR={args.weights_dir}")
+        return 0
+
+    from .config import load_profile
+
+    profile = load_profile(args.profile)
+    if getattr(args, "data_dir", None) is not None and not Path(args.data_dir).is_dir():
+        return _fail(f"--data-dir {args.data_dir} does not exist")
+    if args.command == "train":
+        return _train(args, profile)
+    if args.command == "grid":
+        return _grid(args, profile, argv)
+    if args.command == "tables":
+        return _tables(args, profile)
+    return _fail(f"unknown command {args.command}")
+
+
+def _data(args: argparse.Namespace) -> int:
+    from .paths import data_dir
+
+    if args.data_command == "verify":
+        from .data import find_data_dir, verify
+
+        loc = find_data_dir(args.data_dir)
+        report = verify(loc.path, decode=not args.no_decode)
+        print(report.format())
+        return 0 if report.ok else 1
+    if args.data_command == "download":
+        from .download import download_official
+
+        dest = args.dest or data_dir() / "ham10000"
+        download_official(dest, include_images=not args.metadata_only)
+        print(f"data in {dest}; check it with: python -m metanet_utils data verify --data-dir {dest}")
+        return 0
+    if args.data_command == "synth":
+        from .synthetic import make_synthetic
+
+        dest = args.dest or data_dir() / f"synthetic-{args.n}-s{args.seed}"
+        path = make_synthetic(dest, n_images=args.n, seed=args.seed)
+        print(f"synthetic dataset ({args.n} images, seed {args.seed}) in {path}")
+        return 0
+    if args.data_command == "prepare":
+        from .config import load_profile
+        from .grid import enumerate_runs, profile_dataset
+
+        profile = load_profile(args.profile)
+        ds = profile_dataset(profile, args.data_dir)
+        runs = enumerate_runs(profile, ds)
+        for size, cc in sorted({(r.image_size, r.color_constancy) for r in runs}):
+            ds.images(size, cc)
+        for n, scheme, seed in sorted({(r.n_folds, r.split_scheme, r.split_seed) for r in runs}):
+            ds.folds(n, scheme, seed)
+        print(f"prepared {ds.kind} data ({len(ds.df)} images, fingerprint {ds.fingerprint}) for {len(runs)} runs")
+        return 0
+    return _fail(f"unknown data command {args.data_command}")
+
+
+def _train(args: argparse.Namespace, profile) -> int:
+    from .grid import _base, _variant, profile_dataset
+    from .train import train_run
+
+    features = tuple(f for f in args.meta_features.split(",") if f)
+    ds = profile_dataset(profile, args.data_dir)
+    base = _base(profile, ds, args.backbone).replace(fold=args.fold)
+    if args.epochs is not None:
+        base = base.replace(epochs=args.epochs)
+    cfg = _variant(base, args.fusion, features, args.meta_layers)
+    m = train_run(cfg, ds, device=args.device, weights_dir=args.weights_dir)
+    print(f"{cfg.run_id}: MCR {m['mcr']:.4f}")
+    return 0
+
+
+def _grid(args: argparse.Namespace, profile, argv: list[str] | None) -> int:
+    from .grid import enumerate_runs, filter_runs, parse_only, profile_dataset, run_grid, spawn_workers, status_table
+
+    only = parse_only(args.only)
+    if args.executor == "slurm":
+        from .slurm import run_grid_slurm
+
+        return run_grid_slurm(profile, args)
+    workers = args.workers or profile.workers
+    if workers > 1 and not os.environ.get("METANET_WORKER"):
+        ds = profile_dataset(profile, args.data_dir)  # build caches/folds once before the workers start
+        runs = enumerate_runs(profile, ds)
+        for size, cc in sorted({(r.image_size, r.color_constancy) for r in runs}):
+            ds.images(size, cc)
+        for n, scheme, seed in sorted({(r.n_folds, r.split_scheme, r.split_seed) for r in runs}):
+            ds.folds(n, scheme, seed)
+        rest = [a for a in (argv if argv is not None else sys.argv[1:])]
+        return spawn_workers(workers, rest)
+    ds = profile_dataset(profile, args.data_dir)
+    if args.list:
+        print(status_table(filter_runs(enumerate_runs(profile, ds), only)).to_string(index=False))
+        return 0
+    summary = run_grid(profile, ds, only=only, device=args.device, weights_dir=args.weights_dir,
+                       wait=not args.no_wait)
+    return 1 if summary.failed else 0
+
+
+def _tables(args: argparse.Namespace, profile) -> int:
+    from .report import write_profile_tables
+
+    out = write_profile_tables(profile, args.data_dir)
+    print(f"tables written to {out}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

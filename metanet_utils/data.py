@@ -1,0 +1,452 @@
+"""Finding, loading and verifying HAM10000 / ISIC 2018 Task 3 data.
+
+Layouts understood (DESIGN.md): a folder holding ``HAM10000_metadata.csv`` and the
+``ISIC_*.jpg`` images either in the folder itself, in ``images/``, in the official
+``HAM10000_images_part_1/2`` folders or in ``ISIC2018_Task3_Training_Input/``. The
+official one-hot ground-truth CSV (``ISIC2018_Task3_Training_GroundTruth.csv``) is read
+as a label source when the HAM10000 metadata file is absent (then age, sex and site are
+unknown, and the lesion groupings CSV supplies ``lesion_id`` when present).
+
+Where data is looked for, in order: the ``data_dir`` argument (``--data-dir``),
+``$METANET_DATA_DIR``, ``data/ham10000/``.
+
+Example:
+    >>> from metanet_utils.data import load_metadata          # doctest: +SKIP
+    >>> df = load_metadata("../shared/ham10000")              # doctest: +SKIP
+    >>> df.dx.value_counts()["nv"]                            # doctest: +SKIP
+    6705
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .constants import CLASS_CODES, DATA_CLASS_COUNTS, DX_CODES, N_IMAGES, N_LESIONS, PAPER_CLASS_COUNTS, SEXES, SITES
+
+__all__ = [
+    "DataError",
+    "METADATA_FILE",
+    "GROUNDTRUTH_FILE",
+    "REQUIRED_COLUMNS",
+    "IMAGE_FOLDERS",
+    "DataLocation",
+    "find_data_dir",
+    "find_images",
+    "load_metadata",
+    "check_image",
+    "VerifyReport",
+    "verify",
+    "data_fingerprint",
+    "stratified_subsample",
+]
+
+METADATA_FILE = "HAM10000_metadata.csv"
+GROUNDTRUTH_FILE = "ISIC2018_Task3_Training_GroundTruth.csv"
+LESION_GROUPINGS_FILE = "ISIC2018_Task3_Training_LesionGroupings.csv"
+REQUIRED_COLUMNS: tuple[str, ...] = ("lesion_id", "image_id", "dx", "age", "sex", "localization")
+#: Sub-folders searched for images, besides the data folder itself.
+IMAGE_FOLDERS: tuple[str, ...] = (
+    "images",
+    "HAM10000_images_part_1",
+    "HAM10000_images_part_2",
+    "HAM10000_images",
+    "ISIC2018_Task3_Training_Input",
+)
+AGE_RANGE = (0.0, 120.0)
+
+
+class DataError(ValueError):
+    """The data is missing or malformed; the message names the file or row and the value."""
+
+
+@dataclass(frozen=True)
+class DataLocation:
+    """Where the data was found and what it is (``real`` or ``synthetic``)."""
+
+    path: Path
+    kind: str
+    source: str
+
+    def banner(self) -> str:
+        if self.kind == "synthetic":
+            return (f"*** SYNTHETIC DATA *** ({self.path}): procedurally drawn images, NOT HAM10000. "
+                    "Numbers from this run say nothing about the paper's claims.")
+        return f"Real data from {self.path} (found via {self.source})."
+
+
+def _has_metadata(d: Path) -> bool:
+    return (d / METADATA_FILE).is_file() or bool(_groundtruth_file(d))
+
+
+def _groundtruth_file(d: Path) -> Path | None:
+    for cand in (d / GROUNDTRUTH_FILE, d / "ISIC2018_Task3_Training_GroundTruth" / GROUNDTRUTH_FILE):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def find_data_dir(data_dir: str | Path | None = None, *, synthetic_fallback: bool = False,
+                  synthetic_images: int = 700, seed: int = 0) -> DataLocation:
+    """Locate the data: ``data_dir``, then ``$METANET_DATA_DIR``, then ``data/ham10000/``.
+
+    With ``synthetic_fallback`` (the demo and smoke profiles) and nothing found, the
+    synthetic dataset is written to (or reused from) ``data/synthetic-<n>-s<seed>/``.
+
+    Raises:
+        DataError: a given folder does not exist or holds no metadata, or nothing was
+            found and there is no fallback; the message says how to get the data.
+    """
+    from .paths import data_dir as default_data_root
+
+    if data_dir is not None:
+        d = Path(data_dir).expanduser()
+        if not d.is_dir():
+            raise DataError(f"--data-dir {d} does not exist; give a folder holding {METADATA_FILE} and the ISIC_*.jpg images")
+        if not _has_metadata(d):
+            raise DataError(f"--data-dir {d} holds neither {METADATA_FILE} nor {GROUNDTRUTH_FILE}")
+        return DataLocation(d.resolve(), _kind(d), "argument")
+    env = os.environ.get("METANET_DATA_DIR")
+    if env:
+        d = Path(env).expanduser()
+        if not d.is_dir() or not _has_metadata(d):
+            raise DataError(f"$METANET_DATA_DIR={env} does not hold {METADATA_FILE}; fix or unset it")
+        return DataLocation(d.resolve(), _kind(d), "METANET_DATA_DIR")
+    d = default_data_root() / "ham10000"
+    if d.is_dir() and _has_metadata(d):
+        return DataLocation(d.resolve(), _kind(d), "data/ham10000")
+    if synthetic_fallback:
+        from .synthetic import make_synthetic
+
+        dest = default_data_root() / f"synthetic-{synthetic_images}-s{seed}"
+        path = make_synthetic(dest, n_images=synthetic_images, seed=seed)
+        return DataLocation(Path(path).resolve(), "synthetic", "synthetic fallback (no real data found)")
+    raise DataError(
+        "no HAM10000 data found (looked at --data-dir, $METANET_DATA_DIR and data/ham10000/). "
+        "Run `python -m metanet_utils data download` (about 3 GB), or download the ISIC 2018 Task 3 training "
+        "files and the HAM10000 metadata (Harvard Dataverse doi:10.7910/DVN/DBW86T) by hand into data/ham10000/, "
+        "or pass --data-dir PATH.")
+
+
+def _kind(d: Path) -> str:
+    try:
+        from .synthetic import is_synthetic
+
+        return "synthetic" if is_synthetic(d) else "real"
+    except ImportError:  # pragma: no cover
+        return "real"
+
+
+def find_images(data_dir: str | Path) -> dict[str, Path]:
+    """Map ``image_id`` -> file for every ``ISIC_*.jpg`` in the known layouts."""
+    data_dir = Path(data_dir)
+    found: dict[str, Path] = {}
+    for d in (data_dir, *(data_dir / s for s in IMAGE_FOLDERS)):
+        if not d.is_dir():
+            continue
+        with os.scandir(d) as it:
+            for e in it:
+                name = e.name
+                if name.startswith("ISIC_") and name.lower().endswith(".jpg") and e.is_file():
+                    found.setdefault(name[:-4], Path(e.path))
+    return found
+
+
+def _normalise_text(s: pd.Series) -> pd.Series:
+    return s.astype("string").str.strip().str.lower()
+
+
+def _read_groundtruth(path: Path) -> pd.DataFrame:
+    gt = pd.read_csv(path)
+    missing = [c for c in ("image", *CLASS_CODES) if c not in gt.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; expected image,{','.join(CLASS_CODES)}")
+    onehot = gt[list(CLASS_CODES)].to_numpy(dtype=float)
+    bad = ~(np.isin(onehot, (0.0, 1.0)).all(axis=1) & (onehot.sum(axis=1) == 1))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}: row {i + 2} (image {gt['image'].iloc[i]}) is not one-hot: {onehot[i].tolist()}")
+    return pd.DataFrame({"image_id": gt["image"].astype(str),
+                         "dx": [DX_CODES[j] for j in onehot.argmax(axis=1)]})
+
+
+def _metadata_from_groundtruth(data_dir: Path, gt_path: Path) -> pd.DataFrame:
+    df = _read_groundtruth(gt_path)
+    groupings = data_dir / LESION_GROUPINGS_FILE
+    if groupings.is_file():
+        g = pd.read_csv(groupings).rename(columns={"image": "image_id"})
+        df = df.merge(g[["image_id", "lesion_id"]], on="image_id", how="left")
+    if "lesion_id" not in df or df["lesion_id"].isna().any():
+        df["lesion_id"] = df.get("lesion_id", pd.Series(index=df.index, dtype=object)).fillna(df["image_id"])
+    df["dx_type"] = "unknown"
+    df["age"] = np.nan
+    df["sex"] = "unknown"
+    df["localization"] = "unknown"
+    return df
+
+
+def load_metadata(data_dir: str | Path, *, require_images: bool = True, check_groundtruth: bool = True) -> pd.DataFrame:
+    """One row per image: ``image_id, lesion_id, dx, dx_type, age, sex, localization, path``.
+
+    Text values are stripped and lower-cased. Rows are in the file's order.
+
+    Args:
+        data_dir: a folder in one of the layouts of this module.
+        require_images: raise if a metadata row has no image file (else ``path`` is None).
+        check_groundtruth: when the official ground-truth CSV is also present, check that
+            it agrees with ``dx``.
+
+    Raises:
+        DataError: a missing column, an unknown diagnosis, site or sex, an age that is not
+            a number in 0..120, a duplicated ``image_id``, a lesion whose images disagree
+            on the diagnosis, or (with ``require_images``) missing image files.
+    """
+    data_dir = Path(data_dir)
+    meta_path = data_dir / METADATA_FILE
+    gt_path = _groundtruth_file(data_dir)
+    if meta_path.is_file():
+        try:
+            df = pd.read_csv(meta_path, dtype={"age": object})
+        except Exception as e:  # noqa: BLE001 - any parser failure is a data error
+            raise DataError(f"{meta_path}: cannot be read as CSV ({e})") from None
+        df.columns = [str(c).strip() for c in df.columns]
+        missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+        if missing:
+            raise DataError(f"{meta_path}: missing column(s) {missing}; found {list(df.columns)}; "
+                            f"required: {', '.join(REQUIRED_COLUMNS)}")
+        source = meta_path
+    elif gt_path is not None:
+        df = _metadata_from_groundtruth(data_dir, gt_path)
+        source = gt_path
+    else:
+        raise DataError(f"{data_dir}: neither {METADATA_FILE} nor {GROUNDTRUTH_FILE} found")
+    if "dx_type" not in df.columns:
+        df["dx_type"] = "unknown"
+
+    df["image_id"] = df["image_id"].astype("string").str.strip()
+    df["lesion_id"] = df["lesion_id"].astype("string").str.strip()
+    for col in ("dx", "dx_type", "sex", "localization"):
+        df[col] = _normalise_text(df[col])
+    df["sex"] = df["sex"].fillna("unknown")
+    df["localization"] = df["localization"].fillna("unknown")
+    _validate(df, source)
+    df["age"] = _parse_age(df, source)
+
+    if check_groundtruth and gt_path is not None and source != gt_path:
+        gt = _read_groundtruth(gt_path).set_index("image_id")["dx"]
+        common = df[df["image_id"].isin(gt.index)]
+        disagree = common[common["dx"].to_numpy() != gt.loc[common["image_id"]].to_numpy()]
+        if len(disagree):
+            r = disagree.iloc[0]
+            raise DataError(f"{gt_path}: image {r.image_id} is {gt[r.image_id]!r} there but {r.dx!r} in {meta_path.name} "
+                            f"({len(disagree)} such rows)")
+
+    images = find_images(data_dir)
+    df["path"] = [str(images[i]) if i in images else None for i in df["image_id"]]
+    if require_images:
+        absent = df.loc[df["path"].isna(), "image_id"].tolist()
+        if absent:
+            raise DataError(f"{len(absent)} image(s) listed in {source.name} are missing on disk under {data_dir}, "
+                            f"e.g. {', '.join(absent[:5])}; run `python -m metanet_utils data verify --data-dir {data_dir}`")
+    cols = ["image_id", "lesion_id", "dx", "dx_type", "age", "sex", "localization", "path"]
+    return df[cols + [c for c in df.columns if c not in cols]].reset_index(drop=True)
+
+
+def _row_ref(df: pd.DataFrame, i: int, source: Path) -> str:
+    return f"{source.name} row {i + 2} (image_id {df['image_id'].iloc[i]})"
+
+
+def _validate(df: pd.DataFrame, source: Path) -> None:
+    checks = (("dx", DX_CODES, "diagnosis"), ("sex", (*SEXES, "unknown"), "sex"),
+              ("localization", (*SITES, "unknown"), "site"))
+    for col, allowed, what in checks:
+        bad = ~df[col].isin(allowed)
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(f"{_row_ref(df, i, source)}: unknown {what} {df[col].iloc[i]!r}; "
+                            f"allowed: {', '.join(allowed)} ({int(bad.sum())} such rows)")
+    dup = df["image_id"].duplicated(keep=False)
+    if dup.any():
+        ids = sorted(set(df.loc[dup, "image_id"]))
+        i = int(np.flatnonzero(dup.to_numpy())[1])
+        raise DataError(f"{_row_ref(df, i, source)}: duplicated image_id {ids[0]!r} ({len(ids)} duplicated ids)")
+    if df["lesion_id"].isna().any():
+        i = int(np.flatnonzero(df["lesion_id"].isna().to_numpy())[0])
+        raise DataError(f"{_row_ref(df, i, source)}: empty lesion_id")
+    n_dx = df.groupby("lesion_id")["dx"].nunique()
+    bad_lesions = n_dx[n_dx > 1]
+    if len(bad_lesions):
+        lid = bad_lesions.index[0]
+        values = sorted(df.loc[df["lesion_id"] == lid, "dx"].unique())
+        raise DataError(f"{source.name}: lesion {lid} has images with different diagnoses {values} "
+                        f"({len(bad_lesions)} such lesions)")
+
+
+def _parse_age(df: pd.DataFrame, source: Path) -> pd.Series:
+    raw = df["age"]
+    text = raw.astype("string").str.strip()
+    age = pd.to_numeric(text, errors="coerce")
+    not_number = age.isna() & text.notna() & ~text.str.lower().isin(["", "nan", "na", "unknown"])
+    if not_number.any():
+        i = int(np.flatnonzero(not_number.to_numpy())[0])
+        raise DataError(f"{_row_ref(df, i, source)}: age {raw.iloc[i]!r} is not a number")
+    out = (age < AGE_RANGE[0]) | (age > AGE_RANGE[1])
+    if out.any():
+        i = int(np.flatnonzero(out.to_numpy())[0])
+        raise DataError(f"{_row_ref(df, i, source)}: age {age.iloc[i]} is outside {AGE_RANGE[0]:.0f}-{AGE_RANGE[1]:.0f}")
+    return age.astype(float)
+
+
+def check_image(path: str | Path) -> str | None:
+    """Decode one image fully; return None if fine, else what is wrong with it."""
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if size == 0:
+        return "is empty (0 bytes)"
+    try:
+        with Image.open(path) as im:
+            fmt = im.format
+            im.load()
+            mode = im.mode
+    except Exception as e:  # noqa: BLE001 - PIL raises many types
+        return f"is not a readable image ({type(e).__name__}: {e})"
+    if fmt != "JPEG":
+        return f"is a {fmt} file, not a JPEG"
+    if mode not in ("RGB", "L", "RGBA", "CMYK"):
+        return f"has unsupported colour mode {mode}"
+    return None
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify`` found; ``ok`` is False when anything would break training."""
+
+    data_dir: Path
+    n_images: int = 0
+    n_lesions: int = 0
+    class_counts: dict[str, int] = field(default_factory=dict)
+    missing_images: list[str] = field(default_factory=list)
+    files_without_metadata: list[str] = field(default_factory=list)
+    bad_images: dict[str, str] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.errors or self.missing_images or self.bad_images)
+
+    def counts_table(self) -> pd.DataFrame:
+        """Class counts here vs the paper's (Sec. 3.1) and the official data."""
+        rows = []
+        for dx in sorted(DATA_CLASS_COUNTS, key=lambda k: -DATA_CLASS_COUNTS[k]):
+            rows.append({"dx": dx, "here": self.class_counts.get(dx, 0), "paper": PAPER_CLASS_COUNTS[dx],
+                         "official": DATA_CLASS_COUNTS[dx]})
+        t = pd.DataFrame(rows)
+        t["here_minus_paper"] = t["here"] - t["paper"]
+        return t
+
+    def format(self) -> str:
+        lines = [f"Data folder: {self.data_dir}", f"images in metadata: {self.n_images} (official {N_IMAGES}); "
+                 f"lesions: {self.n_lesions} (official {N_LESIONS})"]
+        if self.class_counts:
+            lines.append("class counts (here / paper / official):")
+            for r in self.counts_table().itertuples():
+                flag = "  <- paper misprint (official data has %d)" % r.official if r.paper != r.official else ""
+                lines.append(f"  {r.dx:6s} {r.here:5d} / {r.paper:5d} / {r.official:5d}{flag}")
+        lines += [f"NOTE: {n}" for n in self.notes]
+        if self.missing_images:
+            lines.append(f"MISSING: {len(self.missing_images)} image(s) in the metadata have no file: "
+                         + ", ".join(self.missing_images[:20]) + (" ..." if len(self.missing_images) > 20 else ""))
+        if self.files_without_metadata:
+            lines.append(f"EXTRA: {len(self.files_without_metadata)} image file(s) have no metadata row (ignored): "
+                         + ", ".join(self.files_without_metadata[:20]))
+        for name, why in list(self.bad_images.items())[:50]:
+            lines.append(f"BAD IMAGE: {name} {why}")
+        lines += [f"ERROR: {e}" for e in self.errors]
+        lines.append("OK" if self.ok else "FAILED: fix the problems above")
+        return "\n".join(lines)
+
+
+def verify(data_dir: str | Path, *, decode: bool = True, workers: int | None = None, progress: bool = True) -> VerifyReport:
+    """Check a data folder: metadata rules, counts against the paper's, files on disk.
+
+    Every problem is collected (not only the first), each naming the file or row and
+    the value. ``decode`` fully decodes every image (parallel) to find truncated or
+    unreadable files.
+    """
+    data_dir = Path(data_dir)
+    report = VerifyReport(data_dir=data_dir)
+    try:
+        df = load_metadata(data_dir, require_images=False)
+    except DataError as e:
+        report.errors.append(str(e))
+        return report
+    report.n_images = len(df)
+    report.n_lesions = int(df["lesion_id"].nunique())
+    report.class_counts = {k: int(v) for k, v in df["dx"].value_counts().items()}
+    if report.n_images == N_IMAGES:
+        report.notes.append("the paper prints BKL 1098 and VASC 143; the official data has 1099 and 142 (misprint)")
+    report.missing_images = df.loc[df["path"].isna(), "image_id"].tolist()
+    on_disk = find_images(data_dir)
+    report.files_without_metadata = sorted(set(on_disk) - set(df["image_id"]))
+    if decode:
+        paths = [p for p in df["path"].dropna()]
+        with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) * 2)) as ex:
+            results = ex.map(check_image, paths)
+            if progress:
+                from tqdm.auto import tqdm
+
+                results = tqdm(results, total=len(paths), desc="decoding images", unit="img", mininterval=1.0)
+            for p, why in zip(paths, results):
+                if why:
+                    report.bad_images[Path(p).name] = why
+    return report
+
+
+def data_fingerprint(df: pd.DataFrame) -> str:
+    """A short hash of what the data is: ids, labels, metadata and file sizes.
+
+    Two folders with the same images and metadata give the same fingerprint; any change
+    (a subsample, a different resolution, an edited row) gives another.
+    """
+    h = hashlib.sha256()
+    cols = ["image_id", "lesion_id", "dx", "age", "sex", "localization"]
+    h.update(pd.util.hash_pandas_object(df[cols].astype(str), index=False).to_numpy().tobytes())
+    sizes = [os.path.getsize(p) if isinstance(p, str) and os.path.exists(p) else -1 for p in df["path"]]
+    h.update(np.asarray(sizes, dtype=np.int64).tobytes())
+    return h.hexdigest()[:12]
+
+
+def stratified_subsample(df: pd.DataFrame, n: int | None, seed: int = 0, min_per_class: int = 10) -> pd.DataFrame:
+    """Keep about ``n`` images, whole lesions at a time, with HAM10000's class proportions
+    and at least ``min_per_class`` images per class (so 5-fold CV still has every class).
+    """
+    if n is None or n >= len(df):
+        return df.reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    share = df["dx"].value_counts(normalize=True).sort_index()
+    keep: list[str] = []
+    for dx, frac in share.items():
+        target = max(min_per_class, int(round(frac * n)))
+        lesions = np.array(sorted(df.loc[df["dx"] == dx, "lesion_id"].unique()), dtype=object)
+        rng.shuffle(lesions)
+        sizes = df[df["dx"] == dx].groupby("lesion_id").size()
+        total = 0
+        for lid in lesions:
+            if total >= target:
+                break
+            keep.append(lid)
+            total += int(sizes[lid])
+    out = df[df["lesion_id"].isin(set(keep))]
+    return out.reset_index(drop=True)

@@ -1,0 +1,100 @@
+"""One loaded data set: metadata, its fingerprint, the image caches, folds and metadata vectors.
+
+This is what the grid and a training run share: loading and caching happen once per
+process, whatever number of runs use them.
+
+Example:
+    >>> from metanet_utils.dataset import open_dataset                       # doctest: +SKIP
+    >>> ds = open_dataset("../shared/ham10000", max_images=400)               # doctest: +SKIP
+    >>> ds.images(64, True).shape, ds.folds(5, "image").max()                # doctest: +SKIP
+    ((416, 64, 64, 3), 4)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .constants import DX_TO_INDEX
+
+__all__ = ["Dataset", "open_dataset"]
+
+
+@dataclass
+class Dataset:
+    """Metadata rows (``df``) plus lazily built, memoised derived arrays."""
+
+    df: pd.DataFrame
+    data_dir: Path
+    kind: str
+    fingerprint: str
+    _images: dict = field(default_factory=dict, repr=False)
+    _folds: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.df["dx"].map(DX_TO_INDEX).to_numpy(dtype=np.int64)
+
+    @property
+    def image_ids(self) -> list[str]:
+        return [str(i) for i in self.df["image_id"]]
+
+    def images(self, size: int, color_constancy: bool = True, progress: bool = True) -> np.ndarray:
+        """``N x size x size x 3`` uint8 (memory-mapped from the on-disk cache)."""
+        key = (size, color_constancy)
+        if key not in self._images:
+            from .cache import build_cache
+
+            self._images[key] = build_cache(self.df, size, color_constancy, fingerprint=self.fingerprint,
+                                            progress=progress)
+        return self._images[key]
+
+    def folds(self, n_folds: int = 5, scheme: str = "image", seed: int = 0) -> np.ndarray:
+        """Fold index per row, saved once per data set and scheme under ``results/folds``."""
+        key = (n_folds, scheme, seed)
+        if key not in self._folds:
+            from .splits import load_or_make_folds
+
+            self._folds[key] = load_or_make_folds(self.df, n_folds=n_folds, scheme=scheme, seed=seed,
+                                                  key=self.fingerprint)
+        return self._folds[key]
+
+    def meta(self, features: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+        """The encoded metadata (paper's rules, statistics of the whole data set)."""
+        from .metadata import encode
+
+        return encode(self.df, features=tuple(features))
+
+
+def open_dataset(data_dir: str | Path | None = None, *, max_images: int | None = None, seed: int = 0,
+                 synthetic_fallback: bool = False, synthetic_images: int = 700, data: str = "auto") -> Dataset:
+    """Find, load and (optionally) subsample the data.
+
+    Args:
+        data_dir: folder of the data; None looks in the default places (see
+            :func:`metanet_utils.data.find_data_dir`).
+        max_images: keep about this many images (whole lesions, class proportions kept).
+        synthetic_fallback: write/use the synthetic dataset when no real data is found.
+        data: ``auto`` (real if found), ``real`` (refuse synthetic) or ``synthetic`` (always).
+    """
+    from .data import DataError, data_fingerprint, find_data_dir, load_metadata, stratified_subsample
+
+    if data == "synthetic" and data_dir is None:
+        from .paths import data_dir as default_root
+        from .synthetic import make_synthetic
+
+        path = Path(make_synthetic(default_root() / f"synthetic-{synthetic_images}-s{seed}",
+                                   n_images=synthetic_images, seed=seed))
+        kind = "synthetic"
+    else:
+        loc = find_data_dir(data_dir, synthetic_fallback=synthetic_fallback and data != "real",
+                            synthetic_images=synthetic_images, seed=seed)
+        if data == "real" and loc.kind != "real":
+            raise DataError(f"{loc.path} holds synthetic data, but this profile needs the real HAM10000")
+        path, kind = loc.path, loc.kind
+    df = load_metadata(path)
+    df = stratified_subsample(df, max_images, seed=seed)
+    return Dataset(df=df, data_dir=Path(path), kind=kind, fingerprint=data_fingerprint(df))

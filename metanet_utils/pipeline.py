@@ -1,0 +1,140 @@
+"""The notebook chain behind ``./run_all.sh``: every notebook in ``notebooks/``, in order,
+executed with papermill.
+
+Each notebook gets the parameters ``profile`` and ``data_dir``; ``04_training`` is
+executed once per backbone of the profile (parameter ``backbone``). Executed copies go
+to ``outputs/notebooks/``; the chain stops at the first failing notebook, naming it and
+the failing cell. At the end the HTML report is written (when notebook 09 exists).
+
+Example:
+    $ python -m metanet_utils.pipeline --profile smoke --data-dir ../shared/ham10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["NotebookJob", "plan_jobs", "run_chain", "main"]
+
+
+@dataclass(frozen=True)
+class NotebookJob:
+    source: Path
+    output: Path
+    parameters: dict
+
+    @property
+    def label(self) -> str:
+        b = self.parameters.get("backbone")
+        return f"{self.source.name}" + (f" [{b}]" if b else "")
+
+
+def plan_jobs(profile_name: str, data_dir: str | None, notebooks_dir: Path, out_dir: Path,
+              only: list[str] | None = None, start: str | None = None) -> list[NotebookJob]:
+    """The ordered list of notebook executions for a profile."""
+    from .config import load_profile
+
+    profile = load_profile(profile_name)
+    params = {"profile": profile_name, "data_dir": str(data_dir) if data_dir else ""}
+    jobs: list[NotebookJob] = []
+    for nb in sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb")):
+        prefix = nb.name[:2]
+        if only and prefix not in only:
+            continue
+        if start and prefix < start:
+            continue
+        if nb.stem.startswith("04_training"):
+            for b in profile.backbones:
+                safe = b.replace("/", "_")
+                jobs.append(NotebookJob(nb, out_dir / f"{nb.stem}-{safe}.ipynb", {**params, "backbone": b}))
+        else:
+            jobs.append(NotebookJob(nb, out_dir / nb.name, dict(params)))
+    return jobs
+
+
+def _cell_of(err: Exception) -> str:
+    idx = getattr(err, "cell_index", None)
+    count = getattr(err, "exec_count", None)
+    ename, evalue = getattr(err, "ename", type(err).__name__), getattr(err, "evalue", str(err))
+    where = f"cell {idx}" if idx is not None else "a cell"
+    if count is not None:
+        where += f" (execution count {count})"
+    return f"{where}: {ename}: {evalue}"
+
+
+def run_chain(profile: str = "demo", data_dir: str | None = None, kernel: str | None = None,
+              root: Path | None = None, only: list[str] | None = None, start: str | None = None,
+              executor: str = "local") -> int:
+    """Execute the chain; return 0 on success, 1 at the first failing notebook."""
+    import papermill as pm
+
+    from .paths import outputs_dir, project_root
+
+    root = root or project_root()
+    out_dir = outputs_dir() / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = plan_jobs(profile, data_dir, root / "notebooks", out_dir, only=only, start=start)
+    if not jobs:
+        print(f"no notebooks found in {root / 'notebooks'}", file=sys.stderr)
+        return 1
+    if executor == "slurm":
+        from .slurm import run_profile_on_slurm
+
+        rc = run_profile_on_slurm(profile, data_dir)
+        if rc != 0:
+            print("the Slurm grid did not complete; the analysis notebooks were not run", file=sys.stderr)
+            return rc
+    print(f"running {len(jobs)} notebook(s), profile {profile!r}; executed copies go to {out_dir}", flush=True)
+    t_all = time.perf_counter()
+    for i, job in enumerate(jobs, 1):
+        t0 = time.perf_counter()
+        print(f"[{i}/{len(jobs)}] {job.label} ...", flush=True)
+        try:
+            pm.execute_notebook(str(job.source), str(job.output), parameters=job.parameters,
+                                kernel_name=kernel, cwd=str(job.source.parent), progress_bar=False,
+                                log_output=True, stdout_file=None)
+        except Exception as e:  # noqa: BLE001 - papermill raises its own and kernel errors
+            print(f"\nFAILED: notebook {job.label} stopped at {_cell_of(e)}\n"
+                  f"  executed copy with the error: {job.output}", file=sys.stderr, flush=True)
+            return 1
+        print(f"[{i}/{len(jobs)}] {job.label} done in {time.perf_counter() - t0:.0f} s", flush=True)
+    report = None
+    if any(j.source.name.startswith("09_") for j in jobs):
+        from .report import write_html_report
+
+        report = write_html_report(out_dir, outputs_dir() / "report.html")
+    print(f"\nall notebooks ran in {time.perf_counter() - t_all:.0f} s.\n  executed notebooks: {out_dir}\n"
+          f"  figures: {root / 'figures'}\n  tables: {root / 'results' / 'tables'}"
+          + (f"\n  report: {report}" if report else ""), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="run_all.sh", description="execute the notebook chain with papermill")
+    ap.add_argument("--profile", default="demo")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--executor", choices=["local", "slurm"], default="local")
+    ap.add_argument("--kernel", default=None, help="Jupyter kernel name (run_all.sh registers one)")
+    ap.add_argument("--only", nargs="*", default=None, metavar="NN", help="only these notebook numbers, e.g. 00 01")
+    ap.add_argument("--from", dest="start", default=None, metavar="NN", help="start at this notebook number")
+    args = ap.parse_args(argv)
+    from .config import ConfigError, load_profile
+
+    try:
+        load_profile(args.profile)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.data_dir and not Path(args.data_dir).is_dir():
+        print(f"error: --data-dir {args.data_dir} does not exist", file=sys.stderr)
+        return 2
+    data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
+    return run_chain(args.profile, data_dir, args.kernel, only=args.only, start=args.start, executor=args.executor)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

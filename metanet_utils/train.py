@@ -1,0 +1,437 @@
+"""One training run: a frozen :class:`~metanet_utils.config.RunConfig` in, a complete record out.
+
+Plain functions in the style of torchvision's reference scripts: :func:`train_one_epoch`,
+:func:`evaluate_model`, and :func:`train_run`, which trains with class-weighted
+cross-entropy and SGD on the paper's schedule, checkpoints every epoch (atomically) and
+resumes after a kill to the same result, then writes the record of DESIGN.md:
+
+``results/runs/<run_id>/``: ``config.json``, ``history.csv``, ``metrics.json``,
+``predictions.csv`` (ISIC format), ``labels.csv``, ``checkpoint.pt``, ``manifest.json``.
+
+The record folder is staged and renamed into place, so it is complete or absent. Work in
+progress (the per-epoch checkpoint) lives in ``results/runs/.work/<run_id>/``.
+
+Randomness is derived from ``(seed, epoch)`` at the start of every epoch (shuffle order
+and augmentation), so a resumed run sees the same batches as an uninterrupted one; with
+``deterministic=True`` the two end bit-identical.
+
+Example:
+    >>> from metanet_utils.config import RunConfig                                  # doctest: +SKIP
+    >>> from metanet_utils.dataset import open_dataset                              # doctest: +SKIP
+    >>> ds = open_dataset("../shared/ham10000", max_images=300)                      # doctest: +SKIP
+    >>> cfg = RunConfig(backbone="test_resnet", fusion="metanet", n_folds=2, epochs=1,
+    ...                 image_size=64, crop_size=56, pretrained=False,
+    ...                 data_fingerprint=ds.fingerprint)                            # doctest: +SKIP
+    >>> train_run(cfg, ds)["mcr"]                                                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from .atomic import FileLock, LockHeld, atomic_write_json, atomic_write_text, atomic_write_with, staged_dir
+from .augment import BatchAugment
+from .config import RunConfig
+from .constants import CLASS_CODES, DX_CODES
+
+__all__ = [
+    "RECORD_FILES",
+    "record_dir",
+    "is_complete",
+    "read_metrics",
+    "pick_device",
+    "autocast_dtype",
+    "set_determinism",
+    "class_weight_tensor",
+    "make_scheduler",
+    "train_one_epoch",
+    "evaluate_model",
+    "train_run",
+    "RunBusy",
+]
+
+RECORD_FILES = ("config.json", "history.csv", "metrics.json", "predictions.csv", "labels.csv", "checkpoint.pt")
+
+
+class RunBusy(RuntimeError):
+    """Another worker is training this run right now."""
+
+
+# --------------------------------------------------------------------------- records
+
+def record_dir(cfg: RunConfig | str, runs_dir: str | Path | None = None) -> Path:
+    from .paths import runs_dir as default_runs_dir
+
+    run_id = cfg if isinstance(cfg, str) else cfg.run_id
+    return Path(runs_dir or default_runs_dir()) / run_id
+
+
+def is_complete(run_dir: str | Path) -> bool:
+    """True when the record folder exists and its manifest matches every file (sizes)."""
+    run_dir = Path(run_dir)
+    man = run_dir / "manifest.json"
+    if not man.is_file():
+        return False
+    try:
+        files = json.loads(man.read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return False
+    for name in RECORD_FILES:
+        p = run_dir / name
+        if name not in files or not p.is_file() or p.stat().st_size != files[name]["bytes"]:
+            return False
+    return True
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "metrics.json").read_text())
+
+
+# --------------------------------------------------------------------------- device and numerics
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on a GPU (``auto``), fp32 on the CPU; explicit choices are honoured."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "fp16":
+        return torch.float16
+    return torch.bfloat16
+
+
+def set_determinism(seed: int, deterministic: bool) -> None:
+    """Seed every generator; with ``deterministic`` also force deterministic kernels."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def class_weight_tensor(train_labels: np.ndarray, n_classes: int = 7) -> torch.Tensor:
+    """Inverse-frequency class weights of the training fold (see :func:`metanet_utils.splits.class_weights`)."""
+    from .splits import class_weights
+
+    return torch.as_tensor(class_weights(train_labels, n_classes=n_classes), dtype=torch.float32)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig) -> torch.optim.lr_scheduler.MultiStepLR:
+    """lr / 10 at the paper's epochs 50, 120 and 200 (``cfg.milestones``, stepped once per epoch)."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.lr_gamma)
+
+
+def _epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed) * 100_003 + int(epoch))
+    return g
+
+
+# --------------------------------------------------------------------------- data on the device
+
+@dataclass
+class DeviceData:
+    """Images (uint8 NHWC), metadata and labels of one fold, resident where training runs."""
+
+    images: torch.Tensor
+    meta: torch.Tensor
+    labels: torch.Tensor
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+    val_ids: list[str]
+
+    @classmethod
+    def build(cls, images: np.ndarray, meta: np.ndarray, labels: np.ndarray, folds: np.ndarray, fold: int,
+              image_ids: list[str], device: torch.device) -> "DeviceData":
+        if device.type == "cuda":
+            need = images.nbytes
+            free, _total = torch.cuda.mem_get_info(device)
+            if need > 0.9 * free:
+                raise MemoryError(f"the image cache needs {need / 2**30:.1f} GiB of GPU memory, "
+                                  f"{free / 2**30:.1f} GiB free: use a smaller image_size or a larger GPU")
+            imgs = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True)
+        else:
+            imgs = torch.from_numpy(np.ascontiguousarray(images))
+        val_mask = folds == fold
+        return cls(
+            images=imgs,
+            meta=torch.as_tensor(meta, dtype=torch.float32, device=device),
+            labels=torch.as_tensor(labels, dtype=torch.long, device=device),
+            train_idx=torch.as_tensor(np.flatnonzero(~val_mask), device=device),
+            val_idx=torch.as_tensor(np.flatnonzero(val_mask), device=device),
+            val_ids=[image_ids[i] for i in np.flatnonzero(val_mask)],
+        )
+
+
+# --------------------------------------------------------------------------- loops
+
+def train_one_epoch(model: nn.Module, data: DeviceData, augment: BatchAugment, criterion: nn.Module,
+                    optimizer: torch.optim.Optimizer, cfg: RunConfig, epoch: int, device: torch.device,
+                    amp_dtype: torch.dtype | None, channels_last: bool,
+                    on_batch: Callable[[int, int], None] | None = None) -> dict[str, float]:
+    """One pass over the training fold in a shuffled order fixed by ``(seed, epoch)``."""
+    model.train()
+    gen = _epoch_generator(cfg.seed, epoch, device)
+    order = data.train_idx[torch.randperm(len(data.train_idx), device=device, generator=gen)]
+    bs = cfg.batch_size
+    n_batches = len(order) // bs + (1 if len(order) % bs >= 2 else 0)  # a batch of one would break BatchNorm
+    total_loss = torch.zeros((), device=device)
+    seen = 0
+    t0 = time.perf_counter()
+    for b in range(n_batches):
+        idx = order[b * bs:(b + 1) * bs]
+        x = augment(data.images[idx.cpu() if data.images.device.type == "cpu" else idx].to(device, non_blocking=True),
+                    train=True, generator=gen)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(x, data.meta[idx])
+            loss = criterion(logits.float(), data.labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.detach() * len(idx)
+        seen += len(idx)
+        if on_batch is not None:
+            on_batch(b + 1, n_batches)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    dt = time.perf_counter() - t0
+    return {"train_loss": float(total_loss) / max(seen, 1), "epoch_time_s": dt, "images_per_s": seen / max(dt, 1e-9)}
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, data: DeviceData, augment: BatchAugment, device: torch.device,
+                   amp_dtype: torch.dtype | None, channels_last: bool, batch_size: int = 128,
+                   criterion: nn.Module | None = None) -> tuple[np.ndarray, float]:
+    """Softmax probabilities of the validation fold (centre crop) and the mean loss."""
+    model.eval()
+    probs, loss_sum = [], 0.0
+    for s in range(0, len(data.val_idx), batch_size):
+        idx = data.val_idx[s:s + batch_size]
+        x = augment(data.images[idx.cpu() if data.images.device.type == "cpu" else idx].to(device), train=False)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(x, data.meta[idx]).float()
+        if criterion is not None:
+            loss_sum += float(criterion(logits, data.labels[idx])) * len(idx)
+        probs.append(torch.softmax(logits, dim=1).cpu())
+    p = torch.cat(probs).numpy().astype(np.float64) if probs else np.zeros((0, len(CLASS_CODES)))
+    return p, loss_sum / max(len(data.val_idx), 1)
+
+
+# --------------------------------------------------------------------------- one run
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    atomic_write_with(path, lambda tmp: torch.save(state, tmp))
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a corrupt checkpoint is discarded, never half-used
+        print(f"[train] checkpoint {path} is unreadable ({type(e).__name__}); starting this run again", flush=True)
+        return None
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def train_run(cfg: RunConfig, dataset, runs_dir: str | Path | None = None, device: str | None = None,
+              progress: bool = True, weights_dir: str | Path | None = None, lock: bool = True,
+              stop_after_epochs: int | None = None) -> dict[str, Any]:
+    """Train (or resume, or skip) one run and return its ``metrics.json`` content.
+
+    Args:
+        cfg: the run's settings; ``cfg.data_fingerprint`` must match ``dataset``.
+        dataset: a :class:`metanet_utils.dataset.Dataset`.
+        runs_dir: where records go (default ``results/runs``).
+        device: ``cuda``, ``cpu``...; default: the GPU if there is one.
+        lock: hold ``runs/.locks/<run_id>.lock`` while training; raise :class:`RunBusy` if
+            another worker holds it.
+        stop_after_epochs: testing hook: return after this many epochs of this call,
+            leaving the checkpoint (as an interruption would).
+    """
+    from .metadata import encode
+    from .models import build_model, channels_last_preferred, input_spec
+    from .paths import runs_dir as default_runs_dir
+
+    runs_dir = Path(runs_dir or default_runs_dir())
+    final = runs_dir / cfg.run_id
+    if is_complete(final):
+        return read_metrics(final)
+    if cfg.data_fingerprint and cfg.data_fingerprint != dataset.fingerprint:
+        raise ValueError(f"run {cfg.run_id} was configured for data {cfg.data_fingerprint}, "
+                         f"but the data given is {dataset.fingerprint}")
+    lk = FileLock(runs_dir / ".locks" / f"{cfg.run_id}.lock", blocking=False)
+    if lock:
+        try:
+            lk.acquire()
+        except LockHeld:
+            raise RunBusy(f"run {cfg.run_id} is being trained by another worker") from None
+    try:
+        if is_complete(final):  # finished by another worker before we got the lock
+            return read_metrics(final)
+        return _train_locked(cfg, dataset, runs_dir, pick_device(device), progress, weights_dir, stop_after_epochs,
+                             build_model, channels_last_preferred, input_spec, encode)
+    finally:
+        if lock:
+            lk.release()
+
+
+def _train_locked(cfg, dataset, runs_dir, device, progress, weights_dir, stop_after_epochs,
+                  build_model, channels_last_preferred, input_spec, encode) -> dict[str, Any]:
+    from .evaluate import confusion, mean_class_recall, per_class_recall
+
+    work = runs_dir / ".work" / cfg.run_id
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt_path = work / "checkpoint.pt"
+    set_determinism(cfg.seed, cfg.deterministic)
+    t_start = time.perf_counter()
+
+    images = dataset.images(cfg.image_size, cfg.color_constancy, progress=progress)
+    folds = dataset.folds(cfg.n_folds, cfg.split_scheme, cfg.split_seed)
+    features = cfg.meta_features if cfg.fusion != "none" else ()
+    meta, _names = encode(dataset.df, features=features) if features else (np.zeros((len(dataset.df), 0), np.float32), [])
+    labels = dataset.labels
+    data = DeviceData.build(images, meta, labels, folds, cfg.fold, dataset.image_ids, device)
+    spec = input_spec(cfg.backbone)
+    augment = BatchAugment(crop=cfg.crop_size, mean=tuple(spec.mean), std=tuple(spec.std))
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.backbone, cfg.fusion, num_classes=len(CLASS_CODES), meta_dim=meta.shape[1],
+                        meta_layers=cfg.meta_layers, pretrained=cfg.pretrained, weights_dir=weights_dir)
+    channels_last = device.type == "cuda" and (
+        cfg.channels_last == "on" or (cfg.channels_last == "auto" and channels_last_preferred(cfg.backbone)))
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp_dtype = autocast_dtype(cfg.precision, device)
+    weights = class_weight_tensor(labels[data.train_idx.cpu().numpy()]).to(device) if cfg.class_weighted_loss else None
+    criterion = nn.CrossEntropyLoss(weight=weights)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg)
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    state = _load_checkpoint(ckpt_path)
+    if state is not None and state.get("run_id") == cfg.run_id:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = state["history"]
+        start_epoch = state["epoch"]
+        _log(f"[{cfg.run_id}] resuming after epoch {start_epoch}/{cfg.epochs}")
+    train_model = torch.compile(model) if cfg.compile else model
+
+    interactive = progress and sys.stderr.isatty()
+    epochs_this_call = 0
+    probs = None
+    for epoch in range(start_epoch, cfg.epochs):
+        bar = None
+        if interactive:
+            from tqdm import tqdm
+
+            bar = tqdm(total=0, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
+
+        def on_batch(i: int, n: int, bar=bar) -> None:
+            if bar is not None:
+                bar.total = n
+                bar.update(1)
+
+        row = train_one_epoch(train_model, data, augment, criterion, optimizer, cfg, epoch, device, amp_dtype,
+                              channels_last, on_batch)
+        if bar is not None:
+            bar.close()
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        probs, val_loss = evaluate_model(model, data, augment, device, amp_dtype, channels_last, criterion=criterion)
+        val_mcr = mean_class_recall(data.labels[data.val_idx].cpu().numpy(), probs)
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": row["train_loss"], "val_loss": val_loss,
+               "val_mcr": val_mcr, "epoch_time_s": row["epoch_time_s"], "images_per_s": row["images_per_s"]}
+        history.append(row)
+        _save_checkpoint(ckpt_path, {"run_id": cfg.run_id, "epoch": epoch + 1, "model": model.state_dict(),
+                                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                     "history": history, "config": cfg.to_dict()})
+        if progress:
+            _log(f"[{cfg.backbone}/{cfg.fusion}/fold {cfg.fold}] epoch {epoch + 1}/{cfg.epochs} "
+                 f"loss {row['train_loss']:.4f} val_loss {val_loss:.4f} val MCR {val_mcr:.4f} lr {lr:.2e} "
+                 f"{row['images_per_s']:.0f} img/s")
+        epochs_this_call += 1
+        if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs and epoch + 1 < cfg.epochs:
+            return {"interrupted": True, "epochs_done": epoch + 1}
+
+    # final evaluation of the last epoch's model (the reported model, as DESIGN.md says)
+    if probs is None:  # resumed after the last epoch's checkpoint
+        probs, _ = evaluate_model(model, data, augment, device, amp_dtype, channels_last)
+    y_val = data.labels[data.val_idx].cpu().numpy()
+    train_time = sum(h["epoch_time_s"] for h in history)
+    n_train_seen = sum(h["images_per_s"] * h["epoch_time_s"] for h in history)
+    metrics = {
+        "run_id": cfg.run_id,
+        "mcr": float(mean_class_recall(y_val, probs)),
+        "per_class_recall": {c: float(r) for c, r in zip(CLASS_CODES, per_class_recall(y_val, probs))},
+        "confusion_matrix": np.asarray(confusion(y_val, probs)).astype(int).tolist(),
+        "epochs_done": len(history),
+        "wall_time_s": time.perf_counter() - t_start,
+        "train_time_s": train_time,
+        "images_per_s": n_train_seen / max(train_time, 1e-9),
+        "device": _device_name(device),
+        "torch": torch.__version__,
+        "n_val": int(len(y_val)),
+        "n_train": int(len(data.train_idx)),
+        "data_kind": dataset.kind,
+        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "float32",
+        "channels_last": channels_last,
+    }
+    final = runs_dir / cfg.run_id
+    with staged_dir(final) as stage:
+        atomic_write_json(stage / "config.json", {**cfg.to_dict(), "run_id": cfg.run_id})
+        atomic_write_text(stage / "history.csv", pd.DataFrame(history).to_csv(index=False))
+        atomic_write_json(stage / "metrics.json", metrics)
+        pred = pd.DataFrame(probs, columns=list(CLASS_CODES))
+        pred.insert(0, "image", data.val_ids)
+        atomic_write_text(stage / "predictions.csv", pred.to_csv(index=False, float_format="%.8f"))
+        atomic_write_text(stage / "labels.csv", pd.DataFrame({"image": data.val_ids,
+                                                              "dx": [DX_CODES[i] for i in y_val]}).to_csv(index=False))
+        try:  # a hard link keeps the work checkpoint until the record is in place
+            os.link(ckpt_path, stage / "checkpoint.pt")
+        except OSError:
+            shutil.copy2(ckpt_path, stage / "checkpoint.pt")
+        atomic_write_json(stage / "manifest.json", {"run_id": cfg.run_id, "files": {
+            n: {"bytes": (stage / n).stat().st_size} for n in RECORD_FILES}})
+    shutil.rmtree(work, ignore_errors=True)
+    _log(f"[{cfg.run_id}] done: MCR {metrics['mcr']:.4f} on {metrics['n_val']} validation images "
+         f"({metrics['wall_time_s']:.0f} s, {metrics['device']})")
+    return metrics

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Run the whole notebook chain with papermill.
+#   ./run_all.sh [--profile NAME] [--data-dir PATH] [--executor local|slurm] [--from NN] [--only NN ...]
+# Default: the demo profile, on the CPU, offline; real data if found, else synthetic.
+# Executed notebooks go to outputs/notebooks/, figures to figures/, tables to results/tables/,
+# the report to outputs/report.html.
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/ensure_env.sh
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+exec "$PY" -m metanet_utils.pipeline --kernel "$METANET_KERNEL" "$@"
