@@ -1,0 +1,291 @@
+"""metanet_utils.metadata: each rule of the paper's encoding, pinned on the real HAM10000 metadata
+against an independent computation, plus the metadata-only baseline and mutual information."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metanet_utils import metadata as md
+from metanet_utils.constants import CLASS_CODES, DX_TO_INDEX, SEXES, SITES
+
+
+@pytest.fixture(scope="module")
+def meta(real_data_dir) -> pd.DataFrame:
+    return pd.read_csv(real_data_dir / "HAM10000_metadata.csv")
+
+
+@pytest.fixture(scope="module")
+def encoded(meta):
+    return md.encode(meta)
+
+
+def _toy() -> pd.DataFrame:
+    return pd.DataFrame({
+        "image_id": ["a", "b", "c", "d"],
+        "age": [20.0, np.nan, 60.0, 40.0],
+        "sex": [" Male", "unknown", "female", "male"],
+        "localization": ["back", "FACE", np.nan, "back "],
+    })
+
+
+# --------------------------------------------------------------------------- names and widths
+
+
+def test_feature_names_fixed_order():
+    names = md.feature_names()
+    assert names[:4] == ["age", "sex=female", "sex=male", "localization=abdomen"]
+    assert names[3:] == [f"localization={s}" for s in SITES]
+    assert len(names) == 17 == md.meta_dim()
+    assert list(SITES) == sorted(SITES) and len(SITES) == 14
+    # any order in, the same fixed order out
+    assert md.feature_names(("localization", "sex", "age")) == names
+    assert md.feature_names(("localization", "age")) == ["age"] + names[3:]
+    assert md.feature_names(()) == [] and md.meta_dim(None) == 0
+    assert md.feature_names("sex") == ["sex=female", "sex=male"]
+
+
+@pytest.mark.parametrize(
+    "features, dim",
+    [(("age",), 1), (("sex",), 2), (("localization",), 14),
+     (("age", "sex"), 3), (("age", "localization"), 15), (("sex", "localization"), 16),
+     (("age", "sex", "localization"), 17), ((), 0)],
+)
+def test_subset_dims(features, dim):
+    assert md.meta_dim(features) == dim
+
+
+def test_unknown_feature_raises():
+    with pytest.raises(ValueError, match="bmi"):
+        md.feature_names(("age", "bmi"))
+
+
+# --------------------------------------------------------------------------- the real data
+
+
+def test_full_vector_shape_and_dtype(meta, encoded):
+    x, names = encoded
+    assert x.shape == (10015, 17)
+    assert x.dtype == np.float32
+    assert names == md.feature_names()
+    assert np.isfinite(x).all()
+    assert x.min() >= 0.0 and x.max() <= 1.0
+
+
+def test_age_rule_by_hand(meta, encoded):
+    x, _ = encoded
+    age = meta["age"].to_numpy(dtype=float)
+    known = age[~np.isnan(age)]
+    assert np.isnan(age).sum() == 57
+    mean = known.sum() / known.size
+    assert mean == pytest.approx(51.8638, abs=1e-3)
+    filled = np.where(np.isnan(age), mean, age)
+    expected = (filled - known.min()) / (known.max() - known.min())
+    np.testing.assert_allclose(x[:, 0], expected, rtol=0, atol=1e-6)
+    # the 57 missing ages all sit at the scaled mean
+    np.testing.assert_allclose(x[np.isnan(age), 0], mean / 85.0, atol=1e-6)
+    # age 0 is a real value (39 images), mapped to 0, not treated as missing
+    assert (x[age == 0, 0] == 0).all() and (age == 0).sum() == 39
+    assert (x[age == 85, 0] == 1).all()
+
+
+def test_one_hot_rows_and_fill(meta, encoded):
+    x, names = encoded
+    sex = x[:, 1:3]
+    site = x[:, 3:]
+    assert set(np.unique(sex)) <= {0.0, 1.0} and set(np.unique(site)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(sex.sum(axis=1), 1)
+    np.testing.assert_array_equal(site.sum(axis=1), 1)
+    # independent one-hot of the known values
+    unknown_sex = (meta["sex"] == "unknown").to_numpy()
+    unknown_site = (meta["localization"] == "unknown").to_numpy()
+    assert unknown_sex.sum() == 57 and unknown_site.sum() == 234
+    for j, s in enumerate(SEXES):
+        np.testing.assert_array_equal(sex[~unknown_sex, j], (meta["sex"][~unknown_sex] == s).to_numpy())
+    for j, s in enumerate(SITES):
+        np.testing.assert_array_equal(site[~unknown_site, j], (meta["localization"][~unknown_site] == s).to_numpy())
+    # unknowns go to the most frequent known value: male and back
+    assert meta["sex"][~unknown_sex].value_counts().idxmax() == "male"
+    assert meta["localization"][~unknown_site].value_counts().idxmax() == "back"
+    assert (sex[unknown_sex, names.index("sex=male") - 1] == 1).all()
+    assert (site[unknown_site, names.index("localization=back") - 3] == 1).all()
+    # column totals
+    assert sex.sum(axis=0).tolist() == [4552, 5406 + 57]
+    assert site[:, SITES.index("back")].sum() == 2192 + 234
+
+
+def test_fit_stats_real(meta):
+    st = md.fit_stats(meta)
+    assert st.age_mean == pytest.approx(51.8638, abs=1e-3)
+    assert (st.age_min, st.age_max, st.sex_mode, st.site_mode) == (0.0, 85.0, "male", "back")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        st.age_mean = 0.0  # type: ignore[misc]
+    assert md.MetadataStats.from_dict(st.as_dict()) == st
+
+
+@pytest.mark.parametrize(
+    "features, dim",
+    [(("age",), 1), (("sex",), 2), (("localization",), 14),
+     (("sex", "age"), 3), (("localization", "age"), 15), (("localization", "sex"), 16)],
+)
+def test_subsets_are_column_selections(meta, encoded, features, dim):
+    full, names = encoded
+    x, sub_names = md.encode(meta, features)
+    assert x.shape == (10015, dim)
+    cols = [names.index(n) for n in sub_names]
+    assert cols == sorted(cols)
+    np.testing.assert_array_equal(x, full[:, cols])
+
+
+def test_empty_features(meta):
+    x, names = md.encode(meta, ())
+    assert x.shape == (10015, 0) and x.dtype == np.float32 and names == []
+
+
+# --------------------------------------------------------------------------- rules on toy data
+
+
+def test_normalisation_and_fill_toy():
+    x, names = md.encode(_toy())
+    # ages 20, (40 = mean), 60, 40 over range 20..60
+    np.testing.assert_allclose(x[:, 0], [0.0, 0.5, 1.0, 0.5])
+    # ' Male' and 'male' are male; 'unknown' -> most frequent (male 2 vs female 1)
+    np.testing.assert_array_equal(x[:, 1:3], [[0, 1], [0, 1], [1, 0], [0, 1]])
+    site = x[:, 3:]
+    back, face = SITES.index("back"), SITES.index("face")
+    assert site[0, back] == site[3, back] == 1 and site[1, face] == 1
+    assert site[2, back] == 1  # NaN -> most frequent (back)
+
+
+def test_stats_fitted_elsewhere_apply():
+    train = _toy()
+    other = pd.DataFrame({"image_id": ["z"], "age": [np.nan], "sex": ["unknown"], "localization": ["unknown"]})
+    st = md.fit_stats(train)
+    x, _ = md.encode(other, stats=st)
+    assert x[0, 0] == pytest.approx(0.5)
+    assert x[0, 2] == 1 and x[0, 3 + SITES.index("back")] == 1
+    # out-of-range ages are not clipped
+    y, _ = md.encode(pd.DataFrame({"age": [80.0]}), ("age",), stats=st)
+    assert y[0, 0] == pytest.approx(1.5)
+
+
+def test_mode_tie_goes_to_vocabulary_order():
+    df = pd.DataFrame({"sex": ["male", "female", "unknown"]})
+    assert md.fit_stats(df).sex_mode == "female"
+
+
+def test_unknown_value_raises_with_context():
+    df = _toy()
+    df.loc[2, "localization"] = "elbow"
+    with pytest.raises(ValueError) as ei:
+        md.encode(df)
+    msg = str(ei.value)
+    assert "'c'" in msg and "elbow" in msg and "upper extremity" in msg
+    df = _toy()
+    df.loc[1, "sex"] = "x"
+    with pytest.raises(ValueError, match=r"'x'.*'b'.*female"):
+        md.encode(df, ("sex",))
+
+
+def test_bad_age_and_missing_column():
+    df = _toy()
+    df["age"] = df["age"].astype(object)
+    df.loc[0, "age"] = "old"
+    with pytest.raises(ValueError, match="old"):
+        md.encode(df, ("age",))
+    with pytest.raises(KeyError, match="localization"):
+        md.encode(_toy().drop(columns="localization"))
+    # a subset needs only its own columns
+    assert md.encode(_toy().drop(columns="localization"), ("age", "sex"))[0].shape == (4, 3)
+
+
+def test_all_missing_cannot_fill():
+    df = pd.DataFrame({"sex": ["unknown", np.nan]})
+    with pytest.raises(ValueError, match="no known sex"):
+        md.encode(df, ("sex",))
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+def test_metadata_baseline_real(meta):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score, recall_score
+    from threadpoolctl import threadpool_limits
+
+    folds = np.arange(len(meta)) % 5
+    res = md.metadata_baseline(meta, folds)
+    assert len(res["mcr"]) == 5 and res["folds"] == [0, 1, 2, 3, 4]
+    assert set(res["recall"][0]) == set(CLASS_CODES)
+    # beats chance (1/7 = 0.143) clearly
+    assert res["mcr_mean"] > 0.25
+    assert all(m > 0.2 for m in res["mcr"])
+    assert res["mcr_mean"] == pytest.approx(np.mean(res["mcr"]))
+    assert res["mcr_std"] == pytest.approx(np.std(res["mcr"], ddof=1))
+    # recompute fold 2 independently: encode on the whole data, fit, balanced accuracy
+    y = meta["dx"].map(DX_TO_INDEX).to_numpy()
+    x, _ = md.encode(meta)
+    tr, va = folds != 2, folds == 2
+    with threadpool_limits(limits=1):
+        clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit(x[tr], y[tr])
+    pred = clf.predict(x[va])
+    assert res["mcr"][2] == pytest.approx(balanced_accuracy_score(y[va], pred), abs=1e-12)
+    rec = recall_score(y[va], pred, labels=list(range(7)), average=None)
+    for c, r in zip(CLASS_CODES, rec):
+        assert res["recall"][2][c] == pytest.approx(r)
+    print(f"\nmetadata-only logistic regression MCR {res['mcr_mean']:.3f} +- {res['mcr_std']:.3f}")
+
+
+def test_metadata_baseline_subset_and_train_stats():
+    rng = np.random.default_rng(0)
+    n = 300
+    dx = rng.choice(["nv", "mel", "bkl"], n)
+    df = pd.DataFrame({
+        "age": np.where(dx == "mel", 70.0, 30.0) + rng.integers(-2, 3, n) * 5,
+        "sex": rng.choice(["male", "female"], n),
+        "localization": rng.choice(list(SITES), n),
+        "dx": dx,
+    })
+    folds = np.arange(n) % 3
+    a = md.metadata_baseline(df, folds, features=("age",))
+    b = md.metadata_baseline(df, folds, features=("age",), fit_stats_on="train")
+    assert a["feature_names"] == ["age"]
+    assert a["mcr_mean"] > 0.5 and b["mcr_mean"] > 0.5
+    assert math.isnan(a["recall"][0]["DF"])  # absent class
+    with pytest.raises(ValueError):
+        md.metadata_baseline(df, folds, features=())
+    with pytest.raises(ValueError, match="shape"):
+        md.metadata_baseline(df, folds[:-1])
+
+
+# --------------------------------------------------------------------------- mutual information
+
+
+def test_mutual_information_against_sklearn(meta):
+    from sklearn.metrics import mutual_info_score
+
+    mi = md.mutual_information(meta)
+    assert list(mi.index) == ["age", "sex", "localization"]
+    age_bins = np.floor(meta["age"] / 5).fillna(-1)
+    for name, col in [("age", age_bins), ("sex", meta["sex"]), ("localization", meta["localization"])]:
+        ref = mutual_info_score(meta["dx"], col) / math.log(2)
+        assert mi[name] == pytest.approx(ref, rel=1e-9), name
+    assert (mi > 0).all() and mi["sex"] < mi["localization"] < mi["age"]
+    # 'drop' leaves missing rows out
+    drop = md.mutual_information(meta, missing="drop")
+    known = meta["sex"] != "unknown"
+    assert drop["sex"] == pytest.approx(mutual_info_score(meta["dx"][known], meta["sex"][known]) / math.log(2))
+    print("\nmutual information with dx (bits):", mi.round(4).to_dict())
+
+
+def test_mutual_information_toy():
+    df = pd.DataFrame({"dx": ["nv", "nv", "mel", "mel"], "sex": ["male", "male", "female", "female"],
+                       "localization": ["back"] * 4})
+    mi = md.mutual_information(df)
+    assert mi["sex"] == pytest.approx(1.0) and mi["localization"] == pytest.approx(0.0)
+    with pytest.raises(ValueError):
+        md.mutual_information(df, missing="nope")
