@@ -194,17 +194,18 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
               f"({dataset.kind} data, {len(dataset.df)} images)", flush=True)
     while pending:
         busy = []
-        for i, cfg in enumerate(pending):
+        for cfg in pending:
             if is_complete(record_dir(cfg, runs_dir)):
                 continue
             if progress:
-                print(f"--- run {cfg.run_id} ({len(summary.trained) + len(summary.skipped) + 1}/{len(runs)})", flush=True)
+                print(f"--- run {cfg.run_id} ({runs.index(cfg) + 1}/{len(runs)})", flush=True)
             try:
                 m = train_run(cfg, dataset, runs_dir=runs_dir, device=device, progress=progress, weights_dir=weights_dir)
                 if m.get("interrupted"):
                     busy.append(cfg)
                 else:
                     summary.trained.append(cfg.run_id)
+                    (runs_dir / ".failed" / f"{cfg.run_id}.log").unlink(missing_ok=True)
             except RunBusy:
                 busy.append(cfg)
             except KeyboardInterrupt:

@@ -171,8 +171,8 @@ class DeviceData:
                 raise MemoryError(f"the image cache needs {need / 2**30:.1f} GiB of GPU memory, "
                                   f"{free / 2**30:.1f} GiB free: use a smaller image_size or a larger GPU")
             imgs = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True)
-        else:
-            imgs = torch.from_numpy(np.ascontiguousarray(images))
+        else:  # read the memory-mapped cache into RAM once
+            imgs = torch.from_numpy(np.array(images, copy=True))
         val_mask = folds == fold
         return cls(
             images=imgs,
@@ -268,6 +268,17 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def log_event(runs_dir: Path, run_id: str, event: str) -> None:
+    """Append one line to ``runs/.events.log`` (audit trail: which worker did what, when)."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {os.uname().nodename} pid={os.getpid()} {event} {run_id}\n"
+    fd = os.open(runs_dir / ".events.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
 def train_run(cfg: RunConfig, dataset, runs_dir: str | Path | None = None, device: str | None = None,
               progress: bool = True, weights_dir: str | Path | None = None, lock: bool = True,
               stop_after_epochs: int | None = None) -> dict[str, Any]:
@@ -353,6 +364,7 @@ def _train_locked(cfg, dataset, runs_dir, device, progress, weights_dir, stop_af
         history = state["history"]
         start_epoch = state["epoch"]
         _log(f"[{cfg.run_id}] resuming after epoch {start_epoch}/{cfg.epochs}")
+    log_event(runs_dir, cfg.run_id, f"resume@{start_epoch}" if start_epoch else "start")
     train_model = torch.compile(model) if cfg.compile else model
 
     interactive = progress and sys.stderr.isatty()
@@ -370,6 +382,7 @@ def _train_locked(cfg, dataset, runs_dir, device, progress, weights_dir, stop_af
                 bar.total = n
                 bar.update(1)
 
+        torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout etc.: same stream after a resume
         row = train_one_epoch(train_model, data, augment, criterion, optimizer, cfg, epoch, device, amp_dtype,
                               channels_last, on_batch)
         if bar is not None:
@@ -401,7 +414,7 @@ def _train_locked(cfg, dataset, runs_dir, device, progress, weights_dir, stop_af
     metrics = {
         "run_id": cfg.run_id,
         "mcr": float(mean_class_recall(y_val, probs)),
-        "per_class_recall": {c: float(r) for c, r in zip(CLASS_CODES, per_class_recall(y_val, probs))},
+        "per_class_recall": {c: float(v) for c, v in per_class_recall(y_val, probs).items()},
         "confusion_matrix": np.asarray(confusion(y_val, probs)).astype(int).tolist(),
         "epochs_done": len(history),
         "wall_time_s": time.perf_counter() - t_start,
@@ -432,6 +445,7 @@ def _train_locked(cfg, dataset, runs_dir, device, progress, weights_dir, stop_af
         atomic_write_json(stage / "manifest.json", {"run_id": cfg.run_id, "files": {
             n: {"bytes": (stage / n).stat().st_size} for n in RECORD_FILES}})
     shutil.rmtree(work, ignore_errors=True)
+    log_event(runs_dir, cfg.run_id, "complete")
     _log(f"[{cfg.run_id}] done: MCR {metrics['mcr']:.4f} on {metrics['n_val']} validation images "
          f"({metrics['wall_time_s']:.0f} s, {metrics['device']})")
     return metrics

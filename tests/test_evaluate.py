@@ -1,0 +1,261 @@
+"""Scoring of predictions and run records (metanet_utils.evaluate)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import numpy as np
+import pandas as pd
+import pytest
+from _records import expected_scores, fake_fold_run, probs_for, write_fake_run
+from sklearn.metrics import balanced_accuracy_score
+
+from metanet_utils import evaluate as ev
+from metanet_utils.constants import CLASS_CODES
+
+
+def _onehot(pred):
+    return np.eye(7)[pred]
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_mcr_hand_example():
+    y = [0, 0, 0, 0, 1, 1, 2, 3, 4, 5, 6]
+    pred = [0, 0, 0, 1, 1, 0, 2, 3, 4, 5, 6]  # MEL 3/4, NV 1/2, the five others 1
+    assert ev.mean_class_recall(y, _onehot(pred)) == pytest.approx((0.75 + 0.5 + 5) / 7)
+    rec = ev.per_class_recall(y, _onehot(pred))
+    assert list(rec) == list(CLASS_CODES)
+    assert rec["MEL"] == 0.75 and rec["NV"] == 0.5 and rec["VASC"] == 1.0
+
+
+def test_mcr_equals_balanced_accuracy_without_ties():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 7, 500)
+    probs = rng.random((500, 7))
+    assert ev.mean_class_recall(y, probs) == pytest.approx(balanced_accuracy_score(y, probs.argmax(1)))
+
+
+def test_tie_counts_as_wrong_even_if_true_class_is_among_the_tied():
+    probs = np.array([[0.4, 0.4, 0.2, 0, 0, 0, 0],   # true MEL, tied with NV -> wrong
+                      [0.9, 0.1, 0, 0, 0, 0, 0],     # true MEL, right
+                      [0.0, 1.0, 0, 0, 0, 0, 0]])    # true NV, right
+    y = [0, 0, 1]
+    assert ev.predicted_classes(probs).tolist() == [-1, 0, 1]
+    assert ev.per_class_recall(y, probs)["MEL"] == 0.5
+    assert ev.mean_class_recall(y, probs) == pytest.approx(0.75)
+    cm = ev.confusion(y, probs)
+    assert cm.shape == (7, 7) and cm[0].sum() == 1 and cm[0, 0] == 1
+    cm8 = ev.confusion(y, probs, include_ties=True)
+    assert cm8.shape == (7, 8) and cm8[0, 7] == 1 and cm8.sum() == 3
+
+
+def test_absent_class_is_nan_and_left_out_of_mcr():
+    y = [0, 0, 1]
+    probs = _onehot([0, 1, 1])
+    rec = ev.per_class_recall(y, probs)
+    assert math.isnan(rec["DF"])
+    assert ev.mean_class_recall(y, probs) == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_labels_in_any_spelling():
+    assert ev.labels_to_indices(["MEL", "nv", "Bcc", 3, "bkl", "df", "VASC"]).tolist() == list(range(7))
+    with pytest.raises(ev.RecordError, match="unknown class label"):
+        ev.labels_to_indices(["melanoma"])
+
+
+def test_confusion_rows_true_cols_pred():
+    cm = ev.confusion([0, 0, 1], _onehot([1, 0, 1]))
+    assert cm[0, 1] == 1 and cm[0, 0] == 1 and cm[1, 1] == 1 and cm.sum() == 3
+
+
+# --------------------------------------------------------------------------- predictions files
+
+
+def _pred_df(images, probs):
+    return pd.DataFrame(probs, columns=list(CLASS_CODES)).assign(image=images)[["image", *CLASS_CODES]]
+
+
+def test_score_predictions_matches_by_image_not_by_order():
+    y = [0, 1, 2, 3, 4, 5, 6, 0]
+    pred = [0, 1, 2, 3, 4, 5, 6, 1]
+    imgs = [f"ISIC_{i}" for i in range(8)]
+    pdf = _pred_df(imgs, probs_for(y, pred)).iloc[::-1]
+    labels = pd.DataFrame({"image": imgs, "dx": [CLASS_CODES[t].lower() for t in y]})
+    s = ev.score_predictions(pdf, labels)
+    exp = expected_scores(y, pred)
+    assert s["mcr"] == pytest.approx(exp["mcr"])
+    assert s["n"] == 8 and s["n_ties"] == 0
+    assert s["support"]["MEL"] == 2
+    assert np.array(s["confusion_matrix"]).shape == (7, 7)
+    # the same with official one-hot ground truth and a mapping
+    onehot = pd.DataFrame(np.eye(7)[y], columns=list(CLASS_CODES)).assign(image=imgs)
+    assert ev.score_predictions(pdf, onehot)["mcr"] == pytest.approx(exp["mcr"])
+    assert ev.score_predictions(pdf, dict(zip(imgs, y)))["mcr"] == pytest.approx(exp["mcr"])
+
+
+def test_score_predictions_refuses_mismatches():
+    imgs = ["a", "b"]
+    pdf = _pred_df(imgs, _onehot([0, 1]))
+    with pytest.raises(ev.RecordError, match="disagree on the images"):
+        ev.score_predictions(pdf, {"a": "mel", "c": "nv"})
+    with pytest.raises(ev.RecordError, match="exactly the columns"):
+        ev.score_predictions(pdf.drop(columns="VASC"), {"a": "mel", "b": "nv"})
+    with pytest.raises(ev.RecordError, match="twice"):
+        ev.score_predictions(pd.concat([pdf, pdf]), {"a": "mel", "b": "nv"})
+    bad = pdf.copy()
+    bad.loc[0, "MEL"] = np.nan
+    with pytest.raises(ev.RecordError, match="NaN"):
+        ev.score_predictions(bad, {"a": "mel", "b": "nv"})
+
+
+# --------------------------------------------------------------------------- records
+
+
+def test_load_record_complete(tmp_path):
+    out = fake_fold_run(tmp_path, {"backbone": "resnet10t", "fold": 1}, {0: 5, 1: 10, 2: 7})
+    rec = ev.load_record(out["path"])
+    assert set(rec) >= {"config", "metrics", "predictions", "labels", "history", "manifest", "scores"}
+    assert rec["config"]["backbone"] == "resnet10t"
+    assert rec["scores"]["mcr"] == pytest.approx(out["mcr"])
+    row = ev.load_records(tmp_path).iloc[0]
+    assert row["n_val"] == 70 and row["n_train"] == 280 and row["n_ties"] == 0
+    assert list(rec["predictions"].columns) == ["image", *CLASS_CODES]
+
+
+@pytest.mark.parametrize("missing", ["predictions.csv", "labels.csv", "config.json", "metrics.json"])
+def test_load_record_refuses_incomplete(tmp_path, missing):
+    y = [0, 1]
+    d = write_fake_run(tmp_path, {"backbone": "resnet10t"}, probs_for(y, y), y, omit=[missing])
+    with pytest.raises(ev.IncompleteRecordError, match=missing.replace(".", r"\.")):
+        ev.load_record(d)
+    with pytest.raises(ev.IncompleteRecordError, match="does not exist"):
+        ev.load_record(tmp_path / "nope")
+
+
+def test_load_records_one_row_per_run(tmp_path):
+    exp = {}
+    for fold in range(3):
+        for fusion in ("none", "metanet"):
+            r = fake_fold_run(tmp_path, {"backbone": "resnet10t", "fusion": fusion, "fold": fold},
+                              {c: (fold + c) % 10 for c in range(7)})
+            exp[(fusion, fold)] = r
+    fake_fold_run(tmp_path, {"backbone": "resnet10t", "fusion": "metanet", "fold": 0,
+                             "meta_features": ("localization", "age")}, {c: 3 for c in range(7)})
+    (tmp_path / ".stage-abc").mkdir()  # a staging folder of an unfinished record: ignored
+    df = ev.load_records(tmp_path)
+    assert len(df) == 7
+    for col in ("run_id", "backbone", "fusion", "meta_features", "meta_layers", "fold", "n_folds",
+                "split_scheme", "data_kind", "data_fingerprint", "epochs", "mcr", *ev.RECALL_COLUMNS):
+        assert col in df.columns, col
+    assert set(df["meta_features"]) == {"age+sex+localization", "age+localization"}
+    sub = df[df["meta_features"] == "age+localization"].iloc[0]
+    assert bool(sub["meta_age"]) and not bool(sub["meta_sex"]) and bool(sub["meta_localization"])
+    for (fusion, fold), r in exp.items():
+        row = df[(df.fusion == fusion) & (df.fold == fold) & (df.meta_features == "age+sex+localization")]
+        assert len(row) == 1
+        assert row["mcr"].iloc[0] == pytest.approx(r["mcr"])
+        for code in CLASS_CODES:
+            assert row[f"recall_{code}"].iloc[0] == pytest.approx(r["per_class_recall"][code])
+    # run_ids subset
+    ids = df["run_id"].iloc[:2].tolist()
+    assert ev.load_records(tmp_path, run_ids=ids)["run_id"].tolist() == ids
+
+
+def test_load_records_skips_incomplete_with_warning(tmp_path):
+    fake_fold_run(tmp_path, {"backbone": "resnet10t", "fold": 0}, {0: 1})
+    y = [0, 1]
+    bad = write_fake_run(tmp_path, {"backbone": "resnet10t", "fold": 1}, probs_for(y, y), y,
+                         omit=["predictions.csv"])
+    with pytest.warns(UserWarning, match="incomplete"):
+        df = ev.load_records(tmp_path)
+    assert len(df) == 1
+    with pytest.raises(ev.IncompleteRecordError):
+        ev.load_records(tmp_path, on_incomplete="raise")
+    with pytest.raises(ev.IncompleteRecordError):
+        ev.load_records(tmp_path, run_ids=[bad.name])
+
+
+def test_load_records_empty_folder_has_columns(tmp_path):
+    df = ev.load_records(tmp_path)
+    assert df.empty and "mcr" in df.columns and "backbone" in df.columns
+    assert ev.load_records(tmp_path / "absent").empty
+
+
+def test_load_records_source_metrics_and_mismatch_warning(tmp_path):
+    y = [0, 1, 2, 3, 4, 5, 6]
+    write_fake_run(tmp_path, {"backbone": "resnet10t"}, probs_for(y, y), y, metrics={"mcr": 0.5})
+    with pytest.warns(UserWarning, match="differs"):
+        df = ev.load_records(tmp_path)
+    assert df["mcr"].iloc[0] == pytest.approx(1.0) and df["mcr_metrics"].iloc[0] == 0.5
+    with pytest.warns(UserWarning, match="differs"):
+        dfm = ev.load_records(tmp_path, source="metrics")
+    assert dfm["mcr"].iloc[0] == 0.5
+
+
+def test_load_records_reads_the_engine_metrics_json(tmp_path):
+    y = [0, 1, 2, 3, 4, 5, 6]
+    d = write_fake_run(tmp_path, {"backbone": "resnet10t"}, probs_for(y, y), y)
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["mcr"] == 1.0 and len(m["confusion_matrix"]) == 7
+
+
+# --------------------------------------------------------------------------- aggregate
+
+
+def test_aggregate_mean_sample_std_and_n(tmp_path):
+    mcrs = {}
+    for fold in range(5):
+        for fusion in ("none", "metanet"):
+            r = fake_fold_run(tmp_path, {"backbone": "resnet10t", "fusion": fusion, "fold": fold},
+                              {c: (3 * fold + c + (fusion == "metanet")) % 11 for c in range(7)})
+            mcrs.setdefault(fusion, []).append(r["mcr"])
+    df = ev.load_records(tmp_path)
+    agg = ev.aggregate(df, by=["backbone", "fusion"])
+    assert len(agg) == 2
+    for fusion, vals in mcrs.items():
+        row = agg[agg.fusion == fusion].iloc[0]
+        assert row["n"] == 5 and row["folds"] == "0,1,2,3,4" and row["n_expected"] == 5
+        assert row["mcr_mean"] == pytest.approx(statistics.mean(vals))
+        assert row["mcr_std"] == pytest.approx(statistics.stdev(vals))  # ddof=1
+    # default grouping: every setting but the fold
+    agg2 = ev.aggregate(df)
+    assert len(agg2) == 2 and set(agg2["n"]) == {5}
+    assert "fold" not in agg2.columns and "run_id" not in agg2.columns
+
+
+def test_aggregate_default_never_mixes_settings_and_one_fold_std_is_nan(tmp_path):
+    fake_fold_run(tmp_path, {"backbone": "resnet10t", "fold": 0, "epochs": 1}, {0: 1})
+    fake_fold_run(tmp_path, {"backbone": "resnet10t", "fold": 0, "epochs": 2}, {0: 2})
+    df = ev.load_records(tmp_path)
+    agg = ev.aggregate(df)
+    assert len(agg) == 2 and set(agg["n"]) == {1}
+    assert agg["mcr_std"].isna().all()
+    with pytest.raises(ValueError, match="same fold"):
+        ev.aggregate(df, by=["backbone"])
+
+
+def test_filter_records():
+    df = pd.DataFrame({"fusion": ["none", "concat", "metanet"], "meta_layers": [2, 2, 3]})
+    assert ev.filter_records(df, fusion=["none", "metanet"]).index.tolist() == [0, 2]
+    assert ev.filter_records(df, fusion="metanet", meta_layers=3).index.tolist() == [2]
+    with pytest.raises(KeyError):
+        ev.filter_records(df, backbone="x")
+
+
+def test_record_with_a_tie(tmp_path):
+    y = [0, 0, 1, 2, 3, 4, 5, 6]
+    pred = [-1, 0, 1, 2, 3, 4, 5, 6]  # the first MEL image ties with NV
+    write_fake_run(tmp_path, {"backbone": "resnet10t"}, probs_for(y, pred), y)
+    row = ev.load_records(tmp_path).iloc[0]
+    assert row["n_ties"] == 1 and row["recall_MEL"] == 0.5
+    assert row["mcr"] == pytest.approx(expected_scores(y, pred)["mcr"])
+
+
+def test_integer_labels_fast_path_checks_range():
+    assert ev.labels_to_indices(np.array([0, 6])).tolist() == [0, 6]
+    with pytest.raises(ev.RecordError, match="0..6"):
+        ev.labels_to_indices(np.array([0, 7]))

@@ -1,0 +1,158 @@
+"""The training engine and the grid: records, schedule, class weights, resume after SIGKILL,
+exactly-once training under concurrent workers, and a smoke grid on the real data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from metanet_utils.config import RunConfig, load_profile
+from metanet_utils.constants import CLASS_CODES
+from metanet_utils.train import RECORD_FILES, class_weight_tensor, is_complete, make_scheduler
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_profile(path: Path, **overrides) -> Path:
+    """A tiny profile: test_resnet, 2 folds, small images, few real images."""
+    import yaml
+
+    base = dict(name=path.stem, data="auto", max_images=120, synthetic_images=120, backbones=["test_resnet"],
+                fusions=["metanet"], n_folds=2, folds=[0], epochs=1, image_size=40, crop_size=32, batch_size=16,
+                lr=0.01, pretrained=False, ablations={"table3": False, "table4": False})
+    base.update(overrides)
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+def run_cli(args, env_root: Path, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "METANET_ROOT": str(env_root), "METANET_RESULTS_DIR": str(env_root / "results"),
+           "METANET_CACHE_DIR": str(env_root / "cache"), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "metanet_utils", *args], env=env, capture_output=True, text=True,
+                          **kw)
+
+
+def test_lr_is_divided_by_ten_at_the_paper_milestones():
+    cfg = RunConfig(backbone="test_resnet")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr, momentum=0.9)
+    sched = make_scheduler(opt, cfg)
+    lrs = []
+    for _ in range(cfg.epochs):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    lrs = np.array(lrs)
+    assert np.allclose(lrs[:50], 1e-3) and np.allclose(lrs[50:120], 1e-4)
+    assert np.allclose(lrs[120:200], 1e-5) and np.allclose(lrs[200:250], 1e-6)
+
+
+def test_class_weights_are_inverse_frequency_of_the_training_fold():
+    labels = np.array([0] * 6 + [1] * 3 + [2] * 1 + [3, 4, 5, 6])
+    w = class_weight_tensor(labels).numpy()
+    counts = np.bincount(labels, minlength=7)
+    np.testing.assert_allclose(w, len(labels) / (7 * counts), rtol=1e-6)
+    # the weighted loss of a uniform prediction is then the same for every class
+    assert np.isclose((w * counts).sum() / len(labels), 1.0)
+
+
+@pytest.fixture(scope="module")
+def smoke_grid(real_data_dir, tmp_path_factory):
+    """The smoke profile's grid on the real data, fold 0 of Table 1 (plus a check that a rerun trains nothing)."""
+    root = tmp_path_factory.mktemp("smoke_root")
+    (root / "configs").symlink_to(ROOT / "configs")
+    out = run_cli(["grid", "--profile", "smoke", "--data-dir", str(real_data_dir), "--only", "fold=0",
+                   "meta_layers=0,2", "meta_features=,age+sex+localization"], root, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return root, out
+
+
+def test_smoke_grid_writes_complete_records(smoke_grid):
+    root, out = smoke_grid
+    runs = sorted(p for p in (root / "results" / "runs").iterdir() if not p.name.startswith("."))
+    assert {json.loads((r / "config.json").read_text())["fusion"] for r in runs} == {"none", "concat", "metanet"}
+    for r in runs:
+        assert is_complete(r)
+        assert all((r / f).is_file() for f in RECORD_FILES)
+        pred = pd.read_csv(r / "predictions.csv")
+        assert list(pred.columns) == ["image", *CLASS_CODES]
+        np.testing.assert_allclose(pred[list(CLASS_CODES)].sum(axis=1), 1.0, atol=1e-5)
+        metrics = json.loads((r / "metrics.json").read_text())
+        assert 0.0 <= metrics["mcr"] <= 1.0 and set(metrics["per_class_recall"]) == set(CLASS_CODES)
+        assert np.array(metrics["confusion_matrix"]).sum() == len(pred) == metrics["n_val"]
+        assert metrics["data_kind"] == "real"
+        hist = pd.read_csv(r / "history.csv")
+        assert list(hist["epoch"]) == [1]
+
+
+def test_rerunning_the_grid_trains_nothing(smoke_grid, real_data_dir):
+    root, _ = smoke_grid
+    out = run_cli(["grid", "--profile", "smoke", "--data-dir", str(real_data_dir), "--only", "fold=0",
+                   "meta_layers=0,2", "meta_features=,age+sex+localization"], root, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "trained now 0, already complete 4" in out.stdout  # Table 1 (3) + Table 4 concat k=2
+
+
+def test_run_killed_with_sigkill_resumes_to_the_same_result(real_data_dir, tmp_path):
+    prof = write_profile(tmp_path / "resume.yaml", epochs=4, deterministic=True)
+    args = ["grid", "--profile", str(prof), "--data-dir", str(real_data_dir)]
+    ref_root, int_root = tmp_path / "ref", tmp_path / "int"
+    out = run_cli(args, ref_root, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+    env = {**os.environ, "METANET_ROOT": str(int_root), "METANET_RESULTS_DIR": str(int_root / "results"),
+           "METANET_CACHE_DIR": str(int_root / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "metanet_utils", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    work = int_root / "results" / "runs" / ".work"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(work.glob("*/checkpoint.pt")):
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpt = list(work.glob("*/checkpoint.pt"))
+    assert ckpt, "the run finished before it could be killed; make it longer"
+    done_before = torch.load(ckpt[0], weights_only=False)["epoch"]
+    assert 1 <= done_before < 4
+    out = run_cli(args, int_root, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"resuming after epoch {done_before}/4" in out.stdout
+
+    (ref_run,) = [p for p in (ref_root / "results" / "runs").iterdir() if not p.name.startswith(".")]
+    int_run = int_root / "results" / "runs" / ref_run.name
+    assert is_complete(int_run)
+    ref_pred = pd.read_csv(ref_run / "predictions.csv")
+    int_pred = pd.read_csv(int_run / "predictions.csv")
+    pd.testing.assert_frame_equal(ref_pred, int_pred, check_exact=True)
+    ref_hist, int_hist = pd.read_csv(ref_run / "history.csv"), pd.read_csv(int_run / "history.csv")
+    pd.testing.assert_series_equal(ref_hist["train_loss"], int_hist["train_loss"], check_exact=True)
+    assert json.loads((ref_run / "metrics.json").read_text())["mcr"] == \
+        json.loads((int_run / "metrics.json").read_text())["mcr"]
+
+
+def test_two_concurrent_workers_train_each_run_exactly_once(real_data_dir, tmp_path):
+    prof = write_profile(tmp_path / "conc.yaml", fusions=["none", "concat", "metanet"], folds=[0, 1], epochs=1)
+    root = tmp_path / "root"
+    # prepare the cache once so the two workers start training at the same time
+    assert run_cli(["data", "prepare", "--profile", str(prof), "--data-dir", str(real_data_dir)], root,
+                   timeout=300).returncode == 0
+    out = run_cli(["grid", "--profile", str(prof), "--data-dir", str(real_data_dir), "--workers", "2"], root,
+                  timeout=900)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    events = (root / "results" / "runs" / ".events.log").read_text().splitlines()
+    starts = pd.Series([e.split()[-1] for e in events if " start " in e])
+    completes = pd.Series([e.split()[-1] for e in events if " complete " in e])
+    assert len(completes) == 6 and completes.is_unique
+    assert starts.is_unique and set(starts) == set(completes)
+    pids = {e.split()[2] for e in events if " start " in e}
+    assert len(pids) == 2, "both workers should have trained something"
