@@ -260,7 +260,14 @@ def _with_paper(row: dict[str, Any], mean: float, std: float) -> dict[str, Any]:
     return row
 
 
-def _layers_for(meta_layers: int | Mapping[str, int], fusion: str) -> int:
+#: Tables 1 and 2 compare the paper's variants: concat on the raw metadata (no layer, as the
+#: paper's Sec. 3.5 says), metanet with two layers.
+TABLE1_META_LAYERS: dict[str, int] = {"none": 0, "concat": 0, "metanet": 2, "metablock": 1}
+
+
+def _layers_for(meta_layers: int | Mapping[str, int] | None, fusion: str) -> int:
+    if meta_layers is None:
+        meta_layers = TABLE1_META_LAYERS
     if isinstance(meta_layers, Mapping):
         return int(meta_layers.get(fusion, DEFAULT_META_LAYERS))
     return int(meta_layers)
@@ -292,7 +299,7 @@ def build_table1(
     records: pd.DataFrame | str | Path | None,
     backbones: Sequence[str] | None = None,
     fusions: Sequence[str] = FUSIONS_ORDER,
-    meta_layers: int | Mapping[str, int] = DEFAULT_META_LAYERS,
+    meta_layers: int | Mapping[str, int] = None,
     n_folds: int | None = None,
 ) -> pd.DataFrame:
     """Table 1: MCR (%) per backbone and fusion, ours beside the paper's.
@@ -349,7 +356,7 @@ def build_table2(
     records: pd.DataFrame | str | Path | None,
     backbone: str,
     fusions: Sequence[str] = FUSIONS_ORDER,
-    meta_layers: int | Mapping[str, int] = DEFAULT_META_LAYERS,
+    meta_layers: int | Mapping[str, int] | None = None,
     n_folds: int | None = None,
 ) -> pd.DataFrame:
     """Table 2: per-class recall (%) per fusion for one backbone, beside the paper's SENet154.
@@ -402,7 +409,7 @@ def build_table3(
         used = [f for f in META_FIELDS if int(p[f])]
         key = "+".join(used) or "none"
         fusion = "metanet" if used else "none"
-        sel = _select(df, backbone, fusion, key if used else ALL_META, meta_layers)
+        sel = _select(df, backbone, fusion, key if used else ALL_META, meta_layers if used else 0)
         row = {**{f: int(p[f]) for f in META_FIELDS}, "fusion": fusion, "meta_features": key,
                "backbone": backbone, "paper_backbone": PAPER_ABLATION_BACKBONE, **_cell(sel, "mcr", nexp)}
         rows.append(_with_paper(row, p["mcr_mean"], p["mcr_std"]))

@@ -112,12 +112,13 @@ def grid(tmp_path_factory):
     for bb in ("senet154", "resnet10t"):
         for fusion in ("none", "concat", "metanet"):
             folds = range(3) if (bb, fusion) == ("resnet10t", "concat") else range(5)
-            add(("t1", bb, fusion), folds, backbone=bb, fusion=fusion)
+            k = {"none": 0, "concat": 0, "metanet": 2}[fusion]  # Table 1: concat on the raw metadata
+            add(("t1", bb, fusion), folds, backbone=bb, fusion=fusion, meta_layers=k)
     for subset in [("age",), ("sex",), ("localization",), ("age", "sex"), ("sex", "localization"),
                    ("age", "localization")]:
         add(("t3", subset), range(5), backbone="senet154", fusion="metanet", meta_features=subset)
     for fusion in ("metanet", "concat"):
-        for k in (1, 3, 4):
+        for k in ((1, 3, 4) if fusion == "metanet" else (1, 2, 3, 4)):
             add(("t4", fusion, k), range(5), backbone="senet154", fusion=fusion, meta_layers=k)
     # a `none` run written with no metadata for fold 0: the same model as the default one, ignored
     add(("none-nometa",), [0], backbone="senet154", fusion="none", meta_features=())
@@ -214,13 +215,14 @@ def test_table4_depth(grid):
     assert t.shape == (8, 12)
     assert list(zip(t.fusion, t.fc_layers)) == [(f, k) for f in ("metanet", "concat") for k in (1, 2, 3, 4)]
     for _, row in t.iterrows():
-        key = ("t1", "senet154", row["fusion"]) if row["fc_layers"] == 2 else ("t4", row["fusion"], row["fc_layers"])
+        key = (("t1", "senet154", "metanet") if (row["fusion"], row["fc_layers"]) == ("metanet", 2)
+               else ("t4", row["fusion"], row["fc_layers"]))
         m, s, n = _mean_std(exp[key])
         assert row["ours_mean"] == pytest.approx(m) and row["ours_std"] == pytest.approx(s) and row["n"] == n
     assert t["paper_mean"].tolist() == tb.paper_table4()["mcr_mean"].tolist()
     # no runs for this backbone's depth ablation: missing, not 0
     t_tiny = tb.build_table4(records, "resnet10t")
-    assert t_tiny.loc[t_tiny.fc_layers != 2, "ours_mean"].isna().all()
+    assert t_tiny.loc[(t_tiny.fc_layers != 2) | (t_tiny.fusion == "concat"), "ours_mean"].isna().all()
 
 
 def test_build_tables_picks_senet_for_ablations(grid):
