@@ -39,7 +39,7 @@ from .atomic import atomic_write_text
 from .config import ConfigError, Profile, RunConfig
 from .constants import META_FIELDS
 
-__all__ = ["enumerate_runs", "filter_runs", "parse_only", "estimated_cost", "GridSummary", "run_grid",
+__all__ = ["EXPERIMENTS", "enumerate_runs", "filter_runs", "parse_only", "estimated_cost", "GridSummary", "run_grid",
            "profile_dataset", "status_table"]
 
 #: Forward GMACs at 224 px (331 px for PNASNet), for ordering runs longest first.
@@ -75,25 +75,36 @@ def _variant(base: RunConfig, fusion: str, features: tuple[str, ...] = META_FIEL
     return base.replace(fusion=fusion, meta_features=features, meta_layers=base.meta_layers if k is None else k)
 
 
-def enumerate_runs(profile: Profile, dataset) -> list[RunConfig]:
-    """Every run the profile asks for (Table 1, then the ablations), without duplicates."""
+EXPERIMENTS: tuple[str, ...] = ("table1", "table3", "table4")
+
+
+def enumerate_runs(profile: Profile, dataset, experiments: Iterable[str] = EXPERIMENTS) -> list[RunConfig]:
+    """Every run the profile asks for (Table 1, then the ablations), without duplicates.
+
+    ``experiments`` restricts to some of ``table1``, ``table3``, ``table4``.
+    """
+    experiments = tuple(experiments)
+    unknown = set(experiments) - set(EXPERIMENTS)
+    if unknown:
+        raise ConfigError(f"unknown experiment(s) {sorted(unknown)}; allowed: {', '.join(EXPERIMENTS)}")
     runs: list[RunConfig] = []
-    for backbone in profile.backbones:
+    for backbone in (profile.backbones if "table1" in experiments else ()):
         base = _base(profile, dataset, backbone)
         for fusion, fold in itertools.product(profile.fusions, profile.fold_indices):
             runs.append(_variant(base.replace(fold=fold), fusion))
     abl = profile.ablations
-    if abl.table3 or abl.table4:
+    do3, do4 = abl.table3 and "table3" in experiments, abl.table4 and "table4" in experiments
+    if do3 or do4:
         backbone = abl.backbone or profile.backbones[-1]
         base = _base(profile, dataset, backbone)
         for fold in profile.fold_indices:
             b = base.replace(fold=fold)
-            if abl.table3:
+            if do3:
                 runs.append(_variant(b, "none"))
                 for r in (1, 2, 3):
                     for subset in itertools.combinations(META_FIELDS, r):
                         runs.append(_variant(b, "metanet", subset))
-            if abl.table4:
+            if do4:
                 for k in abl.meta_layers:
                     runs.append(_variant(b, "metanet", META_FIELDS, k))
                     runs.append(_variant(b, "concat", META_FIELDS, k))
@@ -173,6 +184,7 @@ def status_table(runs: list[RunConfig], runs_dir: str | Path | None = None):
 
 
 def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = None,
+             experiments: Iterable[str] = EXPERIMENTS,
              runs_dir: str | Path | None = None, device: str | None = None, progress: bool = True,
              weights_dir: str | Path | None = None, wait: bool = True, poll_s: float = 5.0) -> GridSummary:
     """Train the profile's missing runs here, longest first, skipping complete ones.
@@ -185,7 +197,7 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
     from .train import RunBusy, is_complete, record_dir, train_run
 
     runs_dir = Path(runs_dir or default_runs_dir())
-    runs = sorted(filter_runs(enumerate_runs(profile, dataset), only), key=estimated_cost, reverse=True)
+    runs = sorted(filter_runs(enumerate_runs(profile, dataset, experiments), only), key=estimated_cost, reverse=True)
     summary = GridSummary(total=len(runs))
     pending = [r for r in runs if not is_complete(record_dir(r, runs_dir))]
     summary.skipped = [r.run_id for r in runs if r not in pending]

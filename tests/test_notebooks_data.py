@@ -1,0 +1,110 @@
+"""Notebooks 00-03 (data, exploration, metadata, colour constancy) run in the smoke profile, on the real
+copy and on the synthetic fallback, and write their figures; every notebook is committed clean."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+KERNEL = "metanet-kit"
+
+#: The data notebooks, in chain order, and the figures each must write.
+FIGURES: dict[str, list[str]] = {
+    "00_get_data": ["00_class_counts"],
+    "01_data_exploration": ["01_class_counts", "01_age_by_class", "01_sex_site_by_class", "01_sample_images",
+                            "01_images_per_lesion", "01_lesion_leak"],
+    "02_metadata": ["02_metadata_vectors", "02_mutual_information", "02_metadata_baseline_recall"],
+    "03_color_constancy": ["03_color_constancy_grid", "03_color_statistics"],
+}
+
+
+@pytest.fixture(scope="session")
+def kernel() -> str:
+    """The kit's Jupyter kernel, registered into this environment if it is missing (as run_all.sh does)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(KERNEL)
+    except NoSuchKernel:
+        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL,
+                        "--display-name", "MetaNet kit"], check=True, capture_output=True)
+    return KERNEL
+
+
+def _stream_text(nb: nbformat.NotebookNode) -> str:
+    return "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                     if o.get("output_type") == "stream")
+
+
+def _run_chain(root: Path, data_dir: str, kernel: str) -> dict[str, tuple[float, nbformat.NotebookNode]]:
+    import papermill as pm
+
+    done = {}
+    for name in FIGURES:
+        t0 = time.perf_counter()
+        out = root / "outputs" / f"{name}.ipynb"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        nb = pm.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out), parameters={"profile": "smoke",
+                                 "data_dir": data_dir}, kernel_name=kernel, cwd=str(NOTEBOOKS), progress_bar=False)
+        done[name] = (time.perf_counter() - t0, nb)
+    return done
+
+
+def _check_figures(root: Path, done: dict) -> None:
+    for name, figures in FIGURES.items():
+        for fig in figures:
+            png = root / "figures" / f"{fig}.png"
+            assert png.is_file() and png.stat().st_size > 5000, f"{name} did not write {png}"
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    print("\n" + "\n".join(f"  {name}: {t:.1f} s" for name, (t, _) in done.items()))
+
+
+def test_data_notebooks_on_real_data(real_data_dir, isolated_root, kernel):
+    done = _run_chain(isolated_root, str(real_data_dir), kernel)
+    _check_figures(isolated_root, done)
+    text = {name: _stream_text(nb) for name, (_, nb) in done.items()}
+    assert all("SYNTHETIC" not in t for t in text.values())
+    assert "misprint" in text["00_get_data"] and "1099" in text["00_get_data"]
+    assert not (isolated_root / "data").exists() or not any((isolated_root / "data").glob("synthetic-*"))
+
+
+def test_data_notebooks_on_synthetic_data(isolated_root, kernel):
+    done = _run_chain(isolated_root, "", kernel)
+    _check_figures(isolated_root, done)
+    assert any((isolated_root / "data").glob("synthetic-*/synthetic.json"))
+    for name, (_, nb) in done.items():  # the banner, at the top of every notebook
+        first = next(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                     if o.get("output_type") == "stream" and "DATA" in o.get("text", ""))
+        assert "*** SYNTHETIC DATA" in first, f"{name} does not announce synthetic data"
+
+
+ALL_NOTEBOOKS = sorted(NOTEBOOKS.glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=[p.name for p in ALL_NOTEBOOKS])
+def test_notebook_committed_clean(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.nbformat == 4
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for i, c in enumerate(code):
+        assert c.outputs == [], f"{path.name}: code cell {i} has outputs (commit notebooks without them)"
+        assert c.execution_count is None, f"{path.name}: code cell {i} has an execution count"
+    assert code and "parameters" in code[0].metadata.get("tags", []), f"{path.name}: first code cell not tagged"
+    assigned = {t.id for node in ast.parse(code[0].source).body if isinstance(node, ast.Assign) for t in node.targets
+                if isinstance(t, ast.Name)}
+    assert {"profile", "data_dir"} <= assigned, f"{path.name}: parameters cell must set profile and data_dir"
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.lstrip().startswith("# "), f"{path.name}: no title cell"
+
+
+def test_notebook_folder_has_the_data_notebooks():
+    assert {p.stem for p in ALL_NOTEBOOKS} >= set(FIGURES)
