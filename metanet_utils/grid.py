@@ -244,3 +244,21 @@ def spawn_workers(n: int, argv: list[str]) -> int:
     procs = [subprocess.Popen([sys.executable, "-m", "metanet_utils", *argv], env={**os.environ,
                               "METANET_WORKER": str(i)}) for i in range(n)]
     return max(p.wait() for p in procs)
+
+
+def run_histories(runs: list[RunConfig], runs_dir: str | Path | None = None) -> "pd.DataFrame":
+    """Tidy per-epoch history of the complete runs among ``runs``: one row per run and epoch,
+    with the run's ``backbone, fusion, fold, meta, k`` beside ``history.csv``'s columns."""
+    import pandas as pd
+
+    from .train import is_complete, record_dir
+
+    frames = []
+    for r in runs:
+        d = record_dir(r, runs_dir)
+        if is_complete(d):
+            h = pd.read_csv(d / "history.csv")
+            frames.append(h.assign(run_id=r.run_id, backbone=r.backbone, fusion=r.fusion, fold=r.fold,
+                                   meta="+".join(r.meta_features), k=r.meta_layers))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["epoch", "train_loss", "val_loss", "val_mcr", "run_id", "backbone", "fusion", "fold"])

@@ -748,3 +748,37 @@ def baseline_summary(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
                    **{c.upper(): cell(r["recall_mean"][c.upper()], r["recall_std"][c.upper()]) for c in PAPER_ORDER}}
             for name, r in results.items()}
     return pd.DataFrame(rows).T
+
+
+# ----------------------------------------------------------------------------- training (notebook 04)
+
+
+def training_curves(history: pd.DataFrame, *, title: str = "", save: str | None = None,
+                    synthetic: bool = False) -> Figure:
+    """Learning curves: training loss and validation MCR per epoch, one line per fold, one colour per fusion.
+
+    Args:
+        history: :func:`metanet_utils.grid.run_histories` (columns ``fusion, fold, epoch, train_loss, val_mcr``).
+        title: figure title (e.g. the backbone).
+        save: file name under ``figures/``.
+        synthetic: stamp SYNTHETIC DATA.
+
+    Returns:
+        The figure: two axes (loss, validation MCR in %).
+    """
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    ax_loss, ax_mcr = fig.subplots(1, 2)
+    colours = {"none": "tab:gray", "concat": "tab:blue", "metanet": "tab:red", "metablock": "tab:green"}
+    for (fusion, fold), h in history.sort_values("epoch").groupby(["fusion", "fold"], sort=True):
+        kw = dict(color=colours.get(fusion, None), alpha=0.8, lw=1.2, marker="o" if len(h) < 8 else None, ms=3,
+                  label=fusion if fold == history.loc[history.fusion == fusion, "fold"].min() else None)
+        ax_loss.plot(h["epoch"], h["train_loss"], **kw)
+        ax_mcr.plot(h["epoch"], 100 * h["val_mcr"], **kw)
+    ax_loss.set(xlabel="epoch", ylabel="training loss (class-weighted CE)", title="training loss, one line per fold")
+    ax_mcr.axhline(100 / len(CLASS_CODES), color="0.3", ls="--", lw=1, label="chance")
+    ax_mcr.set(xlabel="epoch", ylabel="validation MCR (%)", title="validation mean class recall")
+    for ax in (ax_loss, ax_mcr):
+        ax.legend(frameon=False, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _finish(fig, save, synthetic)
