@@ -1,0 +1,821 @@
+#!/usr/bin/env python3
+"""Training throughput: the kit's pipeline against a plain torchvision DataLoader pipeline.
+
+For each backbone (the paper's six by default, at the paper's resolution: resize 300 -> crop 224,
+PNASNet 441 -> 331) and each batch size, training images per second (forward + backward + SGD
+step, ``metanet`` fusion, random weights) for three pipelines on the same device:
+
+``reference``  what a user would otherwise run (the authors' way): JPEG files decoded by PIL and
+               augmented by torchvision transforms in a ``torch.utils.data.DataLoader`` with one
+               worker per core and ``pin_memory``; fp32, NCHW; ``loss.item()`` every step.
+``kit``        the kit's code path: the uint8 image cache resident on the device, batched
+               augmentation on the device (:class:`metanet_utils.augment.BatchAugment`), bf16
+               autocast on a GPU, channels_last where the backbone prefers it. Measured by calling
+               :func:`metanet_utils.train.train_one_epoch` itself, the function every training run uses.
+``ceiling``    the same model, batch, precision and memory layout on a random tensor already on
+               the device: what the model alone can do (no data pipeline at all).
+
+Method: per measurement, a first untimed call (cuDNN autotuning, DataLoader workers starting),
+a warm-up, then ``--repeats`` timed repeats; the reported number is the median over the repeats.
+Timing uses CUDA events on a GPU (with a synchronize before each repeat) and ``perf_counter`` on
+the CPU. Repeats of the reference pipeline span whole rounds of the DataLoader's workers when
+the loader is the bottleneck (see ``bench/README.md``).
+
+Outputs a Markdown table (``--md``) and a JSON file (``--json``, rewritten after every
+measurement so an interrupted run keeps what it measured).
+
+Examples:
+    # the paper's six backbones on a GPU (about 4 minutes on an H100)
+    python bench/throughput.py --images ../shared/ham10000 --deadline 230
+    # CI / CPU smoke: tiny models
+    python bench/throughput.py --backbones test_resnet resnet10t --size 64 --crop 56 --batches 8 \\
+        --images ../shared/ham10000 --max-seconds 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import functools
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # run from a checkout without installing the package
+    sys.path.insert(0, str(_ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+PAPER_BACKBONES = ("alexnet", "vgg19", "resnet50", "densenet161", "senet154", "pnasnet5large")
+DEFAULT_BATCH_CAPS = {"senet154": 64, "pnasnet5large": 64}
+PIPELINES = ("reference", "kit", "ceiling")
+#: Training images per fold and validation images per fold of the paper's protocol (10015 images, 5 folds).
+PAPER_TRAIN_IMAGES, PAPER_VAL_IMAGES, PAPER_EPOCHS = 8012, 2003, 250
+#: Evaluation (forward only) is assumed to run this many times faster than training per image.
+EVAL_SPEEDUP = 3.0
+
+
+# --------------------------------------------------------------------------- small helpers
+
+def cpu_count() -> int:
+    """Cores this process may use: CPU affinity and the cgroup CPU quota of a container both count
+    (``os.cpu_count()`` can report the whole host)."""
+    if hasattr(os, "sched_getaffinity"):
+        n = len(os.sched_getaffinity(0))
+    else:
+        n = os.cpu_count() or 1
+    try:  # cgroup v2: "max 100000" or "1600000 100000"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, int(n))
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {cpu_count()} cores)"
+
+
+def log(msg: str) -> None:
+    print(f"[throughput {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Timer:
+    """Wall time of a block: CUDA events on a GPU (after a synchronize), perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = float("nan")
+
+    def __enter__(self) -> "Timer":
+        sync(self.device)
+        if self.device.type == "cuda":
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._end = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            self._end.record()
+            sync(self.device)
+            self.seconds = self._start.elapsed_time(self._end) / 1000.0
+        else:
+            self.seconds = time.perf_counter() - self._t0
+
+
+def is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def find_jpegs(folder: Path) -> list[Path]:
+    """``ISIC_*.jpg`` (or any ``*.jpg``) in ``folder``, ``folder/images`` or below."""
+    for d in (folder, folder / "images"):
+        files = sorted(d.glob("*.jpg")) + sorted(d.glob("*.jpeg"))
+        if files:
+            return files
+    return sorted(folder.rglob("*.jpg"))
+
+
+def steps_for(budget_s: float, step_s: float, lo: int, hi: int) -> int:
+    if not math.isfinite(step_s) or step_s <= 0:
+        return lo
+    return int(min(hi, max(lo, round(budget_s / step_s))))
+
+
+# --------------------------------------------------------------------------- the reference pipeline
+
+class JpegDataset(torch.utils.data.Dataset):
+    """JPEG files -> (augmented float image, metadata vector, label), as a plain PyTorch pipeline does."""
+
+    def __init__(self, paths: list[Path], transform: Callable, meta: torch.Tensor, labels: torch.Tensor) -> None:
+        self.paths = [str(p) for p in paths]
+        self.transform = transform
+        self.meta = meta
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as im:
+            img = self.transform(im.convert("RGB"))
+        return img, self.meta[i], self.labels[i]
+
+
+def reference_transform(resize: int, crop: int, mean, std):
+    """The paper's training augmentation written with torchvision transforms on PIL images."""
+    import torchvision.transforms as T
+
+    return T.Compose([
+        T.Resize((resize, resize)),
+        T.RandomCrop(crop),
+        T.RandomHorizontalFlip(),
+        T.RandomVerticalFlip(),
+        T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+        T.RandomRotation(30),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+
+
+def make_loader(dataset: torch.utils.data.Dataset, batch: int, workers: int, device: torch.device):
+    import multiprocessing as mp
+
+    sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=10**9)
+    kw: dict[str, Any] = {}
+    if workers > 0:
+        # fork: workers start in milliseconds (the default of Python <= 3.13 on Linux; 3.14 switched to forkserver)
+        if "fork" in mp.get_all_start_methods():
+            kw["multiprocessing_context"] = "fork"
+    return torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
+                                       pin_memory=device.type == "cuda", drop_last=True, **kw)
+
+
+# --------------------------------------------------------------------------- measurements
+
+@dataclasses.dataclass
+class Settings:
+    device: torch.device
+    warmup_steps: int
+    warmup_seconds: float
+    repeats: int
+    max_seconds: float
+    min_steps: int
+    max_steps: int
+    workers: int
+    reference_cudnn_benchmark: bool
+
+
+def _result(img_s: list[float], batch: int, n: int, **extra: Any) -> dict[str, Any]:
+    return {"img_s": statistics.median(img_s), "repeats_img_s": [round(v, 2) for v in img_s],
+            "steps_per_repeat": n, "batch": batch, **extra}
+
+
+def measure_kit(model: nn.Module, data, augment, cfg, criterion: nn.Module, s: Settings, amp_dtype,
+                channels_last: bool) -> dict[str, Any]:
+    """The kit's path: :func:`metanet_utils.train.train_one_epoch` over ``n`` batches per call."""
+    from metanet_utils.train import train_one_epoch
+
+    dev, bs = s.device, cfg.batch_size
+    n_cache = int(data.images.shape[0])
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    epoch = [0]
+
+    def run(n: int) -> float:
+        d = dataclasses.replace(data, train_idx=torch.arange(n * bs, device=data.meta.device) % n_cache)
+        with Timer(dev) as t:
+            train_one_epoch(model, d, augment, criterion, optimizer, cfg, epoch[0], dev, amp_dtype, channels_last)
+        epoch[0] += 1
+        return t.seconds
+
+    try:
+        first = run(2)
+        last = warm = run(s.warmup_steps)
+        while warm < s.warmup_seconds:
+            last = run(s.warmup_steps)
+            warm += last
+        n = steps_for(s.max_seconds / s.repeats, last / s.warmup_steps, s.min_steps, s.max_steps)
+        times = [run(n) for _ in range(s.repeats)]
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        del optimizer
+    return _result([n * bs / t for t in times], bs, n, first_call_s=round(first, 3))
+
+
+def _train_step(model, x, meta, y, criterion, optimizer, device, amp_dtype) -> torch.Tensor:
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        logits = model(x, meta)
+        loss = criterion(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def measure_ceiling(model: nn.Module, batch: int, crop: int, meta_dim: int, criterion: nn.Module, s: Settings,
+                    amp_dtype, channels_last: bool, lr: float = 1e-3) -> dict[str, Any]:
+    """Model only: a random batch already on the device, same precision and layout as the kit."""
+    dev = s.device
+    g = torch.Generator(device="cpu").manual_seed(1)
+    x = torch.randn(batch, 3, crop, crop, generator=g).to(dev)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    meta = torch.rand(batch, meta_dim, generator=g).to(dev)
+    y = torch.randint(0, 7, (batch,), generator=g).to(dev)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    model.train()
+
+    def run(n: int) -> float:
+        with Timer(dev) as t:
+            for _ in range(n):
+                _train_step(model, x, meta, y, criterion, optimizer, dev, amp_dtype)
+        return t.seconds
+
+    try:
+        first = run(2)
+        last = warm = run(s.warmup_steps)
+        while warm < s.warmup_seconds:
+            last = run(s.warmup_steps)
+            warm += last
+        n = steps_for(s.max_seconds / s.repeats, last / s.warmup_steps, s.min_steps, s.max_steps)
+        times = [run(n) for _ in range(s.repeats)]
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        del optimizer, x
+    return _result([n * batch / t for t in times], batch, n, first_call_s=round(first, 3))
+
+
+def measure_reference(model: nn.Module, dataset: JpegDataset, batch: int, crop: int, criterion: nn.Module,
+                      s: Settings, lr: float = 1e-3) -> dict[str, Any]:
+    """PIL + torchvision transforms in a DataLoader, fp32, NCHW, ``loss.item()`` every step.
+
+    The model is first warmed up on a random batch (so the loader's start does not overlap cuDNN
+    set-up and fill its prefetch queue). When the loader is (or may be) the bottleneck, a repeat is
+    one whole round of the workers (``workers`` batches): batches arrive in rounds, and the time
+    between the ends of two rounds is the loader's true period whatever the workers' phases.
+    """
+    dev = s.device
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    g = torch.Generator(device="cpu").manual_seed(2)
+    xr = torch.randn(batch, 3, crop, crop, generator=g).to(dev)
+    mr = torch.rand(batch, dataset.meta.shape[1], generator=g).to(dev)
+    yr = torch.randint(0, 7, (batch,), generator=g).to(dev)
+    it = None
+    try:
+        with Timer(dev) as t_first_model:
+            for _ in range(2):
+                _train_step(model, xr, mr, yr, criterion, optimizer, dev, None).item()
+        with Timer(dev) as t_model:
+            for _ in range(max(2, s.min_steps)):
+                _train_step(model, xr, mr, yr, criterion, optimizer, dev, None).item()
+        model_step_s = t_model.seconds / max(2, s.min_steps)
+        del xr, mr, yr
+
+        loader = make_loader(dataset, batch, s.workers, dev)
+        t0 = time.perf_counter()
+        it = iter(loader)
+
+        def step() -> None:
+            x, meta, y = next(it)
+            x = x.to(dev, non_blocking=True)
+            meta = meta.to(dev, non_blocking=True)
+            y = y.to(dev, non_blocking=True)
+            _train_step(model, x, meta, y, criterion, optimizer, dev, None).item()
+
+        step()
+        first_batch_s = time.perf_counter() - t0
+        round_n = max(1, s.workers)
+        # Is the loader (possibly) the bottleneck? first_batch_s (start-up + one worker making one batch)
+        # gives a lower bound of the loader's rate.
+        loader_img_s_est = round_n * batch / max(first_batch_s, 1e-9)
+        model_img_s = batch / max(model_step_s, 1e-9)
+        loader_bound = loader_img_s_est < 1.5 * model_img_s
+        # warm-up: when the loader may be the bottleneck, the rest of the first round of workers (their
+        # first batches arrive together, a burst that must not be timed); else the usual warm-up steps
+        warm_steps = max(s.warmup_steps, round_n if loader_bound else 0) - 1
+        with Timer(dev) as t_warm:
+            for _ in range(warm_steps):
+                step()
+        budget_per_repeat = s.max_seconds / s.repeats
+        per_step = max(model_step_s, t_warm.seconds / warm_steps) if warm_steps > 0 else model_step_s
+        n_time = steps_for(budget_per_repeat, per_step, s.min_steps, s.max_steps)
+        if loader_bound and round_n * model_step_s <= 3 * budget_per_repeat:
+            n, mode = round_n * max(1, round(n_time / round_n)), "worker rounds"
+        else:
+            n, mode = n_time, "time"
+        times = []
+        for _ in range(s.repeats):
+            with Timer(dev) as t:
+                for _ in range(n):
+                    step()
+            times.append(t.seconds)
+    finally:
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()  # stop the workers now, not whenever the iterator is collected
+        optimizer.zero_grad(set_to_none=True)
+        del optimizer
+    img_s = [n * batch / t for t in times]
+    return _result(img_s, batch, n, first_batch_s=round(first_batch_s, 3), first_call_s=round(t_first_model.seconds, 3),
+                   model_only_fp32_img_s=round(model_img_s, 1), repeat_mode=mode,
+                   bottleneck="loader" if statistics.median(img_s) < 0.8 * model_img_s else "model")
+
+
+# --------------------------------------------------------------------------- caches
+
+def build_device_cache(paths: list[Path], resize: int, n_images: int, meta_dim: int, device: torch.device,
+                       synthetic: bool, seed: int = 0):
+    """A :class:`metanet_utils.train.DeviceData` holding ``n_images`` uint8 images on ``device``."""
+    from metanet_utils.train import DeviceData
+
+    rng = np.random.default_rng(seed)
+    if synthetic or not paths:
+        images = rng.integers(0, 256, size=(n_images, resize, resize, 3), dtype=np.uint8)
+    else:
+        from metanet_utils.cache import load_image
+
+        chosen = [paths[i % len(paths)] for i in range(n_images)]
+        images = np.empty((n_images, resize, resize, 3), dtype=np.uint8)
+
+        def one(i: int) -> None:
+            images[i] = load_image(chosen[i], resize, color_constancy=True)
+
+        with ThreadPoolExecutor(max_workers=cpu_count()) as ex:
+            list(ex.map(one, range(n_images)))
+    meta = rng.random((n_images, meta_dim), dtype=np.float32)
+    labels = rng.integers(0, 7, size=n_images)
+    folds = np.ones(n_images, dtype=np.int64)  # every image in the training part (fold 0 is empty)
+    return DeviceData.build(images, meta, labels, folds, 0, [f"img{i}" for i in range(n_images)], device)
+
+
+# --------------------------------------------------------------------------- projection of the paper's protocol
+
+@functools.lru_cache(maxsize=1)
+def paper_protocol_runs() -> dict[str, dict[str, int]]:
+    """Runs per backbone of the paper profile: Table 1 only, and Tables 1, 3 and 4 together."""
+    from types import SimpleNamespace
+
+    from metanet_utils.config import Ablations, load_profile
+    from metanet_utils.grid import enumerate_runs
+
+    prof = load_profile("paper")
+    ds = SimpleNamespace(kind="real", fingerprint="projection")
+    out: dict[str, dict[str, int]] = {}
+    t1 = enumerate_runs(dataclasses.replace(prof, ablations=Ablations()), ds)
+    for r in t1:
+        out.setdefault(r.backbone, {"table1": 0, "all": 0})["table1"] += 1
+    for r in enumerate_runs(prof, ds):
+        out.setdefault(r.backbone, {"table1": 0, "all": 0})["all"] += 1
+    return out
+
+
+def project_paper_protocol(rows: list[dict[str, Any]], batch: int = 32) -> dict[str, Any] | None:
+    """Hours of the paper's protocol on this device from the measured img/s at ``batch``."""
+    try:
+        runs = paper_protocol_runs()
+    except Exception as e:  # noqa: BLE001 - a projection must never break the benchmark
+        return {"error": f"{type(e).__name__}: {e}"}
+    per_epoch_units = PAPER_TRAIN_IMAGES + PAPER_VAL_IMAGES / EVAL_SPEEDUP
+    out: dict[str, Any] = {"batch": batch, "epochs": PAPER_EPOCHS, "train_images_per_fold": PAPER_TRAIN_IMAGES,
+                           "val_images_per_fold": PAPER_VAL_IMAGES, "eval_speedup_assumed": EVAL_SPEEDUP,
+                           "backbones": {}}
+    totals = {f"{p}_{scope}": 0.0 for p in ("kit", "reference") for scope in ("table1", "all")}
+    complete = {k: True for k in totals}
+    for bb, n in runs.items():
+        row = next((r for r in rows if r["backbone"] == bb and r["batch"] == batch), None)
+        entry: dict[str, Any] = {"runs_table1": n["table1"], "runs_all": n["all"]}
+        for p in ("kit", "reference"):
+            v = row.get(f"{p}_img_s") if row else None
+            for scope in ("table1", "all"):
+                key = f"{p}_{scope}"
+                if v:
+                    h = n[scope] * PAPER_EPOCHS * per_epoch_units / v / 3600.0
+                    entry[f"{key}_hours"] = round(h, 2)
+                    totals[key] += h
+                else:
+                    entry[f"{key}_hours"] = None
+                    complete[key] = False
+        out["backbones"][bb] = entry
+    out["runs_table1"] = sum(n["table1"] for n in runs.values())
+    out["runs_all"] = sum(n["all"] for n in runs.values())
+    for k, v in totals.items():
+        out[f"{k}_hours"] = round(v, 1) if complete[k] else None
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+def _fmt(v: Any, nd: int = 0) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:,.{nd}f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Training throughput: {report['device']}", "",
+             f"{report['date']} · torch {report['torch']} · timm {report.get('timm')} · "
+             f"{report['settings']['workers']} DataLoader workers · fusion {report['settings']['fusion']} · "
+             f"random weights", "",
+             "Images per second (forward + backward + SGD step), median of "
+             f"{report['settings']['repeats']} repeats after warm-up.", "",
+             "| backbone | input | batch | reference img/s | kit img/s | ceiling img/s | kit / reference | "
+             "kit / ceiling | kit compiled img/s | notes |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in report["results"]:
+        notes = "; ".join(r.get("notes", []))
+        lines.append(
+            f"| {r['backbone']} | {r['resize']}->{r['crop']} | {r['batch']} | {_fmt(r['reference_img_s'])} | "
+            f"{_fmt(r['kit_img_s'])} | {_fmt(r['ceiling_img_s'])} | {_fmt(r['ratio_vs_reference'], 2)} | "
+            f"{_fmt(r['fraction_of_ceiling'], 2)} | {_fmt(r.get('kit_compiled_img_s'))} | {notes} |")
+    s = report["settings"]
+    lines += ["",
+              f"reference: PIL + torchvision transforms, DataLoader({s['workers']} workers, pin_memory), fp32, NCHW, "
+              f"cudnn.benchmark={s['reference_cudnn_benchmark']}, loss.item() every step; "
+              f"kit: device-resident uint8 cache + BatchAugment via train_one_epoch, precision {report['kit_precision']}, "
+              "channels_last where preferred, cudnn.benchmark=True; ceiling: the kit's model, precision and layout "
+              "on a random batch already on the device.", ""]
+    proj = report.get("projection")
+    if proj and "backbones" in proj:
+        lines += [f"## The paper's protocol on this device (projected from batch {proj['batch']})", "",
+                  f"{proj['epochs']} epochs x ({proj['train_images_per_fold']} training images + "
+                  f"{proj['val_images_per_fold']} validation images at {proj['eval_speedup_assumed']:g}x the training "
+                  "speed) per run.", "",
+                  "| backbone | runs Table 1 | runs Tables 1+3+4 | kit h (T1) | kit h (all) | reference h (all) |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for bb, e in proj["backbones"].items():
+            lines.append(f"| {bb} | {e['runs_table1']} | {e['runs_all']} | {_fmt(e['kit_table1_hours'], 1)} | "
+                         f"{_fmt(e['kit_all_hours'], 1)} | {_fmt(e['reference_all_hours'], 1)} |")
+        lines.append(f"| **total** | {proj['runs_table1']} | {proj['runs_all']} | {_fmt(proj['kit_table1_hours'], 1)} | "
+                     f"{_fmt(proj['kit_all_hours'], 1)} | {_fmt(proj['reference_all_hours'], 1)} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- main
+
+def parse_caps(items: list[str]) -> dict[str, int]:
+    caps = dict(DEFAULT_BATCH_CAPS)
+    for item in items or ():
+        if "=" not in item:
+            raise SystemExit(f"--batch-cap {item!r}: expected BACKBONE=N")
+        k, v = item.split("=", 1)
+        caps[k] = int(v)
+    return caps
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbones", nargs="+", default=list(PAPER_BACKBONES))
+    ap.add_argument("--batches", nargs="+", type=int, default=[32, 128],
+                    help="batch sizes (default: 32, the paper's, and 128)")
+    ap.add_argument("--batch-cap", nargs="*", default=[], metavar="BACKBONE=N",
+                    help="largest batch per backbone (default: senet154=64 pnasnet5large=64)")
+    ap.add_argument("--size", type=int, default=None, help="resize side for every backbone (default: the backbone's, 300/441)")
+    ap.add_argument("--crop", type=int, default=None, help="crop side for every backbone (default: 224/331)")
+    ap.add_argument("--images", type=Path, default=None,
+                    help="folder of JPEG files (or a data folder with images/): the reference reads them, the kit "
+                         "caches them (default: $METANET_BENCH_DATA, then ../shared/ham10000)")
+    ap.add_argument("--max-images", type=int, default=2000, help="images used (reference files and kit cache)")
+    ap.add_argument("--synthetic-cache", action="store_true", help="random uint8 kit cache instead of decoding")
+    ap.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES)
+    ap.add_argument("--fusion", default="metanet", choices=["none", "concat", "metanet"])
+    ap.add_argument("--meta-dim", type=int, default=17)
+    ap.add_argument("--device", default=None, help="cuda, cpu, ... (default: the GPU if there is one)")
+    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: one per core)")
+    ap.add_argument("--warmup-steps", type=int, default=5)
+    ap.add_argument("--warmup-seconds", type=float, default=1.0, help="minimum warm-up time per measurement")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--max-seconds", type=float, default=3.0,
+                    help="time budget of the timed repeats of one measurement (all repeats together)")
+    ap.add_argument("--min-steps", type=int, default=2, help="least steps per repeat")
+    ap.add_argument("--max-steps", type=int, default=400, help="most steps per repeat")
+    ap.add_argument("--deadline", type=float, default=None,
+                    help="soft budget for the whole table in seconds: measurements not started by then are skipped")
+    ap.add_argument("--compile", nargs="*", default=None, metavar="BACKBONE",
+                    help="also measure the kit with torch.compile (all backbones, or those named), after the table")
+    ap.add_argument("--compile-batches", nargs="*", type=int, default=None,
+                    help="batches measured with --compile (default: all)")
+    ap.add_argument("--compile-min-seconds", type=float, default=60.0,
+                    help="start a compiled measurement only with this much of --deadline left")
+    ap.add_argument("--reference-cudnn-benchmark", action="store_true",
+                    help="cudnn.benchmark=True for the reference too (default: PyTorch's default, False)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, default=_ROOT / "results" / "bench" / "throughput.json")
+    ap.add_argument("--md", type=Path, default=_ROOT / "results" / "bench" / "throughput.md")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from metanet_utils.augment import BatchAugment
+    from metanet_utils.config import RunConfig
+    from metanet_utils.models import build_model, channels_last_preferred, input_spec
+    from metanet_utils.train import autocast_dtype, class_weight_tensor, pick_device, set_determinism
+
+    t_start = time.monotonic()
+    device = pick_device(args.device)
+    if device.type == "cpu":
+        # random-label training drives some values into denormal floats, which x86 CPUs process up to
+        # 100x slower; flush them to zero (same for all three pipelines; GPUs are not affected)
+        torch.set_flush_denormal(True)
+    workers = args.workers if args.workers is not None else cpu_count()
+    caps = parse_caps(args.batch_cap)
+    amp_dtype = autocast_dtype("auto", device)
+
+    def left() -> float:
+        return float("inf") if args.deadline is None else args.deadline - (time.monotonic() - t_start)
+
+    # data
+    img_dir = args.images
+    if img_dir is None:
+        env = os.environ.get("METANET_BENCH_DATA")
+        for cand in ([Path(env)] if env else []) + [_ROOT.parent / "shared" / "ham10000"]:
+            if cand.is_dir():
+                img_dir = cand
+                break
+    paths: list[Path] = []
+    if img_dir is not None:
+        if not Path(img_dir).is_dir():
+            print(f"error: --images {img_dir} does not exist", file=sys.stderr)
+            return 2
+        paths = find_jpegs(Path(img_dir))
+    if not paths and "reference" in args.pipelines:
+        print("error: the reference pipeline needs JPEG files: give --images FOLDER (e.g. ../shared/ham10000), "
+              "or --pipelines kit ceiling --synthetic-cache", file=sys.stderr)
+        return 2
+    if paths and args.max_images and len(paths) > args.max_images:
+        rng = np.random.default_rng(args.seed)
+        paths = [paths[i] for i in sorted(rng.choice(len(paths), size=args.max_images, replace=False))]
+    n_cache = min(args.max_images, max(len(paths), 1)) if paths and not args.synthetic_cache else args.max_images
+
+    settings = Settings(device=device, warmup_steps=args.warmup_steps, warmup_seconds=args.warmup_seconds,
+                        repeats=args.repeats, max_seconds=args.max_seconds, min_steps=args.min_steps,
+                        max_steps=args.max_steps, workers=workers,
+                        reference_cudnn_benchmark=args.reference_cudnn_benchmark)
+    report: dict[str, Any] = {
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "timm": _version("timm"),
+        "torchvision": _version("torchvision"),
+        "python": platform.python_version(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "kit_precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "float32",
+        "settings": {
+            "backbones": args.backbones, "batches": args.batches, "batch_caps": caps, "size": args.size,
+            "crop": args.crop, "images": str(img_dir) if img_dir else None, "n_jpegs": len(paths),
+            "cache_images": n_cache, "synthetic_cache": args.synthetic_cache or not paths,
+            "pipelines": args.pipelines, "fusion": args.fusion, "meta_dim": args.meta_dim, "workers": workers,
+            "cores": cpu_count(), "os_cpu_count": os.cpu_count(), "warmup_steps": args.warmup_steps,
+            "warmup_seconds": args.warmup_seconds, "repeats": args.repeats, "max_seconds": args.max_seconds,
+            "min_steps": args.min_steps, "max_steps": args.max_steps, "deadline": args.deadline,
+            "reference_cudnn_benchmark": args.reference_cudnn_benchmark,
+            "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+            "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+            "timing": "cuda events" if device.type == "cuda" else "perf_counter", "seed": args.seed,
+            "pretrained": False, "flush_denormal": device.type == "cpu",
+        },
+        "results": [],
+    }
+
+    def save() -> None:
+        report["elapsed_s"] = round(time.monotonic() - t_start, 1)
+        if all(b in args.backbones for b in PAPER_BACKBONES) and 32 in args.batches:
+            report["projection"] = project_paper_protocol(report["results"], 32)
+        write_atomic(args.json, json.dumps(report, indent=2, default=str) + "\n")
+        write_atomic(args.md, markdown(report))
+
+    # rows in priority order: every backbone at the first batch size, then the next batch size, ...
+    plan: list[tuple[str, int]] = []
+    for b in args.batches:
+        for bb in args.backbones:
+            bsz = min(b, caps.get(bb, b))
+            if (bb, bsz) not in plan:
+                plan.append((bb, bsz))
+    compile_set = None if args.compile is None else (set(args.compile) if args.compile else set(args.backbones))
+    compile_plan = [(bb, b) for bb, b in plan if compile_set is not None and bb in compile_set
+                    and (args.compile_batches is None or b in args.compile_batches)]
+
+    models: dict[str, nn.Module] = {}
+    caches: dict[int, Any] = {}
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    log(f"device {report['device']}, torch {torch.__version__}, {workers} loader workers, {len(paths)} JPEGs, "
+        f"{len(plan)} rows, deadline {args.deadline}")
+
+    def spec_of(bb: str):
+        spec = input_spec(bb)
+        return (args.size or spec.resize, args.crop or spec.crop, tuple(spec.mean), tuple(spec.std))
+
+    def get_model(bb: str) -> nn.Module:
+        if bb not in models:
+            torch.manual_seed(args.seed)
+            t = time.perf_counter()
+            models[bb] = build_model(bb, args.fusion, num_classes=7, meta_dim=args.meta_dim,
+                                     meta_layers=None if args.fusion != "metanet" else 2, pretrained=False)
+            log(f"{bb}: built in {time.perf_counter() - t:.1f} s")
+        return models[bb]
+
+    def get_cache(resize: int):
+        if resize not in caches:
+            t = time.perf_counter()
+            caches[resize] = build_device_cache(paths, resize, n_cache, args.meta_dim, device,
+                                                synthetic=args.synthetic_cache or not paths, seed=args.seed)
+            log(f"kit cache: {n_cache} images at {resize} px on {device} in {time.perf_counter() - t:.1f} s")
+        return caches[resize]
+
+    def new_row(bb: str, b: int) -> dict[str, Any]:
+        resize, crop, _, _ = spec_of(bb)
+        try:
+            from metanet_utils.models import resolve_backbone
+
+            name = resolve_backbone(bb)
+        except Exception:  # noqa: BLE001 - only a label
+            name = bb
+        row = {"backbone": bb, "model": name, "batch": b, "resize": resize, "crop": crop,
+               "channels_last": device.type == "cuda" and channels_last_preferred(bb),
+               "kit_precision": report["kit_precision"], "reference_img_s": None, "kit_img_s": None,
+               "ceiling_img_s": None, "ratio_vs_reference": None, "fraction_of_ceiling": None,
+               "kit_compiled_img_s": None, "compile_s": None, "details": {}, "notes": []}
+        report["results"].append(row)
+        return row
+
+    def finish(row: dict[str, Any]) -> None:
+        k, r, c = row["kit_img_s"], row["reference_img_s"], row["ceiling_img_s"]
+        row["ratio_vs_reference"] = round(k / r, 3) if k and r else None
+        row["fraction_of_ceiling"] = round(k / c, 3) if k and c else None
+
+    def run_one(row: dict[str, Any], pipeline: str, fn: Callable[[], dict[str, Any]], key: str) -> None:
+        if left() <= 0:
+            row["notes"].append(f"{pipeline} skipped (time budget)")
+            log(f"{row['backbone']} b{row['batch']} {pipeline}: skipped (deadline)")
+            return
+        t = time.perf_counter()
+        try:
+            res = fn()
+            row[key] = round(res["img_s"], 1)
+            row["details"][pipeline] = res
+            log(f"{row['backbone']} b{row['batch']} {pipeline}: {res['img_s']:.1f} img/s "
+                f"(repeats {res['repeats_img_s']}, {res['steps_per_repeat']} steps each, "
+                f"{time.perf_counter() - t:.1f} s)")
+        except Exception as e:  # noqa: BLE001 - one failing measurement must not stop the table
+            what = "out of memory" if is_oom(e) else f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            row["notes"].append(f"{pipeline}: {what}")
+            log(f"{row['backbone']} b{row['batch']} {pipeline}: FAILED {what}")
+        finally:
+            free_memory(device)
+        finish(row)
+        save()
+
+    for bb, b in plan:
+        if left() <= 0:
+            row = new_row(bb, b)
+            row["notes"].append("skipped (time budget)")
+            save()
+            continue
+        resize, crop, mean, std = spec_of(bb)
+        row = new_row(bb, b)
+        try:
+            model = get_model(bb).to(device)
+        except Exception as e:  # noqa: BLE001
+            row["notes"].append(f"model: {type(e).__name__}: {e}")
+            log(f"{bb}: cannot build the model: {e}")
+            save()
+            continue
+        channels_last = row["channels_last"]
+        y_w = class_weight_tensor(np.arange(7).repeat(10)).to(device)
+        criterion = nn.CrossEntropyLoss(weight=y_w)
+        if "reference" in args.pipelines:
+            torch.backends.cudnn.benchmark = args.reference_cudnn_benchmark
+            model.to(memory_format=torch.contiguous_format)
+            g = torch.Generator().manual_seed(args.seed)
+            ds = JpegDataset(paths, reference_transform(resize, crop, mean, std),
+                             torch.rand(len(paths), args.meta_dim, generator=g),
+                             torch.randint(0, 7, (len(paths),), generator=g))
+            run_one(row, "reference", lambda: measure_reference(model, ds, b, crop, criterion, settings), "reference_img_s")
+        set_determinism(args.seed, False)  # what train_run does: seeds, cudnn.benchmark = True
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        if "kit" in args.pipelines:
+            cfg = RunConfig(backbone=bb, fusion=args.fusion, batch_size=b, image_size=resize, crop_size=crop,
+                            pretrained=False, seed=args.seed, meta_layers=2 if args.fusion == "metanet" else 0,
+                            meta_features=("age", "sex", "localization") if args.fusion != "none" else ())
+            aug = BatchAugment(crop=crop, mean=mean, std=std)
+            run_one(row, "kit", lambda: measure_kit(model, get_cache(resize), aug, cfg, criterion, settings,
+                                                    amp_dtype, channels_last), "kit_img_s")
+        if "ceiling" in args.pipelines:
+            run_one(row, "ceiling", lambda: measure_ceiling(model, b, crop, args.meta_dim, criterion, settings,
+                                                            amp_dtype, channels_last), "ceiling_img_s")
+        rows[(bb, b)] = row
+        model.to("cpu").zero_grad(set_to_none=True)
+        free_memory(device)
+
+    for bb, b in compile_plan:
+        row = rows.get((bb, b))
+        if row is None or row["kit_img_s"] is None:
+            continue
+        if left() < args.compile_min_seconds:
+            row["notes"].append("compiled: skipped (time budget)")
+            log(f"{bb} b{b} compiled: skipped ({left():.0f} s left, need {args.compile_min_seconds:.0f})")
+            save()
+            continue
+        resize, crop, mean, std = spec_of(bb)
+        model = models[bb].to(device)
+        if row["channels_last"]:
+            model.to(memory_format=torch.channels_last)
+        set_determinism(args.seed, False)
+        cfg = RunConfig(backbone=bb, fusion=args.fusion, batch_size=b, image_size=resize, crop_size=crop,
+                        pretrained=False, seed=args.seed, meta_layers=2 if args.fusion == "metanet" else 0,
+                        meta_features=("age", "sex", "localization") if args.fusion != "none" else ())
+        aug = BatchAugment(crop=crop, mean=mean, std=std)
+        criterion = nn.CrossEntropyLoss(weight=class_weight_tensor(np.arange(7).repeat(10)).to(device))
+        compiled = torch.compile(model)  # as train_run does with cfg.compile
+
+        def run_compiled() -> dict[str, Any]:
+            return measure_kit(compiled, get_cache(resize), aug, cfg, criterion, settings, amp_dtype,
+                               row["channels_last"])
+
+        run_one(row, "kit_compiled", run_compiled, "kit_compiled_img_s")
+        if "kit_compiled" in row["details"]:
+            row["compile_s"] = row["details"]["kit_compiled"].get("first_call_s")
+        del compiled
+        try:
+            torch._dynamo.reset()
+        except Exception:  # noqa: BLE001
+            pass
+        model.to("cpu").zero_grad(set_to_none=True)
+        free_memory(device)
+        save()
+
+    save()
+    log(f"done in {time.monotonic() - t_start:.0f} s: {args.json}, {args.md}")
+    print(markdown(report))
+    return 0
+
+
+def _version(mod: str) -> str | None:
+    try:
+        return __import__(mod).__version__
+    except Exception:  # noqa: BLE001
+        return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

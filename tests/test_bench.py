@@ -1,0 +1,86 @@
+"""bench/throughput.py keeps working: a tiny CPU run writes a complete table, and the paper
+projection counts the runs of Tables 1, 3 and 4 correctly."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "throughput.py"
+
+ROW_KEYS = {"backbone", "batch", "reference_img_s", "kit_img_s", "ceiling_img_s", "ratio_vs_reference",
+            "fraction_of_ceiling"}
+
+
+def _load_module():
+    spec = importlib.util.spec_from_file_location("bench_throughput", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _write_jpegs(folder: Path, n: int) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:150, 0:200]
+    for i in range(n):
+        cx, cy, r = rng.uniform(60, 140), rng.uniform(40, 110), rng.uniform(20, 50)
+        lesion = ((xx - cx) ** 2 + (yy - cy) ** 2 < r**2)[..., None]
+        img = np.where(lesion, rng.integers(60, 120, 3), rng.integers(170, 230, 3)).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"ISIC_{i:07d}.jpg", quality=75)
+
+
+def test_throughput_cpu_tiny(tmp_path):
+    images = tmp_path / "images"
+    _write_jpegs(images, 48)
+    out_json, out_md = tmp_path / "t.json", tmp_path / "t.md"
+    cmd = [sys.executable, str(SCRIPT), "--device", "cpu", "--backbones", "test_resnet", "resnet10t",
+           "--size", "64", "--crop", "56", "--batches", "8", "--images", str(images), "--max-images", "48",
+           "--workers", "2", "--warmup-steps", "2", "--warmup-seconds", "0", "--repeats", "3",
+           "--min-steps", "1", "--max-seconds", "0.3", "--json", str(out_json), "--md", str(out_md)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out_json.read_text())
+    for key in ("device", "torch", "date", "settings", "results"):
+        assert key in report, key
+    assert report["device_type"] == "cpu"
+    rows = report["results"]
+    assert [(r["backbone"], r["batch"]) for r in rows] == [("test_resnet", 8), ("resnet10t", 8)]
+    for r in rows:
+        assert ROW_KEYS <= set(r), set(r) ^ ROW_KEYS
+        assert not r["notes"], r["notes"]
+        for k in ROW_KEYS - {"backbone", "batch"}:
+            assert isinstance(r[k], (int, float)) and r[k] > 0, (r["backbone"], k, r[k])
+        assert r["ratio_vs_reference"] == pytest.approx(r["kit_img_s"] / r["reference_img_s"], rel=0.01)
+        assert r["fraction_of_ceiling"] == pytest.approx(r["kit_img_s"] / r["ceiling_img_s"], rel=0.01)
+        for p in ("reference", "kit", "ceiling"):
+            d = r["details"][p]
+            assert len(d["repeats_img_s"]) == 3 and d["steps_per_repeat"] >= 1
+        assert r["kit_precision"] == "float32" and r["channels_last"] is False  # the CPU path of train_run
+    md = out_md.read_text()
+    assert "| backbone |" in md and "test_resnet" in md and "resnet10t" in md
+
+
+def test_paper_projection_counts_and_hours():
+    mod = _load_module()
+    runs = mod.paper_protocol_runs()
+    assert set(runs) == set(mod.PAPER_BACKBONES)
+    assert sum(v["table1"] for v in runs.values()) == 90  # 6 backbones x 3 fusions x 5 folds
+    assert sum(v["all"] for v in runs.values()) == 155  # + Table 3 (30) and Table 4 (35) on SENet154
+    rows = [{"backbone": b, "batch": 32, "kit_img_s": 1000.0, "reference_img_s": 250.0} for b in mod.PAPER_BACKBONES]
+    proj = mod.project_paper_protocol(rows, 32)
+    per_run_h = 250 * (8012 + 2003 / mod.EVAL_SPEEDUP) / 1000.0 / 3600
+    assert proj["kit_all_hours"] == pytest.approx(155 * per_run_h, rel=1e-3)
+    assert proj["reference_all_hours"] == pytest.approx(4 * proj["kit_all_hours"], rel=1e-3)
+    partial = mod.project_paper_protocol(rows[:-1], 32)
+    assert partial["kit_all_hours"] is None and partial["backbones"]["alexnet"]["kit_all_hours"] is not None

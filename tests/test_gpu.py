@@ -1,0 +1,238 @@
+"""GPU checks (``pytest -m gpu``; run by ``bench/gpu_check.sh``): the training engine on CUDA.
+
+* a whole run (``train_run``) on CUDA with bf16 autocast and channels_last, interrupted and resumed,
+  writes a complete record;
+* batched augmentation gives the same images on CUDA as on the CPU for the same random parameters;
+* the device-resident image cache: upload, training and evaluation straight from device memory;
+* evaluation in bf16 agrees with fp32.
+
+Every test skips without CUDA. ``METANET_GPU_TESTS_ON_CPU=1`` runs them on the CPU instead (slowly;
+only to check the tests themselves on a machine without a GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn as nn
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture()
+def dev() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if os.environ.get("METANET_GPU_TESTS_ON_CPU") == "1":
+        return torch.device("cpu")
+    pytest.skip("needs a CUDA GPU (METANET_GPU_TESTS_ON_CPU=1 runs these tests on the CPU)")
+
+
+@pytest.fixture()
+def small_dataset(isolated_root):
+    """About 300 images: the real HAM10000 copy if there is one (see conftest), else the synthetic set."""
+    from metanet_utils.dataset import open_dataset
+
+    shared = Path(os.environ.get("METANET_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "ham10000"))
+    if (shared / "HAM10000_metadata.csv").is_file():
+        return open_dataset(shared, max_images=300)
+    return open_dataset(None, data="synthetic", synthetic_images=300)
+
+
+def _fixed_rand(seed: int):
+    """A stand-in for ``torch.rand`` drawing from one CPU stream, then moved to the asked device."""
+    real_rand = torch.rand
+    src = torch.Generator().manual_seed(seed)
+
+    def rand(*size, device=None, generator=None, dtype=None, **kw):
+        if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)):
+            size = tuple(size[0])
+        return real_rand(*size, generator=src, dtype=dtype or torch.float32).to(device or "cpu")
+
+    return rand
+
+
+def _smooth_batch(b: int, s: int, seed: int = 0) -> torch.Tensor:
+    """uint8 B x S x S x 3 images with structure at several scales (not white noise)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(b, 3, s // 8, s // 8, generator=g)
+    img = torch.nn.functional.interpolate(coarse, size=(s, s), mode="bilinear", align_corners=False)
+    img = 0.8 * img + 0.2 * torch.rand(b, 3, s, s, generator=g)
+    return (img * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+# --------------------------------------------------------------------------- a whole run
+
+
+def test_train_run_bf16_channels_last_writes_a_complete_record(dev, small_dataset, isolated_root):
+    from metanet_utils.config import RunConfig
+    from metanet_utils.evaluate import load_record
+    from metanet_utils.train import RECORD_FILES, is_complete, record_dir, train_run
+
+    ds = small_dataset
+    cfg = RunConfig(backbone="test_resnet", fusion="metanet", n_folds=2, fold=1, epochs=2, image_size=64,
+                    crop_size=56, batch_size=32, lr=0.01, pretrained=False, precision="bf16", channels_last="on",
+                    data_kind=ds.kind, data_fingerprint=ds.fingerprint)
+    first = train_run(cfg, ds, device=str(dev), progress=False, stop_after_epochs=1)
+    assert first.get("interrupted") and first["epochs_done"] == 1
+    assert not is_complete(record_dir(cfg))
+
+    m = train_run(cfg, ds, device=str(dev), progress=False)  # resumes from the epoch-1 checkpoint
+    run = record_dir(cfg)
+    assert is_complete(run)
+    for name in (*RECORD_FILES, "manifest.json"):
+        assert (run / name).is_file(), name
+    assert not (run.parent / ".work" / cfg.run_id).exists()
+    assert m["epochs_done"] == 2
+    assert m["precision"] == "bfloat16"
+    assert m["channels_last"] is (dev.type == "cuda")
+    if dev.type == "cuda":
+        assert torch.cuda.get_device_name(dev) in m["device"]
+    assert 0.0 <= m["mcr"] <= 1.0 and m["images_per_s"] > 0
+    assert m["n_val"] + m["n_train"] == len(ds.df)
+
+    hist = pd.read_csv(run / "history.csv")
+    assert list(hist["epoch"]) == [1, 2]
+    assert np.isfinite(hist[["train_loss", "val_loss", "val_mcr"]].to_numpy()).all()
+    pred = pd.read_csv(run / "predictions.csv")
+    assert list(pred.columns) == ["image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+    probs = pred.iloc[:, 1:].to_numpy()
+    assert len(pred) == m["n_val"] and np.isfinite(probs).all()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    rec = load_record(run)
+    assert rec["scores"]["mcr"] == pytest.approx(m["mcr"], abs=1e-6)
+    assert json.loads((run / "config.json").read_text())["run_id"] == cfg.run_id
+
+    again = train_run(cfg, ds, device=str(dev), progress=False)  # complete: read back, not retrained
+    assert again == json.loads((run / "metrics.json").read_text())
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def test_batch_augment_on_the_device_equals_the_cpu_for_the_same_parameters(dev, monkeypatch):
+    from metanet_utils.augment import BatchAugment
+
+    x = _smooth_batch(24, 96)
+    aug = BatchAugment(crop=80)  # ImageNet mean/std, rotation 30, jitter 0.2, both flips
+    out = {}
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # affine_grid is a matmul: full fp32 on both sides
+    try:
+        for where in ("cpu", dev):
+            with monkeypatch.context() as mp:
+                mp.setattr(torch, "rand", _fixed_rand(123))  # the same random parameters on both devices
+                out[str(where)] = aug(x.to(where), train=True, generator=None).cpu()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    a, b = out["cpu"], out[str(dev)]
+    assert a.shape == b.shape == (24, 3, 80, 80)
+    diff = (a - b).abs()
+    assert float(diff.max()) < 2e-3, float(diff.max())
+    assert float(diff.mean()) < 2e-5, float(diff.mean())
+    # evaluation (centre crop) is exact
+    torch.testing.assert_close(aug(x.to(dev), train=False).cpu(), aug(x, train=False), atol=1e-6, rtol=0)
+    # the real path: the device's own generator, per-sample parameters, reproducible with the seed
+    gen = lambda: torch.Generator(device=dev).manual_seed(5)  # noqa: E731
+    xs = x[:1].repeat(8, 1, 1, 1).to(dev)
+    r1, r2 = aug(xs, train=True, generator=gen()), aug(xs, train=True, generator=gen())
+    torch.testing.assert_close(r1, r2)
+    assert r1.device.type == dev.type and r1.dtype == torch.float32
+    assert min(float((r1[0] - r1[i]).abs().mean()) for i in range(1, 8)) > 1e-3
+
+
+# --------------------------------------------------------------------------- the device-resident cache
+
+
+def _cache_arrays(n: int = 96, s: int = 48, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 7
+    # a class is a colour level plus noise: learnable in a few steps
+    base = (labels * 30 + 30).astype(np.int64)[:, None, None, None]
+    images = np.clip(base + rng.integers(-20, 21, size=(n, s, s, 3)), 0, 255).astype(np.uint8)
+    meta = rng.random((n, 17), dtype=np.float32)
+    folds = np.arange(n) % 3
+    return images, meta, labels, folds
+
+
+def _tiny(dev, channels_last=False):
+    from metanet_utils.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("test_resnet", "metanet", pretrained=False).to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def test_device_resident_cache_trains_and_evaluates_from_device_memory(dev, monkeypatch):
+    from metanet_utils.augment import BatchAugment
+    from metanet_utils.config import RunConfig
+    from metanet_utils.train import DeviceData, autocast_dtype, evaluate_model, train_one_epoch
+
+    images, meta, labels, folds = _cache_arrays()
+    data = DeviceData.build(images, meta, labels, folds, 0, [f"ISIC_{i:07d}" for i in range(len(labels))], dev)
+    assert data.images.device.type == dev.type and data.images.dtype == torch.uint8
+    assert torch.equal(data.images.cpu(), torch.from_numpy(images))
+    for t in (data.meta, data.labels, data.train_idx, data.val_idx):
+        assert t.device.type == dev.type
+    assert len(data.val_idx) == int((folds == 0).sum()) and len(data.train_idx) == int((folds != 0).sum())
+    assert data.val_ids == [f"ISIC_{i:07d}" for i in np.flatnonzero(folds == 0)]
+
+    cl = dev.type == "cuda"
+    amp = autocast_dtype("auto", dev)
+    assert amp == (torch.bfloat16 if dev.type == "cuda" else None)
+    model = _tiny(dev, channels_last=cl)
+    aug = BatchAugment(crop=40, mean=(0.5,) * 3, std=(0.25,) * 3)
+    cfg = RunConfig(backbone="test_resnet", batch_size=16, image_size=48, crop_size=40, pretrained=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    crit = nn.CrossEntropyLoss()
+    rows = [train_one_epoch(model, data, aug, crit, opt, cfg, e, dev, amp, cl) for e in range(3)]
+    for r in rows:
+        assert np.isfinite(r["train_loss"]) and r["images_per_s"] > 0 and r["epoch_time_s"] > 0
+    probs, val_loss = evaluate_model(model, data, aug, dev, amp, cl, criterion=crit)
+    assert probs.shape == (len(data.val_idx), 7) and np.isfinite(val_loss)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+
+    if dev.type == "cuda":  # the cache must fit: a clear error instead of an out-of-memory crash
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a, **k: (1_000, 80 * 2**30))
+        with pytest.raises(MemoryError, match="GiB"):
+            DeviceData.build(images, meta, labels, folds, 0, [str(i) for i in range(len(labels))], dev)
+
+
+# --------------------------------------------------------------------------- numerics of evaluation
+
+
+def test_evaluation_in_bf16_agrees_with_fp32(dev):
+    from metanet_utils.augment import BatchAugment
+    from metanet_utils.config import RunConfig
+    from metanet_utils.evaluate import mean_class_recall
+    from metanet_utils.train import DeviceData, evaluate_model, train_one_epoch
+
+    images, meta, labels, folds = _cache_arrays(n=210)
+    data = DeviceData.build(images, meta, labels, folds, 0, [str(i) for i in range(len(labels))], dev)
+    model = _tiny(dev)
+    aug = BatchAugment(crop=40, mean=(0.5,) * 3, std=(0.25,) * 3, rotation=0)
+    cfg = RunConfig(backbone="test_resnet", batch_size=16, image_size=48, crop_size=40, pretrained=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for e in range(4):  # a few epochs in fp32, so that predictions are confident enough to compare
+        train_one_epoch(model, data, aug, nn.CrossEntropyLoss(), opt, cfg, e, dev, None, False)
+
+    p32, _ = evaluate_model(model, data, aug, dev, None, False)
+    results = {"bf16": evaluate_model(model, data, aug, dev, torch.bfloat16, False)[0]}
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        results["bf16+channels_last"] = evaluate_model(model, data, aug, dev, torch.bfloat16, True)[0]
+        results["fp32+channels_last"] = evaluate_model(model, data, aug, dev, None, True)[0]
+    y = labels[folds == 0]
+    for name, p in results.items():
+        assert p.shape == p32.shape
+        assert float(np.abs(p - p32).max()) < 0.05, (name, float(np.abs(p - p32).max()))
+        assert float((p.argmax(1) == p32.argmax(1)).mean()) >= 0.95, name
+        assert abs(mean_class_recall(y, p) - mean_class_recall(y, p32)) <= 0.05, name
