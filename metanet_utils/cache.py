@@ -6,7 +6,11 @@ resize, as the paper's 600x450 -> 300x300) and stored as one ``N x size x size x
 uint8 ``.npy`` file keyed by (data fingerprint, size, colour constancy). The array is
 written under a temporary name and renamed; a JSON sidecar written after it lists the
 image ids and the file size, and a cache is used only when both agree, so an
-interrupted build is never read as complete.
+interrupted build is never read as complete. Before writing, the free disk is checked
+(the message says how much is needed) and the file's space is reserved, so a full disk
+stops the build with a message instead of a crash; temporary files of an interrupted
+build are removed by the next one. A file that is not a readable JPEG stops the build,
+naming it, and nothing is written.
 
 Example:
     >>> from metanet_utils.cache import build_cache                      # doctest: +SKIP
@@ -17,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -61,6 +66,47 @@ def load_image(path: str | Path, size: int, color_constancy: bool = True, p: flo
     return np.asarray(out, dtype=np.uint8)
 
 
+def _size(nbytes: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if nbytes < 1000 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+    return ""  # pragma: no cover
+
+
+def _data_folder(image: str | Path) -> Path:
+    """The data folder (the one with the metadata) of an image file, for messages."""
+    from .data import _has_metadata
+
+    image = Path(image)
+    for d in (image.parent, image.parent.parent):
+        if _has_metadata(d):
+            return d
+    return image.parent
+
+
+def _is_jpeg(path: str | Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(3) == b"\xff\xd8\xff"
+
+
+def _reserve(path: Path, no_space: str) -> None:
+    """Allocate the file's blocks now: a full disk is then an error here, not a crash
+    (SIGBUS) when the memory map is written."""
+    if not hasattr(os, "posix_fallocate"):  # pragma: no cover - macOS
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise CacheError(no_space) from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # filesystems without fallocate
+            raise
+    finally:
+        os.close(fd)
+
+
 def _sidecar(path: Path) -> Path:
     return path.with_suffix(".json")
 
@@ -99,25 +145,33 @@ def build_cache(df: pd.DataFrame, size: int, color_constancy: bool = True, *, fi
     with FileLock(path.with_suffix(".lock")):
         if _valid(path, ids):  # another process built it while we waited
             return np.load(path, mmap_mode="r")
+        for stale in cache_dir.glob(f".{path.name}.tmp-*"):  # left by a killed build (we hold the lock)
+            stale.unlink(missing_ok=True)
         n = len(df)
         needed = n * size * size * 3 + 4096
         free = shutil.disk_usage(cache_dir).free
+        no_space = (f"not enough free disk for the image cache in {cache_dir}: needs {_size(needed * 1.1)}, "
+                    f"{_size(free)} free; free space or set METANET_CACHE_DIR to another disk")
         if free < needed * 1.1:
-            raise CacheError(f"not enough free disk for the image cache in {cache_dir}: needs {needed / 1e9:.2f} GB, "
-                             f"{free / 1e9:.2f} GB free; free space or set METANET_CACHE_DIR to another disk")
+            raise CacheError(no_space)
         paths = list(df["path"])
 
         def one(i: int) -> np.ndarray:
             try:
+                if not _is_jpeg(paths[i]):
+                    raise ValueError("not a JPEG")
                 return load_image(paths[i], size, color_constancy, p)
             except Exception as e:  # noqa: BLE001
                 why = check_image(paths[i]) or f"{type(e).__name__}: {e}"
-                raise CacheError(f"image {paths[i]} {why}") from None
+                raise CacheError(f"image {paths[i]} {why}; `python -m metanet_utils data verify --data-dir "
+                                 f"{_data_folder(paths[i])}` lists every broken file") from None
 
         def write(tmp: Path) -> None:
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-            with ThreadPoolExecutor(max_workers=workers or max(1, os.cpu_count() or 1)) as ex:
-                it = ex.map(one, range(n), chunksize=16) if hasattr(ex, "map") else map(one, range(n))
+            _reserve(tmp, no_space)
+            ex = ThreadPoolExecutor(max_workers=workers or max(1, os.cpu_count() or 1))
+            try:
+                it = ex.map(one, range(n))
                 if progress:
                     from tqdm.auto import tqdm
 
@@ -125,9 +179,12 @@ def build_cache(df: pd.DataFrame, size: int, color_constancy: bool = True, *, fi
                               unit="img", mininterval=1.0)
                 for i, img in enumerate(it):
                     arr[i] = img
+            finally:  # on an error, do not decode the rest first
+                ex.shutdown(wait=True, cancel_futures=True)
             arr.flush()
             del arr
 
+        _sidecar(path).unlink(missing_ok=True)  # the sidecar marks a complete array: never beside another one
         atomic_write_with(path, write)
         atomic_write_json(_sidecar(path), {"image_ids": ids, "nbytes": path.stat().st_size, "size": size,
                                            "color_constancy": color_constancy, "p": p, "fingerprint": fingerprint,

@@ -21,6 +21,13 @@ from pathlib import Path
 __all__ = ["main", "build_parser"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments: one line ``error: ...`` on stderr (not argparse's usage block), exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, default=None,
                    help="folder with HAM10000_metadata.csv and the ISIC_*.jpg images "
@@ -33,7 +40,7 @@ def _add_profile(p: argparse.ArgumentParser, default: str | None = "demo") -> No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="metanet", description="MetaNet (Li et al., ISBI 2020) reproduction kit")
+    ap = _Parser(prog="metanet", description="MetaNet (Li et al., ISBI 2020) reproduction kit")
     sub = ap.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="find, download, verify, synthesise and cache data")
@@ -102,13 +109,14 @@ def _fail(msg: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .cache import CacheError
     from .config import ConfigError
     from .data import DataError
 
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args, argv)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, CacheError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; rerun the same command to continue", file=sys.stderr)
@@ -129,14 +137,50 @@ def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> int:
 
     profile = load_profile(args.profile)
     if getattr(args, "data_dir", None) is not None and not Path(args.data_dir).is_dir():
-        return _fail(f"--data-dir {args.data_dir} does not exist")
+        return _fail(f"--data-dir {args.data_dir} does not exist; give a folder holding HAM10000_metadata.csv "
+                     "and the ISIC_*.jpg images")
     if args.command == "train":
+        if not 0 <= args.fold < profile.n_folds:
+            return _fail(f"--fold {args.fold} is out of range; allowed: 0..{profile.n_folds - 1} "
+                         f"(profile {profile.name} has n_folds={profile.n_folds})")
+        _check_backbones(profile, [args.backbone])
         return _train(args, profile)
     if args.command == "grid":
+        _check_backbones(profile)
         return _grid(args, profile, argv)
     if args.command == "tables":
         return _tables(args, profile)
     return _fail(f"unknown command {args.command}")
+
+
+def _check_backbones(profile, backbones: list[str] | None = None) -> None:
+    """Refuse, before any data or cache work, a backbone that does not exist or whose crop
+    would be larger than its image (checked again per run by :class:`RunConfig`)."""
+    from .config import ConfigError
+    from .grid import _sizes
+    from .models import resolve_backbone
+
+    names = list(backbones) if backbones is not None else list(profile.backbones)
+    if backbones is None and (profile.ablations.table3 or profile.ablations.table4):
+        names.append(profile.ablations.backbone or profile.backbones[-1])
+    for b in dict.fromkeys(names):
+        try:
+            resolve_backbone(b)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        resize, crop = _sizes(profile, b)
+        if crop > resize:
+            raise ConfigError(f"crop_size={crop} is larger than image_size={resize} for backbone {b}; "
+                              "allowed: crop_size <= image_size")
+
+
+def _prepare(ds, runs) -> None:
+    """Build the image caches and folds the runs need, once, before any training: a bad image
+    or a full disk stops everything here, named, with nothing written."""
+    for size, cc in sorted({(r.image_size, r.color_constancy) for r in runs}):
+        ds.images(size, cc)
+    for n, scheme, seed in sorted({(r.n_folds, r.split_scheme, r.split_seed) for r in runs}):
+        ds.folds(n, scheme, seed)
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -168,12 +212,12 @@ def _data(args: argparse.Namespace) -> int:
         from .grid import enumerate_runs, profile_dataset
 
         profile = load_profile(args.profile)
+        if args.data_dir is not None and not Path(args.data_dir).is_dir():
+            return _fail(f"--data-dir {args.data_dir} does not exist")
+        _check_backbones(profile)
         ds = profile_dataset(profile, args.data_dir)
         runs = enumerate_runs(profile, ds)
-        for size, cc in sorted({(r.image_size, r.color_constancy) for r in runs}):
-            ds.images(size, cc)
-        for n, scheme, seed in sorted({(r.n_folds, r.split_scheme, r.split_seed) for r in runs}):
-            ds.folds(n, scheme, seed)
+        _prepare(ds, runs)
         print(f"prepared {ds.kind} data ({len(ds.df)} images, fingerprint {ds.fingerprint}) for {len(runs)} runs")
         return 0
     return _fail(f"unknown data command {args.data_command}")
@@ -203,19 +247,23 @@ def _grid(args: argparse.Namespace, profile, argv: list[str] | None) -> int:
 
         return run_grid_slurm(profile, args)
     workers = args.workers or profile.workers
+    if workers < 1:
+        return _fail(f"--workers {workers} is not allowed; use 1 or more")
+    ds = profile_dataset(profile, args.data_dir)
+    runs = filter_runs(enumerate_runs(profile, ds), only)
+    if only and not runs:
+        every = enumerate_runs(profile, ds)
+        present = {k: sorted({"+".join(v) if isinstance(v := getattr(r, k), tuple) else str(v) for r in every})
+                   for k in only}
+        return _fail("--only " + " ".join(args.only) + " matches none of the profile's runs; allowed: "
+                     + "; ".join(f"{k}={','.join(v)}" for k, v in present.items()))
+    if args.list:
+        print(status_table(runs).to_string(index=False))
+        return 0
+    _prepare(ds, runs)  # once, before the workers start
     if workers > 1 and not os.environ.get("METANET_WORKER"):
-        ds = profile_dataset(profile, args.data_dir)  # build caches/folds once before the workers start
-        runs = enumerate_runs(profile, ds)
-        for size, cc in sorted({(r.image_size, r.color_constancy) for r in runs}):
-            ds.images(size, cc)
-        for n, scheme, seed in sorted({(r.n_folds, r.split_scheme, r.split_seed) for r in runs}):
-            ds.folds(n, scheme, seed)
         rest = [a for a in (argv if argv is not None else sys.argv[1:])]
         return spawn_workers(workers, rest)
-    ds = profile_dataset(profile, args.data_dir)
-    if args.list:
-        print(status_table(filter_runs(enumerate_runs(profile, ds), only)).to_string(index=False))
-        return 0
     summary = run_grid(profile, ds, only=only, device=args.device, weights_dir=args.weights_dir,
                        wait=not args.no_wait)
     return 1 if summary.failed else 0

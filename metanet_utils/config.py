@@ -60,6 +60,42 @@ def _check_meta_features(features: tuple[str, ...]) -> None:
         raise ConfigError(f"meta_features {features!r} lists a field twice")
 
 
+_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+_TYPE_WORDS = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false"}
+_TYPE_PLURALS = {"str": "names", "int": "whole numbers", "float": "numbers", "bool": "true/false values"}
+
+
+def _check_types(obj: Any) -> None:
+    """Refuse a YAML value of the wrong type in one line (``epochs: ten``, ``backbones: resnet50``).
+
+    A float written as ``1e-4`` (which YAML 1.1 reads as a string) is accepted as a number.
+    """
+    for f in fields(obj):
+        t = str(f.type)
+        optional = t.endswith(" | None")
+        base = t[: -len(" | None")] if optional else t
+        value = getattr(obj, f.name)
+        if value is None and optional:
+            continue
+        if base == "float" and isinstance(value, str):
+            try:
+                object.__setattr__(obj, f.name, value := float(value))
+            except ValueError:
+                pass
+        if base in _TYPES:
+            items, want, expected = [value], _TYPES[base], _TYPE_WORDS[base]
+        elif base.startswith("tuple[") and base[6:].split(",")[0] in _TYPES:
+            inner = base[6:].split(",")[0]
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{f.name}={value!r} is not allowed; it must be a list, e.g. [{value}]")
+            items, want, expected = list(value), _TYPES[inner], f"a list of {_TYPE_PLURALS[inner]}"
+        else:
+            continue
+        for v in items:
+            if not isinstance(v, want) or (isinstance(v, bool) and bool not in want):
+                raise ConfigError(f"{f.name}={value!r} is not allowed; it must be {expected}")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Every setting of one training run; the same config is the same run (see :attr:`run_id`).
@@ -157,6 +193,7 @@ class Ablations:
     meta_layers: tuple[int, ...] = (1, 2, 3, 4)
 
     def __post_init__(self) -> None:
+        _check_types(self)
         object.__setattr__(self, "meta_layers", tuple(int(k) for k in self.meta_layers))
 
 
@@ -200,12 +237,13 @@ class Profile:
     workers: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.ablations, dict):
+            object.__setattr__(self, "ablations", _from_mapping(Ablations, self.ablations, "ablations"))
+        _check_types(self)
         for name in ("backbones", "fusions", "milestones"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.folds is not None:
             object.__setattr__(self, "folds", tuple(int(f) for f in self.folds))
-        if isinstance(self.ablations, dict):
-            object.__setattr__(self, "ablations", _from_mapping(Ablations, self.ablations, "ablations"))
         _check_choice("data", self.data, DATA_SOURCES)
         _check_choice("split_scheme", self.split_scheme, SPLIT_SCHEMES)
         _check_choice("precision", self.precision, PRECISIONS)
@@ -217,7 +255,8 @@ class Profile:
             if not 0 <= f < self.n_folds:
                 raise ConfigError(f"fold {f} is out of range; allowed: 0..{self.n_folds - 1}")
         if self.image_size is not None and self.crop_size is not None and self.crop_size > self.image_size:
-            raise ConfigError(f"crop_size={self.crop_size} is larger than image_size={self.image_size}")
+            raise ConfigError(f"crop_size={self.crop_size} is larger than image_size={self.image_size}; "
+                              "allowed: crop_size <= image_size")
 
     @property
     def fold_indices(self) -> tuple[int, ...]:

@@ -10,6 +10,20 @@ unknown, and the lesion groupings CSV supplies ``lesion_id`` when present).
 Where data is looked for, in order: the ``data_dir`` argument (``--data-dir``),
 ``$METANET_DATA_DIR``, ``data/ham10000/``.
 
+What is refused and what is repaired (every refusal names the file or row and the value):
+
+* metadata: a missing column, an unknown diagnosis, sex or site, an age that is not a
+  number in 0..120, a duplicated ``image_id``, a lesion whose images disagree on the
+  diagnosis, a ground-truth CSV row that is not one-hot: refused (:class:`DataError`).
+  Extra whitespace and other letter case in headers and values are normalised.
+* image files: missing for a metadata row (refused before training), empty, truncated,
+  not an image, or not a JPEG (e.g. a PNG named ``.jpg``): refused (``verify`` lists them
+  all; the image cache stops at the first one, naming it, and writes nothing).
+* colour: grayscale (``L``) and ``CMYK`` JPEGs are converted to RGB when the image cache
+  is built, and ``verify`` lists them in a NOTE. (A JPEG cannot hold an alpha channel:
+  an RGBA image is always another format under a ``.jpg`` name and is refused as such.)
+* image files with no metadata row are ignored, with a NOTE in ``verify``'s report.
+
 Example:
     >>> from metanet_utils.data import load_metadata          # doctest: +SKIP
     >>> df = load_metadata("../shared/ham10000")              # doctest: +SKIP
@@ -303,29 +317,38 @@ def _parse_age(df: pd.DataFrame, source: Path) -> pd.Series:
     return age.astype(float)
 
 
+#: Colour modes converted to RGB when the cache is built (reported as a NOTE by ``verify``).
+CONVERTED_MODES = {"L": "grayscale", "CMYK": "CMYK", "RGBA": "RGBA (alpha dropped)"}
+
+
 def check_image(path: str | Path) -> str | None:
     """Decode one image fully; return None if fine, else what is wrong with it."""
+    return _inspect_image(path)[0]
+
+
+def _inspect_image(path: str | Path) -> tuple[str | None, str | None]:
+    """``(problem or None, colour mode or None)`` of one fully decoded image."""
     from PIL import Image
 
     path = Path(path)
     try:
         size = path.stat().st_size
     except OSError as e:
-        return f"cannot be read ({e.strerror})"
+        return f"cannot be read ({e.strerror})", None
     if size == 0:
-        return "is empty (0 bytes)"
+        return "is empty (0 bytes)", None
     try:
         with Image.open(path) as im:
             fmt = im.format
             im.load()
             mode = im.mode
     except Exception as e:  # noqa: BLE001 - PIL raises many types
-        return f"is not a readable image ({type(e).__name__}: {e})"
+        return f"is not a readable image ({type(e).__name__}: {e})", None
     if fmt != "JPEG":
-        return f"is a {fmt} file, not a JPEG"
-    if mode not in ("RGB", "L", "RGBA", "CMYK"):
-        return f"has unsupported colour mode {mode}"
-    return None
+        return f"is a {fmt} file ({mode}), not a JPEG; save it as an RGB JPEG or remove it", mode
+    if mode != "RGB" and mode not in CONVERTED_MODES:
+        return f"has unsupported colour mode {mode}", mode
+    return None, mode
 
 
 @dataclass
@@ -402,15 +425,21 @@ def verify(data_dir: str | Path, *, decode: bool = True, workers: int | None = N
     report.files_without_metadata = sorted(set(on_disk) - set(df["image_id"]))
     if decode:
         paths = [p for p in df["path"].dropna()]
+        converted: dict[str, list[str]] = {}
         with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) * 2)) as ex:
-            results = ex.map(check_image, paths)
+            results = ex.map(_inspect_image, paths)
             if progress:
                 from tqdm.auto import tqdm
 
                 results = tqdm(results, total=len(paths), desc="decoding images", unit="img", mininterval=1.0)
-            for p, why in zip(paths, results):
+            for p, (why, mode) in zip(paths, results):
                 if why:
                     report.bad_images[Path(p).name] = why
+                elif mode in CONVERTED_MODES:
+                    converted.setdefault(mode, []).append(Path(p).name)
+        for mode, names in converted.items():
+            report.notes.append(f"{len(names)} {CONVERTED_MODES[mode]} image(s) will be converted to RGB: "
+                                + ", ".join(names[:20]) + (" ..." if len(names) > 20 else ""))
     return report
 
 

@@ -193,6 +193,7 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
     for them to finish (and takes one over, resuming its checkpoint, if its worker dies).
     A failing run is logged to ``runs/.failed/<run_id>.log`` and the others go on.
     """
+    from .cache import CacheError
     from .paths import runs_dir as default_runs_dir
     from .train import RunBusy, is_complete, record_dir, train_run
 
@@ -220,7 +221,7 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
                     (runs_dir / ".failed" / f"{cfg.run_id}.log").unlink(missing_ok=True)
             except RunBusy:
                 busy.append(cfg)
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, CacheError):  # a bad image or a full disk stops every run: say it once
                 raise
             except Exception as e:  # noqa: BLE001 - one failing run must not stop the others
                 log = runs_dir / ".failed" / f"{cfg.run_id}.log"
@@ -245,20 +246,3 @@ def spawn_workers(n: int, argv: list[str]) -> int:
                               "METANET_WORKER": str(i)}) for i in range(n)]
     return max(p.wait() for p in procs)
 
-
-def run_histories(runs: list[RunConfig], runs_dir: str | Path | None = None) -> "pd.DataFrame":
-    """Tidy per-epoch history of the complete runs among ``runs``: one row per run and epoch,
-    with the run's ``backbone, fusion, fold, meta, k`` beside ``history.csv``'s columns."""
-    import pandas as pd
-
-    from .train import is_complete, record_dir
-
-    frames = []
-    for r in runs:
-        d = record_dir(r, runs_dir)
-        if is_complete(d):
-            h = pd.read_csv(d / "history.csv")
-            frames.append(h.assign(run_id=r.run_id, backbone=r.backbone, fusion=r.fusion, fold=r.fold,
-                                   meta="+".join(r.meta_features), k=r.meta_layers))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["epoch", "train_loss", "val_loss", "val_mcr", "run_id", "backbone", "fusion", "fold"])

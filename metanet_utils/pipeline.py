@@ -122,10 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", default=None, metavar="NN", help="only these notebook numbers, e.g. 00 01")
     ap.add_argument("--from", dest="start", default=None, metavar="NN", help="start at this notebook number")
     args = ap.parse_args(argv)
+    from .cli import _check_backbones
     from .config import ConfigError, load_profile
 
-    try:
-        load_profile(args.profile)
+    try:  # refuse a bad profile before notebook 00 starts
+        _check_backbones(load_profile(args.profile))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -750,35 +750,376 @@ def baseline_summary(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
-# ----------------------------------------------------------------------------- training (notebook 04)
+# ----------------------------------------------------------------------------- notebooks 05-08: results
+#
+# Table 1 bars, learning curves, per-fold and per-class heat maps, confusion matrices, where metadata helps,
+# Tables 3 and 4, and the CAM grid of Figure 2. Values are in % (MCR, recall). Missing numbers (a cell without
+# runs, the standard deviation of one fold) are drawn as gaps or without error bars, never as 0.
+
+__all__ += [
+    "FUSION_COLORS", "FUSION_LABELS", "mcr_bars", "learning_curves", "fold_heatmap", "recall_heatmap",
+    "confusion_matrices", "metadata_gain_bars", "table3_plot", "table4_plot", "cam_grid",
+]
+
+#: One colour per fusion variant, used by every result figure.
+FUSION_COLORS: dict[str, str] = {"none": "#8c8c8c", "concat": "#4c72b0", "metanet": "#c44e52", "metablock": "#55a868"}
+#: How the figures name the variants (the paper's words).
+FUSION_LABELS: dict[str, str] = {"none": "no metadata", "concat": "concatenation", "metanet": "MetaNet (ours)",
+                                 "metablock": "Meta-Block"}
+_PAPER_CODES = [c.upper() for c in PAPER_ORDER]  # NV, MEL, BKL, BCC, AKIEC, VASC, DF
 
 
-def training_curves(history: pd.DataFrame, *, title: str = "", save: str | None = None,
-                    synthetic: bool = False) -> Figure:
-    """Learning curves: training loss and validation MCR per epoch, one line per fold, one colour per fusion.
+def _nan0(a: Any) -> np.ndarray:
+    return np.nan_to_num(np.asarray(a, dtype=float), nan=0.0)
+
+
+def _empty(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=10, color="0.35",
+            wrap=True)
+    _bare(ax)
+
+
+def _grouped(ax: Any, groups: Sequence[str], fusions: Sequence[str], mean: Mapping[str, Sequence[float]],
+             std: Mapping[str, Sequence[float]], hatch: str | None = None, labels: bool = True) -> None:
+    x = np.arange(len(groups))
+    w = 0.8 / max(len(fusions), 1)
+    for k, f in enumerate(fusions):
+        m = np.asarray(mean[f], dtype=float)
+        bars = ax.bar(x + (k - (len(fusions) - 1) / 2) * w, _nan0(m), w, yerr=_nan0(std[f]), capsize=2,
+                      color=FUSION_COLORS.get(f, "0.5"), hatch=hatch, edgecolor="white" if hatch else None,
+                      label=FUSION_LABELS.get(f, f))
+        if labels:
+            ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.1f}" for v in m], fontsize=6.5, padding=1,
+                         rotation=90)
+    ax.set_xticks(x, groups, rotation=20 if max((len(g) for g in groups), default=0) > 9 else 0)
+
+
+# ----------------------------------------------------------------------------- Table 1
+
+
+def mcr_bars(table1: pd.DataFrame, *, save: str | None = None, synthetic: bool = False) -> Figure:
+    """Table 1 as bars: MCR (mean ± sd over folds) per backbone and fusion, ours (left) beside the paper's
+    six backbones (right, hatched). Both panels share the 0-100 % axis.
 
     Args:
-        history: :func:`metanet_utils.grid.run_histories` (columns ``fusion, fold, epoch, train_loss, val_mcr``).
-        title: figure title (e.g. the backbone).
-        save: file name under ``figures/``.
-        synthetic: stamp SYNTHETIC DATA.
-
-    Returns:
-        The figure: two axes (loss, validation MCR in %).
+        table1: :func:`~metanet_utils.tables.build_table1` frame.
     """
-    fig = Figure(figsize=(11, 4), layout="constrained")
-    ax_loss, ax_mcr = fig.subplots(1, 2)
-    colours = {"none": "tab:gray", "concat": "tab:blue", "metanet": "tab:red", "metablock": "tab:green"}
-    for (fusion, fold), h in history.sort_values("epoch").groupby(["fusion", "fold"], sort=True):
-        kw = dict(color=colours.get(fusion, None), alpha=0.8, lw=1.2, marker="o" if len(h) < 8 else None, ms=3,
-                  label=fusion if fold == history.loc[history.fusion == fusion, "fold"].min() else None)
-        ax_loss.plot(h["epoch"], h["train_loss"], **kw)
-        ax_mcr.plot(h["epoch"], 100 * h["val_mcr"], **kw)
-    ax_loss.set(xlabel="epoch", ylabel="training loss (class-weighted CE)", title="training loss, one line per fold")
-    ax_mcr.axhline(100 / len(CLASS_CODES), color="0.3", ls="--", lw=1, label="chance")
-    ax_mcr.set(xlabel="epoch", ylabel="validation MCR (%)", title="validation mean class recall")
-    for ax in (ax_loss, ax_mcr):
-        ax.legend(frameon=False, fontsize=8)
-    if title:
-        fig.suptitle(title)
+    from .tables import PAPER_BACKBONES, paper_table1
+
+    fusions = [f for f in ("none", "concat", "metanet") if f in set(table1.get("fusion", []))] or \
+        ["none", "concat", "metanet"]
+    fig = Figure(figsize=(12, 4.4), layout="constrained")
+    ax_o, ax_p = fig.subplots(1, 2, sharey=True, width_ratios=[max(2, table1["backbone"].nunique()) if len(table1)
+                                                                 else 2, 6])
+    if len(table1) and table1["ours_mean"].notna().any():
+        bbs = list(dict.fromkeys(table1["backbone"].astype(str)))
+        t = table1.set_index(["backbone", "fusion"])
+        mean = {f: [t["ours_mean"].get((b, f), np.nan) for b in bbs] for f in fusions}
+        std = {f: [t["ours_std"].get((b, f), np.nan) for b in bbs] for f in fusions}
+        _grouped(ax_o, bbs, fusions, mean, std)
+        ax_o.legend(frameon=False, fontsize=8, loc="upper left")
+    else:
+        _empty(ax_o, "no runs yet")
+    ax_o.set(title="this run", ylabel="mean class recall (%)", ylim=(0, 105))
+    ax_o.axhline(100 / 7, color="0.4", ls=":", lw=1)
+    ax_o.text(0.01, 100 / 7 + 1, "chance", fontsize=7, color="0.4", transform=ax_o.get_yaxis_transform())
+    p = paper_table1().set_index(["backbone", "fusion"])
+    _grouped(ax_p, list(PAPER_BACKBONES), fusions,
+             {f: [p["mcr_mean"].get((b, f), np.nan) for b in PAPER_BACKBONES] for f in fusions},
+             {f: [p["mcr_std"].get((b, f), np.nan) for b in PAPER_BACKBONES] for f in fusions}, hatch="///")
+    ax_p.set(title="paper (Table 1)")
+    ax_p.axhline(100 / 7, color="0.4", ls=":", lw=1)
+    fig.suptitle("Mean class recall by backbone and fusion (mean ± sd over folds)")
+    return _finish(fig, save, synthetic)
+
+
+def learning_curves(records: pd.DataFrame, *, backbone: str | None = None,
+                    fusions: Sequence[str] = ("none", "concat", "metanet"), meta_layers: int = 2,
+                    save: str | None = None, synthetic: bool = False) -> Figure:
+    """Training loss and validation MCR per epoch (``history.csv``): one column per fusion, one line per
+    fold, for the Table 1 runs of one backbone (default: the first in the records)."""
+    from matplotlib.ticker import MaxNLocator
+
+    from .report import table1_records
+
+    df = table1_records(records, meta_layers)
+    if backbone is None and len(df):
+        backbone = str(df["backbone"].iloc[0])
+    df = df[df["backbone"] == backbone] if len(df) else df
+    fig = Figure(figsize=(4 * len(fusions), 5.6), layout="constrained")
+    axes = fig.subplots(2, len(fusions), sharex=True, sharey="row", squeeze=False)
+    cmap = __import__("matplotlib").colormaps["viridis"]
+    for j, f in enumerate(fusions):
+        runs = df[df["fusion"] == f].sort_values("fold") if len(df) else df
+        ax_l, ax_m = axes[0, j], axes[1, j]
+        ax_l.set_title(FUSION_LABELS.get(f, f), color=FUSION_COLORS.get(f, "k"))
+        if runs.empty:
+            _empty(ax_l, "no runs")
+            _empty(ax_m, "no runs")
+            continue
+        nf = max(int(runs["n_folds"].max()), 1) if "n_folds" in runs else 5
+        for _, r in runs.iterrows():
+            try:
+                h = pd.read_csv(f"{r['path']}/history.csv")
+            except OSError:
+                continue
+            c = cmap(int(r["fold"]) / max(nf - 1, 1))
+            kw = {"marker": "o", "ms": 4} if len(h) < 8 else {}
+            ax_l.plot(h["epoch"], h["train_loss"], color=c, label=f"fold {int(r['fold'])}", **kw)
+            if "val_loss" in h:
+                ax_l.plot(h["epoch"], h["val_loss"], color=c, ls="--", alpha=0.6, **kw)
+            ax_m.plot(h["epoch"], 100 * h["val_mcr"], color=c, **kw)
+        ax_m.axhline(100 / 7, color="0.4", ls=":", lw=1)
+        ax_m.set_xlabel("epoch")
+        ax_m.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if j == 0:
+            ax_l.set_ylabel("loss (solid: train, dashed: validation)")
+            ax_m.set_ylabel("validation MCR (%)")
+            ax_l.legend(frameon=False, fontsize=7)
+    fig.suptitle(f"Learning curves, {backbone or 'no runs'}")
+    return _finish(fig, save, synthetic)
+
+
+def fold_heatmap(folds: pd.DataFrame, *, save: str | None = None, synthetic: bool = False) -> Figure:
+    """Per-fold MCR (%) as a heat map: rows = backbone / fusion, columns = folds (and mean).
+
+    Args:
+        folds: :func:`~metanet_utils.report.fold_table` frame.
+    """
+    fig = Figure(figsize=(1.2 * max(len(folds.columns), 3) + 2.5, 0.45 * max(len(folds), 3) + 1.6),
+                 layout="constrained")
+    ax = fig.subplots()
+    if folds.empty:
+        _empty(ax, "no runs yet")
+        return _finish(fig, save, synthetic)
+    cols = [c for c in folds.columns if c != "std"]
+    data = folds[cols].to_numpy(dtype=float)
+    finite = data[np.isfinite(data)]
+    lo, hi = (finite.min(), finite.max()) if finite.size else (0, 100)
+    if hi - lo < 1:
+        lo, hi = lo - 0.5, hi + 0.5
+    im = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", vmin=lo, vmax=hi, aspect="auto")
+    for (i, j), v in np.ndenumerate(data):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8,
+                    color="white" if v < lo + 0.5 * (hi - lo) else "black")
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(folds)), folds.index)
+    ax.axvline(len(cols) - 1.5, color="white", lw=2)
+    fig.colorbar(im, ax=ax, label="MCR (%)")
+    ax.set_title("MCR of every fold: how much the folds differ")
+    return _finish(fig, save, synthetic)
+
+
+# ----------------------------------------------------------------------------- Table 2
+
+
+def _heat(ax: Any, data: np.ndarray, rows: Sequence[str], cols: Sequence[str], vmin: float = 0, vmax: float = 100,
+          cmap: str = "viridis", fmt: str = "{:.0f}") -> Any:
+    im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    for (i, j), v in np.ndenumerate(data):
+        if np.isfinite(v):
+            dark = (v < vmin + 0.5 * (vmax - vmin)) == (cmap == "viridis")  # viridis: dark at the low end
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows)
+    return im
+
+
+def recall_heatmap(table2: pd.DataFrame, *, save: str | None = None, synthetic: bool = False) -> Figure:
+    """Per-class recall (%) as two heat maps, class x fusion: ours (left) and the paper's SENet154 (right),
+    on one colour scale.
+
+    Args:
+        table2: :func:`~metanet_utils.tables.build_table2` frame.
+    """
+    fusions = list(dict.fromkeys(table2["fusion"])) if len(table2) else ["none", "concat", "metanet"]
+    classes = list(dict.fromkeys(table2["class"])) if len(table2) else _PAPER_CODES
+    fig = Figure(figsize=(10, 4.6), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    im = None
+    for ax, col, title in ((axes[0], "ours_mean", f"this run ({table2['backbone'].iloc[0] if len(table2) else '-'})"),
+                           (axes[1], "paper_mean", "paper (SENet154)")):
+        t = table2.pivot_table(index="class", columns="fusion", values=col, aggfunc="first", dropna=False) \
+            if len(table2) else pd.DataFrame()
+        data = t.reindex(index=classes, columns=fusions).to_numpy(dtype=float) if len(t) else \
+            np.full((len(classes), len(fusions)), np.nan)
+        im = _heat(ax, data, classes, [FUSION_LABELS.get(f, f) for f in fusions])
+        ax.set_title(title)
+    axes[0].set_ylabel("class (largest first)")
+    fig.colorbar(im, ax=axes, label="recall (%)", shrink=0.9)
+    fig.suptitle("Recall of each class by fusion (mean over folds)")
+    return _finish(fig, save, synthetic)
+
+
+def confusion_matrices(matrices: Mapping[str, np.ndarray], *, title: str = "", save: str | None = None,
+                       synthetic: bool = False) -> Figure:
+    """Row-normalised confusion matrices (% of each true class), one panel per fusion.
+
+    Args:
+        matrices: fusion -> 7 x 7 counts in the official class order (rows = true), e.g. from
+            :func:`~metanet_utils.report.summed_confusion`; shown in the paper's class order.
+    """
+    order = [CLASS_CODES.index(c) for c in _PAPER_CODES]
+    n = max(len(matrices), 1)
+    fig = Figure(figsize=(4.3 * n + 1, 4.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, n, sharey=True))
+    im = None
+    for ax, (f, cm) in zip(axes, matrices.items()):
+        cm = np.asarray(cm, dtype=float)[np.ix_(order, order)]
+        support = cm.sum(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pct = np.where(support > 0, 100 * cm / np.where(support > 0, support, 1), np.nan)
+        im = _heat(ax, pct, [f"{c} ({int(s)})" for c, s in zip(_PAPER_CODES, support.ravel())], _PAPER_CODES,
+                   cmap="Blues", fmt="{:.0f}")
+        ax.set_title(f"{FUSION_LABELS.get(f, f)}: {int(cm.sum())} images", color=FUSION_COLORS.get(f, "k"))
+        ax.set_xlabel("predicted")
+    if not matrices:
+        _empty(axes[0], "no runs yet")
+    else:
+        axes[0].set_ylabel("true class (images)")
+        fig.colorbar(im, ax=list(axes), label="% of the true class", shrink=0.9)
+    fig.suptitle(title or "Confusion matrices, summed over folds, rows normalised (diagonal = recall)")
+    return _finish(fig, save, synthetic)
+
+
+def metadata_gain_bars(gain: pd.DataFrame, *, backbone: str = "", save: str | None = None,
+                       synthetic: bool = False) -> Figure:
+    """Which classes metadata helps: recall of MetaNet minus the image-only model per class (mean ± sd of the
+    per-fold differences), the paper's difference (SENet154) as black diamonds.
+
+    Args:
+        gain: :func:`~metanet_utils.report.recall_gain` frame.
+    """
+    from matplotlib.patches import Patch
+
+    fig = Figure(figsize=(8.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    if gain.empty:
+        _empty(ax, "no runs yet")
+        return _finish(fig, save, synthetic)
+    x = np.arange(len(gain))
+    mean = gain["mean_diff"].to_numpy(dtype=float)
+    colors = [CLASS_COLORS.get(str(c).lower(), "0.5") for c in gain["class"]]
+    bars = ax.bar(x, _nan0(mean), 0.6, yerr=_nan0(gain["std_diff"]), capsize=3, color=colors)
+    ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:+.1f}" for v in mean], fontsize=8, padding=2)
+    (paper,) = ax.plot(x, gain["paper_diff"], "D", color="black", ms=6, label="paper (SENet154)")
+    ax.axhline(0, color="black", lw=0.8)
+    ours = Patch(facecolor="0.6", label="this run: metanet - none (mean ± sd over folds)")
+    ax.set_xticks(x, [f"{c}\n(n={int(n)} folds)" if n else f"{c}\n(no runs)" for c, n in zip(gain["class"], gain["n"])])
+    where = f", {backbone}" if backbone else ""
+    ax.set(ylabel="recall difference (points)",
+           title=f"Where metadata helps: recall with MetaNet minus without metadata{where}")
+    ax.legend(handles=[ours, paper], frameon=False, fontsize=8)
+    ax.margins(y=0.15)
+    return _finish(fig, save, synthetic)
+
+
+# ----------------------------------------------------------------------------- Tables 3 and 4
+
+
+def table3_plot(table3: pd.DataFrame, *, save: str | None = None, synthetic: bool = False) -> Figure:
+    """Table 3: MCR with each subset of the metadata. Left: ours (mean ± sd). Right: the change against the
+    image-only run, ours beside the paper's (so a different backbone can still be compared by trend).
+
+    Args:
+        table3: :func:`~metanet_utils.tables.build_table3` frame.
+    """
+    short = {"age": "A", "sex": "S", "localization": "L"}
+    names = ["none" if r["meta_features"] == "none" else "+".join(short[f] for f in META_FIELDS if int(r[f]))
+             for _, r in table3.iterrows()]
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ax_a, ax_d = fig.subplots(1, 2)
+    x = np.arange(len(table3))
+    mean = table3["ours_mean"].to_numpy(dtype=float)
+    if np.isfinite(mean).any():
+        bars = ax_a.bar(x, _nan0(mean), 0.6, yerr=_nan0(table3["ours_std"]), capsize=3,
+                        color=["#8c8c8c"] + ["#c44e52"] * (len(x) - 1))
+        ax_a.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.1f}" for v in mean], fontsize=7, padding=2)
+        lo = np.nanmin(mean - _nan0(table3["ours_std"]))
+        ax_a.set_ylim(max(0, lo - 10), min(100, np.nanmax(mean) + 8))
+    else:
+        _empty(ax_a, "no ablation runs yet")
+    ax_a.set_xticks(x, names)
+    backbone = table3["backbone"].iloc[0] if len(table3) else ""
+    ax_a.set(title=f"this run ({backbone}): MCR (%)", xlabel="metadata used (A age, S sex, L localization)")
+    ours_d = mean - mean[0] if len(mean) else mean
+    paper = table3["paper_mean"].to_numpy(dtype=float)
+    w = 0.38
+    ax_d.bar(x - w / 2, _nan0(ours_d), w, color="#c44e52", label="this run")
+    ax_d.bar(x + w / 2, paper - paper[0], w, color="#dddddd", edgecolor="#555555", hatch="//",
+             label="paper (SENet154)")
+    ax_d.axhline(0, color="black", lw=0.8)
+    ax_d.set_xticks(x, names)
+    ax_d.set(title="change against no metadata (points)", xlabel="metadata used")
+    ax_d.legend(frameon=False, fontsize=8)
+    fig.suptitle("Table 3: which metadata fields help (MetaNet)")
+    return _finish(fig, save, synthetic)
+
+
+def table4_plot(table4: pd.DataFrame, *, save: str | None = None, synthetic: bool = False) -> Figure:
+    """Table 4: MCR by the number of fully connected layers on the metadata, for MetaNet and concatenation;
+    ours (left, mean ± sd) and the paper's SENet154 (right).
+
+    Args:
+        table4: :func:`~metanet_utils.tables.build_table4` frame.
+    """
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    backbone = table4["backbone"].iloc[0] if len(table4) else ""
+    for ax, col, std, title in ((axes[0], "ours_mean", "ours_std", f"this run ({backbone})"),
+                                (axes[1], "paper_mean", "paper_std", "paper (SENet154)")):
+        any_line = False
+        for f, g in table4.groupby("fusion", sort=False):
+            g = g.sort_values("fc_layers")
+            if g[col].notna().any():
+                any_line = True
+                ax.errorbar(g["fc_layers"], g[col], yerr=_nan0(g[std]), marker="o", capsize=3,
+                            color=FUSION_COLORS.get(f, "k"), label=FUSION_LABELS.get(f, f))
+        if any_line:
+            ax.set_xticks(sorted(table4["fc_layers"].unique()))
+            ax.legend(frameon=False, fontsize=8)
+        else:
+            _empty(ax, "no ablation runs yet")
+        ax.set(title=title, xlabel="fully connected layers on the metadata", ylabel="MCR (%)")
+    fig.suptitle("Table 4: depth of the metadata branch")
+    return _finish(fig, save, synthetic)
+
+
+# ----------------------------------------------------------------------------- Figure 2
+
+
+def cam_grid(cams: Sequence[Mapping[str, Any]], *, alpha: float = 0.45, cmap: str = "jet", title: str | None = None,
+             save: str | None = None, synthetic: bool = False) -> Figure:
+    """Figure 2: one row per case, columns = the image, the image-only model's CAM, MetaNet's CAM.
+
+    Args:
+        cams: :func:`~metanet_utils.cam.cams_for_cases` / :func:`~metanet_utils.cam.pair_cams` entries.
+        alpha, cmap: heat-map blending (see :func:`~metanet_utils.cam.overlay`).
+
+    Titles give the true class, each model's prediction and its probability (green right, red wrong).
+    """
+    from .cam import overlay
+
+    n = len(cams)
+    fig = Figure(figsize=(9, 3.1 * max(n, 1) + 0.4), layout="constrained")
+    if n == 0:
+        _empty(fig.subplots(), "no cases to show")
+        return _finish(fig, save, synthetic)
+    axes = fig.subplots(n, 3, squeeze=False)
+    for i, c in enumerate(cams):
+        pic = c["picture"]
+        axes[i, 0].imshow(pic)
+        axes[i, 0].set_title(f"{c['image']}\ntrue: {c['true']}" + (f"  [{c['case']}]" if c.get("case") else ""),
+                             fontsize=9)
+        for j, f in enumerate(("none", "metanet"), start=1):
+            e = c[f]
+            axes[i, j].imshow(overlay(pic, e["cam"], alpha=alpha, cmap=cmap))
+            right = e.get("correct")
+            axes[i, j].set_title(f"{FUSION_LABELS[f]}\npred {e['pred']} (p = {e['p_pred']:.2f}), map of {e['target']}",
+                                 fontsize=9, color={True: "#1a7f37", False: "#c00000"}.get(right, "black"))
+        for ax in axes[i]:
+            _bare(ax)
+    fig.suptitle(title or "Class activation maps: image only (middle) vs MetaNet (right); red = evidence for the "
+                 "class mapped", fontsize=10)
     return _finish(fig, save, synthetic)

@@ -314,11 +314,22 @@ def train_run(cfg: RunConfig, dataset, runs_dir: str | Path | None = None, devic
     try:
         if is_complete(final):  # finished by another worker before we got the lock
             return read_metrics(final)
+        if lock:
+            _remove_leftovers(runs_dir, cfg.run_id)
         return _train_locked(cfg, dataset, runs_dir, pick_device(device), progress, weights_dir, stop_after_epochs,
                              build_model, channels_last_preferred, input_spec, encode)
     finally:
         if lock:
             lk.release()
+
+
+def _remove_leftovers(runs_dir: Path, run_id: str) -> None:
+    """Remove what a killed worker of this run left behind (we hold the run's lock): temporary
+    checkpoint files and half-staged record folders. The last complete checkpoint is kept."""
+    for p in (runs_dir / ".work" / run_id).glob(".checkpoint.pt.tmp-*"):
+        p.unlink(missing_ok=True)
+    for p in (*runs_dir.glob(f".{run_id}.stage-*"), *runs_dir.glob(f".{run_id}.old-*")):
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def _train_locked(cfg, dataset, runs_dir, device, progress, weights_dir, stop_after_epochs,
@@ -357,7 +368,12 @@ def _train_locked(cfg, dataset, runs_dir, device, progress, weights_dir, stop_af
     history: list[dict[str, Any]] = []
     start_epoch = 0
     state = _load_checkpoint(ckpt_path)
-    if state is not None and state.get("run_id") == cfg.run_id:
+    if state is not None and (not isinstance(state, dict) or state.get("run_id") != cfg.run_id
+                              or not {"model", "optimizer", "scheduler", "history", "epoch"} <= set(state)):
+        _log(f"[train] checkpoint {ckpt_path} does not belong to run {cfg.run_id} or is incomplete; "
+             "starting this run again")
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -1,0 +1,668 @@
+"""The report: this run's tables beside the paper's, every deviation from the paper's protocol, the facts
+where the paper disagrees with the data or the authors' code, the lesion-leak comparison, and the HTML
+pages of the executed notebooks.
+
+* :func:`profile_records` -- the records of one profile's runs only (the run ids
+  :func:`~metanet_utils.grid.enumerate_runs` gives), never another profile's records that share
+  ``results/runs``.
+* :func:`profile_tables` / :func:`write_profile_tables` -- Tables 1-4 for the profile's backbones and
+  ablation backbone, written to ``results/tables/table{1,2,3,4}.{csv,md}`` (plus ``provenance.json``:
+  profile, data kind, runs found).
+* :func:`deviations` -- the paper's protocol, this run's settings, and whether they differ.
+* :func:`paper_vs_code_facts` -- where the paper, the data and the authors' released code disagree.
+* :func:`lesion_leak_comparison` -- Table 1 with folds cut by image (the paper) and by lesion.
+* :func:`write_html_report` -- ``outputs/report.html`` and one page per executed notebook.
+
+Example:
+    >>> facts = paper_vs_code_facts()
+    >>> {"topic", "paper", "data or authors' code", "this kit"} <= set(facts.columns)
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .constants import DATA_CLASS_COUNTS, META_FIELDS, N_IMAGES, PAPER_CLASS_COUNTS
+
+__all__ = [
+    "load_profile_any",
+    "ablation_backbone",
+    "profile_run_ids",
+    "profile_records",
+    "profile_tables",
+    "write_profile_tables",
+    "deviations",
+    "paper_vs_code_facts",
+    "lesion_leak_comparison",
+    "LESION_HOWTO",
+    "table1_records",
+    "fold_table",
+    "recall_gain",
+    "summed_confusion",
+    "significance",
+    "write_html_report",
+]
+
+#: The paper's protocol (Sec. 3.1-3.5), the reference of :func:`deviations`.
+PAPER_PROTOCOL: dict[str, Any] = {
+    "backbones": ("alexnet", "vgg19", "resnet50", "densenet161", "senet154", "pnasnet5large"),
+    "ablation_backbone": "senet154",
+    "n_folds": 5,
+    "epochs": 250,
+    "milestones": (50, 120, 200),
+    "lr": 1e-3,
+    "batch_size": 32,
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+    "meta_layers": 2,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# The profile's records
+# --------------------------------------------------------------------------------------------------
+
+
+def load_profile_any(profile: Any):
+    """A :class:`~metanet_utils.config.Profile` from a Profile, a profile name or a YAML path."""
+    from .config import Profile, load_profile
+
+    return profile if isinstance(profile, Profile) else load_profile(profile)
+
+
+def ablation_backbone(profile: Any) -> str:
+    """The backbone of Tables 2-4: ``ablations.backbone``, else the profile's last backbone (as the grid)."""
+    prof = load_profile_any(profile)
+    return prof.ablations.backbone or prof.backbones[-1]
+
+
+def _dataset(profile: Any, data_dir: Any = None, dataset: Any = None):
+    if dataset is not None:
+        return dataset
+    from .grid import profile_dataset
+
+    return profile_dataset(load_profile_any(profile), str(data_dir) if data_dir else None)
+
+
+def profile_run_ids(profile: Any, dataset: Any, experiments: Iterable[str] | None = None) -> list[str]:
+    """Run ids of the profile's grid (Table 1 and the ablations it asks for)."""
+    from .grid import EXPERIMENTS, enumerate_runs
+
+    return [r.run_id for r in enumerate_runs(load_profile_any(profile), dataset, experiments or EXPERIMENTS)]
+
+
+def _complete_ids(run_ids: Sequence[str], runs_dir: Path) -> list[str]:
+    from .evaluate import RECORD_FILES
+
+    return [rid for rid in run_ids if all((runs_dir / rid / f).is_file() for f in RECORD_FILES)]
+
+
+def profile_records(profile: Any, dataset: Any = None, *, data_dir: Any = None, runs_dir: str | Path | None = None,
+                    experiments: Iterable[str] | None = None, source: str = "predictions") -> pd.DataFrame:
+    """The records of the profile's runs that are complete (one row per run, see
+    :func:`~metanet_utils.evaluate.load_records`); ``attrs["expected"]`` / ``attrs["found"]`` count them.
+
+    Only the run ids of :func:`~metanet_utils.grid.enumerate_runs` are read, so records of other
+    profiles in the same ``results/runs`` never mix in.
+    """
+    from .evaluate import load_records
+    from .paths import runs_dir as default_runs_dir
+
+    prof = load_profile_any(profile)
+    ds = _dataset(prof, data_dir, dataset)
+    runs_dir = Path(runs_dir or default_runs_dir())
+    ids = profile_run_ids(prof, ds, experiments)
+    done = _complete_ids(ids, runs_dir)
+    df = load_records(runs_dir, run_ids=done, source=source)
+    df.attrs["expected"] = len(ids)
+    df.attrs["found"] = len(done)
+    return df
+
+
+def profile_tables(profile: Any, dataset: Any = None, records: pd.DataFrame | None = None, *,
+                   data_dir: Any = None, runs_dir: str | Path | None = None) -> dict[str, pd.DataFrame]:
+    """Tables 1-4 of the profile: its backbones in Table 1, its ablation backbone in Tables 2-4,
+    its metadata depth for the MetaNet runs."""
+    from .tables import build_table1, build_table2, build_table3, build_table4
+
+    prof = load_profile_any(profile)
+    if records is None:
+        records = profile_records(prof, dataset, data_dir=data_dir, runs_dir=runs_dir)
+    k = int(prof.meta_layers)
+    layers = {"none": 0, "concat": 0, "metanet": k, "metablock": 1}
+    abl = ablation_backbone(prof)
+    fusions = [f for f in ("none", "concat", "metanet") if f in prof.fusions] or ["none", "concat", "metanet"]
+    return {
+        "table1": build_table1(records, backbones=list(prof.backbones), fusions=fusions, meta_layers=layers,
+                               n_folds=prof.n_folds),
+        "table2": build_table2(records, abl, fusions=fusions, meta_layers=layers, n_folds=prof.n_folds),
+        "table3": build_table3(records, abl, meta_layers=k, n_folds=prof.n_folds),
+        "table4": build_table4(records, abl, meta_layers=tuple(prof.ablations.meta_layers), n_folds=prof.n_folds),
+    }
+
+
+def write_profile_tables(profile: Any, data_dir: Any = None, *, dataset: Any = None,
+                         runs_dir: str | Path | None = None, out_dir: str | Path | None = None) -> Path:
+    """Write ``table{1,2,3,4}.{csv,md}`` of the profile's records and ``provenance.json``; return the folder.
+
+    Args:
+        profile: a Profile, a profile name or a YAML path.
+        data_dir: where the profile's data is (needed to name its runs: the data fingerprint is part
+            of a run's id); ignored when ``dataset`` is given.
+        runs_dir: records folder (default ``results/runs``); out_dir: default ``results/tables``.
+    """
+    from .paths import tables_dir
+    from .tables import write_tables
+
+    prof = load_profile_any(profile)
+    ds = _dataset(prof, data_dir, dataset)
+    records = profile_records(prof, ds, runs_dir=runs_dir)
+    tabs = profile_tables(prof, ds, records)
+    out = Path(out_dir or tables_dir())
+    write_tables(tabs, out)
+    kinds = sorted(set(records["data_kind"].dropna().astype(str))) if len(records) else []
+    prov = {"profile": prof.name, "data_kind": ds.kind, "run_data_kinds": kinds, "n_images": int(len(ds.df)),
+            "runs_expected": records.attrs.get("expected"), "runs_found": records.attrs.get("found"),
+            "backbones": list(prof.backbones), "ablation_backbone": ablation_backbone(prof),
+            "written": time.strftime("%Y-%m-%d %H:%M:%S")}
+    from .atomic import atomic_write_text
+
+    atomic_write_text(out / "provenance.json", json.dumps(prov, indent=2))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Deviations and facts
+# --------------------------------------------------------------------------------------------------
+
+
+def _source_resolution(dataset: Any) -> str | None:
+    try:
+        from PIL import Image
+
+        path = dataset.df["path"].iloc[0]
+        with Image.open(path) as im:
+            return f"{im.size[0]}x{im.size[1]}"
+    except Exception:  # noqa: BLE001 - informative only
+        return None
+
+
+def deviations(profile: Any, dataset: Any = None, only: bool = False) -> pd.DataFrame:
+    """Every setting of the paper's protocol beside this run's, and whether this run deviates.
+
+    Args:
+        profile: a Profile, a profile name or a YAML path.
+        dataset: the profile's :class:`~metanet_utils.dataset.Dataset` (None: data rows say unknown).
+        only: keep the deviating rows only.
+
+    Returns:
+        Columns ``setting, paper, this run, deviates`` (bool), ``note``.
+    """
+    from .models import display_name, input_spec
+
+    prof = load_profile_any(profile)
+    rows: list[dict[str, Any]] = []
+
+    def add(setting: str, paper: Any, ours: Any, deviates: bool, note: str = "") -> None:
+        rows.append({"setting": setting, "paper": str(paper), "this run": str(ours), "deviates": bool(deviates),
+                     "note": note})
+
+    add("profile", "-", f"{prof.name}: {prof.description}", False)
+    # data
+    if dataset is None:
+        add("data", f"HAM10000 / ISIC 2018 Task 3 training set, {N_IMAGES} images", "unknown (no dataset given)",
+            True)
+    else:
+        n = len(dataset.df)
+        synthetic = dataset.kind == "synthetic"
+        what = f"{'SYNTHETIC (procedural images, not HAM10000)' if synthetic else 'real HAM10000'}, {n} images"
+        note = ("numbers say nothing about the paper's claims" if synthetic else
+                ("stratified subsample (whole lesions)" if n < N_IMAGES else ""))
+        add("data", f"HAM10000 / ISIC 2018 Task 3 training set, {N_IMAGES} images", what,
+            synthetic or n != N_IMAGES, note)
+        res = _source_resolution(dataset)
+        if res:
+            add("source image resolution", "600x450", res, res != "600x450",
+                "the test copy is downscaled to 200x150" if res == "200x150" else "")
+    # backbones and sizes
+    paper_bb = PAPER_PROTOCOL["backbones"]
+    ours_bb = tuple(prof.backbones)
+    add("backbones", ", ".join(display_name(b) for b in paper_bb),
+        ", ".join(_safe_display(b) for b in ours_bb),
+        {_canon(b) for b in ours_bb} != {_canon(b) for b in paper_bb}, _substitution_note(ours_bb))
+    add("ablation backbone (Tables 2-4)", "SENet154", _safe_display(ablation_backbone(prof)),
+        _canon(ablation_backbone(prof)) != _canon("senet154"))
+    sizes = []
+    dev_size = False
+    for b in ours_bb:
+        try:
+            spec = input_spec(b)
+            paper_size = (441, 331) if _canon(b) == _canon("pnasnet5large") else (300, 224)
+            ours = (prof.image_size or spec.resize, prof.crop_size or spec.crop)
+        except Exception:  # noqa: BLE001
+            paper_size, ours = (300, 224), (prof.image_size, prof.crop_size)
+        sizes.append(f"{_safe_display(b)} {ours[0]}->{ours[1]}")
+        dev_size |= tuple(ours) != paper_size
+    add("image size (resize -> crop)", "300 -> 224 (PNASNet 441 -> 331)", "; ".join(sizes), dev_size)
+    add("pretrained", "ImageNet", "ImageNet (timm / torchvision weights)" if prof.pretrained else
+        "no: random initialisation", not prof.pretrained,
+        "pinned timm tags closest to 2019 weights (torchvision originals, Cadene's SENet154, TF PNASNet)"
+        if prof.pretrained else "accuracy far below the paper's is expected")
+    # protocol
+    folds = f"{prof.n_folds}" + (f" (only folds {', '.join(map(str, prof.folds))} run)" if prof.folds else "")
+    add("cross-validation folds", 5, folds, prof.n_folds != 5 or bool(prof.folds))
+    add("split", "stratified by class at image level", f"{prof.split_scheme} level" +
+        (" (no lesion in two folds)" if prof.split_scheme == "lesion" else ", stratified by class"),
+        prof.split_scheme != "image",
+        "image-level folds let 38-40 % of validation images have a same-lesion image in training")
+    add("epochs", 250, prof.epochs, prof.epochs != 250)
+    unreached = [m for m in prof.milestones if m >= prof.epochs]
+    add("lr schedule", "lr / 10 at epochs 50, 120, 200", f"lr x {prof.lr_gamma:g} at epochs "
+        + ", ".join(map(str, prof.milestones)), tuple(prof.milestones) != (50, 120, 200) or prof.lr_gamma != 0.1,
+        f"milestones {unreached} are never reached in {prof.epochs} epochs" if unreached else "")
+    add("optimiser", "SGD, lr 0.001, momentum 0.9, weight decay 1e-4, batch 32",
+        f"SGD, lr {prof.lr:g}, momentum {prof.momentum:g}, weight decay {prof.weight_decay:g}, batch {prof.batch_size}",
+        (prof.lr, prof.momentum, prof.weight_decay, prof.batch_size) != (1e-3, 0.9, 1e-4, 32))
+    add("loss", "cross-entropy weighted by class", "cross-entropy weighted by class (inverse frequency of the "
+        "training fold)", False)
+    add("colour constancy", "yes (Barata et al. 2014)", "Shades of Gray, p = 6" if prof.color_constancy else "off",
+        not prof.color_constancy, "the paper does not name the variant; Shades of Gray p = 6 is Barata et al.'s choice")
+    add("metadata", "17-d: age [0,1], sex one-hot, site one-hot; missing -> mean / most frequent",
+        "same (statistics of the data used)", False)
+    add("MetaNet gate", "2 fully connected layers (ReLU, sigmoid)", f"{prof.meta_layers} fully connected layer(s)",
+        prof.meta_layers != 2)
+    add("fusions", "none, concat, metanet", ", ".join(prof.fusions),
+        set(prof.fusions) != {"none", "concat", "metanet"})
+    add("ablations", "Table 3 (metadata subsets), Table 4 (1-4 layers)",
+        ", ".join(n for n, on in (("Table 3", prof.ablations.table3), ("Table 4", prof.ablations.table4)) if on)
+        or "not run", not (prof.ablations.table3 and prof.ablations.table4))
+    add("precision", "float32 (2019 PyTorch, presumably)", {"auto": "bf16 autocast on a GPU, float32 on a CPU"}
+        .get(prof.precision, prof.precision), prof.precision not in ("fp32",),
+        "mixed precision changes rounding, not the method")
+    add("reported model", "not stated", "last epoch (no selection on the validation fold)", False)
+    add("significance test", "Wilcoxon signed-rank, 'p < 0.05'", "exact and approximate Wilcoxon, pooled "
+        "Wilcoxon, Nadeau-Bengio corrected t-test, Holm", False,
+        "exact two-sided Wilcoxon with 5 folds cannot go below 0.0625")
+    out = pd.DataFrame(rows, columns=["setting", "paper", "this run", "deviates", "note"])
+    return out[out["deviates"]].reset_index(drop=True) if only else out
+
+
+def _canon(b: str) -> str:
+    from .models import resolve_backbone
+
+    try:
+        return resolve_backbone(b).split(".")[0]
+    except Exception:  # noqa: BLE001
+        return str(b)
+
+
+def _safe_display(b: str) -> str:
+    from .models import display_name
+
+    try:
+        return display_name(b)
+    except Exception:  # noqa: BLE001
+        return str(b)
+
+
+def _substitution_note(backbones: Sequence[str]) -> str:
+    paper = {_canon(b) for b in PAPER_PROTOCOL["backbones"]}
+    subs = [_safe_display(b) for b in backbones if _canon(b) not in paper]
+    missing = [_safe_display(b) for b in PAPER_PROTOCOL["backbones"] if _canon(b) not in {_canon(x) for x in backbones}]
+    parts = []
+    if subs:
+        parts.append(f"substitutes: {', '.join(subs)}")
+    if missing:
+        parts.append(f"not run: {', '.join(missing)}")
+    return "; ".join(parts)
+
+
+def paper_vs_code_facts() -> pd.DataFrame:
+    """Where the paper, the data and the authors' released code (github fatetail/MetaNet, 2022) disagree.
+
+    Returns:
+        Columns ``topic, paper, data or authors' code, this kit``.
+    """
+    pc, dc = PAPER_CLASS_COUNTS, DATA_CLASS_COUNTS
+    rows = [
+        ("class counts", f"BKL {pc['bkl']}, VASC {pc['vasc']}", f"data: BKL {dc['bkl']}, VASC {dc['vasc']}",
+         "uses the data; the paper's numbers are misprints"),
+        ("missing metadata", "around 50-100 missing per field, filled (mean age, most frequent sex / site)",
+         "data: age 57 missing, sex 57 'unknown', site 234 'unknown'; code: drops the 254 images with a "
+         "missing age, sex or site", "fills them, as the paper says"),
+        ("MetaNet gate", "two fully connected layers, ReLU between, sigmoid at the end",
+         "code: ONE 1x1 convolution 17 -> 2048 + sigmoid", "the paper's two layers (k = 1 is the code's gate)"),
+        ("folds run", "5-fold cross-validation, mean ± std", "code: fold 1 only", "all five folds"),
+        ("optimiser", "SGD momentum 0.9, weight decay 1e-4, batch 32, lr / 10 at 50, 120, 200, 250 epochs",
+         "code: SGD with Nesterov, weight decay 1e-5, batch 36, lr steps at 165, 220, 275",
+         "the paper's settings"),
+        ("normalisation", "not stated", "code: dataset mean (0.668, 0.530, 0.525), std (0.189, 0.182, 0.197)",
+         "each backbone's ImageNet mean / std"),
+        ("colour constancy", "applied (Barata et al.)", "code: none", "Shades of Gray p = 6 (switchable)"),
+        ("split", "5-fold cross-validation (unit not stated)",
+         "code: stratified at image level; 38-40 % of every fold's validation images have an image of the "
+         "same lesion in training", "image level (as the code); lesion-grouped folds as an option"),
+        ("significance", "'p < 0.05 with Wilcoxon's Sign Rank Test' for every backbone",
+         "with 5 paired folds the exact two-sided Wilcoxon p is at least 0.0625 (one-sided 0.03125, "
+         "normal approximation 0.043)", "reports exact, one-sided, approximate, pooled and corrected t-tests"),
+        ("CAM of the gated model", "CAM of the last feature maps (Fig. 2)",
+         "gating before pooling equals gating the pooled vector: pool(F * g) = g * pool(F)",
+         "computes the CAM on the gated maps F * g (Grad-CAM equals it up to a positive factor)"),
+    ]
+    return pd.DataFrame(rows, columns=["topic", "paper", "data or authors' code", "this kit"])
+
+
+LESION_HOWTO = (
+    "Run the profile's Table 1 grid again with folds grouped by lesion, e.g. in Python:\n"
+    "    run_grid(dataclasses.replace(prof, split_scheme='lesion'), ds, experiments=('table1',))\n"
+    "or from the shell with a copy of the profile's YAML file that sets `split_scheme: lesion`:\n"
+    "    python -m metanet_utils grid --profile configs/<name>_lesion.yaml\n"
+    "(the run ids differ, so both splits' records live side by side in results/runs)."
+)
+
+
+def lesion_leak_comparison(profile: Any, dataset: Any = None, *, data_dir: Any = None,
+                           runs_dir: str | Path | None = None) -> pd.DataFrame:
+    """Table 1 MCR with folds cut by image (the paper) beside folds grouped by lesion.
+
+    Returns:
+        One row per (backbone, fusion) with both splits' runs: ``backbone, fusion, image_n,
+        image_mean, image_std, lesion_n, lesion_mean, lesion_std, leak`` (image - lesion, points of MCR)
+        and, when the data set is given, ``attrs["leak_share"]``: the share of validation images with a
+        same-lesion image in training under each split. When one split has no runs the frame is empty and
+        ``attrs["note"]`` says how to run it (:data:`LESION_HOWTO`).
+    """
+    from .grid import enumerate_runs
+    from .evaluate import aggregate, load_records
+    from .paths import runs_dir as default_runs_dir
+
+    prof = load_profile_any(profile)
+    ds = _dataset(prof, data_dir, dataset)
+    runs_dir = Path(runs_dir or default_runs_dir())
+    frames = {}
+    counts = {}
+    for scheme in ("image", "lesion"):
+        p = dataclasses.replace(prof, split_scheme=scheme)
+        ids = [r.run_id for r in enumerate_runs(p, ds, ("table1",))]
+        done = _complete_ids(ids, runs_dir)
+        counts[scheme] = (len(done), len(ids))
+        frames[scheme] = load_records(runs_dir, run_ids=done) if done else pd.DataFrame()
+    cols = ["backbone", "fusion", *(f"{s}_{v}" for s in ("image", "lesion") for v in ("n", "mean", "std")), "leak"]
+    out = pd.DataFrame(columns=cols)
+    if all(len(f) for f in frames.values()):
+        parts = []
+        for scheme, f in frames.items():
+            agg = aggregate(f, by=["backbone", "fusion"], values=["mcr"])
+            parts.append(agg[["backbone", "fusion", "n", "mcr_mean", "mcr_std"]].rename(columns={
+                "n": f"{scheme}_n", "mcr_mean": f"{scheme}_mean", "mcr_std": f"{scheme}_std"}))
+        out = parts[0].merge(parts[1], on=["backbone", "fusion"], how="inner")
+        for c in ("image_mean", "image_std", "lesion_mean", "lesion_std"):
+            out[c] = out[c] * 100.0
+        out["leak"] = out["image_mean"] - out["lesion_mean"]
+        order = {f: i for i, f in enumerate(("none", "concat", "metanet", "metablock"))}
+        out = out.sort_values(["backbone", "fusion"], key=lambda s: s.map(order) if s.name == "fusion" else s,
+                              kind="stable").reset_index(drop=True)[cols]
+        out.attrs["note"] = (f"image-level folds: {counts['image'][0]}/{counts['image'][1]} runs, lesion-grouped "
+                             f"folds: {counts['lesion'][0]}/{counts['lesion'][1]} runs; leak = image - lesion "
+                             "(points of MCR): what validating on near-copies of training lesions is worth.")
+    else:
+        missing = [s for s in ("image", "lesion") if not len(frames[s])]
+        out.attrs["note"] = (f"Not run: no complete {' or '.join(missing)}-split runs of profile {prof.name!r} "
+                             f"(image split: {counts['image'][0]}/{counts['image'][1]} runs, lesion split: "
+                             f"{counts['lesion'][0]}/{counts['lesion'][1]}).\n" + LESION_HOWTO)
+    try:
+        from .splits import lesion_leak
+
+        share = {s: float(lesion_leak(ds.df, ds.folds(prof.n_folds, s, prof.split_seed)).loc["overall", "share"])
+                 for s in ("image", "lesion")}
+        out.attrs["leak_share"] = share
+    except Exception:  # noqa: BLE001 - informative only
+        pass
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Analysis helpers of notebooks 05 and 06
+# --------------------------------------------------------------------------------------------------
+
+_FUSION_ORDER = {"none": 0, "concat": 1, "metanet": 2, "metablock": 3}
+
+
+def table1_records(records: pd.DataFrame, meta_layers: int = 2) -> pd.DataFrame:
+    """The Table 1 runs of a records frame: ``none``, ``concat`` on the raw metadata (k = 0) and
+    ``metanet`` with ``meta_layers`` layers, all metadata fields (one run per backbone, fusion, fold)."""
+    if records is None or len(records) == 0 or "fusion" not in records.columns:
+        return pd.DataFrame(columns=list(records.columns) if records is not None else [])
+    all_meta = "+".join(META_FIELDS)
+    k = pd.to_numeric(records["meta_layers"], errors="coerce")
+    keep = ((records["fusion"] == "none")
+            | ((records["fusion"] == "concat") & (k == 0) & (records["meta_features"] == all_meta))
+            | ((records["fusion"] == "metanet") & (k == int(meta_layers)) & (records["meta_features"] == all_meta)))
+    return records[keep].reset_index(drop=True)
+
+
+def fold_table(records: pd.DataFrame, value: str = "mcr", meta_layers: int = 2) -> pd.DataFrame:
+    """Per-fold values (in %) of the Table 1 runs: rows ``backbone / fusion``, columns ``fold 0`` ...,
+    then ``mean`` and ``std`` (sample, ddof=1)."""
+    df = table1_records(records, meta_layers)
+    if df.empty:
+        return pd.DataFrame()
+    df = df.assign(row=df["backbone"].astype(str) + " / " + df["fusion"].astype(str),
+                   _o=df["fusion"].map(_FUSION_ORDER).fillna(9))
+    order = df.sort_values(["backbone", "_o"], kind="stable")["row"].drop_duplicates().tolist()
+    t = df.pivot_table(index="row", columns="fold", values=value, aggfunc="first").reindex(order) * 100.0
+    t.columns = [f"fold {int(c)}" for c in t.columns]
+    t["mean"] = t.mean(axis=1)
+    t["std"] = t.drop(columns="mean").std(axis=1, ddof=1)
+    t.index.name = "backbone / fusion"
+    return t
+
+
+def recall_gain(records: pd.DataFrame, backbone: str, a: str = "metanet", b: str = "none",
+                meta_layers: int = 2) -> pd.DataFrame:
+    """Per-class recall of ``a`` minus ``b`` (points), paired by fold, beside the paper's (SENet154).
+
+    Returns:
+        One row per class in the paper's order (largest first): ``class, n, mean_diff, std_diff``
+        (sample std over folds), ``paper_diff`` (the paper's Table 2, ``a`` - ``b``).
+    """
+    from .stats import paired_values
+    from .tables import paper_table2
+
+    df = table1_records(records, meta_layers)
+    df = df[df["backbone"] == backbone] if len(df) else df
+    paper = paper_table2().pivot_table(index="class", columns="fusion", values="recall_mean")
+    rows = []
+    for code in paper_table2()["class"].drop_duplicates():
+        col = f"recall_{code}"
+        n, mean, std = 0, float("nan"), float("nan")
+        if len(df) and col in df.columns:
+            pairs = paired_values(df.dropna(subset=[col]), a, b, value=col)
+            d = pairs["diff"].to_numpy(dtype=float) * 100.0
+            n = int(len(d))
+            mean = float(d.mean()) if n else float("nan")
+            std = float(d.std(ddof=1)) if n > 1 else float("nan")
+        pd_ = float(paper.loc[code, a] - paper.loc[code, b]) if a in paper and b in paper else float("nan")
+        rows.append({"class": code, "n": n, "mean_diff": mean, "std_diff": std, "paper_diff": pd_})
+    return pd.DataFrame(rows)
+
+
+def summed_confusion(records: pd.DataFrame, backbone: str, fusion: str, meta_layers: int = 2) -> np.ndarray:
+    """The 7 x 7 confusion matrix (official class order) of the Table 1 runs of one backbone and fusion,
+    summed over folds (rows = true class); scored from ``predictions.csv`` (ties in no column)."""
+    from .evaluate import load_record
+
+    df = table1_records(records, meta_layers)
+    total = np.zeros((7, 7), dtype=np.int64)
+    if df.empty:
+        return total
+    for path in df[(df["backbone"] == backbone) & (df["fusion"] == fusion)]["path"]:
+        total += np.asarray(load_record(path)["scores"]["confusion_matrix"], dtype=np.int64)
+    return total
+
+
+def significance(records: pd.DataFrame, pairs: Sequence[tuple[str, str]] = (("metanet", "none"),
+                                                                           ("metanet", "concat"),
+                                                                           ("concat", "none")),
+                 meta_layers: int = 2) -> pd.DataFrame:
+    """:func:`~metanet_utils.stats.compare` of the Table 1 runs for each pair of fusions, stacked.
+
+    Per backbone and pooled over backbones: exact two-sided, exact one-sided and approximate Wilcoxon
+    p-values, the Nadeau-Bengio corrected t-test, their Holm adjustments over backbones, and the smallest
+    exact two-sided p attainable with that many folds. Pairs without runs are left out.
+    """
+    from .stats import compare
+
+    df = table1_records(records, meta_layers)
+    parts = []
+    for a, b in pairs:
+        if len(df) and {a, b} <= set(df["fusion"]):
+            try:
+                parts.append(compare(df, a, b))
+            except ValueError:
+                continue
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+# --------------------------------------------------------------------------------------------------
+# HTML
+# --------------------------------------------------------------------------------------------------
+
+_CSS = """
+body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; max-width: 70rem; margin: 2rem auto;
+       padding: 0 1rem; color: #222; line-height: 1.45; }
+h1 { margin-bottom: .2rem; } .sub { color: #666; margin-top: 0; }
+table { border-collapse: collapse; font-size: .9rem; margin: 1rem 0; }
+th, td { border: 1px solid #ccc; padding: .25rem .6rem; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+.warn { background: #fdd; border: 3px solid #c00; color: #900; padding: .8rem 1rem; font-weight: bold;
+        font-size: 1.1rem; margin: 1rem 0; }
+.note { color: #555; font-size: .9rem; } li { margin: .2rem 0; }
+"""
+
+
+def _notebook_title(nb: Any, fallback: str) -> str:
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+            break
+    return fallback
+
+
+def _says_synthetic(nb: Any) -> bool:
+    for cell in nb.cells:
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            text = out.get("text", "")
+            if not text and "data" in out:
+                text = str(out["data"].get("text/plain", ""))
+            if "*** SYNTHETIC DATA" in text:
+                return True
+    return False
+
+
+def _headline_table(tables: Path) -> str:
+    from .tables import format_table
+
+    csv = tables / "table1.csv"
+    md = tables / "table1.md"
+    if csv.is_file():
+        try:
+            df = pd.read_csv(csv)
+            view = format_table(df)
+            keep = [c for c in ("backbone", "paper_backbone", "fusion", "ours", "n", "paper", "diff") if c in view]
+            return view[keep].to_html(index=False, na_rep="—", border=0, escape=True)
+        except Exception:  # noqa: BLE001 - fall back to the Markdown text
+            pass
+    if md.is_file():
+        return f"<pre>{html.escape(md.read_text())}</pre>"
+    return "<p class='note'>No Table 1 yet: run notebook 09 (or <code>python -m metanet_utils tables</code>).</p>"
+
+
+def write_html_report(executed_dir: str | Path, out_html: str | Path, *, tables_dir: str | Path | None = None,
+                      synthetic: bool | None = None) -> Path:
+    """The HTML report: one page per executed notebook (code hidden) and an index page.
+
+    Args:
+        executed_dir: folder of executed notebooks (``outputs/notebooks``); all ``*.ipynb``, sorted.
+        out_html: the index page (``outputs/report.html``); the notebook pages go to
+            ``<its folder>/report/<notebook>.html``.
+        tables_dir: where ``table1.csv`` / ``.md`` and ``provenance.json`` are (default ``results/tables``).
+        synthetic: force the synthetic-data warning on or off; default: on when any notebook printed the
+            synthetic-data banner or the tables' provenance says the runs used synthetic data.
+
+    Returns:
+        The path of the index page.
+    """
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    from .paths import tables_dir as default_tables_dir
+
+    executed_dir, out_html = Path(executed_dir), Path(out_html)
+    tables = Path(tables_dir or default_tables_dir())
+    pages_dir = out_html.parent / "report"
+    pages_dir.mkdir(parents=True, exist_ok=True)
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    entries = []
+    any_synthetic = False
+    for path in sorted(executed_dir.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        any_synthetic |= _says_synthetic(nb)
+        title = _notebook_title(nb, path.stem)
+        body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
+        page = pages_dir / f"{path.stem}.html"
+        page.write_text(body, encoding="utf-8")
+        entries.append((path.stem, title, page))
+    prov: dict[str, Any] = {}
+    if (tables / "provenance.json").is_file():
+        try:
+            prov = json.loads((tables / "provenance.json").read_text())
+        except ValueError:
+            prov = {}
+    if prov.get("data_kind") == "synthetic" or "synthetic" in prov.get("run_data_kinds", []):
+        any_synthetic = True
+    if synthetic is not None:
+        any_synthetic = bool(synthetic)
+    parts = ["<!doctype html><html><head><meta charset='utf-8'>",
+             "<title>MetaNet reproduction report</title>", f"<style>{_CSS}</style></head><body>",
+             "<h1>MetaNet reproduction report</h1>",
+             "<p class='sub'>Li, Zhuang, Wang, Zhang, Zheng: <i>Fusing metadata and dermoscopy images for skin "
+             "disease diagnosis</i>, ISBI 2020. Generated " + html.escape(time.strftime("%Y-%m-%d %H:%M")) +
+             (f", profile <b>{html.escape(str(prov['profile']))}</b>" if prov.get("profile") else "") + ".</p>"]
+    if any_synthetic:
+        parts.append("<div class='warn'>SYNTHETIC DATA: these runs used procedurally drawn images, not HAM10000. "
+                     "Every number below shows the mechanics of the kit only and says nothing about the "
+                     "paper's claims.</div>")
+    parts.append("<h2>Table 1: mean class recall (%), ours beside the paper's</h2>")
+    parts.append(_headline_table(tables))
+    if prov:
+        parts.append(f"<p class='note'>{html.escape(str(prov.get('runs_found')))} of "
+                     f"{html.escape(str(prov.get('runs_expected')))} runs of the profile complete; data: "
+                     f"{html.escape(str(prov.get('data_kind')))}, {html.escape(str(prov.get('n_images')))} images. "
+                     "All four tables: <code>results/tables/</code>; every deviation from the paper's protocol: "
+                     "the 09 report notebook.</p>")
+    parts.append("<h2>Notebooks</h2><ol>")
+    for stem, title, page in entries:
+        rel = page.relative_to(out_html.parent).as_posix()
+        parts.append(f"<li><a href='{html.escape(rel)}'>{html.escape(title)}</a> "
+                     f"<span class='note'>({html.escape(stem)})</span></li>")
+    parts.append("</ol>")
+    if not entries:
+        parts.append(f"<p class='note'>No executed notebooks in {html.escape(str(executed_dir))}.</p>")
+    parts.append("</body></html>")
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    from .atomic import atomic_write_text
+
+    atomic_write_text(out_html, "\n".join(parts))
+    return out_html

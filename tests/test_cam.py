@@ -1,0 +1,308 @@
+"""Class activation maps: equal to pytorch-grad-cam's Grad-CAM up to a positive factor (pooling + linear
+head), exact w.r.t. the logits, rebuilt from a record, and the automatic pick of Figure 2's cases."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from metanet_utils import cam
+from metanet_utils.config import RunConfig
+from metanet_utils.constants import CLASS_CODES, DX_CODES
+from metanet_utils.dataset import Dataset
+from metanet_utils.models import build_model
+
+pytest.importorskip("pytorch_grad_cam")
+from pytorch_grad_cam import GradCAM  # noqa: E402
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+
+
+class _FeatureSizeGradCAM(GradCAM):
+    """Grad-CAM left at feature-map resolution (its resize to the input size becomes the identity)."""
+
+    feature_hw: tuple[int, int] = (1, 1)
+
+    def get_target_width_height(self, input_tensor):
+        h, w = self.feature_hw
+        return w, h
+
+
+class _FixedMeta(nn.Module):
+    """The model as a function of the images only (metadata fixed): what Grad-CAM expects."""
+
+    def __init__(self, model, meta):
+        super().__init__()
+        self.model, self.meta = model, meta
+
+    def forward(self, x):
+        return self.model(x, self.meta)
+
+
+class _GatedMaps(nn.Module):
+    """Outputs the gated maps F * g of MetaNet (written here from forward_features and gate, independently
+    of feature_maps_for_cam), so that Grad-CAM can hook the maps the head pools."""
+
+    def __init__(self, model, meta):
+        super().__init__()
+        self.model, self.meta = model, meta
+
+    def forward(self, x):
+        return self.model.forward_features(x) * self.model.gate(self.meta)[:, :, None, None]
+
+
+class _GatedHead(nn.Module):
+    """images -> gated maps (a hookable module) -> average pool -> linear head."""
+
+    def __init__(self, model, meta):
+        super().__init__()
+        self.maps = _GatedMaps(model, meta)
+        self.head = model.head
+
+    def forward(self, x):
+        return self.head(self.maps(x).mean(dim=(2, 3)))
+
+
+def _norm(a):
+    """ReLU, then scale each map to max 1 (as pytorch-grad-cam's scale_cam_image, with its epsilon)."""
+    a = np.maximum(np.asarray(a, dtype=np.float64), 0)
+    a = a - a.min(axis=(-2, -1), keepdims=True)
+    return a / (1e-7 + a.max(axis=(-2, -1), keepdims=True))
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(3, 3, 128, 128, generator=g), torch.rand(3, 17, generator=g)
+
+
+def _model(fusion: str, seed: int = 0):
+    torch.manual_seed(seed)
+    m = build_model("test_resnet", fusion, pretrained=False).eval()
+    for mod in m.modules():  # non-trivial BatchNorm statistics so that eval mode matters
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.1, 0.1)
+            mod.running_var.uniform_(0.5, 1.5)
+    return m
+
+
+def _gradcam(wrapper, layer, x, classes, hw):
+    gc = _FeatureSizeGradCAM(model=wrapper, target_layers=[layer])
+    gc.feature_hw = hw
+    try:
+        return gc(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in classes])
+    finally:
+        gc.activations_and_grads.release()
+
+
+@pytest.mark.parametrize("fusion", ["none", "concat", "metanet"])
+def test_cam_equals_gradcam_on_the_model(fusion, inputs):
+    """Grad-CAM hooked on the backbone of the real model (metadata fixed) = our CAM on the maps the head
+    pools, up to a positive factor, for the predicted class and for every class. For metanet the gate
+    enters Grad-CAM's channel weights (d logit / d F_k = w_ck g_k / hw), so the ungated maps give the
+    gated CAM."""
+    x, meta = inputs
+    model = _model(fusion)
+    wrapper = _FixedMeta(model, meta)
+    pred = cam.class_activation_map(model, x, meta if fusion != "none" else None)
+    targets = [pred.classes] + [np.full(len(x), c) for c in range(7)]
+    positive = 0
+    for classes in targets:
+        ours = cam.class_activation_map(model, x, meta, target=classes) if classes is not pred.classes else pred
+        assert ours.cams.shape[-2:] == (4, 4)
+        theirs = _gradcam(wrapper, model.backbone, x, classes, ours.cams.shape[-2:])
+        assert theirs.shape == ours.cams.shape
+        assert np.abs(_norm(ours.cams) - theirs).max() < 1e-4
+        positive += int((ours.cams.max(axis=(1, 2)) > 0).sum())
+    assert positive >= 6  # real comparisons, not only 0 == 0
+
+
+def test_metanet_cam_equals_gradcam_on_the_gated_maps(inputs):
+    """The brief's construction: a wrapper whose hooked module outputs the gated maps F * g."""
+    x, meta = inputs
+    model = _model("metanet", seed=1)
+    wrapper = _GatedHead(model, meta).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(wrapper(x), model(x, meta), rtol=1e-5, atol=1e-5)
+    for shift in range(3):
+        ours = cam.class_activation_map(model, x, meta, target=[(i + shift) % 7 for i in range(3)])
+        theirs = _gradcam(wrapper, wrapper.maps, x, ours.classes, ours.cams.shape[-2:])
+        assert np.abs(_norm(ours.cams) - theirs).max() < 1e-4
+
+
+def test_metanet_map_differs_from_the_ungated_map(inputs):
+    x, meta = inputs
+    model = _model("metanet")
+    gated = cam.cam_maps(model, x, meta)
+    with torch.no_grad():
+        plain = torch.einsum("kc,bchw->bkhw", model.classifier_weight_for_cam(), model.forward_features(x))
+    assert not torch.allclose(gated, plain)
+
+
+@pytest.mark.parametrize("fusion", ["none", "metanet"])
+def test_cam_mean_plus_bias_is_the_logit(fusion, inputs):
+    x, meta = inputs
+    model = _model(fusion)
+    maps = cam.cam_maps(model, x, meta)
+    with torch.no_grad():
+        logits = model(x, meta)
+    torch.testing.assert_close(maps.mean(dim=(2, 3)) + model.head.bias, logits, rtol=1e-5, atol=1e-5)
+
+
+def test_target_by_code_and_errors(inputs):
+    x, meta = inputs
+    model = _model("metanet")
+    a = cam.class_activation_map(model, x, meta, target="mel")
+    assert a.classes.tolist() == [0, 0, 0]
+    b = cam.class_activation_map(model, x, meta, target=["NV", 2, "df"])
+    assert b.classes.tolist() == [1, 2, 5]
+    np.testing.assert_allclose(b.probs.sum(axis=1), 1, atol=1e-6)
+    with pytest.raises(ValueError, match="targets"):
+        cam.class_activation_map(model, x, meta, target=[0, 1])
+    with pytest.raises(ValueError, match="metadata"):
+        cam.cam_maps(model, x, None)
+
+
+def test_normalise_upsample_overlay():
+    c = np.array([[-1.0, 0.0], [1.0, 3.0]])
+    n = cam.normalise_cam(c)
+    np.testing.assert_allclose(n, [[0, 0], [1 / 3, 1]], atol=1e-7)
+    assert cam.normalise_cam(-np.ones((2, 2))).max() == 0  # no positive evidence: all zero, no NaN
+    up = cam.upsample_cam(np.stack([c, c]), 8)
+    assert up.shape == (2, 8, 8)
+    img = np.full((16, 12, 3), 128, np.uint8)
+    ov = cam.overlay(img, c, alpha=0.5)
+    assert ov.shape == (16, 12, 3) and ov.dtype == np.uint8
+    assert not np.array_equal(ov[0, 0], ov[-1, -1])  # cold corner vs hot corner
+    assert np.array_equal(cam.overlay(img, c, alpha=0.0), img)
+
+
+# ----------------------------------------------------------------------------- records, cases, pairs
+
+
+def _fake_dataset(n: int = 14, size: int = 72) -> Dataset:
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({
+        "image_id": [f"ISIC_{i:07d}" for i in range(n)], "lesion_id": [f"L{i}" for i in range(n)],
+        "dx": [DX_CODES[i % 7] for i in range(n)], "dx_type": "histo",
+        "age": rng.integers(2, 17, n) * 5.0, "sex": ["male", "female"] * (n // 2),
+        "localization": ["back", "face"] * (n // 2), "path": [""] * n})
+    ds = Dataset(df=df, data_dir=__import__("pathlib").Path("."), kind="real", fingerprint="fake0001")
+    ds._images[(size, True)] = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    return ds
+
+
+def _save_run(tmp_path, fusion: str, ds: Dataset, seed: int):
+    cfg = RunConfig(backbone="test_resnet", fusion=fusion, meta_features=() if fusion == "none" else
+                    ("age", "sex", "localization"), meta_layers={"none": 0, "concat": 0}.get(fusion, 2),
+                    fold=0, n_folds=2, image_size=72, crop_size=64, epochs=1, pretrained=False,
+                    data_fingerprint=ds.fingerprint)
+    model = _model(fusion, seed)
+    d = tmp_path / cfg.run_id
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({**cfg.to_dict(), "run_id": cfg.run_id}))
+    torch.save({"run_id": cfg.run_id, "epoch": 1, "model": model.state_dict(), "history": [{"epoch": 1}],
+                "config": cfg.to_dict()}, d / "checkpoint.pt")
+    return d, model
+
+
+def test_load_run_model_rebuilds_the_trained_model(tmp_path, inputs):
+    ds = _fake_dataset()
+    d, model = _save_run(tmp_path, "metanet", ds, seed=3)
+    loaded, cfg = cam.load_run_model(d)
+    assert cfg.fusion == "metanet" and not loaded.training
+    x, meta = inputs
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, meta), model(x, meta))
+    with pytest.raises(FileNotFoundError):
+        cam.load_run_model(tmp_path / "nothing")
+
+
+def test_pair_cams_on_a_dataset(tmp_path):
+    ds = _fake_dataset()
+    dn, _ = _save_run(tmp_path, "none", ds, seed=1)
+    dm, _ = _save_run(tmp_path, "metanet", ds, seed=2)
+    ids = ds.image_ids[:3]
+    out = cam.pair_cams(dn, dm, ids, ds)
+    assert [o["image"] for o in out] == ids and [o["true"] for o in out] == ["MEL", "NV", "BCC"]
+    for o in out:
+        assert o["picture"].shape == (64, 64, 3) and o["picture"].dtype == np.uint8
+        for f in ("none", "metanet"):
+            assert o[f]["cam"].shape == (2, 2)
+            assert o[f]["target"] == o[f]["pred"] and 0 < o[f]["p_pred"] <= 1
+    true_maps = cam.pair_cams(dn, dm, ids, ds, target="true")
+    assert [o["metanet"]["target"] for o in true_maps] == ["MEL", "NV", "BCC"]
+    assert cam.pair_cams(dn, dm, [], ds) == []
+
+
+def _preds(images, classes, p):
+    rows = []
+    for img, c, q in zip(images, classes, p):
+        row = np.full(7, (1 - q) / 6)
+        row[c] = q
+        rows.append([img, *row])
+    return pd.DataFrame(rows, columns=["image", *CLASS_CODES])
+
+
+def test_pick_cases_both_right_and_metadata_helps():
+    imgs = [f"I{i}" for i in range(8)]
+    y = [0, 1, 1, 5, 5, 6, 2, 3]  # MEL NV NV DF DF VASC BCC AKIEC
+    labels = pd.DataFrame({"image": imgs, "dx": [DX_CODES[c] for c in y]})
+    # none: right on 0, 1, 2, 6; wrong elsewhere. metanet: right on 0, 1, 3, 4, 5, 6; wrong on 2, 7.
+    none = _preds(imgs, [0, 1, 1, 1, 1, 1, 2, 1], [0.9, 0.8, 0.7, 0.6, 0.5, 0.6, 0.5, 0.6])
+    meta = _preds(imgs, [0, 1, 0, 5, 5, 6, 2, 1], [0.8, 0.95, 0.5, 0.9, 0.6, 0.7, 0.9, 0.6])
+    cases = cam.pick_cases(none, meta, labels, n=2)
+    both = cases[cases.case == cam.CASE_BOTH_RIGHT]
+    helps = cases[cases.case == cam.CASE_META_HELPS]
+    assert cases.attrs["available"] == {cam.CASE_BOTH_RIGHT: 3, cam.CASE_META_HELPS: 3}
+    # both right: I0 (min p .8), I1 (.8), I6 (.5); one per class first -> I0 (MEL) and I1 (NV), not I6
+    assert sorted(both.image) == ["I0", "I1"]
+    # metadata helps: I3 (DF, gain ~.9-.07), I4 (DF), I5 (VASC); class-diverse -> I3 and I5
+    assert helps.image.tolist() == ["I3", "I5"]
+    assert (helps.pred_none != helps.true).all() and (helps.pred_metanet == helps.true).all()
+    assert set(cases.columns) >= {"p_true_none", "p_true_metanet", "run_none", "run_metanet"}
+
+
+def test_pick_cases_from_records_and_empty(tmp_path):
+    from _records import write_fake_run
+
+    from metanet_utils.evaluate import load_record
+
+    y = [0, 1, 2, 3, 4, 5, 6]
+    base = dict(backbone="test_resnet", n_folds=2, fold=0, epochs=1)
+    rn = write_fake_run(tmp_path, {**base, "fusion": "none", "meta_features": (), "meta_layers": 0},
+                        np.eye(7)[[1] * 7], y)  # always NV: right only on NV
+    rm = write_fake_run(tmp_path, {**base, "fusion": "metanet"}, np.eye(7)[y], y)  # all right
+    cases = cam.pick_cases(load_record(rn), rm, n=10)
+    assert (cases.case == cam.CASE_BOTH_RIGHT).sum() == 1 and (cases.case == cam.CASE_META_HELPS).sum() == 6
+    assert set(cases.run_none) == {str(rn)} and set(cases.run_metanet) == {str(rm)}
+    none_right = cam.pick_cases(rm, rm, n=3)  # never wrong: no "metadata helps" case, no crash
+    assert (none_right.case == cam.CASE_META_HELPS).sum() == 0
+    empty = cam.pick_cases([], [], labels={"a": "mel"}, n=3)
+    assert empty.empty and empty.attrs["n_images"] == 0
+
+
+def test_paired_runs_selects_table1_metanet(tmp_path):
+    from _records import fake_fold_run
+
+    from metanet_utils.evaluate import load_records
+
+    base = dict(backbone="test_resnet", n_folds=2, epochs=1)
+    for fold in (0, 1):
+        fake_fold_run(tmp_path, {**base, "fold": fold, "fusion": "none", "meta_features": (), "meta_layers": 0},
+                      {c: 5 for c in range(7)})
+        fake_fold_run(tmp_path, {**base, "fold": fold, "fusion": "metanet"}, {c: 6 for c in range(7)})
+        fake_fold_run(tmp_path, {**base, "fold": fold, "fusion": "metanet", "meta_layers": 3},
+                      {c: 6 for c in range(7)})
+    fake_fold_run(tmp_path, {**base, "fold": 0, "fusion": "metanet", "meta_features": ("age",)},
+                  {c: 6 for c in range(7)})
+    recs = load_records(tmp_path)
+    pairs = cam.paired_runs(recs)
+    assert pairs["fold"].tolist() == [0, 1]
+    assert all("-k2-" in p and "age+sex+loc" in p for p in pairs["run_metanet"])
+    assert cam.paired_runs(recs, meta_layers=3)["run_metanet"].str.contains("-k3-").all()
+    assert cam.paired_runs(pd.DataFrame()).empty

@@ -1,0 +1,263 @@
+"""The report: a profile's tables from its own records only, the deviations from the paper's protocol, the
+paper-vs-code facts, the lesion-leak comparison, the analysis helpers and the HTML pages."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+from _records import fake_fold_run
+
+from metanet_utils import report
+from metanet_utils.config import load_profile
+from metanet_utils.constants import DX_CODES
+from metanet_utils.dataset import Dataset
+from metanet_utils.grid import enumerate_runs
+
+#: Images right per class (of 10) in each fold, by fusion: MCR none 50/60, concat 60/70, metanet 70/80 %.
+RIGHT = {"none": 5, "concat": 6, "metanet": 7}
+
+
+def _dataset(n_per_class: int = 6, fingerprint: str = "fakefp01") -> Dataset:
+    rows = []
+    for k, dx in enumerate(DX_CODES):
+        for i in range(n_per_class):
+            rows.append({"image_id": f"ISIC_{k}{i:05d}", "lesion_id": f"HAM_{k}{i // 2:04d}", "dx": dx,
+                         "dx_type": "histo", "age": 50.0, "sex": "male", "localization": "back", "path": ""})
+    return Dataset(df=pd.DataFrame(rows), data_dir=Path("/nonexistent"), kind="real", fingerprint=fingerprint)
+
+
+def _fill(runs_dir: Path, profile, ds, offset: int = 0, scheme: str | None = None) -> list[str]:
+    """Fake records for every run of the profile (Table 1 and ablations)."""
+    prof = dataclasses.replace(profile, split_scheme=scheme) if scheme else profile
+    ids = []
+    for cfg in enumerate_runs(prof, ds):
+        right = RIGHT[cfg.fusion] + cfg.fold - offset
+        fake_fold_run(runs_dir, cfg.to_dict(), {c: right for c in range(7)})
+        ids.append(cfg.run_id)
+    return ids
+
+
+@pytest.fixture()
+def smoke(isolated_root):
+    prof = load_profile("smoke")
+    ds = _dataset()
+    runs = isolated_root / "results" / "runs"
+    ids = _fill(runs, prof, ds)
+    return prof, ds, runs, ids
+
+
+def test_write_profile_tables_reads_only_the_profiles_runs(smoke, isolated_root):
+    prof, ds, runs, ids = smoke
+    # another profile's records in the same folder (other epochs, other numbers) must not mix in
+    other = dataclasses.replace(prof, epochs=3)
+    for cfg in enumerate_runs(other, ds, ("table1",)):
+        fake_fold_run(runs, cfg.to_dict(), {c: 1 for c in range(7)})
+    out = report.write_profile_tables(prof, dataset=ds)
+    assert out == isolated_root / "results" / "tables"
+    for i in (1, 2, 3, 4):
+        assert (out / f"table{i}.csv").is_file() and (out / f"table{i}.md").is_file()
+    t1 = pd.read_csv(out / "table1.csv")
+    assert t1.shape[0] == 3 and t1["backbone"].tolist() == ["test_resnet"] * 3
+    assert t1["ours_mean"].round(6).tolist() == [55.0, 65.0, 75.0]
+    assert t1["n"].tolist() == [2, 2, 2]
+    assert pd.read_csv(out / "table2.csv").shape[0] == 21
+    t3 = pd.read_csv(out / "table3.csv")
+    assert t3.shape[0] == 8 and (t3["n"] == 2).all()
+    assert t3["ours_mean"].round(6).tolist() == [55.0] + [75.0] * 7
+    t4 = pd.read_csv(out / "table4.csv")
+    assert t4.shape[0] == 8 and (t4["n"] == 2).all()
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["profile"] == "smoke" and prov["runs_found"] == prov["runs_expected"] == len(ids)
+    assert "75.00 ± 7.07" in (out / "table1.md").read_text()
+
+
+def test_profile_records_counts_missing_runs(smoke):
+    prof, ds, runs, ids = smoke
+    import shutil
+
+    shutil.rmtree(runs / ids[0])
+    recs = report.profile_records(prof, ds)
+    assert recs.attrs == {"expected": len(ids), "found": len(ids) - 1}
+    assert len(recs) == len(ids) - 1
+
+
+def test_tables_without_any_record(isolated_root):
+    out = report.write_profile_tables(load_profile("smoke"), dataset=_dataset())
+    t1 = pd.read_csv(out / "table1.csv")
+    assert t1.shape[0] == 3 and t1["ours_mean"].isna().all() and (t1["n"] == 0).all()
+
+
+def test_cli_tables_command(isolated_root, real_data_dir, capsys):
+    from metanet_utils.cli import main
+
+    assert main(["tables", "--profile", "smoke", "--data-dir", str(real_data_dir)]) == 0
+    assert (isolated_root / "results" / "tables" / "table4.md").is_file()
+    assert "tables written to" in capsys.readouterr().out
+
+
+def test_analysis_helpers(smoke):
+    prof, ds, runs, ids = smoke
+    recs = report.profile_records(prof, ds)
+    t1 = report.table1_records(recs)
+    assert sorted(t1["fusion"].value_counts().items()) == [("concat", 2), ("metanet", 2), ("none", 2)]
+    folds = report.fold_table(recs)
+    assert folds.loc["test_resnet / metanet", "fold 1"] == pytest.approx(80.0)
+    assert folds.loc["test_resnet / none", "mean"] == pytest.approx(55.0)
+    gain = report.recall_gain(recs, "test_resnet")
+    assert gain["class"].tolist() == ["NV", "MEL", "BKL", "BCC", "AKIEC", "VASC", "DF"]
+    assert gain["mean_diff"].round(6).tolist() == [20.0] * 7 and (gain["n"] == 2).all()
+    assert gain.loc[gain["class"] == "DF", "paper_diff"].iloc[0] == pytest.approx(84.55 - 63.56)
+    cm = report.summed_confusion(recs, "test_resnet", "metanet")
+    assert cm.shape == (7, 7) and np.diag(cm).tolist() == [15] * 7 and cm.sum() == 140
+    sig = report.significance(recs)
+    row = sig[(sig["a"] == "metanet") & (sig["b"] == "none") & (sig["backbone"] == "test_resnet")].iloc[0]
+    assert row["n"] == 2 and row["p_exact"] == pytest.approx(0.5) and row["min_p_exact"] == pytest.approx(0.5)
+    assert report.significance(recs.iloc[:0]).empty
+
+
+def test_deviations_of_smoke_and_of_the_paper_profile(isolated_root):
+    dev = report.deviations("smoke", _dataset())
+    assert {"setting", "paper", "this run", "deviates", "note"} <= set(dev.columns)
+    flagged = set(dev.loc[dev["deviates"], "setting"])
+    assert {"data", "backbones", "pretrained", "epochs", "cross-validation folds", "image size (resize -> crop)",
+            "ablation backbone (Tables 2-4)", "optimiser"} <= flagged
+    assert "test_resnet" in dev.set_index("setting").loc["backbones", "note"]
+    assert set(report.deviations("smoke", _dataset(), only=True)["setting"]) == flagged
+    # the paper profile on the full data deviates only where the kit cannot know the paper's setting
+    full = Dataset(df=pd.DataFrame({"image_id": range(10015)}), data_dir=Path("."), kind="real", fingerprint="x")
+    paper = report.deviations("paper", full)
+    assert set(paper.loc[paper["deviates"], "setting"]) == {"precision"}
+    syn = report.deviations("smoke", dataclasses.replace(_dataset(), kind="synthetic"))
+    assert "SYNTHETIC" in syn.set_index("setting").loc["data", "this run"]
+
+
+def test_paper_vs_code_facts():
+    facts = report.paper_vs_code_facts()
+    text = facts.to_string()
+    for needle in ("1099", "142", "1x1", "254", "fold 1 only", "Nesterov", "0.668", "38-40", "0.0625",
+                   "pool(F * g) = g * pool(F)"):
+        assert needle in text, needle
+    assert list(facts.columns) == ["topic", "paper", "data or authors' code", "this kit"]
+
+
+def test_lesion_leak_comparison(smoke):
+    prof, ds, runs, ids = smoke
+    none = report.lesion_leak_comparison(prof, ds)
+    assert none.empty and "Not run" in none.attrs["note"] and "split_scheme" in none.attrs["note"]
+    assert none.attrs["leak_share"]["lesion"] == 0.0 and none.attrs["leak_share"]["image"] > 0
+    _fill(runs, prof, ds, offset=2, scheme="lesion")  # lesion-grouped folds: 2 of 10 fewer right per class
+    both = report.lesion_leak_comparison(prof, ds)
+    assert both["fusion"].tolist() == ["none", "concat", "metanet"]
+    assert both["image_mean"].round(6).tolist() == [55.0, 65.0, 75.0]
+    assert both["lesion_mean"].round(6).tolist() == [35.0, 45.0, 55.0]
+    assert both["leak"].round(6).tolist() == [20.0, 20.0, 20.0]
+    assert (both["image_n"] == 2).all() and (both["lesion_n"] == 2).all()
+
+
+def _executed(path: Path, title: str, text: str, code: str = "secret_input_marker = 1") -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}\n\nSome words."), nbformat.v4.new_code_cell(code)]
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+    nb.cells[1].execution_count = 1
+    nbformat.write(nb, path)
+
+
+def test_write_html_report(smoke, isolated_root):
+    prof, ds, runs, ids = smoke
+    report.write_profile_tables(prof, dataset=ds)
+    executed = isolated_root / "outputs" / "notebooks"
+    executed.mkdir(parents=True)
+    _executed(executed / "09_report.ipynb", "09 · Report", "report text")
+    _executed(executed / "05_table1.ipynb", "05 · Table 1", "hello from 05")
+    out = report.write_html_report(executed, isolated_root / "outputs" / "report.html")
+    assert out == isolated_root / "outputs" / "report.html"
+    index = out.read_text()
+    pages = sorted((isolated_root / "outputs" / "report").glob("*.html"))
+    assert [p.name for p in pages] == ["05_table1.html", "09_report.html"]
+    assert index.index("report/05_table1.html") < index.index("report/09_report.html")  # sorted
+    assert "05 · Table 1" in index and "75.00 ± 7.07" in index and "55.00 ± 7.07" in index
+    assert "SYNTHETIC" not in index
+    page = pages[0].read_text()
+    assert "hello from 05" in page and "secret_input_marker" not in page  # outputs kept, code hidden
+
+
+def test_html_report_warns_about_synthetic_data(isolated_root):
+    executed = isolated_root / "executed"
+    executed.mkdir()
+    _executed(executed / "01_x.ipynb", "01 · X", "*** SYNTHETIC DATA ***\nprocedural images")
+    out = report.write_html_report(executed, isolated_root / "outputs" / "report.html",
+                                   tables_dir=isolated_root / "nothing")
+    index = out.read_text()
+    assert "SYNTHETIC DATA" in index and "No Table 1 yet" in index
+    quiet = report.write_html_report(executed, isolated_root / "o2" / "report.html", synthetic=False,
+                                     tables_dir=isolated_root / "nothing")
+    assert "SYNTHETIC DATA:" not in quiet.read_text()
+
+
+# ----------------------------------------------------------------------------- the result figures (plots.py)
+
+
+def test_result_figures_from_records_and_from_nothing(smoke, isolated_root):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from metanet_utils import plots
+
+    prof, ds, runs, ids = smoke
+    recs = report.profile_records(prof, ds)
+    tabs = report.profile_tables(prof, ds, recs)
+    empty = report.profile_tables(prof, ds, recs.iloc[:0])
+    figs = {
+        "t_mcr": plots.mcr_bars(tabs["table1"], save="t_mcr"),
+        "t_curves": plots.learning_curves(recs, save="t_curves"),
+        "t_folds": plots.fold_heatmap(report.fold_table(recs), save="t_folds"),
+        "t_recall": plots.recall_heatmap(tabs["table2"], save="t_recall"),
+        "t_conf": plots.confusion_matrices({f: report.summed_confusion(recs, "test_resnet", f)
+                                            for f in ("none", "concat", "metanet")}, save="t_conf"),
+        "t_gain": plots.metadata_gain_bars(report.recall_gain(recs, "test_resnet"), save="t_gain", synthetic=True),
+        "t_t3": plots.table3_plot(tabs["table3"], save="t_t3"),
+        "t_t4": plots.table4_plot(tabs["table4"], save="t_t4"),
+        # nothing trained yet: every figure still draws, saying so
+        "e_mcr": plots.mcr_bars(empty["table1"], save="e_mcr"),
+        "e_curves": plots.learning_curves(recs.iloc[:0], save="e_curves"),
+        "e_folds": plots.fold_heatmap(report.fold_table(recs.iloc[:0]), save="e_folds"),
+        "e_recall": plots.recall_heatmap(empty["table2"], save="e_recall"),
+        "e_conf": plots.confusion_matrices({}, save="e_conf"),
+        "e_t3": plots.table3_plot(empty["table3"], save="e_t3"),
+        "e_t4": plots.table4_plot(empty["table4"], save="e_t4"),
+        "e_cam": plots.cam_grid([], save="e_cam"),
+    }
+    for name, fig in figs.items():
+        assert isinstance(fig, Figure)
+        png = isolated_root / "figures" / f"{name}.png"
+        assert png.is_file() and png.stat().st_size > 3000, name
+    ours, paper = figs["t_mcr"].axes[:2]
+    assert len(ours.patches) == 3 and len(paper.patches) == 18  # 1 backbone x 3 fusions; the paper's 6 x 3
+    assert [round(p.get_height(), 6) for p in ours.patches] == [55.0, 65.0, 75.0]
+    assert len(figs["t_conf"].axes) == 4  # three matrices and a colour bar
+    assert any(t.get_text() == "SYNTHETIC DATA" for t in figs["t_gain"].texts)
+
+
+def test_cam_grid_titles():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from metanet_utils import plots
+
+    entry = {"image": "ISIC_1", "true": "DF", "case": "none wrong, metanet right",
+             "picture": np.zeros((32, 32, 3), np.uint8),
+             "none": {"cam": np.eye(2), "pred": "NV", "p_pred": 0.6, "target": "NV", "correct": False},
+             "metanet": {"cam": np.eye(2)[::-1], "pred": "DF", "p_pred": 0.7, "target": "DF", "correct": True}}
+    fig = plots.cam_grid([entry, entry])
+    axes = fig.axes
+    assert len(axes) == 6
+    assert "true: DF" in axes[0].get_title() and "pred NV" in axes[1].get_title() and "pred DF" in axes[2].get_title()
+    assert axes[1].title.get_color() != axes[2].title.get_color()  # wrong in red, right in green
