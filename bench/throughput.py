@@ -246,17 +246,22 @@ def measure_kit(model: nn.Module, data, augment, cfg, criterion: nn.Module, s: S
         return t.seconds
 
     try:
-        first = run(2)
-        last = warm = run(s.warmup_steps)
-        while warm < s.warmup_seconds:
-            last = run(s.warmup_steps)
-            warm += last
-        n = steps_for(s.max_seconds / s.repeats, last / s.warmup_steps, s.min_steps, s.max_steps)
-        times = [run(n) for _ in range(s.repeats)]
+        return _timed_repeats(run, bs, s)
     finally:
         optimizer.zero_grad(set_to_none=True)
         del optimizer
-    return _result([n * bs / t for t in times], bs, n, first_call_s=round(first, 3))
+
+
+def _timed_repeats(run, batch: int, s: "Settings") -> dict[str, Any]:
+    """``run(n)`` times n steps: one untimed first call, warm-up, then the median of ``s.repeats`` timed calls."""
+    first = run(2)
+    last = warm = run(s.warmup_steps)
+    while warm < s.warmup_seconds:
+        last = run(s.warmup_steps)
+        warm += last
+    n = steps_for(s.max_seconds / s.repeats, last / s.warmup_steps, s.min_steps, s.max_steps)
+    times = [run(n) for _ in range(s.repeats)]
+    return _result([n * batch / t for t in times], batch, n, first_call_s=round(first, 3))
 
 
 def _train_step(model, x, meta, y, criterion, optimizer, device, amp_dtype) -> torch.Tensor:
@@ -289,17 +294,10 @@ def measure_ceiling(model: nn.Module, batch: int, crop: int, meta_dim: int, crit
         return t.seconds
 
     try:
-        first = run(2)
-        last = warm = run(s.warmup_steps)
-        while warm < s.warmup_seconds:
-            last = run(s.warmup_steps)
-            warm += last
-        n = steps_for(s.max_seconds / s.repeats, last / s.warmup_steps, s.min_steps, s.max_steps)
-        times = [run(n) for _ in range(s.repeats)]
+        return _timed_repeats(run, batch, s)
     finally:
         optimizer.zero_grad(set_to_none=True)
         del optimizer, x
-    return _result([n * batch / t for t in times], batch, n, first_call_s=round(first, 3))
 
 
 def measure_reference(model: nn.Module, dataset: JpegDataset, batch: int, crop: int, criterion: nn.Module,

@@ -176,8 +176,8 @@ class DeviceData:
         val_mask = folds == fold
         return cls(
             images=imgs,
-            meta=torch.as_tensor(meta, dtype=torch.float32, device=device),
-            labels=torch.as_tensor(labels, dtype=torch.long, device=device),
+            meta=torch.as_tensor(np.array(meta), dtype=torch.float32, device=device),
+            labels=torch.as_tensor(np.array(labels), dtype=torch.long, device=device),
             train_idx=torch.as_tensor(np.flatnonzero(~val_mask), device=device),
             val_idx=torch.as_tensor(np.flatnonzero(val_mask), device=device),
             val_ids=[image_ids[i] for i in np.flatnonzero(val_mask)],

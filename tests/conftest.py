@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,3 +30,23 @@ def isolated_root(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("METANET_FIGURES_DIR", str(tmp_path / "figures"))
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     return tmp_path
+
+
+KERNEL = "metanet-kit"
+
+
+def ensure_kernel() -> str:
+    """The kit's Jupyter kernel, registered into this environment if it is missing (as run_all.sh does)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(KERNEL)
+    except NoSuchKernel:
+        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL,
+                        "--display-name", "MetaNet kit"], check=True, capture_output=True)
+    return KERNEL
+
+
+@pytest.fixture(scope="session")
+def kernel() -> str:
+    return ensure_kernel()

@@ -18,10 +18,10 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+from conftest import KERNEL, ensure_kernel  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-KERNEL = "metanet-kit"
 ANALYSIS = ["05", "06", "07", "08", "09"]
 
 #: Figures each analysis notebook must write (smoke profile: one backbone, test_resnet).
@@ -31,17 +31,6 @@ FIGURES: dict[str, list[str]] = {
     "07": ["07_table3_metadata_subsets", "07_table4_fc_depth"],
     "08": ["08_figure2", "08_cam_both_right", "08_cam_metadata_helps"],
 }
-
-
-def _kernel() -> str:
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
-    try:
-        KernelSpecManager().get_kernel_spec(KERNEL)
-    except NoSuchKernel:
-        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL,
-                        "--display-name", "MetaNet kit"], check=True, capture_output=True)
-    return KERNEL
 
 
 def _stream(nb) -> str:
@@ -127,7 +116,7 @@ def chain(request, tmp_path_factory, real_data_dir):
         out_dir.mkdir(parents=True)
         jobs = plan_jobs("smoke", str(real_data_dir), NOTEBOOKS, out_dir, only=["04", *ANALYSIS])
         executed = {}
-        kernel = _kernel()
+        kernel = ensure_kernel()
         for job in jobs:
             t0 = time.perf_counter()
             nb = pm.execute_notebook(str(job.source), str(job.output), parameters=job.parameters,

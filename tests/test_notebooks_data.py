@@ -11,10 +11,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import KERNEL, ensure_kernel  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-KERNEL = "metanet-kit"
 
 #: The data notebooks, in chain order, and the figures each must write.
 FIGURES: dict[str, list[str]] = {
@@ -24,19 +24,6 @@ FIGURES: dict[str, list[str]] = {
     "02_metadata": ["02_metadata_vectors", "02_mutual_information", "02_metadata_baseline_recall"],
     "03_color_constancy": ["03_color_constancy_grid", "03_color_statistics"],
 }
-
-
-@pytest.fixture(scope="session")
-def kernel() -> str:
-    """The kit's Jupyter kernel, registered into this environment if it is missing (as run_all.sh does)."""
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
-    try:
-        KernelSpecManager().get_kernel_spec(KERNEL)
-    except NoSuchKernel:
-        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL,
-                        "--display-name", "MetaNet kit"], check=True, capture_output=True)
-    return KERNEL
 
 
 def _stream_text(nb: nbformat.NotebookNode) -> str:
