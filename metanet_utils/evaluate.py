@@ -318,6 +318,13 @@ def load_record(run_dir: str | Path) -> dict[str, Any]:
     config = _read_json(run_dir / "config.json")
     metrics = _read_json(run_dir / "metrics.json")
     manifest = _read_json(run_dir / "manifest.json")
+    listed = manifest.get("files") if isinstance(manifest, dict) else None
+    if isinstance(listed, dict):  # the training engine's manifest: sizes of every file, verified on read
+        bad = [n for n, info in listed.items()
+               if not (run_dir / n).is_file() or (run_dir / n).stat().st_size != info.get("bytes")]
+        if bad:
+            raise IncompleteRecordError(f"run record {run_dir} does not match its manifest.json ({', '.join(bad)}): "
+                                        "it was damaged after it was written; rerun it or delete the folder")
     history = pd.read_csv(run_dir / "history.csv")
     predictions = pd.read_csv(run_dir / "predictions.csv", dtype={"image": str})
     labels = pd.read_csv(run_dir / "labels.csv", dtype={"image": str})

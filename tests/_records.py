@@ -106,7 +106,8 @@ def write_fake_run(
         lines.append(img + "," + ",".join(repr(float(v)) for v in row))
     files["predictions.csv"] = "\n".join(lines) + "\n"
     files["labels.csv"] = "image,dx\n" + "".join(f"{img},{CODES[t].lower()}\n" for img, t in zip(images, y))
-    files["manifest.json"] = json.dumps({"run_id": run_id, "files": sorted(files)})
+    files["manifest.json"] = json.dumps({"run_id": run_id, "files": {  # the training engine's format
+        n: {"bytes": len(t.encode())} for n, t in files.items() if n not in omit}})
     for name, text in files.items():
         if name not in omit:
             (d / name).write_text(text)

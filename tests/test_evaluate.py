@@ -259,3 +259,14 @@ def test_integer_labels_fast_path_checks_range():
     assert ev.labels_to_indices(np.array([0, 6])).tolist() == [0, 6]
     with pytest.raises(ev.RecordError, match="0..6"):
         ev.labels_to_indices(np.array([0, 7]))
+
+
+def test_load_record_refuses_a_file_damaged_after_writing(tmp_path):
+    """A record whose file no longer matches the size in manifest.json is not read as complete."""
+    y = [0, 1, 2]
+    d = write_fake_run(tmp_path, {"backbone": "resnet10t"}, probs_for(y, y), y)
+    ev.load_record(d)
+    pred = d / "predictions.csv"
+    pred.write_text(pred.read_text()[:-10])
+    with pytest.raises(ev.IncompleteRecordError, match="predictions.csv"):
+        ev.load_record(d)
