@@ -84,3 +84,22 @@ def test_paper_projection_counts_and_hours():
     assert proj["reference_all_hours"] == pytest.approx(4 * proj["kit_all_hours"], rel=1e-3)
     partial = mod.project_paper_protocol(rows[:-1], 32)
     assert partial["kit_all_hours"] is None and partial["backbones"]["alexnet"]["kit_all_hours"] is not None
+
+
+def test_side_by_side_measurement_writes_aggregate_rows(tmp_path):
+    """bench/concurrency.py on the CPU with one tiny run: the JSON row sums its processes."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "concurrency.py"
+    out = subprocess.run([sys.executable, str(script), "--backbones", "test_resnet", "--procs", "1", "--size", "40",
+                          "--crop", "32", "--device", "cpu", "--max-seconds", "0.5", "--warmup-seconds", "0.2",
+                          "--json", str(tmp_path / "c.json"), "--md", str(tmp_path / "c.md")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "c.json").read_text())["rows"]
+    assert row["procs"] == 1 and len(row["per_process_img_s"]) == 1
+    assert row["aggregate_img_s"] == sum(row["per_process_img_s"]) > 0
+    assert "| test_resnet | 1 |" in (tmp_path / "c.md").read_text()
