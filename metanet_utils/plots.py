@@ -34,7 +34,7 @@ __all__ = [
     "class_counts", "age_by_class", "sex_site_by_class", "sample_grid", "images_per_lesion", "lesion_leak_bars",
     "color_constancy_grid", "color_stats", "chromaticity_spread", "color_statistics",
     "metadata_vectors", "mutual_information_bars", "recall_bars",
-    "announce", "locate_data", "example_rows", "fill_steps", "missing_table", "baseline_summary",
+    "example_rows", "fill_steps", "missing_table", "baseline_summary",
 ]
 
 #: Diagnosis codes (``dx``) in the paper's order: largest class first.
@@ -611,61 +611,6 @@ def recall_bars(results: Mapping[str, Any], *, save: str | None = None, syntheti
 
 
 # ----------------------------------------------------------------------------- notebook helpers and tables
-
-
-def announce(data: Any) -> None:
-    """Print where the data comes from; LOUDLY (a box of ``*``) when it is synthetic.
-
-    Args:
-        data: a :class:`metanet_utils.data.DataLocation` or a :class:`metanet_utils.dataset.Dataset`.
-    """
-    path = getattr(data, "path", None) or getattr(data, "data_dir", "")
-    n = f" ({len(data.df)} images used by this profile)" if hasattr(data, "df") else ""
-    if data.kind != "synthetic":
-        print(f"Real data: {path}{n}.")
-        return
-    lines = ["SYNTHETIC DATA", "", f"{path}{n}",
-             "procedurally drawn images, NOT HAM10000: the figures are stamped and",
-             "the numbers say nothing about the paper's claims.",
-             "Real data: python -m metanet_utils data download, or --data-dir PATH",
-             "(folder with HAM10000_metadata.csv and the ISIC_*.jpg images)."]
-    width = max(len(s) for s in lines) + 8
-    print("\n".join(["*" * width, *(f"*** {s.ljust(width - 8)} ***" for s in lines), "*" * width]))
-
-
-def locate_data(profile: Any, data_dir: str | Path | None = "") -> Any:
-    """Find the profile's data; quick / paper (``data: real``) download the official files if none is found.
-
-    Args:
-        profile: a :class:`metanet_utils.config.Profile`.
-        data_dir: a data folder, or empty / None for the default places.
-
-    Returns:
-        The :class:`metanet_utils.data.DataLocation`; demo and smoke fall back to the synthetic data.
-
-    Raises:
-        DataError: a given folder holds no data, or ``data: real`` and the download failed.
-    """
-    from .data import DataError, DataLocation, find_data_dir
-    from .paths import data_dir as default_root
-
-    if profile.data == "synthetic" and not data_dir:
-        from .synthetic import make_synthetic
-
-        path = make_synthetic(default_root() / f"synthetic-{profile.synthetic_images}-s{profile.seed}",
-                              n_images=profile.synthetic_images, seed=profile.seed)
-        return DataLocation(Path(path).resolve(), "synthetic", "profile asks for synthetic data")
-    try:
-        return find_data_dir(data_dir or None, synthetic_fallback=profile.data == "auto",
-                             synthetic_images=profile.synthetic_images, seed=profile.seed)
-    except DataError:
-        if data_dir or profile.data != "real":
-            raise
-    from .download import download_official
-
-    print(f"No data found: profile {profile.name!r} needs the official HAM10000, downloading it (about 3 GB) ...")
-    download_official(default_root() / "ham10000")
-    return find_data_dir(None)
 
 
 def example_rows(df: pd.DataFrame, n: int = 3) -> pd.DataFrame:

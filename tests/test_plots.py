@@ -14,6 +14,7 @@ from PIL import Image  # noqa: E402
 
 from metanet_utils import plots  # noqa: E402
 from metanet_utils.constants import DX_CODES, PAPER_CLASS_COUNTS  # noqa: E402
+from metanet_utils.data import announce, locate_data  # noqa: E402
 from metanet_utils.metadata import encode, fit_stats, metadata_baseline, mutual_information  # noqa: E402
 from metanet_utils.splits import lesion_leak, make_folds  # noqa: E402
 
@@ -164,10 +165,10 @@ def test_synthetic_banner_once_and_saved(frame, figdir):
 def test_announce_is_loud_for_synthetic(capsys, tmp_path):
     from metanet_utils.data import DataLocation
 
-    plots.announce(DataLocation(tmp_path, "synthetic", "fallback"))
+    announce(DataLocation(tmp_path, "synthetic", "fallback"))
     out = capsys.readouterr().out
     assert "SYNTHETIC DATA" in out and out.startswith("***")
-    plots.announce(DataLocation(tmp_path, "real", "argument"))
+    announce(DataLocation(tmp_path, "real", "argument"))
     assert capsys.readouterr().out.startswith("Real data")
 
 
@@ -177,7 +178,7 @@ def test_locate_data_falls_back_or_downloads(isolated_root, monkeypatch):
     from metanet_utils.synthetic import make_synthetic
 
     monkeypatch.delenv("METANET_DATA_DIR", raising=False)
-    loc = plots.locate_data(load_profile("smoke", synthetic_images=60), "")
+    loc = locate_data(load_profile("smoke", synthetic_images=60), "")
     assert loc.kind == "synthetic" and loc.path.parent == (isolated_root / "data").resolve()
     calls = []
 
@@ -186,8 +187,8 @@ def test_locate_data_falls_back_or_downloads(isolated_root, monkeypatch):
         return make_synthetic(dest, n_images=60)
 
     monkeypatch.setattr(download, "download_official", fake_download)
-    loc = plots.locate_data(load_profile("quick"), "")
+    loc = locate_data(load_profile("quick"), "")
     assert calls == [isolated_root / "data" / "ham10000"] and loc.path == calls[0].resolve()
     with pytest.raises(Exception, match="does not exist"):
-        plots.locate_data(load_profile("quick"), isolated_root / "nowhere")
+        locate_data(load_profile("quick"), isolated_root / "nowhere")
     assert len(calls) == 1
