@@ -91,12 +91,6 @@ class DataLocation:
     kind: str
     source: str
 
-    def banner(self) -> str:
-        if self.kind == "synthetic":
-            return (f"*** SYNTHETIC DATA *** ({self.path}): procedurally drawn images, NOT HAM10000. "
-                    "Numbers from this run say nothing about the paper's claims.")
-        return f"Real data from {self.path} (found via {self.source})."
-
 
 def _has_metadata(d: Path) -> bool:
     return (d / METADATA_FILE).is_file() or bool(_groundtruth_file(d))
