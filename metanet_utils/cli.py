@@ -224,15 +224,13 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, profile) -> int:
-    from .grid import _base, _variant, profile_dataset
+    from .grid import profile_dataset, run_config
     from .train import train_run
 
     features = tuple(f for f in args.meta_features.split(",") if f)
     ds = profile_dataset(profile, args.data_dir)
-    base = _base(profile, ds, args.backbone).replace(fold=args.fold)
-    if args.epochs is not None:
-        base = base.replace(epochs=args.epochs)
-    cfg = _variant(base, args.fusion, features, args.meta_layers)
+    overrides = {"epochs": args.epochs} if args.epochs is not None else {}
+    cfg = run_config(profile, ds, args.backbone, args.fusion, args.fold, features, args.meta_layers, **overrides)
     m = train_run(cfg, ds, device=args.device, weights_dir=args.weights_dir)
     print(f"{cfg.run_id}: MCR {m['mcr']:.4f}")
     return 0

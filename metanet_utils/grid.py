@@ -39,7 +39,7 @@ from .atomic import atomic_write_text
 from .config import ConfigError, Profile, RunConfig
 from .constants import META_FIELDS
 
-__all__ = ["EXPERIMENTS", "enumerate_runs", "filter_runs", "parse_only", "estimated_cost", "GridSummary", "run_grid",
+__all__ = ["EXPERIMENTS", "run_config", "enumerate_runs", "filter_runs", "parse_only", "estimated_cost", "GridSummary", "run_grid",
            "profile_dataset", "status_table"]
 
 #: Forward GMACs at 224 px (331 px for PNASNet), for ordering runs longest first.
@@ -73,6 +73,18 @@ def _variant(base: RunConfig, fusion: str, features: tuple[str, ...] = META_FIEL
     if fusion == "concat":  # Table 1: raw metadata concatenated (k = 0); Table 4 sets k
         return base.replace(fusion="concat", meta_features=features, meta_layers=0 if k is None else k)
     return base.replace(fusion=fusion, meta_features=features, meta_layers=base.meta_layers if k is None else k)
+
+
+def run_config(profile: Profile, dataset, backbone: str, fusion: str, fold: int = 0,
+               features: tuple[str, ...] = META_FIELDS, meta_layers: int | None = None,
+               **overrides: Any) -> RunConfig:
+    """The config of one run of ``profile``, exactly as the grid enumerates it (same ``run_id``).
+
+    ``meta_layers=None`` takes the paper's depth for the fusion (concat: raw metadata, metanet:
+    the profile's); ``overrides`` replace any other setting (e.g. ``epochs``).
+    """
+    base = _base(profile, dataset, backbone).replace(fold=fold, **overrides)
+    return _variant(base, fusion, tuple(features), meta_layers)
 
 
 EXPERIMENTS: tuple[str, ...] = ("table1", "table3", "table4")
