@@ -29,6 +29,8 @@ __all__ = [
     "FUSIONS",
     "SPLIT_SCHEMES",
     "PRECISIONS",
+    "CUDA_GRAPHS",
+    "EXECUTION_ONLY",
     "RunConfig",
     "Ablations",
     "Profile",
@@ -41,6 +43,9 @@ FUSIONS: tuple[str, ...] = ("none", "concat", "metanet", "metablock")
 SPLIT_SCHEMES: tuple[str, ...] = ("image", "lesion")
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
 DATA_SOURCES: tuple[str, ...] = ("auto", "real", "synthetic")
+CUDA_GRAPHS: tuple[str, ...] = ("auto", "on", "off")
+#: Run settings that change how a step is launched, not what it computes: not part of ``run_id``.
+EXECUTION_ONLY: frozenset[str] = frozenset({"cuda_graphs"})
 
 
 class ConfigError(ValueError):
@@ -127,6 +132,7 @@ class RunConfig:
     precision: str = "auto"
     channels_last: str = "auto"
     compile: bool = False
+    cuda_graphs: str = "auto"
     deterministic: bool = False
     data_kind: str = "real"
     data_fingerprint: str = ""
@@ -138,6 +144,7 @@ class RunConfig:
         _check_choice("split_scheme", self.split_scheme, SPLIT_SCHEMES)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("channels_last", self.channels_last, ("auto", "on", "off"))
+        _check_choice("cuda_graphs", self.cuda_graphs, CUDA_GRAPHS)
         _check_meta_features(self.meta_features)
         if not 0 <= self.fold < self.n_folds:
             raise ConfigError(f"fold={self.fold} is out of range; allowed: 0..{self.n_folds - 1} (n_folds={self.n_folds})")
@@ -172,8 +179,13 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        """Readable prefix plus a hash of every setting: same config, same id."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """Readable prefix plus a hash of every setting that can change the result: same config, same id.
+
+        Settings in :data:`EXECUTION_ONLY` (how the same computation is launched) are recorded in
+        ``config.json`` but left out of the hash, so switching them never retrains a finished run.
+        """
+        d = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_ONLY}
+        blob = json.dumps(d, sort_keys=True).encode()
         digest = hashlib.sha256(blob).hexdigest()[:10]
         meta = "+".join(f[:3] for f in self.meta_features) or "nometa"
         safe_backbone = self.backbone.replace("/", "_").replace(".", "_")
@@ -230,6 +242,7 @@ class Profile:
     pretrained: bool = True
     precision: str = "auto"
     compile: bool = False
+    cuda_graphs: str = "auto"
     deterministic: bool = False
     seed: int = 0
     ablations: Ablations = field(default_factory=Ablations)
@@ -247,6 +260,7 @@ class Profile:
         _check_choice("data", self.data, DATA_SOURCES)
         _check_choice("split_scheme", self.split_scheme, SPLIT_SCHEMES)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("cuda_graphs", self.cuda_graphs, CUDA_GRAPHS)
         for f in self.fusions:
             _check_choice("fusion", f, FUSIONS)
         if not self.backbones:

@@ -63,7 +63,8 @@ def _base(profile: Profile, dataset, backbone: str) -> RunConfig:
         color_constancy=profile.color_constancy, image_size=resize, crop_size=crop, epochs=profile.epochs,
         milestones=profile.milestones, lr_gamma=profile.lr_gamma, batch_size=profile.batch_size, lr=profile.lr,
         momentum=profile.momentum, weight_decay=profile.weight_decay, pretrained=profile.pretrained, seed=profile.seed,
-        precision=profile.precision, compile=profile.compile, deterministic=profile.deterministic,
+        precision=profile.precision, compile=profile.compile, cuda_graphs=profile.cuda_graphs,
+        deterministic=profile.deterministic,
         data_kind=dataset.kind, data_fingerprint=dataset.fingerprint, meta_layers=profile.meta_layers)
 
 

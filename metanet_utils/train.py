@@ -47,6 +47,7 @@ from .atomic import FileLock, LockHeld, atomic_write_json, atomic_write_text, at
 from .augment import BatchAugment
 from .config import RunConfig
 from .constants import CLASS_CODES, DX_CODES
+from .step import TrainStep, cuda_graphs_wanted
 
 __all__ = [
     "RECORD_FILES",
@@ -126,7 +127,8 @@ def set_determinism(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    else:
+    else:  # undo an earlier deterministic run in the same process
+        torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = True
 
 
@@ -189,9 +191,15 @@ class DeviceData:
 def train_one_epoch(model: nn.Module, data: DeviceData, augment: BatchAugment, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, cfg: RunConfig, epoch: int, device: torch.device,
                     amp_dtype: torch.dtype | None, channels_last: bool,
-                    on_batch: Callable[[int, int], None] | None = None) -> dict[str, float]:
-    """One pass over the training fold in a shuffled order fixed by ``(seed, epoch)``."""
+                    on_batch: Callable[[int, int], None] | None = None, step: TrainStep | None = None) -> dict[str, float]:
+    """One pass over the training fold in a shuffled order fixed by ``(seed, epoch)``.
+
+    ``step`` runs each batch (see :class:`metanet_utils.step.TrainStep`; pass the same one every
+    epoch so a CUDA graph is captured once); default: an eager step.
+    """
     model.train()
+    if step is None:
+        step = TrainStep(model, criterion, optimizer, cfg.batch_size, amp_dtype)
     gen = _epoch_generator(cfg.seed, epoch, device)
     order = data.train_idx[torch.randperm(len(data.train_idx), device=device, generator=gen)]
     bs = cfg.batch_size
@@ -205,13 +213,8 @@ def train_one_epoch(model: nn.Module, data: DeviceData, augment: BatchAugment, c
                     train=True, generator=gen)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(x, data.meta[idx])
-            loss = criterion(logits.float(), data.labels[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total_loss += loss.detach() * len(idx)
+        loss = step(x, data.meta[idx], data.labels[idx])
+        total_loss += loss * len(idx)
         seen += len(idx)
         if on_batch is not None:
             on_batch(b + 1, n_batches)
@@ -382,6 +385,8 @@ def _train_locked(cfg, dataset, runs_dir, device, progress, weights_dir, stop_af
         _log(f"[{cfg.run_id}] resuming after epoch {start_epoch}/{cfg.epochs}")
     log_event(runs_dir, cfg.run_id, f"resume@{start_epoch}" if start_epoch else "start")
     train_model = torch.compile(model) if cfg.compile else model
+    step = TrainStep(train_model, criterion, optimizer, cfg.batch_size, amp_dtype,
+                     cuda_graph=cuda_graphs_wanted(cfg.cuda_graphs, device, cfg.deterministic, cfg.compile))
 
     interactive = progress and sys.stderr.isatty()
     epochs_this_call = 0
@@ -400,7 +405,7 @@ def _train_locked(cfg, dataset, runs_dir, device, progress, weights_dir, stop_af
 
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout etc.: same stream after a resume
         row = train_one_epoch(train_model, data, augment, criterion, optimizer, cfg, epoch, device, amp_dtype,
-                              channels_last, on_batch)
+                              channels_last, on_batch, step=step)
         if bar is not None:
             bar.close()
         lr = optimizer.param_groups[0]["lr"]
@@ -443,6 +448,7 @@ def _train_locked(cfg, dataset, runs_dir, device, progress, weights_dir, stop_af
         "data_kind": dataset.kind,
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "float32",
         "channels_last": channels_last,
+        "execution": step.describe(),
     }
     final = runs_dir / cfg.run_id
     with staged_dir(final) as stage:

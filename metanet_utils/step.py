@@ -1,0 +1,234 @@
+"""One SGD training step, run eagerly or replayed from a CUDA graph.
+
+At the paper's batch of 32 a GPU training step is launch-bound: ResNet50's forward, backward
+and optimizer step are about a thousand small kernels, and the Python that launches them takes
+longer than the GPU needs to run them. A CUDA graph records the whole step once (forward, loss,
+backward, SGD update) and replays it with one launch per step, so the GPU, not Python, sets the
+pace. The numbers are those of the eager step: the same kernels run in the same order.
+
+What a graph demands, and how :class:`TrainStep` meets it:
+
+* **Fixed shapes.** Batches of the captured size are replayed; any other size (the last, smaller
+  batch of an epoch) runs eagerly on the same parameters, gradients and optimizer state.
+* **Fixed memory.** Inputs are copied into buffers the graph reads. Gradients are allocated once
+  and zeroed in place (never set to ``None``), so eager and replayed steps share them.
+* **Python numbers are frozen in.** The learning rate, momentum and weight decay of every
+  parameter group are baked into the recorded SGD update; when the scheduler changes them (the
+  paper's epochs 50, 120, 200) the step is captured again.
+* **Lazy state must exist first.** cuDNN autotuning, gradient and momentum buffers are created by
+  ``warmup`` eager steps on real batches (on a side stream, as PyTorch's graph docs ask) before the
+  capture.
+* **No host synchronisation inside.** Nothing in the step reads a GPU value on the CPU; autocast's
+  weight cache is off (``cache_enabled=False``), as capture requires.
+
+If a capture fails (a model with a data-dependent branch, an old driver), the step says why once
+and runs eagerly from then on: a run is never lost to the speed-up.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> class Net(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__(); self.fc = nn.Linear(4 + 2, 7)
+    ...     def forward(self, x, meta):
+    ...         return self.fc(torch.cat([x.flatten(1).mean(1, keepdim=True).expand(-1, 4), meta], 1))
+    >>> net = Net()
+    >>> step = TrainStep(net, nn.CrossEntropyLoss(), torch.optim.SGD(net.parameters(), lr=0.1), batch_size=8)
+    >>> loss = step(torch.rand(8, 3, 4, 4), torch.rand(8, 2), torch.randint(0, 7, (8,)))
+    >>> step.mode, tuple(loss.shape)
+    ('eager', ())
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+__all__ = ["TrainStep", "cuda_graphs_wanted"]
+
+
+def cuda_graphs_wanted(setting: str, device: torch.device, deterministic: bool = False, compiled: bool = False) -> bool:
+    """Resolve a ``cuda_graphs`` setting (``auto`` / ``on`` / ``off``) for a device.
+
+    ``auto`` means on for a CUDA device, unless the run is deterministic (graphs are fine, but the
+    deterministic mode is about reproducing the eager reference exactly) or compiled
+    (``torch.compile`` makes its own graphs). ``on`` without a CUDA device is refused.
+
+    Example:
+        >>> cuda_graphs_wanted("auto", torch.device("cpu"))
+        False
+    """
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"cuda_graphs={setting!r} is not allowed; choose auto, on or off")
+    if setting == "off":
+        return False
+    if setting == "on":
+        if device.type != "cuda":
+            raise ValueError(f"cuda_graphs='on' needs a CUDA device, not {device.type!r}; use 'auto' or 'off'")
+        return True
+    return device.type == "cuda" and not deterministic and not compiled
+
+
+class _CudaGraphs:
+    """The real back end: ``torch.cuda.CUDAGraph`` capture and replay."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._side = torch.cuda.Stream(device=device)
+
+    @contextlib.contextmanager
+    def side_stream(self):
+        cur = torch.cuda.current_stream(self.device)
+        self._side.wait_stream(cur)
+        with torch.cuda.stream(self._side):
+            yield
+        cur.wait_stream(self._side)
+
+    def capture(self, fn: Callable[[], None]) -> Any:
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        torch.cuda.synchronize(self.device)
+        return graph
+
+    @staticmethod
+    def replay(graph: Any) -> None:
+        graph.replay()
+
+    def release(self, graph: Any) -> None:
+        del graph
+        torch.cuda.synchronize(self.device)
+
+
+class TrainStep:
+    """One training step (forward, class-weighted loss, backward, optimizer step) on a batch.
+
+    Args:
+        model: called as ``model(x, meta)``; returns logits.
+        criterion: loss on ``(logits.float(), y)``.
+        optimizer: stepped once per call.
+        batch_size: the size that is captured and replayed; other sizes run eagerly.
+        amp_dtype: autocast dtype (``None``: fp32).
+        cuda_graph: capture and replay the step (CUDA only; see :func:`cuda_graphs_wanted`).
+        warmup: eager steps on full batches before the capture (at least 1).
+
+    Calling the step returns the batch's loss as a 0-d tensor on the device. With a graph it is a
+    buffer the next call overwrites: read or accumulate it before the next call.
+    """
+
+    def __init__(self, model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, batch_size: int,
+                 amp_dtype: torch.dtype | None = None, cuda_graph: bool = False, warmup: int = 3,
+                 _backend: Any = None) -> None:
+        self.model = model
+        self.criterion = criterion
+        self.optimizer = optimizer
+        self.batch_size = int(batch_size)
+        self.amp_dtype = amp_dtype
+        self.warmup = max(1, int(warmup))
+        self.graph_wanted = bool(cuda_graph)
+        self._backend = _backend
+        self._graph: Any = None
+        self._graph_key: tuple | None = None
+        self._static: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._loss_buf: torch.Tensor | None = None
+        self._warm = 0
+        self.failure: str | None = None
+        self.stats = {"eager": 0, "replayed": 0, "captures": 0}
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def mode(self) -> str:
+        """``graph`` while steps are (or are about to be) replayed, else ``eager``."""
+        return "graph" if self.graph_wanted and self.failure is None else "eager"
+
+    def __call__(self, x: torch.Tensor, meta: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.mode == "eager" or x.shape[0] != self.batch_size:
+            self.stats["eager"] += 1
+            return self._body(x, meta, y)
+        key = self._hyper_key()
+        if self._graph is not None and key != self._graph_key:
+            self._drop_graph()  # a scheduler milestone: capture again with the new learning rate
+        if self._graph is None:
+            if self._warm < self.warmup:
+                self._warm += 1
+                self.stats["eager"] += 1
+                with self._back().side_stream():
+                    return self._body(x, meta, y)
+            try:
+                self._capture(x, meta, y, key)
+            except Exception as e:  # noqa: BLE001 - fall back to the eager step, never lose the run
+                self._fail(e)
+                self.stats["eager"] += 1
+                return self._body(x, meta, y)
+        sx, smeta, sy = self._static
+        sx.copy_(x)
+        smeta.copy_(meta)
+        sy.copy_(y)
+        self._back().replay(self._graph)
+        self.stats["replayed"] += 1
+        return self._loss_buf
+
+    def describe(self) -> dict[str, Any]:
+        """What ran: for ``metrics.json`` and benchmark records."""
+        return {"cuda_graphs": self.mode == "graph" and self.stats["captures"] > 0, **self.stats,
+                "cuda_graphs_failure": self.failure}
+
+    # ------------------------------------------------------------------ internals
+
+    def _back(self):
+        if self._backend is None:
+            dev = next(self.model.parameters()).device
+            self._backend = _CudaGraphs(dev)
+        return self._backend
+
+    def _hyper_key(self) -> tuple:
+        keys = ("lr", "momentum", "weight_decay", "dampening", "nesterov", "maximize")
+        return tuple(tuple(float(g[k]) if isinstance(g.get(k), (int, float, torch.Tensor)) else g.get(k)
+                           for k in keys) for g in self.optimizer.param_groups)
+
+    def _body(self, x: torch.Tensor, meta: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        graphs = self.mode == "graph"
+        # with graphs, gradients live at fixed addresses: zero them in place
+        self.optimizer.zero_grad(set_to_none=not graphs)
+        dev_type = x.device.type
+        with torch.autocast(dev_type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None,
+                            cache_enabled=False if graphs else None):
+            logits = self.model(x, meta)
+            loss = self.criterion(logits.float(), y)
+        loss.backward()
+        self.optimizer.step()
+        if not graphs:
+            return loss.detach()
+        if self._loss_buf is None:  # created by the first (eager, warm-up) step, before any capture
+            self._loss_buf = torch.zeros((), device=loss.device, dtype=torch.float32)
+        self._loss_buf.copy_(loss.detach())
+        return self._loss_buf
+
+    def _capture(self, x: torch.Tensor, meta: torch.Tensor, y: torch.Tensor, key: tuple) -> None:
+        if self._static is None:
+            self._static = (torch.empty_like(x), torch.empty_like(meta), torch.empty_like(y))
+        for s, v in zip(self._static, (x, meta, y)):
+            s.copy_(v)
+        missing = [n for n, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
+        if len(missing) == sum(p.requires_grad for p in self.model.parameters()):
+            raise RuntimeError("no gradients exist before the capture (the warm-up steps did not run)")
+        sx, smeta, sy = self._static
+        self._graph = self._back().capture(lambda: self._body(sx, smeta, sy))
+        self._graph_key = key
+        self.stats["captures"] += 1
+
+    def _drop_graph(self) -> None:
+        graph, self._graph = self._graph, None
+        self._graph_key = None
+        if graph is not None:
+            self._back().release(graph)
+
+    def _fail(self, e: BaseException) -> None:
+        self._drop_graph()
+        self.failure = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        print(f"[train] CUDA graph capture failed ({self.failure}); training continues with eager steps",
+              flush=True)
