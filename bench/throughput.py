@@ -229,27 +229,33 @@ def _result(img_s: list[float], batch: int, n: int, **extra: Any) -> dict[str, A
 
 
 def measure_kit(model: nn.Module, data, augment, cfg, criterion: nn.Module, s: Settings, amp_dtype,
-                channels_last: bool) -> dict[str, Any]:
-    """The kit's path: :func:`metanet_utils.train.train_one_epoch` over ``n`` batches per call."""
+                channels_last: bool, cuda_graph: bool = False) -> dict[str, Any]:
+    """The kit's path: :func:`metanet_utils.train.train_one_epoch` over ``n`` batches per call, with one
+    :class:`metanet_utils.step.TrainStep` for all calls (eager, or captured once and replayed)."""
+    from metanet_utils.step import TrainStep
     from metanet_utils.train import train_one_epoch
 
     dev, bs = s.device, cfg.batch_size
     n_cache = int(data.images.shape[0])
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    step = TrainStep(model, criterion, optimizer, bs, amp_dtype, cuda_graph=cuda_graph)
     epoch = [0]
 
     def run(n: int) -> float:
         d = dataclasses.replace(data, train_idx=torch.arange(n * bs, device=data.meta.device) % n_cache)
         with Timer(dev) as t:
-            train_one_epoch(model, d, augment, criterion, optimizer, cfg, epoch[0], dev, amp_dtype, channels_last)
+            train_one_epoch(model, d, augment, criterion, optimizer, cfg, epoch[0], dev, amp_dtype, channels_last,
+                            step=step)
         epoch[0] += 1
         return t.seconds
 
     try:
-        return _timed_repeats(run, bs, s)
+        res = _timed_repeats(run, bs, s)
+        res["execution"] = step.describe()
+        return res
     finally:
         optimizer.zero_grad(set_to_none=True)
-        del optimizer
+        del step, optimizer
 
 
 def _timed_repeats(run, batch: int, s: "Settings") -> dict[str, Any]:
@@ -265,6 +271,7 @@ def _timed_repeats(run, batch: int, s: "Settings") -> dict[str, Any]:
 
 
 def _train_step(model, x, meta, y, criterion, optimizer, device, amp_dtype) -> torch.Tensor:
+    """The reference's step, written the plain way (a user's training loop)."""
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         logits = model(x, meta)
         loss = criterion(logits.float(), y)
@@ -275,8 +282,11 @@ def _train_step(model, x, meta, y, criterion, optimizer, device, amp_dtype) -> t
 
 
 def measure_ceiling(model: nn.Module, batch: int, crop: int, meta_dim: int, criterion: nn.Module, s: Settings,
-                    amp_dtype, channels_last: bool, lr: float = 1e-3) -> dict[str, Any]:
-    """Model only: a random batch already on the device, same precision and layout as the kit."""
+                    amp_dtype, channels_last: bool, cuda_graph: bool = False, lr: float = 1e-3) -> dict[str, Any]:
+    """Model only: a random batch already on the device, same precision, layout and step execution
+    (eager or CUDA graph) as the kit."""
+    from metanet_utils.step import TrainStep
+
     dev = s.device
     g = torch.Generator(device="cpu").manual_seed(1)
     x = torch.randn(batch, 3, crop, crop, generator=g).to(dev)
@@ -285,19 +295,42 @@ def measure_ceiling(model: nn.Module, batch: int, crop: int, meta_dim: int, crit
     meta = torch.rand(batch, meta_dim, generator=g).to(dev)
     y = torch.randint(0, 7, (batch,), generator=g).to(dev)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    step = TrainStep(model, criterion, optimizer, batch, amp_dtype, cuda_graph=cuda_graph)
     model.train()
 
     def run(n: int) -> float:
         with Timer(dev) as t:
             for _ in range(n):
-                _train_step(model, x, meta, y, criterion, optimizer, dev, amp_dtype)
+                step(x, meta, y)
         return t.seconds
 
     try:
-        return _timed_repeats(run, batch, s)
+        res = _timed_repeats(run, batch, s)
+        res["execution"] = step.describe()
+        return res
     finally:
         optimizer.zero_grad(set_to_none=True)
-        del optimizer, x
+        del step, optimizer, x
+
+
+def measure_eval(model: nn.Module, data, augment, s: Settings, amp_dtype, channels_last: bool,
+                 batch: int = 128) -> dict[str, Any]:
+    """The kit's evaluation pass (:func:`metanet_utils.train.evaluate_model`: centre crop, no gradients,
+    softmax to the host), ``n`` batches of ``batch`` images per call."""
+    from metanet_utils.train import evaluate_model
+
+    n_cache = int(data.images.shape[0])
+
+    def run(n: int) -> float:
+        idx = torch.arange(n * batch, device=data.meta.device) % n_cache
+        d = dataclasses.replace(data, val_idx=idx)
+        with Timer(s.device) as t:
+            evaluate_model(model, d, augment, s.device, amp_dtype, channels_last, batch_size=batch)
+        return t.seconds
+
+    res = _timed_repeats(run, batch, dataclasses.replace(s, warmup_steps=2, min_steps=1, max_steps=64))
+    model.train()
+    return res
 
 
 def measure_reference(model: nn.Module, dataset: JpegDataset, batch: int, crop: int, criterion: nn.Module,
@@ -379,11 +412,13 @@ def measure_reference(model: nn.Module, dataset: JpegDataset, batch: int, crop: 
 # --------------------------------------------------------------------------- caches
 
 def build_device_cache(paths: list[Path], resize: int, n_images: int, meta_dim: int, device: torch.device,
-                       synthetic: bool, seed: int = 0):
-    """A :class:`metanet_utils.train.DeviceData` holding ``n_images`` uint8 images on ``device``."""
+                       synthetic: bool, seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    """A :class:`metanet_utils.train.DeviceData` holding ``n_images`` uint8 images on ``device``, and the
+    times of decoding (JPEG -> Shades of Gray -> resize, in threads) and of the upload to the device."""
     from metanet_utils.train import DeviceData
 
     rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
     if synthetic or not paths:
         images = rng.integers(0, 256, size=(n_images, resize, resize, 3), dtype=np.uint8)
     else:
@@ -397,10 +432,19 @@ def build_device_cache(paths: list[Path], resize: int, n_images: int, meta_dim: 
 
         with ThreadPoolExecutor(max_workers=cpu_count()) as ex:
             list(ex.map(one, range(n_images)))
+    decode_s = time.perf_counter() - t0
     meta = rng.random((n_images, meta_dim), dtype=np.float32)
     labels = rng.integers(0, 7, size=n_images)
     folds = np.ones(n_images, dtype=np.int64)  # every image in the training part (fold 0 is empty)
-    return DeviceData.build(images, meta, labels, folds, 0, [f"img{i}" for i in range(n_images)], device)
+    sync(device)
+    t1 = time.perf_counter()
+    data = DeviceData.build(images, meta, labels, folds, 0, [f"img{i}" for i in range(n_images)], device)
+    sync(device)
+    upload_s = time.perf_counter() - t1
+    info = {"images": n_images, "side": resize, "bytes": int(images.nbytes), "synthetic": bool(synthetic or not paths),
+            "decode_s": round(decode_s, 3), "decode_img_s": round(n_images / max(decode_s, 1e-9), 1),
+            "upload_s": round(upload_s, 4), "upload_gb_s": round(images.nbytes / 1e9 / max(upload_s, 1e-9), 2)}
+    return data, info
 
 
 # --------------------------------------------------------------------------- projection of the paper's protocol
@@ -424,16 +468,23 @@ def paper_protocol_runs() -> dict[str, dict[str, int]]:
     return out
 
 
-def project_paper_protocol(rows: list[dict[str, Any]], batch: int = 32) -> dict[str, Any] | None:
-    """Hours of the paper's protocol on this device from the measured img/s at ``batch``."""
+def project_paper_protocol(rows: list[dict[str, Any]], batch: int = 32,
+                           side_by_side: dict[str, float] | None = None) -> dict[str, Any] | None:
+    """Hours of the paper's protocol on this device from the measured img/s at ``batch``.
+
+    Per run: ``PAPER_EPOCHS x (training images / training img/s + validation images / evaluation img/s)``.
+    The kit's evaluation speed is the measured ``eval_img_s`` where the row has one, else
+    ``EVAL_SPEEDUP`` x its training speed; the reference's is always assumed (``EVAL_SPEEDUP`` x).
+    ``side_by_side`` maps a backbone to a measured factor (aggregate img/s of several runs at once /
+    one run alone) that divides the kit's hours; backbones without one keep factor 1.
+    """
     try:
         runs = paper_protocol_runs()
     except Exception as e:  # noqa: BLE001 - a projection must never break the benchmark
         return {"error": f"{type(e).__name__}: {e}"}
-    per_epoch_units = PAPER_TRAIN_IMAGES + PAPER_VAL_IMAGES / EVAL_SPEEDUP
     out: dict[str, Any] = {"batch": batch, "epochs": PAPER_EPOCHS, "train_images_per_fold": PAPER_TRAIN_IMAGES,
                            "val_images_per_fold": PAPER_VAL_IMAGES, "eval_speedup_assumed": EVAL_SPEEDUP,
-                           "backbones": {}}
+                           "side_by_side": dict(side_by_side or {}), "backbones": {}}
     totals = {f"{p}_{scope}": 0.0 for p in ("kit", "reference") for scope in ("table1", "all")}
     complete = {k: True for k in totals}
     for bb, n in runs.items():
@@ -441,10 +492,16 @@ def project_paper_protocol(rows: list[dict[str, Any]], batch: int = 32) -> dict[
         entry: dict[str, Any] = {"runs_table1": n["table1"], "runs_all": n["all"]}
         for p in ("kit", "reference"):
             v = row.get(f"{p}_img_s") if row else None
+            measured_eval = next((r["eval_img_s"] for r in rows if r["backbone"] == bb and r.get("eval_img_s")), None)
+            ev = (measured_eval if p == "kit" else None) or (v * EVAL_SPEEDUP if v else None)
+            if p == "kit":
+                entry["kit_eval"] = "measured" if measured_eval else f"assumed {EVAL_SPEEDUP:g}x training"
+            factor = float((side_by_side or {}).get(bb, 1.0)) if p == "kit" else 1.0
             for scope in ("table1", "all"):
                 key = f"{p}_{scope}"
                 if v:
-                    h = n[scope] * PAPER_EPOCHS * per_epoch_units / v / 3600.0
+                    sec = PAPER_EPOCHS * (PAPER_TRAIN_IMAGES / v + PAPER_VAL_IMAGES / ev)
+                    h = n[scope] * sec / factor / 3600.0
                     entry[f"{key}_hours"] = round(h, 2)
                     totals[key] += h
                 else:
@@ -467,34 +524,73 @@ def _fmt(v: Any, nd: int = 0) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
+    s = report["settings"]
     lines = [f"# Training throughput: {report['device']}", "",
              f"{report['date']} · torch {report['torch']} · timm {report.get('timm')} · "
-             f"{report['settings']['workers']} DataLoader workers · fusion {report['settings']['fusion']} · "
-             f"random weights", "",
+             f"{s['workers']} DataLoader workers · fusion {s['fusion']} · random weights", "",
              "Images per second (forward + backward + SGD step), median of "
-             f"{report['settings']['repeats']} repeats after warm-up.", "",
-             "| backbone | input | batch | reference img/s | kit img/s | ceiling img/s | kit / reference | "
-             "kit / ceiling | kit compiled img/s | notes |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             f"{s['repeats']} repeats after warm-up. `kit` is the kit's training path as runs use it "
+             f"(step execution: {report.get('kit_execution', '?')}); `kit eager` the same path without CUDA graphs; "
+             "`ceiling` the model alone with the kit's precision, layout and step execution; `eval` the kit's "
+             "evaluation pass (batch 128).", "",
+             "| backbone | input | batch | reference | kit eager | kit | ceiling | kit / reference | "
+             "kit / ceiling | eval | notes |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in report["results"]:
         notes = "; ".join(r.get("notes", []))
         lines.append(
             f"| {r['backbone']} | {r['resize']}->{r['crop']} | {r['batch']} | {_fmt(r['reference_img_s'])} | "
-            f"{_fmt(r['kit_img_s'])} | {_fmt(r['ceiling_img_s'])} | {_fmt(r['ratio_vs_reference'], 2)} | "
-            f"{_fmt(r['fraction_of_ceiling'], 2)} | {_fmt(r.get('kit_compiled_img_s'))} | {notes} |")
-    s = report["settings"]
+            f"{_fmt(r.get('kit_eager_img_s'))} | {_fmt(r['kit_img_s'])} | {_fmt(r['ceiling_img_s'])} | "
+            f"{_fmt(r['ratio_vs_reference'], 2)} | {_fmt(r['fraction_of_ceiling'], 2)} | {_fmt(r.get('eval_img_s'))} | "
+            f"{notes} |")
     lines += ["",
               f"reference: PIL + torchvision transforms, DataLoader({s['workers']} workers, pin_memory), fp32, NCHW, "
-              f"cudnn.benchmark={s['reference_cudnn_benchmark']}, loss.item() every step; "
+              f"cudnn.benchmark={s['reference_cudnn_benchmark']}, loss.item() every step"
+              f"{', measured in its own process after the kit' if s.get('reference_process') == 'child' else ''}; "
               f"kit: device-resident uint8 cache + BatchAugment via train_one_epoch, precision {report['kit_precision']}, "
-              "channels_last where preferred, cudnn.benchmark=True; ceiling: the kit's model, precision and layout "
-              "on a random batch already on the device.", ""]
+              "channels_last where preferred, cudnn.benchmark=True.", ""]
+    if any(r.get("kit_compiled_img_s") for r in report["results"]):
+        lines += ["| backbone | batch | kit compiled img/s | compile s |", "|---|---:|---:|---:|"]
+        for r in report["results"]:
+            if r.get("kit_compiled_img_s"):
+                lines.append(f"| {r['backbone']} | {r['batch']} | {_fmt(r['kit_compiled_img_s'])} | {_fmt(r['compile_s'], 1)} |")
+        lines.append("")
+    layouts = [r for r in report["results"] if r.get("kit_other_layout_img_s")]
+    if layouts:
+        lines += ["## Memory layout per backbone (kit, same step execution)", "",
+                  "| backbone | batch | kit's layout | img/s | other layout | img/s | kit's choice faster by |",
+                  "|---|---:|---|---:|---|---:|---:|"]
+        for r in layouts:
+            mine = "channels_last" if r["channels_last"] else "NCHW"
+            lines.append(f"| {r['backbone']} | {r['batch']} | {mine} | {_fmt(r['kit_img_s'])} | {r['other_layout']} | "
+                         f"{_fmt(r['kit_other_layout_img_s'])} | {_fmt(r['kit_img_s'] / r['kit_other_layout_img_s'], 2)}x |")
+        lines.append("")
+    for lad in report.get("ladders", []):
+        lines += [f"## Step by step: {lad['backbone']}, batch {lad['batch']} (kit data path)", "",
+                  "| step | img/s | vs previous | vs first | notes |", "|---|---:|---:|---:|---|"]
+        first = prev = None
+        for st in lad["steps"]:
+            v = st.get("img_s")
+            lines.append(f"| {st['step']} | {_fmt(v)} | {_fmt(v / prev if v and prev else None, 2)} | "
+                         f"{_fmt(v / first if v and first else None, 2)} | {st.get('note', '')} |")
+            first = first or v
+            prev = v or prev
+        lines.append("")
+    if report.get("caches"):
+        lines += ["## Image cache", "", "| side | images | MiB | decode img/s (threads) | upload s | upload GB/s |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for c in report["caches"].values():
+            lines.append(f"| {c['side']} | {c['images']} | {c['bytes'] / 2**20:,.0f} | "
+                         f"{'synthetic' if c['synthetic'] else _fmt(c['decode_img_s'])} | {c['upload_s']:.3f} | "
+                         f"{_fmt(c['upload_gb_s'], 1)} |")
+        lines.append("")
     proj = report.get("projection")
     if proj and "backbones" in proj:
         lines += [f"## The paper's protocol on this device (projected from batch {proj['batch']})", "",
                   f"{proj['epochs']} epochs x ({proj['train_images_per_fold']} training images + "
-                  f"{proj['val_images_per_fold']} validation images at {proj['eval_speedup_assumed']:g}x the training "
-                  "speed) per run.", "",
+                  f"{proj['val_images_per_fold']} validation images) per run; the kit's evaluation speed as measured "
+                  f"(`eval`), the reference's assumed {proj['eval_speedup_assumed']:g}x its training speed; one run at a "
+                  "time.", "",
                   "| backbone | runs Table 1 | runs Tables 1+3+4 | kit h (T1) | kit h (all) | reference h (all) |",
                   "|---|---:|---:|---:|---:|---:|"]
         for bb, e in proj["backbones"].items():
@@ -534,6 +630,22 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-images", type=int, default=2000, help="images used (reference files and kit cache)")
     ap.add_argument("--synthetic-cache", action="store_true", help="random uint8 kit cache instead of decoding")
     ap.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES)
+    ap.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
+                    help="step execution of the kit and the ceiling (auto: CUDA graphs on a GPU, as train_run)")
+    ap.add_argument("--kit-eager", default="auto", choices=["auto", "on", "off"],
+                    help="also measure the kit without CUDA graphs (auto: when the kit uses them)")
+    ap.add_argument("--eval", default="on", choices=["on", "off"], help="measure the kit's evaluation pass")
+    ap.add_argument("--reference-process", default="child", choices=["child", "same"],
+                    help="measure the reference in its own process after the kit (default), or in this one")
+    ap.add_argument("--reference-share", type=float, default=0.3,
+                    help="share of --deadline kept for the reference (its own process)")
+    ap.add_argument("--ladder", nargs="*", default=[], metavar="BACKBONE",
+                    help="step-by-step measurements (fp32 eager -> bf16 -> channels_last -> CUDA graph) for these "
+                         "backbones at the first batch size, after the table")
+    ap.add_argument("--layouts", action="store_true",
+                    help="also measure the kit in the layout it does not choose (first batch size), after the table")
+    ap.add_argument("--extras-share", type=float, default=0.15,
+                    help="share of --deadline kept for --ladder, --layouts and --compile")
     ap.add_argument("--fusion", default="metanet", choices=["none", "concat", "metanet"])
     ap.add_argument("--meta-dim", type=int, default=17)
     ap.add_argument("--device", default=None, help="cuda, cpu, ... (default: the GPU if there is one)")
@@ -546,7 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--min-steps", type=int, default=2, help="least steps per repeat")
     ap.add_argument("--max-steps", type=int, default=400, help="most steps per repeat")
     ap.add_argument("--deadline", type=float, default=None,
-                    help="soft budget for the whole table in seconds: measurements not started by then are skipped")
+                    help="soft budget for the whole run in seconds: measurements not started in time are skipped")
     ap.add_argument("--compile", nargs="*", default=None, metavar="BACKBONE",
                     help="also measure the kit with torch.compile (all backbones, or those named), after the table")
     ap.add_argument("--compile-batches", nargs="*", type=int, default=None,
@@ -556,9 +668,31 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--reference-cudnn-benchmark", action="store_true",
                     help="cudnn.benchmark=True for the reference too (default: PyTorch's default, False)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-print", action="store_true", help=argparse.SUPPRESS)  # the reference's own process
     ap.add_argument("--json", type=Path, default=_ROOT / "results" / "bench" / "throughput.json")
     ap.add_argument("--md", type=Path, default=_ROOT / "results" / "bench" / "throughput.md")
     return ap
+
+
+def _child_reference_args(args: argparse.Namespace, deadline: float | None, json_path: Path, md_path: Path) -> list[str]:
+    """Command line of the process that measures the reference rows (same data, models and timing)."""
+    a = [sys.executable, str(Path(__file__).resolve()), "--pipelines", "reference", "--reference-process", "same",
+         "--backbones", *args.backbones, "--batches", *map(str, args.batches), "--max-images", str(args.max_images),
+         "--fusion", args.fusion, "--meta-dim", str(args.meta_dim), "--warmup-steps", str(args.warmup_steps),
+         "--warmup-seconds", str(args.warmup_seconds), "--repeats", str(args.repeats),
+         "--max-seconds", str(args.max_seconds), "--min-steps", str(args.min_steps), "--max-steps", str(args.max_steps),
+         "--seed", str(args.seed), "--eval", "off", "--no-print", "--json", str(json_path), "--md", str(md_path)]
+    if args.batch_cap:
+        a += ["--batch-cap", *args.batch_cap]
+    for flag, v in (("--size", args.size), ("--crop", args.crop), ("--images", args.images), ("--device", args.device),
+                    ("--workers", args.workers)):
+        if v is not None:
+            a += [flag, str(v)]
+    if args.reference_cudnn_benchmark:
+        a.append("--reference-cudnn-benchmark")
+    if deadline is not None:
+        a += ["--deadline", f"{max(deadline, 0.0):.1f}"]
+    return a
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -566,6 +700,7 @@ def main(argv: list[str] | None = None) -> int:
     from metanet_utils.augment import BatchAugment
     from metanet_utils.config import RunConfig
     from metanet_utils.models import build_model, channels_last_preferred, input_spec
+    from metanet_utils.step import cuda_graphs_wanted
     from metanet_utils.train import autocast_dtype, class_weight_tensor, pick_device, set_determinism
 
     t_start = time.monotonic()
@@ -577,9 +712,20 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.workers if args.workers is not None else cpu_count()
     caps = parse_caps(args.batch_cap)
     amp_dtype = autocast_dtype("auto", device)
+    graphs = cuda_graphs_wanted(args.cuda_graphs, device)
+    kit_eager = graphs and args.kit_eager != "off" and "kit" in args.pipelines
+    reference_child = "reference" in args.pipelines and args.reference_process == "child" and \
+        bool(set(args.pipelines) - {"reference"})
+    extras_wanted = bool(args.ladder or args.layouts or args.compile is not None)
 
     def left() -> float:
         return float("inf") if args.deadline is None else args.deadline - (time.monotonic() - t_start)
+
+    def share(x: float) -> float:
+        return 0.0 if args.deadline is None else x * args.deadline
+
+    reserve_extras = share(args.extras_share) if extras_wanted else 0.0
+    reserve_reference = share(args.reference_share) if reference_child else 0.0
 
     # data
     img_dir = args.images
@@ -617,6 +763,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "kit_precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "float32",
+        "kit_execution": "CUDA graph" if graphs else "eager",
         "settings": {
             "backbones": args.backbones, "batches": args.batches, "batch_caps": caps, "size": args.size,
             "crop": args.crop, "images": str(img_dir) if img_dir else None, "n_jpegs": len(paths),
@@ -625,6 +772,8 @@ def main(argv: list[str] | None = None) -> int:
             "cores": cpu_count(), "os_cpu_count": os.cpu_count(), "warmup_steps": args.warmup_steps,
             "warmup_seconds": args.warmup_seconds, "repeats": args.repeats, "max_seconds": args.max_seconds,
             "min_steps": args.min_steps, "max_steps": args.max_steps, "deadline": args.deadline,
+            "cuda_graphs": args.cuda_graphs, "kit_eager": kit_eager, "eval": args.eval,
+            "reference_process": "child" if reference_child else "same",
             "reference_cudnn_benchmark": args.reference_cudnn_benchmark,
             "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
             "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
@@ -632,6 +781,8 @@ def main(argv: list[str] | None = None) -> int:
             "pretrained": False, "flush_denormal": device.type == "cpu",
         },
         "results": [],
+        "caches": {},
+        "ladders": [],
     }
 
     def save() -> None:
@@ -656,7 +807,7 @@ def main(argv: list[str] | None = None) -> int:
     caches: dict[int, Any] = {}
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     log(f"device {report['device']}, torch {torch.__version__}, {workers} loader workers, {len(paths)} JPEGs, "
-        f"{len(plan)} rows, deadline {args.deadline}")
+        f"{len(plan)} rows, step execution {report['kit_execution']}, deadline {args.deadline}")
 
     def spec_of(bb: str):
         spec = input_spec(bb)
@@ -673,11 +824,18 @@ def main(argv: list[str] | None = None) -> int:
 
     def get_cache(resize: int):
         if resize not in caches:
-            t = time.perf_counter()
-            caches[resize] = build_device_cache(paths, resize, n_cache, args.meta_dim, device,
-                                                synthetic=args.synthetic_cache or not paths, seed=args.seed)
-            log(f"kit cache: {n_cache} images at {resize} px on {device} in {time.perf_counter() - t:.1f} s")
+            caches[resize], info = build_device_cache(paths, resize, n_cache, args.meta_dim, device,
+                                                      synthetic=args.synthetic_cache or not paths, seed=args.seed)
+            report["caches"][str(resize)] = info
+            log(f"kit cache: {n_cache} images at {resize} px: decoded in {info['decode_s']:.1f} s, "
+                f"uploaded to {device} in {info['upload_s']:.3f} s ({info['upload_gb_s']} GB/s)")
         return caches[resize]
+
+    def kit_cfg(bb: str, b: int) -> RunConfig:
+        resize, crop, _, _ = spec_of(bb)
+        return RunConfig(backbone=bb, fusion=args.fusion, batch_size=b, image_size=resize, crop_size=crop,
+                         pretrained=False, seed=args.seed, meta_layers=2 if args.fusion == "metanet" else 0,
+                         meta_features=("age", "sex", "localization") if args.fusion != "none" else ())
 
     def new_row(bb: str, b: int) -> dict[str, Any]:
         resize, crop, _, _ = spec_of(bb)
@@ -689,19 +847,23 @@ def main(argv: list[str] | None = None) -> int:
             name = bb
         row = {"backbone": bb, "model": name, "batch": b, "resize": resize, "crop": crop,
                "channels_last": device.type == "cuda" and channels_last_preferred(bb),
-               "kit_precision": report["kit_precision"], "reference_img_s": None, "kit_img_s": None,
-               "ceiling_img_s": None, "ratio_vs_reference": None, "fraction_of_ceiling": None,
-               "kit_compiled_img_s": None, "compile_s": None, "details": {}, "notes": []}
+               "kit_precision": report["kit_precision"], "kit_execution": report["kit_execution"],
+               "reference_img_s": None, "kit_img_s": None, "kit_eager_img_s": None, "ceiling_img_s": None,
+               "eval_img_s": None, "ratio_vs_reference": None, "fraction_of_ceiling": None,
+               "eager_ratio_vs_reference": None, "kit_compiled_img_s": None, "compile_s": None,
+               "kit_other_layout_img_s": None, "other_layout": None, "details": {}, "notes": []}
         report["results"].append(row)
         return row
 
     def finish(row: dict[str, Any]) -> None:
-        k, r, c = row["kit_img_s"], row["reference_img_s"], row["ceiling_img_s"]
+        k, r, c, e = row["kit_img_s"], row["reference_img_s"], row["ceiling_img_s"], row["kit_eager_img_s"]
         row["ratio_vs_reference"] = round(k / r, 3) if k and r else None
         row["fraction_of_ceiling"] = round(k / c, 3) if k and c else None
+        row["eager_ratio_vs_reference"] = round(e / r, 3) if e and r else None
 
-    def run_one(row: dict[str, Any], pipeline: str, fn: Callable[[], dict[str, Any]], key: str) -> None:
-        if left() <= 0:
+    def run_one(row: dict[str, Any], pipeline: str, fn: Callable[[], dict[str, Any]], key: str,
+                until: float = 0.0) -> None:
+        if left() <= until:
             row["notes"].append(f"{pipeline} skipped (time budget)")
             log(f"{row['backbone']} b{row['batch']} {pipeline}: skipped (deadline)")
             return
@@ -710,6 +872,9 @@ def main(argv: list[str] | None = None) -> int:
             res = fn()
             row[key] = round(res["img_s"], 1)
             row["details"][pipeline] = res
+            ex = res.get("execution") or {}
+            if ex.get("cuda_graphs_failure"):
+                row["notes"].append(f"{pipeline}: CUDA graph failed, eager ({ex['cuda_graphs_failure'][:120]})")
             log(f"{row['backbone']} b{row['batch']} {pipeline}: {res['img_s']:.1f} img/s "
                 f"(repeats {res['repeats_img_s']}, {res['steps_per_repeat']} steps each, "
                 f"{time.perf_counter() - t:.1f} s)")
@@ -722,14 +887,19 @@ def main(argv: list[str] | None = None) -> int:
         finish(row)
         save()
 
+    def criterion_for() -> nn.Module:
+        return nn.CrossEntropyLoss(weight=class_weight_tensor(np.arange(7).repeat(10)).to(device))
+
+    # ---------------------------------------------------------------- 1. the table (kit, ceiling, eval; reference if in-process)
+    main_until = reserve_reference + reserve_extras
+    eval_done: set[str] = set()
     for bb, b in plan:
-        if left() <= 0:
-            row = new_row(bb, b)
+        row = new_row(bb, b)
+        if left() <= main_until:
             row["notes"].append("skipped (time budget)")
             save()
             continue
         resize, crop, mean, std = spec_of(bb)
-        row = new_row(bb, b)
         try:
             model = get_model(bb).to(device)
         except Exception as e:  # noqa: BLE001
@@ -738,32 +908,129 @@ def main(argv: list[str] | None = None) -> int:
             save()
             continue
         channels_last = row["channels_last"]
-        y_w = class_weight_tensor(np.arange(7).repeat(10)).to(device)
-        criterion = nn.CrossEntropyLoss(weight=y_w)
-        if "reference" in args.pipelines:
+        criterion = criterion_for()
+        if "reference" in args.pipelines and not reference_child:
             torch.backends.cudnn.benchmark = args.reference_cudnn_benchmark
             model.to(memory_format=torch.contiguous_format)
             g = torch.Generator().manual_seed(args.seed)
             ds = JpegDataset(paths, reference_transform(resize, crop, mean, std),
                              torch.rand(len(paths), args.meta_dim, generator=g),
                              torch.randint(0, 7, (len(paths),), generator=g))
-            run_one(row, "reference", lambda: measure_reference(model, ds, b, crop, criterion, settings), "reference_img_s")
+            run_one(row, "reference", lambda: measure_reference(model, ds, b, crop, criterion, settings),
+                    "reference_img_s", main_until)
         set_determinism(args.seed, False)  # what train_run does: seeds, cudnn.benchmark = True
         if channels_last:
             model.to(memory_format=torch.channels_last)
+        aug = BatchAugment(crop=crop, mean=mean, std=std)
         if "kit" in args.pipelines:
-            cfg = RunConfig(backbone=bb, fusion=args.fusion, batch_size=b, image_size=resize, crop_size=crop,
-                            pretrained=False, seed=args.seed, meta_layers=2 if args.fusion == "metanet" else 0,
-                            meta_features=("age", "sex", "localization") if args.fusion != "none" else ())
-            aug = BatchAugment(crop=crop, mean=mean, std=std)
+            cfg = kit_cfg(bb, b)
             run_one(row, "kit", lambda: measure_kit(model, get_cache(resize), aug, cfg, criterion, settings,
-                                                    amp_dtype, channels_last), "kit_img_s")
+                                                    amp_dtype, channels_last, cuda_graph=graphs), "kit_img_s", main_until)
+            if kit_eager:
+                run_one(row, "kit_eager", lambda: measure_kit(model, get_cache(resize), aug, cfg, criterion, settings,
+                                                              amp_dtype, channels_last, cuda_graph=False),
+                        "kit_eager_img_s", main_until)
         if "ceiling" in args.pipelines:
             run_one(row, "ceiling", lambda: measure_ceiling(model, b, crop, args.meta_dim, criterion, settings,
-                                                            amp_dtype, channels_last), "ceiling_img_s")
+                                                            amp_dtype, channels_last, cuda_graph=graphs),
+                    "ceiling_img_s", main_until)
+        if "kit" in args.pipelines and args.eval == "on" and bb not in eval_done:  # batch 128 whatever the row's
+            eval_done.add(bb)
+            run_one(row, "eval", lambda: measure_eval(model, get_cache(resize), aug, settings, amp_dtype, channels_last),
+                    "eval_img_s", main_until)
         rows[(bb, b)] = row
         model.to("cpu").zero_grad(set_to_none=True)
         free_memory(device)
+
+    # ---------------------------------------------------------------- 2. the reference, in its own process
+    if reference_child:
+        until = reserve_extras
+        if left() <= until:
+            for row in report["results"]:
+                row["notes"].append("reference skipped (time budget)")
+        else:
+            import subprocess
+            import tempfile
+
+            for c in list(caches):  # the reference process gets the device to itself
+                del caches[c]
+            free_memory(device)
+            with tempfile.TemporaryDirectory() as tmp:
+                cj, cm = Path(tmp) / "reference.json", Path(tmp) / "reference.md"
+                child_deadline = None if args.deadline is None else left() - until
+                cmd = _child_reference_args(args, child_deadline, cj, cm)
+                log(f"reference: measured in its own process (deadline {child_deadline})")
+                proc = subprocess.run(cmd, cwd=str(_ROOT), text=True)
+                if proc.returncode != 0:
+                    log(f"reference process exited with {proc.returncode}")
+                child = json.loads(cj.read_text()) if cj.is_file() else {"results": []}
+            by_key = {(r["backbone"], r["batch"]): r for r in child.get("results", [])}
+            for row in report["results"]:
+                cr = by_key.get((row["backbone"], row["batch"]))
+                if cr is None:
+                    row["notes"].append("reference: no result from its process")
+                    continue
+                row["reference_img_s"] = cr.get("reference_img_s")
+                if "reference" in cr.get("details", {}):
+                    row["details"]["reference"] = cr["details"]["reference"]
+                row["notes"] += [n if n.startswith("reference") else f"reference: {n}" for n in cr.get("notes", [])]
+                finish(row)
+            save()
+
+    # ---------------------------------------------------------------- 3. extras: ladder, layouts, compile
+    def needs(seconds: float = 0.0) -> bool:
+        return left() > seconds
+
+    for bb in args.ladder:
+        b = min(plan[0][1], caps.get(bb, plan[0][1]))
+        resize, crop, mean, std = spec_of(bb)
+        lad: dict[str, Any] = {"backbone": bb, "batch": b, "steps": []}
+        report["ladders"].append(lad)
+        steps = [("fp32, NCHW, eager", None, False, False)]
+        if device.type == "cuda":
+            steps += [("bf16, NCHW, eager", amp_dtype, False, False), ("bf16, channels_last, eager", amp_dtype, True, False),
+                      ("bf16, channels_last, CUDA graph", amp_dtype, True, True)]
+        for name, amp, cl, gr in steps:
+            entry: dict[str, Any] = {"step": name, "img_s": None}
+            lad["steps"].append(entry)
+            if not needs():
+                entry["note"] = "skipped (time budget)"
+                continue
+            try:
+                model = get_model(bb).to(device)
+                model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+                set_determinism(args.seed, False)
+                res = measure_kit(model, get_cache(resize), BatchAugment(crop=crop, mean=mean, std=std), kit_cfg(bb, b),
+                                  criterion_for(), settings, amp, cl, cuda_graph=gr)
+                entry["img_s"] = round(res["img_s"], 1)
+                entry["repeats_img_s"] = res["repeats_img_s"]
+                log(f"ladder {bb} b{b} {name}: {res['img_s']:.1f} img/s")
+            except Exception as e:  # noqa: BLE001
+                entry["note"] = "out of memory" if is_oom(e) else f"{type(e).__name__}: {e}"[:200]
+                log(f"ladder {bb} b{b} {name}: FAILED {entry['note']}")
+            finally:
+                models[bb].to("cpu").zero_grad(set_to_none=True)
+                free_memory(device)
+            save()
+        if device.type != "cuda":
+            lad["steps"].append({"step": "bf16, channels_last, CUDA graph", "img_s": None, "note": "needs a GPU"})
+
+    if args.layouts and device.type == "cuda":
+        for (bb, b), row in rows.items():
+            if b != plan[0][1] or not row["kit_img_s"]:
+                continue
+            resize, crop, mean, std = spec_of(bb)
+            other = not row["channels_last"]
+            row["other_layout"] = "channels_last" if other else "NCHW"
+            model = get_model(bb).to(device)
+            model.to(memory_format=torch.channels_last if other else torch.contiguous_format)
+            set_determinism(args.seed, False)
+            run_one(row, "kit_other_layout",
+                    lambda: measure_kit(model, get_cache(resize), BatchAugment(crop=crop, mean=mean, std=std),
+                                        kit_cfg(bb, b), criterion_for(), settings, amp_dtype, other, cuda_graph=graphs),
+                    "kit_other_layout_img_s")
+            model.to("cpu").zero_grad(set_to_none=True)
+            free_memory(device)
 
     for bb, b in compile_plan:
         row = rows.get((bb, b))
@@ -775,20 +1042,16 @@ def main(argv: list[str] | None = None) -> int:
             save()
             continue
         resize, crop, mean, std = spec_of(bb)
-        model = models[bb].to(device)
+        model = get_model(bb).to(device)
         if row["channels_last"]:
             model.to(memory_format=torch.channels_last)
         set_determinism(args.seed, False)
-        cfg = RunConfig(backbone=bb, fusion=args.fusion, batch_size=b, image_size=resize, crop_size=crop,
-                        pretrained=False, seed=args.seed, meta_layers=2 if args.fusion == "metanet" else 0,
-                        meta_features=("age", "sex", "localization") if args.fusion != "none" else ())
         aug = BatchAugment(crop=crop, mean=mean, std=std)
-        criterion = nn.CrossEntropyLoss(weight=class_weight_tensor(np.arange(7).repeat(10)).to(device))
-        compiled = torch.compile(model)  # as train_run does with cfg.compile
+        compiled = torch.compile(model)  # as train_run does with cfg.compile (CUDA graphs off there)
 
         def run_compiled() -> dict[str, Any]:
-            return measure_kit(compiled, get_cache(resize), aug, cfg, criterion, settings, amp_dtype,
-                               row["channels_last"])
+            return measure_kit(compiled, get_cache(resize), aug, kit_cfg(bb, b), criterion_for(), settings, amp_dtype,
+                               row["channels_last"], cuda_graph=False)
 
         run_one(row, "kit_compiled", run_compiled, "kit_compiled_img_s")
         if "kit_compiled" in row["details"]:
@@ -804,7 +1067,8 @@ def main(argv: list[str] | None = None) -> int:
 
     save()
     log(f"done in {time.monotonic() - t_start:.0f} s: {args.json}, {args.md}")
-    print(markdown(report))
+    if not args.no_print:
+        print(markdown(report))
     return 0
 
 

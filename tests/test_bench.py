@@ -63,12 +63,41 @@ def test_throughput_cpu_tiny(tmp_path):
             assert isinstance(r[k], (int, float)) and r[k] > 0, (r["backbone"], k, r[k])
         assert r["ratio_vs_reference"] == pytest.approx(r["kit_img_s"] / r["reference_img_s"], rel=0.01)
         assert r["fraction_of_ceiling"] == pytest.approx(r["kit_img_s"] / r["ceiling_img_s"], rel=0.01)
-        for p in ("reference", "kit", "ceiling"):
+        for p in ("reference", "kit", "ceiling", "eval"):
             d = r["details"][p]
             assert len(d["repeats_img_s"]) == 3 and d["steps_per_repeat"] >= 1
         assert r["kit_precision"] == "float32" and r["channels_last"] is False  # the CPU path of train_run
+        assert r["kit_execution"] == "eager" and r["kit_eager_img_s"] is None  # no CUDA graphs on the CPU
+        assert r["details"]["kit"]["execution"]["cuda_graphs"] is False
+        assert r["eval_img_s"] > 0
+    # the reference ran in its own process, after the kit: its settings say so and its rows merged in
+    assert report["settings"]["reference_process"] == "child"
+    assert report["caches"]["64"]["images"] == 48 and report["caches"]["64"]["upload_s"] >= 0
     md = out_md.read_text()
     assert "| backbone |" in md and "test_resnet" in md and "resnet10t" in md
+    assert "measured in its own process" in md and "## Image cache" in md
+
+
+def test_throughput_ladder_and_reference_in_the_same_process(tmp_path):
+    images = tmp_path / "images"
+    _write_jpegs(images, 24)
+    out_json, out_md = tmp_path / "t.json", tmp_path / "t.md"
+    cmd = [sys.executable, str(SCRIPT), "--device", "cpu", "--backbones", "test_resnet", "--size", "48", "--crop", "40",
+           "--batches", "8", "--images", str(images), "--max-images", "24", "--workers", "1", "--warmup-steps", "1",
+           "--warmup-seconds", "0", "--repeats", "2", "--min-steps", "1", "--max-seconds", "0.2",
+           "--reference-process", "same", "--eval", "off", "--ladder", "test_resnet",
+           "--json", str(out_json), "--md", str(out_md)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out_json.read_text())
+    assert report["settings"]["reference_process"] == "same"
+    (row,) = report["results"]
+    assert row["reference_img_s"] > 0 and row["eval_img_s"] is None and "eval" not in row["details"]
+    (lad,) = report["ladders"]
+    assert lad["backbone"] == "test_resnet" and lad["steps"][0]["step"] == "fp32, NCHW, eager"
+    assert lad["steps"][0]["img_s"] > 0
+    assert lad["steps"][-1] == {"step": "bf16, channels_last, CUDA graph", "img_s": None, "note": "needs a GPU"}
+    assert "## Step by step: test_resnet" in out_md.read_text()
 
 
 def test_paper_projection_counts_and_hours():
@@ -84,6 +113,16 @@ def test_paper_projection_counts_and_hours():
     assert proj["reference_all_hours"] == pytest.approx(4 * proj["kit_all_hours"], rel=1e-3)
     partial = mod.project_paper_protocol(rows[:-1], 32)
     assert partial["kit_all_hours"] is None and partial["backbones"]["alexnet"]["kit_all_hours"] is not None
+
+    # a measured evaluation speed replaces the assumption; side-by-side factors divide the kit's hours
+    measured = [dict(r, eval_img_s=4000.0) for r in rows]
+    proj2 = mod.project_paper_protocol(measured, 32, side_by_side={"resnet50": 2.0})
+    per_run_h2 = 250 * (8012 / 1000.0 + 2003 / 4000.0) / 3600
+    assert proj2["backbones"]["alexnet"]["kit_all_hours"] == pytest.approx(runs["alexnet"]["all"] * per_run_h2, rel=1e-3)
+    assert proj2["backbones"]["resnet50"]["kit_all_hours"] == pytest.approx(runs["resnet50"]["all"] * per_run_h2 / 2,
+                                                                            rel=1e-3)
+    assert proj2["backbones"]["alexnet"]["kit_eval"] == "measured"
+    assert proj2["reference_all_hours"] == proj["reference_all_hours"]  # the reference's evaluation stays assumed
 
 
 def test_side_by_side_measurement_writes_aggregate_rows(tmp_path):
