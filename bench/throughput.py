@@ -409,6 +409,44 @@ def measure_reference(model: nn.Module, dataset: JpegDataset, batch: int, crop: 
                    bottleneck="loader" if statistics.median(img_s) < 0.8 * model_img_s else "model")
 
 
+# --------------------------------------------------------------------------- arithmetic
+
+def forward_gflop_per_image(model: nn.Module, crop: int, meta_dim: int, device: torch.device) -> float:
+    """Forward GFLOP per image (2 per multiply-add) counted by ``torch.utils.flop_counter`` on one image.
+
+    A training step is taken as 3x the forward (forward + the two products of the backward), the usual
+    estimate; the counter's own backward count is not used (it overcounts grouped and depthwise
+    convolutions, e.g. 5x the forward for SENet154 and 14x for PNASNet).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    x = torch.randn(1, 3, crop, crop, device=device)
+    meta = torch.rand(1, meta_dim, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x, meta)
+    model.train(was_training)
+    return fc.get_total_flops() / 1e9
+
+
+def measure_matmul_tflop_s(device: torch.device, n: int = 8192, reps: int = 10) -> float | None:
+    """bf16 n x n x n matrix product on random data: the device's usable dense peak (GPU only)."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(reps):
+        with Timer(device) as t:
+            a @ b
+        times.append(t.seconds)
+    del a, b
+    return 2 * n**3 / statistics.median(times) / 1e12
+
+
 # --------------------------------------------------------------------------- caches
 
 def build_device_cache(paths: list[Path], resize: int, n_images: int, meta_dim: int, device: torch.device,
@@ -469,7 +507,8 @@ def paper_protocol_runs() -> dict[str, dict[str, int]]:
 
 
 def project_paper_protocol(rows: list[dict[str, Any]], batch: int = 32,
-                           side_by_side: dict[str, float] | None = None) -> dict[str, Any] | None:
+                           side_by_side: dict[str, float] | None = None,
+                           peak_tflop_s: float | None = None) -> dict[str, Any] | None:
     """Hours of the paper's protocol on this device from the measured img/s at ``batch``.
 
     Per run: ``PAPER_EPOCHS x (training images / training img/s + validation images / evaluation img/s)``.
@@ -477,6 +516,9 @@ def project_paper_protocol(rows: list[dict[str, Any]], batch: int = 32,
     ``EVAL_SPEEDUP`` x its training speed; the reference's is always assumed (``EVAL_SPEEDUP`` x).
     ``side_by_side`` maps a backbone to a measured factor (aggregate img/s of several runs at once /
     one run alone) that divides the kit's hours; backbones without one keep factor 1.
+    Where the rows carry ``fwd_gflop_per_img``, the protocol's arithmetic (PFLOP) is added, and with
+    ``peak_tflop_s`` (a measured dense bf16 matrix-product rate) the hours it would take at that rate:
+    a lower bound no pipeline can beat on this device.
     """
     try:
         runs = paper_protocol_runs()
@@ -512,6 +554,23 @@ def project_paper_protocol(rows: list[dict[str, Any]], batch: int = 32,
     out["runs_all"] = sum(n["all"] for n in runs.values())
     for k, v in totals.items():
         out[f"{k}_hours"] = round(v, 1) if complete[k] else None
+    # arithmetic of the protocol: training 3x forward per image, evaluation 1x
+    pflop = {"table1": 0.0, "all": 0.0}
+    for bb, n in runs.items():
+        fwd = next((r["fwd_gflop_per_img"] for r in rows if r["backbone"] == bb and r.get("fwd_gflop_per_img")), None)
+        if fwd is None:
+            pflop = None
+            break
+        per_run = PAPER_EPOCHS * (PAPER_TRAIN_IMAGES * 3 * fwd + PAPER_VAL_IMAGES * fwd) / 1e6
+        out["backbones"][bb]["pflop_per_run"] = round(per_run, 2)
+        for scope in pflop:
+            pflop[scope] += n[scope] * per_run
+    if pflop is not None:
+        out["pflop_table1"], out["pflop_all"] = round(pflop["table1"]), round(pflop["all"])
+        if peak_tflop_s:
+            out["matmul_peak_tflop_s"] = round(peak_tflop_s, 1)
+            out["hours_at_matmul_peak_all"] = round(pflop["all"] * 1e3 / peak_tflop_s / 3600, 1)
+            out["hours_at_matmul_peak_table1"] = round(pflop["table1"] * 1e3 / peak_tflop_s / 3600, 1)
     return out
 
 
@@ -599,6 +658,21 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| **total** | {proj['runs_table1']} | {proj['runs_all']} | {_fmt(proj['kit_table1_hours'], 1)} | "
                      f"{_fmt(proj['kit_all_hours'], 1)} | {_fmt(proj['reference_all_hours'], 1)} |")
         lines.append("")
+        if proj.get("pflop_all"):
+            lines += ["### Arithmetic", "",
+                      f"The protocol is {proj['pflop_all']:,} PFLOP (Table 1: {proj['pflop_table1']:,}), counting 2 FLOP "
+                      "per multiply-add, training 3x the forward, evaluation 1x (forward GFLOP per image counted by "
+                      "torch.utils.flop_counter)."]
+            if proj.get("matmul_peak_tflop_s"):
+                lines.append(f"At this device's measured bf16 matrix-product rate ({proj['matmul_peak_tflop_s']:,.0f} "
+                             f"TFLOP/s, 8192^3, random data) it would take at least {proj['hours_at_matmul_peak_all']:,.1f} h "
+                             f"(Table 1: {proj['hours_at_matmul_peak_table1']:,.1f} h): a bound no pipeline beats.")
+            lines += ["", "| backbone | forward GFLOP/img | kit TFLOP/s (batch 32) | PFLOP per run |", "|---|---:|---:|---:|"]
+            for bb, e in proj["backbones"].items():
+                r = next((r for r in report["results"] if r["backbone"] == bb and r["batch"] == proj["batch"]), {})
+                lines.append(f"| {bb} | {_fmt(r.get('fwd_gflop_per_img'), 1)} | {_fmt(r.get('kit_tflop_s'), 1)} | "
+                             f"{_fmt(e.get('pflop_per_run'), 1)} |")
+            lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -788,7 +862,8 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         report["elapsed_s"] = round(time.monotonic() - t_start, 1)
         if all(b in args.backbones for b in PAPER_BACKBONES) and 32 in args.batches:
-            report["projection"] = project_paper_protocol(report["results"], 32)
+            report["projection"] = project_paper_protocol(report["results"], 32,
+                                                          peak_tflop_s=report.get("matmul_bf16_tflop_s"))
         write_atomic(args.json, json.dumps(report, indent=2, default=str) + "\n")
         write_atomic(args.md, markdown(report))
 
@@ -851,7 +926,8 @@ def main(argv: list[str] | None = None) -> int:
                "reference_img_s": None, "kit_img_s": None, "kit_eager_img_s": None, "ceiling_img_s": None,
                "eval_img_s": None, "ratio_vs_reference": None, "fraction_of_ceiling": None,
                "eager_ratio_vs_reference": None, "kit_compiled_img_s": None, "compile_s": None,
-               "kit_other_layout_img_s": None, "other_layout": None, "details": {}, "notes": []}
+               "kit_other_layout_img_s": None, "other_layout": None, "fwd_gflop_per_img": None,
+               "kit_tflop_s": None, "details": {}, "notes": []}
         report["results"].append(row)
         return row
 
@@ -860,6 +936,8 @@ def main(argv: list[str] | None = None) -> int:
         row["ratio_vs_reference"] = round(k / r, 3) if k and r else None
         row["fraction_of_ceiling"] = round(k / c, 3) if k and c else None
         row["eager_ratio_vs_reference"] = round(e / r, 3) if e and r else None
+        f = row.get("fwd_gflop_per_img")
+        row["kit_tflop_s"] = round(k * 3 * f / 1e3, 2) if k and f else None
 
     def run_one(row: dict[str, Any], pipeline: str, fn: Callable[[], dict[str, Any]], key: str,
                 until: float = 0.0) -> None:
@@ -893,6 +971,14 @@ def main(argv: list[str] | None = None) -> int:
     # ---------------------------------------------------------------- 1. the table (kit, ceiling, eval; reference if in-process)
     main_until = reserve_reference + reserve_extras
     eval_done: set[str] = set()
+    gflops: dict[str, float] = {}
+    if device.type == "cuda" and set(args.pipelines) - {"reference"}:
+        try:
+            report["matmul_bf16_tflop_s"] = round(measure_matmul_tflop_s(device), 1)
+            log(f"bf16 8192^3 matrix product: {report['matmul_bf16_tflop_s']} TFLOP/s")
+        except Exception as e:  # noqa: BLE001
+            log(f"matrix-product peak: FAILED {type(e).__name__}: {e}")
+        free_memory(device)
     for bb, b in plan:
         row = new_row(bb, b)
         if left() <= main_until:
@@ -909,6 +995,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         channels_last = row["channels_last"]
         criterion = criterion_for()
+        try:
+            if bb not in gflops:
+                gflops[bb] = round(forward_gflop_per_image(model, crop, args.meta_dim, device), 3)
+            row["fwd_gflop_per_img"] = gflops[bb]
+        except Exception as e:  # noqa: BLE001 - arithmetic is a by-product
+            row["notes"].append(f"FLOP count: {type(e).__name__}")
         if "reference" in args.pipelines and not reference_child:
             torch.backends.cudnn.benchmark = args.reference_cudnn_benchmark
             model.to(memory_format=torch.contiguous_format)

@@ -142,3 +142,37 @@ def test_side_by_side_measurement_writes_aggregate_rows(tmp_path):
     assert row["procs"] == 1 and len(row["per_process_img_s"]) == 1
     assert row["aggregate_img_s"] == sum(row["per_process_img_s"]) > 0
     assert "| test_resnet | 1 |" in (tmp_path / "c.md").read_text()
+
+
+def test_forward_flops_of_a_convolution_match_the_textbook_count():
+    import torch
+    import torch.nn as nn
+
+    mod = _load_module()
+
+    class OneConv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+            self.fc = nn.Linear(16 + 5, 7, bias=False)
+
+        def forward(self, x, meta):
+            return self.fc(torch.cat([self.conv(x).mean((2, 3)), meta], 1))
+
+    g = mod.forward_gflop_per_image(OneConv(), 32, 5, torch.device("cpu"))
+    conv = 2 * 16 * 3 * 3 * 3 * 32 * 32  # 2 FLOP per multiply-add, one output per pixel and channel
+    fc = 2 * 21 * 7
+    assert g * 1e9 == pytest.approx(conv + fc)
+
+
+def test_projection_adds_the_protocol_arithmetic_and_the_bound_at_the_matmul_peak():
+    mod = _load_module()
+    runs = mod.paper_protocol_runs()
+    rows = [{"backbone": b, "batch": 32, "kit_img_s": 1000.0, "reference_img_s": 250.0, "fwd_gflop_per_img": 10.0}
+            for b in mod.PAPER_BACKBONES]
+    proj = mod.project_paper_protocol(rows, 32, peak_tflop_s=500.0)
+    per_run_pflop = 250 * (8012 * 30.0 + 2003 * 10.0) / 1e6
+    assert proj["pflop_all"] == round(155 * per_run_pflop)
+    assert proj["pflop_table1"] == round(90 * per_run_pflop)
+    assert proj["hours_at_matmul_peak_all"] == pytest.approx(155 * per_run_pflop * 1e3 / 500 / 3600, abs=0.05)
+    assert runs["senet154"]["all"] == 80
