@@ -6,6 +6,10 @@ mostly idle (the step is launch-bound). The grid can train several runs at once
 N processes of ``bench/throughput.py`` (kit pipeline only) started together on the same
 device; the aggregate is the sum of their medians, measured over overlapping windows.
 
+Each process uses the kit's step execution (``--cuda-graphs auto``: CUDA graphs on a GPU). Without
+NVIDIA MPS the processes' kernels take turns on the GPU (time slicing): side by side helps where one
+run leaves the GPU idle between launches, much less once its step is a replayed graph.
+
 Usage:
     python bench/concurrency.py --backbones resnet50 densenet161 --procs 1 2 4 --json out.json --md out.md
     python bench/concurrency.py --backbones test_resnet --procs 1 2 --size 64 --crop 56 --device cpu  # CI-sized
@@ -64,11 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seconds", type=float, default=8.0, help="timed window of each process")
     ap.add_argument("--warmup-seconds", type=float, default=3.0)
     ap.add_argument("--timeout", type=float, default=150.0, help="per side-by-side measurement")
+    ap.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
+                    help="step execution of every run (auto: CUDA graphs on a GPU, as training runs use)")
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--md", type=Path, required=True)
     a = ap.parse_args(argv)
     extra = ["--batches", str(a.batch), "--max-seconds", str(a.max_seconds), "--warmup-seconds",
-             str(a.warmup_seconds), "--max-images", "512"]
+             str(a.warmup_seconds), "--max-images", "512", "--cuda-graphs", a.cuda_graphs, "--kit-eager", "off",
+             "--eval", "off", "--matmul-peak", "off", "--no-print"]
     for flag, v in (("--size", a.size), ("--crop", a.crop), ("--device", a.device)):
         if v is not None:
             extra += [flag, str(v)]
@@ -79,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(r)
             print(f"{b} x{n}: aggregate {r['aggregate_img_s']} img/s  per process {r['per_process_img_s']}"
                   + (f"  errors: {r['errors']}" if r["errors"] else ""), flush=True)
-            a.json.write_text(json.dumps({"batch": a.batch, "rows": rows}, indent=2))
+            a.json.write_text(json.dumps({"batch": a.batch, "cuda_graphs": a.cuda_graphs, "rows": rows}, indent=2))
     lines = [f"| backbone | runs side by side | aggregate img/s | per run img/s | vs one run |",
              "|---|---:|---:|---|---:|"]
     single = {r["backbone"]: r["aggregate_img_s"] for r in rows if r["procs"] == 1}
@@ -89,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         per = ", ".join(f"{v:,.0f}" for v in r["per_process_img_s"]) or "-"
         lines.append(f"| {r['backbone']} | {r['procs']} | {agg:,.0f} | {per} | {ratio} |" if agg else
                      f"| {r['backbone']} | {r['procs']} | - | {per} | - |")
-    a.md.write_text(f"Batch {a.batch}, kit pipeline, synthetic uint8 cache, one process per run, started together.\n\n"
+    a.md.write_text(f"Batch {a.batch}, kit pipeline (CUDA graphs: {a.cuda_graphs}), synthetic uint8 cache, one process "
+                    "per run, started together.\n\n"
                     + "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -313,6 +313,53 @@ def measure_ceiling(model: nn.Module, batch: int, crop: int, meta_dim: int, crit
         del step, optimizer, x
 
 
+def measure_streams(models: list[nn.Module], batch: int, crop: int, meta_dim: int, criterion: nn.Module,
+                    s: Settings, amp_dtype, channels_last: bool) -> dict[str, Any]:
+    """Several independent runs in one process: one model copy, optimizer and CUDA-graph step per run,
+    each replayed on its own CUDA stream, on random batches (model only). The img/s is the sum over
+    the runs: what training K folds or variants together would give, against one run alone."""
+    from metanet_utils.step import TrainStep
+
+    dev = s.device
+    g = torch.Generator(device="cpu").manual_seed(3)
+    streams, steps, batches = [], [], []
+    for m in models:
+        m.train()
+        x = torch.randn(batch, 3, crop, crop, generator=g).to(dev)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        batches.append((x, torch.rand(batch, meta_dim, generator=g).to(dev), torch.randint(0, 7, (batch,), generator=g).to(dev)))
+        opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+        steps.append(TrainStep(m, criterion, opt, batch, amp_dtype, cuda_graph=dev.type == "cuda"))
+        streams.append(torch.cuda.Stream(dev) if dev.type == "cuda" else None)
+    main = torch.cuda.current_stream(dev) if dev.type == "cuda" else None
+
+    def run(n: int) -> float:
+        with Timer(dev) as t:
+            for _ in range(n):
+                for st, step, (x, meta, y) in zip(streams, steps, batches):
+                    if st is None:
+                        step(x, meta, y)
+                        continue
+                    st.wait_stream(main)
+                    with torch.cuda.stream(st):
+                        step(x, meta, y)
+            if main is not None:
+                for st in streams:
+                    main.wait_stream(st)
+        return t.seconds
+
+    try:
+        res = _timed_repeats(run, batch * len(models), s)
+        res["runs"] = len(models)
+        res["execution"] = [st.describe() for st in steps]
+        return res
+    finally:
+        for st in steps:
+            st.optimizer.zero_grad(set_to_none=True)
+        del steps, batches
+
+
 def measure_eval(model: nn.Module, data, augment, s: Settings, amp_dtype, channels_last: bool,
                  batch: int = 128) -> dict[str, Any]:
     """The kit's evaluation pass (:func:`metanet_utils.train.evaluate_model`: centre crop, no gradients,
@@ -716,10 +763,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ladder", nargs="*", default=[], metavar="BACKBONE",
                     help="step-by-step measurements (fp32 eager -> bf16 -> channels_last -> CUDA graph) for these "
                          "backbones at the first batch size, after the table")
+    ap.add_argument("--ladder-streams", nargs="*", type=int, default=[2, 4], metavar="K",
+                    help="ladder's last steps on a GPU: K graphed runs on K streams in one process (default: 2 4)")
     ap.add_argument("--layouts", action="store_true",
                     help="also measure the kit in the layout it does not choose (first batch size), after the table")
     ap.add_argument("--extras-share", type=float, default=0.15,
                     help="share of --deadline kept for --ladder, --layouts and --compile")
+    ap.add_argument("--matmul-peak", default="on", choices=["on", "off"],
+                    help="measure the device's bf16 matrix-product rate (GPU only; bounds the projection)")
     ap.add_argument("--fusion", default="metanet", choices=["none", "concat", "metanet"])
     ap.add_argument("--meta-dim", type=int, default=17)
     ap.add_argument("--device", default=None, help="cuda, cpu, ... (default: the GPU if there is one)")
@@ -972,7 +1023,7 @@ def main(argv: list[str] | None = None) -> int:
     main_until = reserve_reference + reserve_extras
     eval_done: set[str] = set()
     gflops: dict[str, float] = {}
-    if device.type == "cuda" and set(args.pipelines) - {"reference"}:
+    if device.type == "cuda" and set(args.pipelines) - {"reference"} and args.matmul_peak == "on":
         try:
             report["matmul_bf16_tflop_s"] = round(measure_matmul_tflop_s(device), 1)
             log(f"bf16 8192^3 matrix product: {report['matmul_bf16_tflop_s']} TFLOP/s")
@@ -1082,6 +1133,8 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             steps += [("bf16, NCHW, eager", amp_dtype, False, False), ("bf16, channels_last, eager", amp_dtype, True, False),
                       ("bf16, channels_last, CUDA graph", amp_dtype, True, True)]
+            steps += [(f"{k} runs on {k} streams, one process (model only, summed)", amp_dtype, True, k)
+                      for k in args.ladder_streams]
         for name, amp, cl, gr in steps:
             entry: dict[str, Any] = {"step": name, "img_s": None}
             lad["steps"].append(entry)
@@ -1092,8 +1145,15 @@ def main(argv: list[str] | None = None) -> int:
                 model = get_model(bb).to(device)
                 model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
                 set_determinism(args.seed, False)
-                res = measure_kit(model, get_cache(resize), BatchAugment(crop=crop, mean=mean, std=std), kit_cfg(bb, b),
-                                  criterion_for(), settings, amp, cl, cuda_graph=gr)
+                if not isinstance(gr, bool):  # k runs side by side in this process
+                    import copy
+
+                    copies = [model] + [copy.deepcopy(model) for _ in range(gr - 1)]
+                    res = measure_streams(copies, b, crop, args.meta_dim, criterion_for(), settings, amp, cl)
+                    del copies
+                else:
+                    res = measure_kit(model, get_cache(resize), BatchAugment(crop=crop, mean=mean, std=std),
+                                      kit_cfg(bb, b), criterion_for(), settings, amp, cl, cuda_graph=gr)
                 entry["img_s"] = round(res["img_s"], 1)
                 entry["repeats_img_s"] = res["repeats_img_s"]
                 log(f"ladder {bb} b{b} {name}: {res['img_s']:.1f} img/s")
