@@ -13,6 +13,9 @@ correction is the float32 product ``value * gain`` (rounded half to even, clippe
 through a 256-entry lookup table per channel. A batch ``N x H x W x 3`` is
 corrected image by image (each its own illuminant) in one call.
 
+Over a set of image files, :func:`color_stats` gives each image's mean colour before and after
+the correction and :func:`chromaticity_spread` how much those colours vary (notebook 03).
+
 Example:
     >>> import numpy as np
     >>> img = np.full((4, 4, 3), 100, np.uint8)
@@ -28,10 +31,13 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
-__all__ = ["estimate_illuminant", "shades_of_gray"]
+__all__ = ["estimate_illuminant", "shades_of_gray", "color_stats", "chromaticity_spread"]
 
 _SQRT3 = math.sqrt(3.0)
 
@@ -197,3 +203,53 @@ def shades_of_gray(
         for c in range(3):
             np.take(lut[i, c], batch[i, ..., c], out=out[i, ..., c])
     return out if is_batch else out[0]
+
+
+# ----------------------------------------------------------------------------- over a set of images
+
+
+def color_stats(images: pd.DataFrame | Sequence[str | Path], p: float = 6, *, n: int | None = 300,
+                seed: int = 0) -> pd.DataFrame:
+    """Mean colour of each image before and after colour constancy.
+
+    Args:
+        images: a frame with ``path`` (and ``dx``, ``image_id``) or a list of paths.
+        p: Minkowski norm of the correction (6: Shades of Gray, as the paper).
+        n: use a random sample of at most ``n`` images (None: all).
+        seed: random state of the sample.
+
+    Returns:
+        One row per image: ``image_id``, ``dx``, mean ``R, G, B`` before and after
+        (``R_before`` ...), and the chromaticities ``r = R / (R + G + B)``, ``g = G / (R + G + B)``
+        of the mean colour (``r_before``, ``g_before``, ``r_after``, ``g_after``).
+    """
+    from .data import read_rgb
+
+    frame = images if isinstance(images, pd.DataFrame) else pd.DataFrame({"path": [str(q) for q in images]})
+    if n is not None and len(frame) > n:
+        frame = frame.sample(n, random_state=seed)
+    rows = []
+    for r in frame.itertuples():
+        img = read_rgb(r.path)
+        rec = {"image_id": getattr(r, "image_id", Path(r.path).stem), "dx": str(getattr(r, "dx", ""))}
+        for when, arr in (("before", img), ("after", shades_of_gray(img, p=p))):
+            m = arr.reshape(-1, 3).mean(axis=0)
+            rec.update({f"{c}_{when}": v for c, v in zip("RGB", m)})
+            rec.update({f"r_{when}": m[0] / max(m.sum(), 1e-9), f"g_{when}": m[1] / max(m.sum(), 1e-9)})
+        rows.append(rec)
+    return pd.DataFrame(rows)
+
+
+def chromaticity_spread(stats: pd.DataFrame) -> pd.DataFrame:
+    """How much the images' mean colours vary, before and after (from :func:`color_stats`).
+
+    Returns:
+        Index ``before, after``; columns: standard deviations of ``r`` and ``g``, and the mean
+        distance of ``(r, g)`` from gray ``(1/3, 1/3)``.
+    """
+    out = {}
+    for when in ("before", "after"):
+        r, g = stats[f"r_{when}"], stats[f"g_{when}"]
+        out[when] = {"sd_r": r.std(), "sd_g": g.std(),
+                     "mean_distance_from_gray": np.hypot(r - 1 / 3, g - 1 / 3).mean()}
+    return pd.DataFrame(out).T

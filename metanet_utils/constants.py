@@ -15,6 +15,7 @@ __all__ = [
     "SITES",
     "META_FIELDS",
     "PAPER_CLASS_COUNTS",
+    "PAPER_ORDER",
     "DATA_CLASS_COUNTS",
     "N_IMAGES",
     "N_LESIONS",
@@ -47,3 +48,6 @@ DATA_CLASS_COUNTS: dict[str, int] = {
 }
 N_IMAGES = 10015
 N_LESIONS = 7470
+
+#: Class codes in the paper's order of presentation: largest class first.
+PAPER_ORDER: tuple[str, ...] = tuple(sorted(PAPER_CLASS_COUNTS, key=lambda k: -PAPER_CLASS_COUNTS[k]))

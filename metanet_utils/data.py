@@ -56,6 +56,7 @@ __all__ = [
     "find_images",
     "load_metadata",
     "check_image",
+    "read_rgb",
     "VerifyReport",
     "verify",
     "data_fingerprint",
@@ -316,6 +317,22 @@ def _parse_age(df: pd.DataFrame, source: Path) -> pd.Series:
 
 #: Colour modes converted to RGB when the cache is built (reported as a NOTE by ``verify``).
 CONVERTED_MODES = {"L": "grayscale", "CMYK": "CMYK", "RGBA": "RGBA (alpha dropped)"}
+
+
+def read_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
+    """Decode an image file to an RGB uint8 ``HxWx3`` array, shrunk (keeping its shape) to at most ``max_side`` pixels.
+
+    Args:
+        path: the image file.
+        max_side: None keeps the full size.
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if max_side:
+            im.thumbnail((max_side, max_side), Image.BILINEAR)
+        return np.asarray(im)
 
 
 def check_image(path: str | Path) -> str | None:

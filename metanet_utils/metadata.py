@@ -1,5 +1,6 @@
 """Metadata preprocessing: the paper's 17-d vector (age, sex, body site), a metadata-only
-baseline and how much each field tells about the diagnosis.
+baseline and how much each field tells about the diagnosis, and the tables notebook 02 shows
+of them (:func:`example_rows`, :func:`fill_steps`, :func:`missing_table`, :func:`baseline_summary`).
 
 The paper (Sec. 3.1) encodes the patient metadata of HAM10000 as
 
@@ -36,13 +37,14 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .constants import CLASS_CODES, DX_CODES, DX_TO_INDEX, META_FIELDS, SEXES, SITES
+from .constants import CLASS_CODES, DX_CODES, DX_TO_INDEX, META_FIELDS, PAPER_ORDER, SEXES, SITES
 
 __all__ = [
     "MetadataStats",
@@ -55,6 +57,10 @@ __all__ = [
     "encode",
     "metadata_baseline",
     "mutual_information",
+    "example_rows",
+    "fill_steps",
+    "missing_table",
+    "baseline_summary",
 ]
 
 #: Strings (after strip + lower) that count as a missing value, besides NaN / None.
@@ -520,3 +526,88 @@ def mutual_information(
         out[f] = _mi_bits(codes[keep], y[keep])
     return pd.Series(out, name="mi_bits", dtype=np.float64)
 
+
+# ----------------------------------------------------------------------------- tables of notebook 02
+
+
+def example_rows(df: pd.DataFrame, n: int = 3) -> pd.DataFrame:
+    """``n`` rows to show an encoding with: a missing age, an unknown sex and an unknown site first.
+
+    Args:
+        df: metadata rows.
+        n: how many rows.
+
+    Returns:
+        The chosen rows of ``df`` (index kept).
+    """
+    picked: list[Any] = []
+    for idx in (df.index[df["age"].isna()], df.index[df["sex"].astype(str) == "unknown"],
+                df.index[df["localization"].astype(str) == "unknown"]):
+        picked += [i for i in idx if i not in picked][:1]
+    picked += [i for i in df.index if i not in picked][: max(0, n - len(picked))]
+    return df.loc[picked[:n]]
+
+
+def fill_steps(rows: pd.DataFrame, stats: MetadataStats) -> pd.DataFrame:
+    """Each field of ``rows`` as given, as filled and (age) as scaled, with :func:`encode`'s rules.
+
+    Args:
+        rows: metadata rows (``image_id``, ``age``, ``sex``, ``localization``).
+        stats: the :class:`MetadataStats` used to fill and scale.
+
+    Returns:
+        One row per image: ``age``, ``age filled``, ``age scaled``, ``sex``, ``sex filled``,
+        ``localization``, ``localization filled``.
+    """
+    age = pd.to_numeric(rows["age"], errors="coerce")
+
+    def filled(field: str, mode: str | None) -> pd.Series:
+        return rows[field].astype(str).where(~_normalize_strings(rows[field])[1], mode)
+
+    return pd.DataFrame({
+        "age": age, "age filled": age.fillna(stats.age_mean),
+        "age scaled": encode(rows, ("age",), stats)[0][:, 0],
+        "sex": rows["sex"], "sex filled": filled("sex", stats.sex_mode),
+        "localization": rows["localization"], "localization filled": filled("localization", stats.site_mode),
+    }).set_axis(rows["image_id"].astype(str) if "image_id" in rows else rows.index)
+
+
+def missing_table(df: pd.DataFrame, stats: MetadataStats) -> pd.DataFrame:
+    """How many values of each field are missing and what the encoding puts in their place.
+
+    Args:
+        df: metadata rows.
+        stats: the :class:`MetadataStats` used to fill.
+
+    Returns:
+        Index ``age, sex, localization``; columns ``missing``, ``% of images``, ``filled with``.
+    """
+    span = (stats.age_max - stats.age_min) or 1.0
+    miss = {"age": int(pd.to_numeric(df["age"], errors="coerce").isna().sum()),
+            "sex": int(_normalize_strings(df["sex"])[1].sum()),
+            "localization": int(_normalize_strings(df["localization"])[1].sum())}
+    fill = {"age": f"mean known age {stats.age_mean:.2f} (scaled {(stats.age_mean - stats.age_min) / span:.3f})",
+            "sex": f"most frequent: {stats.sex_mode}", "localization": f"most frequent: {stats.site_mode}"}
+    t = pd.DataFrame({"missing": pd.Series(miss), "filled with": pd.Series(fill)}).reindex(list(META_FIELDS))
+    t.insert(1, "% of images", (100 * t["missing"] / max(len(df), 1)).round(2))
+    return t
+
+
+def baseline_summary(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """MCR and per-class recall (%, mean ± sd over folds) of several metadata baselines.
+
+    Args:
+        results: name -> :func:`metadata_baseline` result.
+
+    Returns:
+        One row per name: ``MCR`` then one column per class (paper order: largest class first),
+        as ``"mean ± sd"`` strings.
+    """
+    def cell(m: float, s: float) -> str:
+        return f"{100 * m:.1f} ± {100 * s:.1f}" if not math.isnan(s) else f"{100 * m:.1f}"
+
+    paper_order = [c.upper() for c in PAPER_ORDER]
+    rows = {name: {"MCR": cell(r["mcr_mean"], r["mcr_std"]),
+                   **{c: cell(r["recall_mean"][c], r["recall_std"][c]) for c in paper_order}}
+            for name, r in results.items()}
+    return pd.DataFrame(rows).T

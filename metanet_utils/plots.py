@@ -1,4 +1,8 @@
-"""Figures of the notebooks, and the few small helpers and tables the notebooks show beside them.
+"""Figures of the notebooks.
+
+Only drawing lives here: the tables the notebooks show beside the figures come from the modules
+that compute them (:mod:`metanet_utils.metadata`, :mod:`metanet_utils.color`, :mod:`metanet_utils.report`),
+and images are read with :func:`metanet_utils.data.read_rgb`.
 
 Every plotting function builds a fresh :class:`matplotlib.figure.Figure` (not through
 ``pyplot``, so a notebook shows it exactly once, as the value of its cell, and nothing
@@ -27,18 +31,17 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .constants import CLASS_CODES, DATA_CLASS_COUNTS, META_FIELDS, PAPER_CLASS_COUNTS, SEXES, SITES
+from .constants import CLASS_CODES, DATA_CLASS_COUNTS, META_FIELDS, PAPER_CLASS_COUNTS, PAPER_ORDER, SEXES, SITES
+from .data import read_rgb
 
 __all__ = [
-    "PAPER_ORDER", "CLASS_COLORS", "DPI", "read_rgb", "save_figure", "synthetic_banner",
+    "PAPER_ORDER", "CLASS_COLORS", "DPI", "save_figure", "synthetic_banner",
     "class_counts", "age_by_class", "sex_site_by_class", "sample_grid", "images_per_lesion", "lesion_leak_bars",
-    "color_constancy_grid", "color_stats", "chromaticity_spread", "color_statistics",
+    "color_constancy_grid", "color_statistics",
     "metadata_vectors", "mutual_information_bars", "recall_bars",
-    "example_rows", "fill_steps", "missing_table", "baseline_summary",
 ]
 
 #: Diagnosis codes (``dx``) in the paper's order: largest class first.
-PAPER_ORDER: tuple[str, ...] = tuple(sorted(PAPER_CLASS_COUNTS, key=lambda k: -PAPER_CLASS_COUNTS[k]))
 #: One colour per class, used by every figure.
 CLASS_COLORS: dict[str, str] = dict(zip(PAPER_ORDER, (
     "#4c72b0", "#c44e52", "#dd8452", "#55a868", "#8172b3", "#937860", "#da8bc3")))
@@ -100,22 +103,6 @@ def _classes(dx: pd.Series | Sequence[str]) -> list[str]:
     """The classes present, in the paper's order."""
     present = set(pd.Series(dx).astype(str).str.lower())
     return [c for c in PAPER_ORDER if c in present]
-
-
-def read_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
-    """Decode an image file to an RGB uint8 ``HxWx3`` array, shrunk (keeping its shape) to at most ``max_side`` pixels.
-
-    Args:
-        path: the image file.
-        max_side: None keeps the full size.
-    """
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if max_side:
-            im.thumbnail((max_side, max_side), Image.BILINEAR)
-        return np.asarray(im)
 
 
 def _shrink(arr: np.ndarray, max_side: int) -> np.ndarray:
@@ -428,58 +415,11 @@ def color_constancy_grid(images: pd.DataFrame | Sequence[str | Path], ps: Sequen
     return _finish(fig, save, synthetic)
 
 
-def color_stats(images: pd.DataFrame | Sequence[str | Path], p: float = 6, *, n: int | None = 300,
-                seed: int = 0) -> pd.DataFrame:
-    """Mean colour of each image before and after colour constancy.
-
-    Args:
-        images: a frame with ``path`` (and ``dx``, ``image_id``) or a list of paths.
-        p: Minkowski norm of the correction (6: Shades of Gray, as the paper).
-        n: use a random sample of at most ``n`` images (None: all).
-        seed: random state of the sample.
-
-    Returns:
-        One row per image: ``image_id``, ``dx``, mean ``R, G, B`` before and after
-        (``R_before`` ...), and the chromaticities ``r = R / (R + G + B)``, ``g = G / (R + G + B)``
-        of the mean colour (``r_before``, ``g_before``, ``r_after``, ``g_after``).
-    """
-    from .color import shades_of_gray
-
-    frame = images if isinstance(images, pd.DataFrame) else pd.DataFrame({"path": [str(q) for q in images]})
-    if n is not None and len(frame) > n:
-        frame = frame.sample(n, random_state=seed)
-    rows = []
-    for r in frame.itertuples():
-        img = read_rgb(r.path)
-        rec = {"image_id": getattr(r, "image_id", Path(r.path).stem), "dx": str(getattr(r, "dx", ""))}
-        for when, arr in (("before", img), ("after", shades_of_gray(img, p=p))):
-            m = arr.reshape(-1, 3).mean(axis=0)
-            rec.update({f"{c}_{when}": v for c, v in zip("RGB", m)})
-            rec.update({f"r_{when}": m[0] / max(m.sum(), 1e-9), f"g_{when}": m[1] / max(m.sum(), 1e-9)})
-        rows.append(rec)
-    return pd.DataFrame(rows)
-
-
-def chromaticity_spread(stats: pd.DataFrame) -> pd.DataFrame:
-    """How much the images' mean colours vary, before and after (from :func:`color_stats`).
-
-    Returns:
-        Index ``before, after``; columns: standard deviations of ``r`` and ``g``, and the mean
-        distance of ``(r, g)`` from gray ``(1/3, 1/3)``.
-    """
-    out = {}
-    for when in ("before", "after"):
-        r, g = stats[f"r_{when}"], stats[f"g_{when}"]
-        out[when] = {"sd_r": r.std(), "sd_g": g.std(),
-                     "mean_distance_from_gray": np.hypot(r - 1 / 3, g - 1 / 3).mean()}
-    return pd.DataFrame(out).T
-
-
 def color_statistics(stats: pd.DataFrame, *, save: str | None = None, synthetic: bool = False) -> Figure:
     """Chromaticity of each image's mean colour before and after, and the channel means.
 
     Args:
-        stats: :func:`color_stats` output.
+        stats: :func:`metanet_utils.color.color_stats` output.
         save: file name under ``figures/``.
         synthetic: stamp SYNTHETIC DATA.
 
@@ -487,6 +427,8 @@ def color_statistics(stats: pd.DataFrame, *, save: str | None = None, synthetic:
         The figure: three axes (r-g chromaticity before, after, on the same scale; box plots of
         the mean R, G, B before and after).
     """
+    from .color import chromaticity_spread
+
     fig = Figure(figsize=(14, 4.4), layout="constrained")
     axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.2]})
     spread = chromaticity_spread(stats)
@@ -608,91 +550,6 @@ def recall_bars(results: Mapping[str, Any], *, save: str | None = None, syntheti
     ax.set_yticks(range(0, 101, 20))
     ax.legend(frameon=False, fontsize=8, loc="upper center", ncol=min(3, len(runs) + 1))
     return _finish(fig, save, synthetic)
-
-
-# ----------------------------------------------------------------------------- notebook helpers and tables
-
-
-def example_rows(df: pd.DataFrame, n: int = 3) -> pd.DataFrame:
-    """``n`` rows to show an encoding with: a missing age, an unknown sex and an unknown site first.
-
-    Args:
-        df: metadata rows.
-        n: how many rows.
-
-    Returns:
-        The chosen rows of ``df`` (index kept).
-    """
-    picked: list[Any] = []
-    for idx in (df.index[df["age"].isna()], df.index[df["sex"].astype(str) == "unknown"],
-                df.index[df["localization"].astype(str) == "unknown"]):
-        picked += [i for i in idx if i not in picked][:1]
-    picked += [i for i in df.index if i not in picked][: max(0, n - len(picked))]
-    return df.loc[picked[:n]]
-
-
-def fill_steps(rows: pd.DataFrame, stats: Any) -> pd.DataFrame:
-    """Each field of ``rows`` as given, as filled and (age) as scaled, with :func:`encode`'s rules.
-
-    Args:
-        rows: metadata rows (``image_id``, ``age``, ``sex``, ``localization``).
-        stats: the :class:`metanet_utils.metadata.MetadataStats` used to fill and scale.
-
-    Returns:
-        One row per image: ``age``, ``age filled``, ``age scaled``, ``sex``, ``sex filled``,
-        ``localization``, ``localization filled``.
-    """
-    from .metadata import encode
-
-    age = pd.to_numeric(rows["age"], errors="coerce")
-    unknown = lambda s: s.astype(str).isin(["unknown", "", "nan", "<NA>"])  # noqa: E731
-    return pd.DataFrame({
-        "age": age, "age filled": age.fillna(stats.age_mean),
-        "age scaled": encode(rows, ("age",), stats)[0][:, 0],
-        "sex": rows["sex"], "sex filled": rows["sex"].astype(str).where(~unknown(rows["sex"]), stats.sex_mode),
-        "localization": rows["localization"],
-        "localization filled": rows["localization"].astype(str).where(~unknown(rows["localization"]),
-                                                                     stats.site_mode),
-    }).set_axis(rows["image_id"].astype(str) if "image_id" in rows else rows.index)
-
-
-def missing_table(df: pd.DataFrame, stats: Any) -> pd.DataFrame:
-    """How many values of each field are missing and what the encoding puts in their place.
-
-    Args:
-        df: metadata rows.
-        stats: the :class:`metanet_utils.metadata.MetadataStats` used to fill.
-
-    Returns:
-        Index ``age, sex, localization``; columns ``missing``, ``% of images``, ``filled with``.
-    """
-    span = (stats.age_max - stats.age_min) or 1.0
-    miss = {"age": int(pd.to_numeric(df["age"], errors="coerce").isna().sum()),
-            "sex": int((df["sex"].astype(str) == "unknown").sum()),
-            "localization": int((df["localization"].astype(str) == "unknown").sum())}
-    fill = {"age": f"mean known age {stats.age_mean:.2f} (scaled {(stats.age_mean - stats.age_min) / span:.3f})",
-            "sex": f"most frequent: {stats.sex_mode}", "localization": f"most frequent: {stats.site_mode}"}
-    t = pd.DataFrame({"missing": pd.Series(miss), "filled with": pd.Series(fill)}).reindex(list(META_FIELDS))
-    t.insert(1, "% of images", (100 * t["missing"] / max(len(df), 1)).round(2))
-    return t
-
-
-def baseline_summary(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """MCR and per-class recall (%, mean ± sd over folds) of several metadata baselines.
-
-    Args:
-        results: name -> :func:`metanet_utils.metadata.metadata_baseline` result.
-
-    Returns:
-        One row per name: ``MCR`` then one column per class (paper order), as ``"mean ± sd"`` strings.
-    """
-    def cell(m: float, s: float) -> str:
-        return f"{100 * m:.1f} ± {100 * s:.1f}" if not math.isnan(s) else f"{100 * m:.1f}"
-
-    rows = {name: {"MCR": cell(r["mcr_mean"], r["mcr_std"]),
-                   **{c.upper(): cell(r["recall_mean"][c.upper()], r["recall_std"][c.upper()]) for c in PAPER_ORDER}}
-            for name, r in results.items()}
-    return pd.DataFrame(rows).T
 
 
 # ----------------------------------------------------------------------------- notebooks 05-08: results

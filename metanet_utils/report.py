@@ -8,7 +8,8 @@ pages of the executed notebooks.
 * :func:`profile_tables` / :func:`write_profile_tables` -- Tables 1-4 for the profile's backbones and
   ablation backbone, written to ``results/tables/table{1,2,3,4}.{csv,md}`` (plus ``provenance.json``:
   profile, data kind, runs found).
-* :func:`deviations` -- the paper's protocol, this run's settings, and whether they differ.
+* :func:`deviations` -- the paper's protocol, this run's settings, and whether they differ (precision and
+  device as the profile's run records say, where there are any).
 * :func:`paper_vs_code_facts` -- where the paper, the data and the authors' released code disagree.
 * :func:`lesion_leak_comparison` -- Table 1 with folds cut by image (the paper) and by lesion.
 * :func:`write_html_report` -- ``outputs/report.html`` and one page per executed notebook.
@@ -25,6 +26,7 @@ import dataclasses
 import html
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -196,13 +198,22 @@ def _source_resolution(dataset: Any) -> str | None:
         return None
 
 
-def deviations(profile: Any, dataset: Any = None, only: bool = False) -> pd.DataFrame:
+def deviations(profile: Any, dataset: Any = None, only: bool = False, *, records: pd.DataFrame | None = None,
+               runs_dir: str | Path | None = None) -> pd.DataFrame:
     """Every setting of the paper's protocol beside this run's, and whether this run deviates.
+
+    The precision row says what the runs used (``precision`` and ``device`` of their ``metrics.json``,
+    e.g. "bfloat16 on NVIDIA H100 80GB HBM3 (12 runs), float32 on cpu (3 runs)"); without any run
+    record it gives the profile's setting.
 
     Args:
         profile: a Profile, a profile name or a YAML path.
-        dataset: the profile's :class:`~metanet_utils.dataset.Dataset` (None: data rows say unknown).
+        dataset: the profile's :class:`~metanet_utils.dataset.Dataset` (None: data rows say unknown, and no
+            run record is read, since the data names the runs).
         only: keep the deviating rows only.
+        records: the profile's records (:func:`profile_records`; its ``path`` column is read); None reads
+            the profile's complete runs in ``runs_dir``.
+        runs_dir: records folder (default ``results/runs``).
 
     Returns:
         Columns ``setting, paper, this run, deviates`` (bool), ``note``.
@@ -285,15 +296,58 @@ def deviations(profile: Any, dataset: Any = None, only: bool = False) -> pd.Data
     add("ablations", "Table 3 (metadata subsets), Table 4 (1-4 layers)",
         ", ".join(n for n, on in (("Table 3", prof.ablations.table3), ("Table 4", prof.ablations.table4)) if on)
         or "not run", not (prof.ablations.table3 and prof.ablations.table4))
-    add("precision", "float32 (2019 PyTorch, presumably)", {"auto": "bf16 autocast on a GPU, float32 on a CPU"}
-        .get(prof.precision, prof.precision), prof.precision not in ("fp32",),
-        "mixed precision changes rounding, not the method")
+    used = _precisions_used(prof, dataset, records, runs_dir)
+    mixed = "mixed precision changes rounding, not the method"
+    if used:  # what the runs used; a record without its precision (older kit) counts as its profile setting
+        dev_prec = any((p != "float32") if p != _NOT_RECORDED else (prof.precision != "fp32") for p, _ in used)
+        ours, note = _precision_summary(used), f"from the run records (profile setting: {prof.precision})"
+        note += f"; {mixed}" if dev_prec else ""
+    else:
+        dev_prec = prof.precision != "fp32"
+        ours = {"auto": "bf16 autocast on a GPU, float32 on a CPU"}.get(prof.precision, prof.precision)
+        note = f"the profile's setting (no run records read); {mixed}"
+    add("precision", "float32 (2019 PyTorch, presumably)", ours, dev_prec, note)
     add("reported model", "not stated", "last epoch (no selection on the validation fold)", False)
     add("significance test", "Wilcoxon signed-rank, 'p < 0.05'", "exact and approximate Wilcoxon, pooled "
         "Wilcoxon, Nadeau-Bengio corrected t-test, Holm", False,
         "exact two-sided Wilcoxon with 5 folds cannot go below 0.0625")
     out = pd.DataFrame(rows, columns=["setting", "paper", "this run", "deviates", "note"])
     return out[out["deviates"]].reset_index(drop=True) if only else out
+
+
+_NOT_RECORDED = "precision not recorded"
+
+
+def _precisions_used(prof: Any, dataset: Any, records: pd.DataFrame | None,
+                     runs_dir: str | Path | None) -> list[tuple[str, str]]:
+    """``(precision, device)`` of each run record: those of ``records``, else the profile's complete runs in
+    ``runs_dir`` (none without a dataset, which names the runs). A CPU's details are dropped (``cpu``)."""
+    if records is not None:
+        folders = [Path(p) for p in records["path"].dropna()] if "path" in records else []
+    elif dataset is not None:
+        from .paths import runs_dir as default_runs_dir
+
+        where = Path(runs_dir or default_runs_dir())
+        folders = [where / rid for rid in _complete_ids(profile_run_ids(prof, dataset), where)]
+    else:
+        return []
+    used = []
+    for folder in folders:
+        try:
+            m = json.loads((folder / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue
+        device = str(m.get("device") or "")
+        device = "cpu" if device.startswith("cpu (") else device  # "cpu (x86_64, 16 threads)"
+        used.append((str(m.get("precision") or _NOT_RECORDED), device))
+    return used
+
+
+def _precision_summary(used: Sequence[tuple[str, str]]) -> str:
+    """``"bfloat16 on NVIDIA H100 (12 runs), float32 on cpu (3 runs)"``: most runs first."""
+    counts = Counter(used)
+    return ", ".join(f"{p}{f' on {d}' if d else ''} ({n} run{'s' if n != 1 else ''})"
+                     for (p, d), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _canon(b: str) -> str:

@@ -1,4 +1,5 @@
-"""metanet_utils.color: Shades of Gray against hand computations and on real dermoscopy images."""
+"""metanet_utils.color: Shades of Gray against hand computations and on real dermoscopy images, and the
+colour statistics of a set of images (notebook 03)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import math
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
+from _frames import tinted_frame
 from PIL import Image
 
-from metanet_utils.color import estimate_illuminant, shades_of_gray
+from metanet_utils.color import chromaticity_spread, color_stats, estimate_illuminant, shades_of_gray
 
 
 def _load(path) -> np.ndarray:
@@ -203,3 +206,21 @@ def test_input_not_modified(real_image):
     copy = real_image.copy()
     shades_of_gray(real_image)
     np.testing.assert_array_equal(real_image, copy)
+
+
+# --------------------------------------------------------------------------- statistics over a set of images
+
+
+@pytest.fixture(scope="module")
+def frame(tmp_path_factory) -> pd.DataFrame:
+    """4 images of each class, JPEGs with a reddish cast."""
+    return tinted_frame(tmp_path_factory.mktemp("imgs"))
+
+
+def test_color_stats_and_chromaticity_spread(frame):
+    stats = color_stats(frame, n=10)
+    assert len(stats) == 10 and {"r_before", "g_after", "R_before", "B_after", "dx"} <= set(stats)
+    spread = chromaticity_spread(stats)
+    assert spread.loc["after", "sd_r"] < spread.loc["before", "sd_r"]
+    assert spread.loc["after", "mean_distance_from_gray"] < spread.loc["before", "mean_distance_from_gray"]
+    assert len(color_stats([frame["path"].iloc[0]], n=None)) == 1

@@ -10,8 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from _frames import tinted_frame
+
 from metanet_utils import metadata as md
 from metanet_utils.constants import CLASS_CODES, DX_TO_INDEX, SEXES, SITES
+from metanet_utils.splits import make_folds
 
 
 @pytest.fixture(scope="module")
@@ -289,3 +292,33 @@ def test_mutual_information_toy():
     assert mi["sex"] == pytest.approx(1.0) and mi["localization"] == pytest.approx(0.0)
     with pytest.raises(ValueError):
         md.mutual_information(df, missing="nope")
+
+
+# --------------------------------------------------------------------------- the tables of notebook 02
+
+
+@pytest.fixture(scope="module")
+def frame(tmp_path_factory) -> pd.DataFrame:
+    """4 images of each class (2 lesions of 2 images), one missing age, one unknown sex, one unknown site."""
+    return tinted_frame(tmp_path_factory.mktemp("imgs"))
+
+
+def test_example_rows_put_the_missing_values_first(frame):
+    rows = md.example_rows(frame)
+    assert len(rows) == 3
+    assert rows["age"].isna().iloc[0] and rows["sex"].iloc[1] == "unknown" and rows["localization"].iloc[2] == "unknown"
+
+
+def test_metadata_tables(frame):
+    stats = md.fit_stats(frame)
+    rows = md.example_rows(frame)
+    steps = md.fill_steps(rows, stats)
+    assert steps["age filled"].iloc[0] == pytest.approx(stats.age_mean)
+    assert steps["sex filled"].iloc[1] == stats.sex_mode
+    assert steps["localization filled"].iloc[2] == stats.site_mode
+    assert 0 <= steps["age scaled"].min() and steps["age scaled"].max() <= 1
+    t = md.missing_table(frame, stats)
+    assert t["missing"].tolist() == [1, 1, 1]
+    res = md.metadata_baseline(frame, make_folds(frame, 2, "image"))
+    s = md.baseline_summary({"all": res})
+    assert list(s.columns)[:2] == ["MCR", "NV"] and "±" in s.loc["all", "MCR"]

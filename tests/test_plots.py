@@ -1,4 +1,5 @@
-"""The notebooks' figures: each function draws the expected axes and bars on a small frame and saves a PNG."""
+"""The notebooks' figures: each function draws the expected axes and bars on a small frame and saves a PNG
+(the tables shown beside them are tested in test_metadata.py and test_color.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from _frames import tinted_frame  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from metanet_utils import plots  # noqa: E402
-from metanet_utils.constants import DX_CODES, PAPER_CLASS_COUNTS  # noqa: E402
+from metanet_utils.color import color_stats  # noqa: E402
+from metanet_utils.constants import PAPER_CLASS_COUNTS  # noqa: E402
 from metanet_utils.data import announce, locate_data  # noqa: E402
-from metanet_utils.metadata import encode, fit_stats, metadata_baseline, mutual_information  # noqa: E402
+from metanet_utils.metadata import encode, example_rows, fit_stats, metadata_baseline, mutual_information  # noqa: E402
 from metanet_utils.splits import lesion_leak, make_folds  # noqa: E402
 
 
@@ -29,20 +31,7 @@ def figdir(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def frame(tmp_path_factory) -> pd.DataFrame:
     """4 images of each class (2 lesions of 2 images), tinted JPEGs, some missing metadata."""
-    d = tmp_path_factory.mktemp("imgs")
-    rng = np.random.default_rng(0)
-    rows = []
-    for k, dx in enumerate(DX_CODES):
-        for i in range(4):
-            img = (rng.integers(60, 200, (30, 40, 3)) * np.array([1.2, 0.9, 0.8])).clip(0, 255).astype(np.uint8)
-            path = d / f"ISIC_{k}{i:06d}.jpg"
-            Image.fromarray(img).save(path)
-            rows.append({"image_id": path.stem, "lesion_id": f"L{k}{i // 2}", "dx": dx,
-                         "age": np.nan if (k, i) == (0, 0) else float(20 + 5 * ((k + i) % 12)),
-                         "sex": "unknown" if (k, i) == (1, 0) else ("male", "female")[i % 2],
-                         "localization": "unknown" if (k, i) == (2, 1) else ("back", "face", "trunk")[(k + i) % 3],
-                         "path": str(path)})
-    return pd.DataFrame(rows)
+    return tinted_frame(tmp_path_factory.mktemp("imgs"))
 
 
 def n_bars(ax) -> int:
@@ -107,21 +96,13 @@ def test_color_constancy_grid_and_statistics(frame, figdir):
     fig = plots.color_constancy_grid(frame.groupby("dx").head(1).iloc[:3], ps=(1, 6, np.inf), save="03_grid")
     assert len(fig.axes) == 3 * 4
     assert [ax.get_title() for ax in fig.axes[:4]][0] == "original"
-    stats = plots.color_stats(frame, n=10)
-    assert len(stats) == 10 and {"r_before", "g_after", "R_before", "B_after", "dx"} <= set(stats)
-    spread = plots.chromaticity_spread(stats)
-    assert spread.loc["after", "sd_r"] < spread.loc["before", "sd_r"]
-    assert spread.loc["after", "mean_distance_from_gray"] < spread.loc["before", "mean_distance_from_gray"]
-    fig = plots.color_statistics(stats, save="03_stats")
+    fig = plots.color_statistics(color_stats(frame, n=10), save="03_stats")
     assert len(fig.axes) == 3
     assert (figdir / "03_grid.png").is_file() and (figdir / "03_stats.png").is_file()
-    assert len(plots.color_stats([frame["path"].iloc[0]], n=None)) == 1
 
 
 def test_metadata_figures(frame, figdir):
-    rows = plots.example_rows(frame)
-    assert len(rows) == 3
-    assert rows["age"].isna().iloc[0] and rows["sex"].iloc[1] == "unknown" and rows["localization"].iloc[2] == "unknown"
+    rows = example_rows(frame)
     x, names = encode(rows, stats=fit_stats(frame))
     fig = plots.metadata_vectors(x, names, rows["image_id"], save="02_vectors")
     assert len(fig.axes) == 1 and len(fig.axes[0].get_xticklabels()) == 17
@@ -135,21 +116,6 @@ def test_metadata_figures(frame, figdir):
     assert n_bars(plots.recall_bars({"all": res, "again": res}).axes[0]) == 14
     for name in ("02_vectors", "02_mi", "02_recall"):
         assert (figdir / f"{name}.png").is_file()
-
-
-def test_metadata_tables(frame):
-    stats = fit_stats(frame)
-    rows = plots.example_rows(frame)
-    steps = plots.fill_steps(rows, stats)
-    assert steps["age filled"].iloc[0] == pytest.approx(stats.age_mean)
-    assert steps["sex filled"].iloc[1] == stats.sex_mode
-    assert steps["localization filled"].iloc[2] == stats.site_mode
-    assert 0 <= steps["age scaled"].min() and steps["age scaled"].max() <= 1
-    t = plots.missing_table(frame, stats)
-    assert t["missing"].tolist() == [1, 1, 1]
-    res = metadata_baseline(frame, make_folds(frame, 2, "image"))
-    s = plots.baseline_summary({"all": res})
-    assert list(s.columns)[:2] == ["MCR", "NV"] and "±" in s.loc["all", "MCR"]
 
 
 def test_synthetic_banner_once_and_saved(frame, figdir):

@@ -11,7 +11,7 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
-from _records import fake_fold_run
+from _records import fake_fold_run, probs_for, write_fake_run
 
 from metanet_utils import report
 from metanet_utils.config import load_profile
@@ -135,6 +135,34 @@ def test_deviations_of_smoke_and_of_the_paper_profile(isolated_root):
     assert set(paper.loc[paper["deviates"], "setting"]) == {"precision"}
     syn = report.deviations("smoke", dataclasses.replace(_dataset(), kind="synthetic"))
     assert "SYNTHETIC" in syn.set_index("setting").loc["data", "this run"]
+
+
+def test_deviations_precision_and_device_from_the_run_records(isolated_root):
+    prof, ds = load_profile("smoke"), _dataset()
+    runs = isolated_root / "results" / "runs"
+    y = list(range(7))
+    used = {"bfloat16": "NVIDIA H100 80GB HBM3", "float32": "cpu (x86_64, 16 threads)"}
+    cfgs = enumerate_runs(prof, ds)
+    for cfg, precision in zip(cfgs, ["bfloat16"] * 3 + ["float32"]):
+        write_fake_run(runs, cfg.to_dict(), probs_for(y, y), y,
+                       metrics={"precision": precision, "device": used[precision]})
+    # another profile's run in the same folder does not count
+    other = enumerate_runs(dataclasses.replace(prof, epochs=3), ds, ("table1",))[0]
+    write_fake_run(runs, other.to_dict(), probs_for(y, y), y, metrics={"precision": "float16", "device": "T4"})
+
+    row = report.deviations(prof, ds).set_index("setting").loc["precision"]
+    assert row["this run"] == "bfloat16 on NVIDIA H100 80GB HBM3 (3 runs), float32 on cpu (1 run)"
+    assert row["deviates"] and row["paper"].startswith("float32") and "run records" in row["note"]
+    recs = report.profile_records(prof, ds)
+    same = report.deviations(prof, ds, records=recs).set_index("setting").loc["precision"]
+    assert same["this run"] == row["this run"]
+    fp32 = report.deviations(prof, ds, records=recs[recs["run_id"] == cfgs[3].run_id]).set_index("setting")
+    assert fp32.loc["precision", "this run"] == "float32 on cpu (1 run)" and not fp32.loc["precision", "deviates"]
+    # no records (or no data to name the runs): the profile's setting
+    for dev in (report.deviations(prof), report.deviations(prof, ds, records=recs.iloc[:0])):
+        row = dev.set_index("setting").loc["precision"]
+        assert row["this run"] == "bf16 autocast on a GPU, float32 on a CPU" and row["deviates"]
+        assert "no run records" in row["note"]
 
 
 def test_paper_vs_code_facts():
