@@ -35,8 +35,11 @@ def run_side_by_side(backbone: str, procs: int, extra: list[str], timeout: float
         outs = [Path(tmp) / f"p{i}.json" for i in range(procs)]
         cmd = [sys.executable, str(HERE / "throughput.py"), "--backbones", backbone, "--pipelines", "kit",
                "--synthetic-cache", *extra]
+        env = dict(os.environ)
+        if "cpu" in extra:  # share the cores instead of oversubscribing them
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // procs))
         t0 = time.perf_counter()
-        ps = [subprocess.Popen([*cmd, "--json", str(o), "--md", str(o.with_suffix(".md"))],
+        ps = [subprocess.Popen([*cmd, "--json", str(o), "--md", str(o.with_suffix(".md"))], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for o in outs]
         errors = []
         for p in ps:

@@ -2,12 +2,15 @@
 # One-shot GPU check of the kit, under 8 minutes on one H100 (about 7 expected):
 #   1. env.txt        GPU, driver, CUDA, torch/timm/python versions, CPU
 #   2. gpu_tests.log  python3 -m pytest -m gpu on the test files holding GPU tests (tests/test_gpu.py:
-#                     the training engine on CUDA: bf16, channels_last,
-#                     device-resident cache, augmentation CUDA == CPU, bf16 evaluation)
-#   3. throughput.*   bench/throughput.py: the six backbones, reference vs kit vs model-only ceiling
-#   4. grid.*         a short real-data grid through the CLI: ResNet18 from scratch, 128 -> 112 px,
+#                     the training engine on CUDA: bf16, channels_last, device-resident cache,
+#                     augmentation CUDA == CPU, bf16 evaluation, CUDA-graph step == eager step)
+#   3. throughput.json bench/throughput.py: the six backbones, reference vs kit (CUDA graphs, and eager)
+#                     vs model-only ceiling, evaluation pass, FLOPs, ResNet50 step by step, layouts
+#   4. grid.json      a short real-data grid through the CLI: ResNet18 from scratch, 128 -> 112 px,
 #                     none / concat / metanet side by side, 5 folds each; MCR mean +- std per fusion
-#   5. summary.md     the key numbers, ready to commit as bench/results/<date>-<device>.md
+#   4b. concurrency.json  ResNet50 runs side by side (one process each), if time is left
+#   5. summary.md     the key numbers and every table (throughput, grid, side by side), ready to commit
+#                     as bench/results/<date>-<device>.md
 #   log.txt           everything the steps printed
 #
 # Usage:  bash bench/gpu_check.sh OUT_DIR
@@ -126,12 +129,15 @@ tail -3 "$OUT/gpu_tests.log" | tee -a "$LOG"
 # ---------------------------------------------------------------- 3. throughput
 if [ "$DRY" = 1 ]; then
   TP_ARGS=(--device cpu --backbones test_resnet resnet10t --size 64 --crop 56 --batches 8 --max-images 300
-           --max-seconds 0.5 --warmup-seconds 0.2 --warmup-steps 2 --min-steps 1 --compile resnet10t)
+           --max-seconds 0.5 --warmup-seconds 0.2 --warmup-steps 2 --min-steps 1 --ladder test_resnet --layouts)
   TP_WANT=420; GRID_RESERVE=600
 else
-  TP_ARGS=(--batches 32 128 --max-images 2000 --max-seconds 2.0 --warmup-seconds 0.5 --compile resnet50
-           --compile-batches 32 --compile-min-seconds 90)
-  TP_WANT=195; GRID_RESERVE=190
+  # batch 32 rows first (reference, kit with CUDA graphs, kit eager, ceiling, eval), then batch 128 / 64,
+  # then the ResNet50 ladder (fp32 -> bf16 -> channels_last -> CUDA graph -> 2 and 4 runs on streams)
+  # and the other memory layout per backbone
+  TP_ARGS=(--batches 32 128 --max-images 2000 --max-seconds 1.5 --warmup-seconds 0.3 --ladder resnet50
+           --ladder-streams 2 4 --layouts --reference-share 0.32 --extras-share 0.2)
+  TP_WANT=235; GRID_RESERVE=165
 fi
 TP_T=$(allot "$TP_WANT" "$GRID_RESERVE" 60)
 step throughput $(( TP_T + 30 )) "$PY" bench/throughput.py --images "$DATA" --deadline "$TP_T" "${TP_ARGS[@]}" \
@@ -166,6 +172,7 @@ meta_layers: 2
 color_constancy: true
 pretrained: false
 precision: auto
+cuda_graphs: auto
 ablations: {table3: false, table4: false}
 EOF
 grid_run() {
@@ -183,7 +190,7 @@ grid_run() {
 }
 GRID_T0=$(date +%s)
 GRID_THREADS=$(( $(nproc) / 4 )); [ "$GRID_THREADS" -lt 1 ] && GRID_THREADS=1
-step grid "$(allot 185 10 60)" bash -c "$(declare -f grid_run); PY=$PY PROFILE='$PROFILE' DATA='$DATA' GRID_THREADS=$GRID_THREADS grid_run" >> "$LOG" 2>&1
+step grid "$(allot 160 10 60)" bash -c "$(declare -f grid_run); PY=$PY PROFILE='$PROFILE' DATA='$DATA' GRID_THREADS=$GRID_THREADS grid_run" >> "$LOG" 2>&1
 GRID_WALL=$(( $(date +%s) - GRID_T0 ))
 
 step grid_summary 60 "$PY" - "$OUT" "$PROFILE" "$DATA" "$DATA_KIND" "$GRID_WALL" >> "$LOG" 2>&1 <<'PYEOF'
@@ -268,6 +275,20 @@ L += ["", f"MCR = mean class recall of the last epoch's model on the validation 
 print("\n".join(L))
 PYEOF
 
+# ---------------------------------------------------------------- 4b. runs side by side (processes), if time is left
+if [ "$DRY" = 1 ]; then
+  CC_ARGS=(--device cpu --backbones test_resnet --procs 1 2 --size 40 --crop 32 --max-seconds 1 --warmup-seconds 0.3)
+else
+  CC_ARGS=(--backbones resnet50 --procs 1 3 --max-seconds 4 --warmup-seconds 2)
+fi
+if [ "$(left)" -ge 45 ]; then
+  CC_T=$(allot 70 5 40)
+  step concurrency "$CC_T" "$PY" bench/concurrency.py "${CC_ARGS[@]}" --timeout $(( CC_T / 2 - 2 )) \
+    --json "$OUT/concurrency.json" --md "$OUT/concurrency.md" >> "$LOG" 2>&1
+else
+  printf 'concurrency\tskipped (time budget)\t0\n' >> "$STEPS"; say "step concurrency: skipped (time budget)"
+fi
+
 # ---------------------------------------------------------------- 5. summary
 step summary 60 "$PY" - "$OUT" "$STEPS" "$DRY" "$DATA_KIND" "$(( $(date +%s) - T0 ))" >> "$LOG" 2>&1 <<'PYEOF'
 import datetime, json, re, sys
@@ -305,54 +326,47 @@ tl = (out / "gpu_tests.log").read_text().strip().splitlines() if (out / "gpu_tes
 res = next((l for l in reversed(tl) if re.search(r"\d+ (passed|failed|skipped|error)", l)), "no result line")
 fails = [l for l in tl if l.startswith(("FAILED", "ERROR"))]
 L += ["", "## GPU tests", "", f"`pytest -m gpu`: {res.strip('= ')}"] + [f"- {l}" for l in fails[:20]]
-L += ["", "## Training throughput (img/s; median of repeats)", ""]
+def demote(md):  # a sub-report's headings one level down, under this summary's sections
+    return "\n".join(("#" + l) if l.startswith("#") else l for l in md.strip().splitlines())
+L += ["", "## Key numbers", ""]
 if tp:
-    L += [f"{tp['settings']['workers']} DataLoader workers for the reference; kit precision {tp['kit_precision']}; "
-          f"details in throughput.md / throughput.json.", "",
-          "| backbone | batch | reference | kit | ceiling | kit / reference | kit / ceiling | kit compiled | notes |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    f = lambda v, nd=0: "-" if v is None else f"{v:,.{nd}f}"
-    for r in tp["results"]:
-        L.append(f"| {r['backbone']} | {r['batch']} | {f(r['reference_img_s'])} | {f(r['kit_img_s'])} | {f(r['ceiling_img_s'])} | "
-                 f"{f(r['ratio_vs_reference'], 2)} | {f(r['fraction_of_ceiling'], 2)} | {f(r.get('kit_compiled_img_s'))} | "
-                 f"{'; '.join(r.get('notes', []))} |")
-    ratios = [r["ratio_vs_reference"] for r in tp["results"] if r["ratio_vs_reference"]]
-    fracs = [r["fraction_of_ceiling"] for r in tp["results"] if r["fraction_of_ceiling"]]
-    if ratios:
-        L += ["", f"kit / reference: {min(ratios):.2f} to {max(ratios):.2f}; kit / ceiling: "
-              f"{min(fracs):.2f} to {max(fracs):.2f}." if fracs else ""]
-    p = tp.get("projection")
-    if p and "backbones" in p:
-        h = lambda v: "-" if v is None else f"{v:,.1f} h"
-        L += ["", "## The paper's protocol on this device (projection)", "",
-              f"From the batch-{p['batch']} img/s above: {p['epochs']} epochs x ({p['train_images_per_fold']} training "
-              f"+ {p['val_images_per_fold']} validation images at {p['eval_speedup_assumed']:g}x training speed) per run.", "",
-              f"- Tables 1, 3 and 4 ({p['runs_all']} runs: 6 backbones x 3 fusions x 5 folds + the SENet154 ablations): "
-              f"kit **{h(p['kit_all_hours'])}**, reference pipeline {h(p['reference_all_hours'])}",
-              f"- Table 1 only ({p['runs_table1']} runs): kit {h(p['kit_table1_hours'])}, reference {h(p['reference_table1_hours'])}", "",
-              "| backbone | runs | kit h | reference h |", "|---|---:|---:|---:|"]
-        for bb, e in p["backbones"].items():
-            L.append(f"| {bb} | {e['runs_all']} | {h(e['kit_all_hours'])} | {h(e['reference_all_hours'])} |")
-else:
-    L.append("no throughput.json (see log.txt)")
-L += ["", "## Short real-data grid", ""]
+    res = tp["results"]
+    def span(key):
+        v = [r[key] for r in res if r.get(key)]
+        return f"{min(v):.2f} to {max(v):.2f}" if v else "-"
+    L += [f"- kit / reference: {span('ratio_vs_reference')} (kit without CUDA graphs: {span('eager_ratio_vs_reference')})",
+          f"- kit / ceiling: {span('fraction_of_ceiling')}; step execution of the kit: {tp.get('kit_execution')}"]
+    r50 = next((r for r in res if r["backbone"] == "resnet50" and r["batch"] == 32), None)
+    if r50:
+        L.append(f"- ResNet50, batch 32: kit {r50['kit_img_s']} img/s, reference {r50['reference_img_s']}, ceiling "
+                 f"{r50['ceiling_img_s']}, kit / reference {r50['ratio_vs_reference']}")
+    p = tp.get("projection") or {}
+    if p.get("kit_all_hours") is not None or p.get("kit_table1_hours") is not None:
+        L.append(f"- paper protocol, one run at a time: Tables 1+3+4 ({p.get('runs_all')} runs) kit "
+                 f"{p.get('kit_all_hours')} h, reference {p.get('reference_all_hours')} h; Table 1 ({p.get('runs_table1')} "
+                 f"runs) kit {p.get('kit_table1_hours')} h")
+    if p.get("hours_at_matmul_peak_all") is not None:
+        L.append(f"- the protocol's arithmetic: {p['pflop_all']:,} PFLOP, at least {p['hours_at_matmul_peak_all']} h at "
+                 f"the measured bf16 matrix-product rate ({p['matmul_peak_tflop_s']} TFLOP/s)")
 if grid:
-    pr = grid["profile"]
-    L += [f"{pr['backbones'][0]} from scratch, {pr['image_size']} -> {pr['crop_size']} px, {pr['epochs']} epochs, "
-          f"{grid['data_kind']} data, {grid['complete_runs']}/{grid['expected_runs']} runs, grid wall time {grid['grid_wall_s']:.0f} s "
-          f"(three fusions side by side).", "",
-          "| fusion | MCR mean ± std (folds) | epoch time (s) | img/s per process |", "|---|---|---:|---:|"]
     for fu in grid["fusions"]:
-        ms = "-" if fu["mcr_mean"] is None else (f"{fu['mcr_mean']:.4f} ± {fu['mcr_std']:.4f}" if fu["mcr_std"] is not None else f"{fu['mcr_mean']:.4f}")
-        L.append(f"| {fu['fusion']} | {ms} ({fu['n']}) | {fu['epoch_time_s'] or '-'} | {fu['images_per_s_per_process'] or '-'} |")
-else:
-    L.append("no grid.json (see log.txt)")
+        if fu["mcr_mean"] is not None:
+            L.append(f"- grid {fu['fusion']}: MCR {fu['mcr_mean']:.4f} ± {fu['mcr_std'] if fu['mcr_std'] is not None else float('nan'):.4f} "
+                     f"over {fu['n']} folds")
+tmd, gmd = out / "throughput.md", out / "grid.md"  # each starts with its own "# ..." heading
+L += [""] + ([demote(tmd.read_text())] if tmd.is_file() else ["## Training throughput", "", "no throughput.md (see log.txt)"])
+L += [""] + ([demote(gmd.read_text())] if gmd.is_file() else ["## Short real-data grid", "", "no grid.md (see log.txt)"])
+cmd_ = out / "concurrency.md"
+if cmd_.is_file():
+    L += ["", "## Runs side by side (one process each, started together)", "", demote(cmd_.read_text())]
 (out / "summary.md").write_text("\n".join(L) + "\n")
 print("\n".join(L))
 PYEOF
 
+# the Markdown parts are inside summary.md; at most 8 files come back from a device call
+[ -f "$OUT/summary.md" ] && rm -f "$OUT/throughput.md" "$OUT/grid.md" "$OUT/concurrency.md"
 say "done in $(( $(date +%s) - T0 ))s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
 rc=0
-if grep -qv $'\tok\t' "$STEPS"; then rc=1; say "some steps failed: see summary.md"; fi
+if grep -v $'\tskipped' "$STEPS" | grep -qv $'\tok\t'; then rc=1; say "some steps failed: see summary.md"; fi
 rm -rf "$WORK"
 exit $rc
