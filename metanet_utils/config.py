@@ -248,6 +248,7 @@ class Profile:
     ablations: Ablations = field(default_factory=Ablations)
     cam_cases: int = 4
     workers: int = 1
+    runs_together: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.ablations, dict):
@@ -271,6 +272,8 @@ class Profile:
         if self.image_size is not None and self.crop_size is not None and self.crop_size > self.image_size:
             raise ConfigError(f"crop_size={self.crop_size} is larger than image_size={self.image_size}; "
                               "allowed: crop_size <= image_size")
+        if self.workers < 1 or self.runs_together < 1:
+            raise ConfigError(f"workers={self.workers}, runs_together={self.runs_together}: both must be >= 1")
 
     @property
     def fold_indices(self) -> tuple[int, ...]:

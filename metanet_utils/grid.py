@@ -199,48 +199,82 @@ def status_table(runs: list[RunConfig], runs_dir: str | Path | None = None):
 def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = None,
              experiments: Iterable[str] = EXPERIMENTS,
              runs_dir: str | Path | None = None, device: str | None = None, progress: bool = True,
-             weights_dir: str | Path | None = None, wait: bool = True, poll_s: float = 5.0) -> GridSummary:
+             weights_dir: str | Path | None = None, wait: bool = True, poll_s: float = 5.0,
+             together: int | None = None) -> GridSummary:
     """Train the profile's missing runs here, longest first, skipping complete ones.
 
     Runs locked by another worker are left to it; with ``wait`` this worker then waits
     for them to finish (and takes one over, resuming its checkpoint, if its worker dies).
     A failing run is logged to ``runs/.failed/<run_id>.log`` and the others go on.
+    ``together`` (default: the profile's ``runs_together``) trains up to that many runs with the same
+    images at once in this process (:func:`metanet_utils.train.train_runs_together`).
     """
     from .cache import CacheError
     from .paths import runs_dir as default_runs_dir
-    from .train import RunBusy, is_complete, record_dir, train_run
+    from .train import RunBusy, is_complete, record_dir, train_run, train_runs_together
 
     runs_dir = Path(runs_dir or default_runs_dir())
+    k = int(together if together is not None else profile.runs_together)
+    if k < 1:
+        raise ValueError(f"together={k} is not allowed; use 1 or more")
+    if k > 1 and profile.deterministic:
+        print(f"grid: runs_together={k} ignored: a deterministic profile trains one run at a time", flush=True)
+        k = 1
     runs = sorted(filter_runs(enumerate_runs(profile, dataset, experiments), only), key=estimated_cost, reverse=True)
     summary = GridSummary(total=len(runs))
     pending = [r for r in runs if not is_complete(record_dir(r, runs_dir))]
     summary.skipped = [r.run_id for r in runs if r not in pending]
     if progress:
         print(f"grid {profile.name}: {len(runs)} runs, {len(summary.skipped)} complete, {len(pending)} to do "
-              f"({dataset.kind} data, {len(dataset.df)} images)", flush=True)
+              f"({dataset.kind} data, {len(dataset.df)} images{f', {k} at a time' if k > 1 else ''})", flush=True)
+
+    def failed(cfg: RunConfig, e: BaseException, tb: str) -> None:
+        log = runs_dir / ".failed" / f"{cfg.run_id}.log"
+        atomic_write_text(log, f"{cfg.to_dict()}\n\n{tb}")
+        summary.failed[cfg.run_id] = str(log)
+        print(f"!!! run {cfg.run_id} failed: {type(e).__name__}: {e} (log: {log})", flush=True)
+
+    def trained(cfg: RunConfig) -> None:
+        summary.trained.append(cfg.run_id)
+        (runs_dir / ".failed" / f"{cfg.run_id}.log").unlink(missing_ok=True)
+
     while pending:
         busy = []
-        for cfg in pending:
-            if is_complete(record_dir(cfg, runs_dir)):
-                continue
+        todo = [c for c in pending if not is_complete(record_dir(c, runs_dir))]
+        for group in _groups(todo, k):
             if progress:
-                print(f"--- run {cfg.run_id} ({runs.index(cfg) + 1}/{len(runs)})", flush=True)
+                for cfg in group:
+                    print(f"--- run {cfg.run_id} ({runs.index(cfg) + 1}/{len(runs)})", flush=True)
+            if len(group) > 1:
+                try:
+                    results = train_runs_together(group, dataset, runs_dir=runs_dir, device=device, progress=progress,
+                                                  weights_dir=weights_dir)
+                except (KeyboardInterrupt, CacheError):
+                    raise
+                for cfg in group:
+                    res = results.get(cfg.run_id)
+                    if isinstance(res, RunBusy):
+                        busy.append(cfg)
+                    elif isinstance(res, (KeyboardInterrupt, CacheError)):
+                        raise res
+                    elif isinstance(res, BaseException):
+                        failed(cfg, res, "".join(traceback.format_exception(type(res), res, res.__traceback__)))
+                    elif res is not None:
+                        trained(cfg)
+                continue
+            cfg = group[0]
             try:
                 m = train_run(cfg, dataset, runs_dir=runs_dir, device=device, progress=progress, weights_dir=weights_dir)
                 if m.get("interrupted"):
                     busy.append(cfg)
                 else:
-                    summary.trained.append(cfg.run_id)
-                    (runs_dir / ".failed" / f"{cfg.run_id}.log").unlink(missing_ok=True)
+                    trained(cfg)
             except RunBusy:
                 busy.append(cfg)
             except (KeyboardInterrupt, CacheError):  # a bad image or a full disk stops every run: say it once
                 raise
             except Exception as e:  # noqa: BLE001 - one failing run must not stop the others
-                log = runs_dir / ".failed" / f"{cfg.run_id}.log"
-                atomic_write_text(log, f"{cfg.to_dict()}\n\n{traceback.format_exc()}")
-                summary.failed[cfg.run_id] = str(log)
-                print(f"!!! run {cfg.run_id} failed: {type(e).__name__}: {e} (log: {log})", flush=True)
+                failed(cfg, e, traceback.format_exc())
         pending = busy
         if pending:
             if not wait:
@@ -251,6 +285,24 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
     if progress:
         print(summary.format(), flush=True)
     return summary
+
+
+def _groups(runs: list[RunConfig], k: int) -> list[list[RunConfig]]:
+    """Consecutive groups of up to ``k`` runs that can share one image cache (same size and colour
+    correction), in the given order (longest first)."""
+    if k <= 1:
+        return [[r] for r in runs]
+    open_groups: dict[tuple, list[RunConfig]] = {}
+    out: list[list[RunConfig]] = []
+    for r in runs:
+        key = (r.image_size, r.color_constancy, r.deterministic)
+        g = open_groups.setdefault(key, [])
+        if not g:
+            out.append(g)
+        g.append(r)
+        if len(g) == k:
+            open_groups[key] = []
+    return out
 
 
 def spawn_workers(n: int, argv: list[str]) -> int:

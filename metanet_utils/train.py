@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -59,9 +60,11 @@ __all__ = [
     "set_determinism",
     "class_weight_tensor",
     "make_scheduler",
+    "iter_train_epoch",
     "train_one_epoch",
     "evaluate_model",
     "train_run",
+    "train_runs_together",
     "RunBusy",
 ]
 
@@ -165,8 +168,15 @@ class DeviceData:
 
     @classmethod
     def build(cls, images: np.ndarray, meta: np.ndarray, labels: np.ndarray, folds: np.ndarray, fold: int,
-              image_ids: list[str], device: torch.device) -> "DeviceData":
-        if device.type == "cuda":
+              image_ids: list[str], device: torch.device, resident: torch.Tensor | None = None) -> "DeviceData":
+        """Upload one fold's data; ``resident`` reuses an image tensor already on ``device`` (runs trained
+        together share one copy of the cache)."""
+        if resident is not None:
+            if tuple(resident.shape) != tuple(images.shape) or resident.device.type != device.type:
+                raise ValueError(f"the shared image tensor {tuple(resident.shape)} on {resident.device} does not match "
+                                 f"the cache {tuple(images.shape)} for {device}")
+            imgs = resident
+        elif device.type == "cuda":
             need = images.nbytes
             free, _total = torch.cuda.mem_get_info(device)
             if need > 0.9 * free:
@@ -188,14 +198,14 @@ class DeviceData:
 
 # --------------------------------------------------------------------------- loops
 
-def train_one_epoch(model: nn.Module, data: DeviceData, augment: BatchAugment, criterion: nn.Module,
-                    optimizer: torch.optim.Optimizer, cfg: RunConfig, epoch: int, device: torch.device,
-                    amp_dtype: torch.dtype | None, channels_last: bool,
-                    on_batch: Callable[[int, int], None] | None = None, step: TrainStep | None = None) -> dict[str, float]:
-    """One pass over the training fold in a shuffled order fixed by ``(seed, epoch)``.
+def iter_train_epoch(model: nn.Module, data: DeviceData, augment: BatchAugment, criterion: nn.Module,
+                     optimizer: torch.optim.Optimizer, cfg: RunConfig, epoch: int, device: torch.device,
+                     amp_dtype: torch.dtype | None, channels_last: bool,
+                     on_batch: Callable[[int, int], None] | None = None, step: TrainStep | None = None):
+    """:func:`train_one_epoch` as a generator: yields after each batch is queued, returns the epoch's row.
 
-    ``step`` runs each batch (see :class:`metanet_utils.step.TrainStep`; pass the same one every
-    epoch so a CUDA graph is captured once); default: an eager step.
+    Several runs trained together interleave their batches through these generators (see
+    :func:`train_runs_together`); device work goes to whatever CUDA stream is current at each ``next``.
     """
     model.train()
     if step is None:
@@ -218,10 +228,29 @@ def train_one_epoch(model: nn.Module, data: DeviceData, augment: BatchAugment, c
         seen += len(idx)
         if on_batch is not None:
             on_batch(b + 1, n_batches)
+        yield b
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.current_stream(device).synchronize()
     dt = time.perf_counter() - t0
     return {"train_loss": float(total_loss) / max(seen, 1), "epoch_time_s": dt, "images_per_s": seen / max(dt, 1e-9)}
+
+
+def train_one_epoch(model: nn.Module, data: DeviceData, augment: BatchAugment, criterion: nn.Module,
+                    optimizer: torch.optim.Optimizer, cfg: RunConfig, epoch: int, device: torch.device,
+                    amp_dtype: torch.dtype | None, channels_last: bool,
+                    on_batch: Callable[[int, int], None] | None = None, step: TrainStep | None = None) -> dict[str, float]:
+    """One pass over the training fold in a shuffled order fixed by ``(seed, epoch)``.
+
+    ``step`` runs each batch (see :class:`metanet_utils.step.TrainStep`; pass the same one every
+    epoch so a CUDA graph is captured once); default: an eager step.
+    """
+    it = iter_train_epoch(model, data, augment, criterion, optimizer, cfg, epoch, device, amp_dtype, channels_last,
+                          on_batch, step)
+    while True:
+        try:
+            next(it)
+        except StopIteration as done:
+            return done.value
 
 
 @torch.no_grad()
@@ -297,17 +326,13 @@ def train_run(cfg: RunConfig, dataset, runs_dir: str | Path | None = None, devic
         stop_after_epochs: testing hook: return after this many epochs of this call,
             leaving the checkpoint (as an interruption would).
     """
-    from .metadata import encode
-    from .models import build_model, channels_last_preferred, input_spec
     from .paths import runs_dir as default_runs_dir
 
     runs_dir = Path(runs_dir or default_runs_dir())
     final = runs_dir / cfg.run_id
     if is_complete(final):
         return read_metrics(final)
-    if cfg.data_fingerprint and cfg.data_fingerprint != dataset.fingerprint:
-        raise ValueError(f"run {cfg.run_id} was configured for data {cfg.data_fingerprint}, "
-                         f"but the data given is {dataset.fingerprint}")
+    _check_fingerprint(cfg, dataset)
     lk = FileLock(runs_dir / ".locks" / f"{cfg.run_id}.lock", blocking=False)
     if lock:
         try:
@@ -319,11 +344,103 @@ def train_run(cfg: RunConfig, dataset, runs_dir: str | Path | None = None, devic
             return read_metrics(final)
         if lock:
             _remove_leftovers(runs_dir, cfg.run_id)
-        return _train_locked(cfg, dataset, runs_dir, pick_device(device), progress, weights_dir, stop_after_epochs,
-                             build_model, channels_last_preferred, input_spec, encode)
+        session = _RunSession(cfg, dataset, runs_dir, pick_device(device), progress, weights_dir)
+        epochs_this_call = 0
+        while not session.done:
+            session.end_epoch(session.run_epoch_iter().drain())
+            epochs_this_call += 1
+            if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs and not session.done:
+                return {"interrupted": True, "epochs_done": session.epoch}
+        return session.finish()
     finally:
         if lock:
             lk.release()
+
+
+def train_runs_together(cfgs: list[RunConfig], dataset, runs_dir: str | Path | None = None,
+                        device: str | None = None, progress: bool = True,
+                        weights_dir: str | Path | None = None) -> dict[str, dict[str, Any] | BaseException]:
+    """Train several runs at once in this process, their batches interleaved, one CUDA stream each.
+
+    At the paper's batch of 32 one run leaves a large GPU partly idle; folds or variants trained
+    together fill it (their kernels overlap on separate streams) and share one copy of the image
+    cache in GPU memory. Each run keeps everything of its own: model, optimizer, schedule, shuffle
+    and augmentation streams, checkpoint every epoch, record. Its numbers are those of the run
+    trained alone, except where a model draws from the global random generator (dropout: AlexNet and
+    VGG), whose draws now interleave; a deterministic run is therefore trained alone.
+
+    Returns run_id -> ``metrics.json`` content, or the exception that stopped that run
+    (:class:`RunBusy` where another worker holds it). Complete runs are read back, not trained.
+    """
+    from .paths import runs_dir as default_runs_dir
+
+    runs_dir = Path(runs_dir or default_runs_dir())
+    dev = pick_device(device)
+    out: dict[str, dict[str, Any] | BaseException] = {}
+    locks: list[FileLock] = []
+    sessions: list[_RunSession] = []
+    shared: dict[tuple, torch.Tensor] = {}
+    try:
+        for cfg in cfgs:
+            final = runs_dir / cfg.run_id
+            if cfg.run_id in out:
+                continue
+            if is_complete(final):
+                out[cfg.run_id] = read_metrics(final)
+                continue
+            if cfg.deterministic and len(cfgs) > 1:
+                out[cfg.run_id] = ValueError("a deterministic run is trained alone (train_run), not together")
+                continue
+            try:
+                _check_fingerprint(cfg, dataset)
+                lk = FileLock(runs_dir / ".locks" / f"{cfg.run_id}.lock", blocking=False)
+                try:
+                    lk.acquire()
+                except LockHeld:
+                    raise RunBusy(f"run {cfg.run_id} is being trained by another worker") from None
+                locks.append(lk)
+                if is_complete(final):
+                    out[cfg.run_id] = read_metrics(final)
+                    continue
+                _remove_leftovers(runs_dir, cfg.run_id)
+                sessions.append(_RunSession(cfg, dataset, runs_dir, dev, progress, weights_dir, shared=shared,
+                                            together=True))
+            except Exception as e:  # noqa: BLE001 - one bad run must not stop the others
+                out[cfg.run_id] = e
+        if progress and len(sessions) > 1:
+            _log(f"[together] training {len(sessions)} runs at once on {_device_name(dev)}: "
+                 + ", ".join(x.cfg.run_id for x in sessions))
+        active = [x for x in sessions if not x.done]
+        while active:
+            epochs = {x: x.run_epoch_iter() for x in active}
+            while epochs:
+                for x in list(epochs):
+                    try:
+                        if not epochs[x].advance():
+                            row = epochs.pop(x).result
+                            x.end_epoch(row)
+                    except Exception as e:  # noqa: BLE001
+                        epochs.pop(x, None)
+                        x.failed = e
+                        out[x.cfg.run_id] = e
+                        _log(f"!!! run {x.cfg.run_id} failed: {type(e).__name__}: {e}")
+            active = [x for x in active if not x.done and x.failed is None]
+        for x in sessions:
+            if x.failed is None:
+                try:
+                    out[x.cfg.run_id] = x.finish()
+                except Exception as e:  # noqa: BLE001
+                    out[x.cfg.run_id] = e
+    finally:
+        for lk in locks:
+            lk.release()
+    return out
+
+
+def _check_fingerprint(cfg: RunConfig, dataset) -> None:
+    if cfg.data_fingerprint and cfg.data_fingerprint != dataset.fingerprint:
+        raise ValueError(f"run {cfg.run_id} was configured for data {cfg.data_fingerprint}, "
+                         f"but the data given is {dataset.fingerprint}")
 
 
 def _remove_leftovers(runs_dir: Path, run_id: str) -> None:
@@ -335,139 +452,204 @@ def _remove_leftovers(runs_dir: Path, run_id: str) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def _train_locked(cfg, dataset, runs_dir, device, progress, weights_dir, stop_after_epochs,
-                  build_model, channels_last_preferred, input_spec, encode) -> dict[str, Any]:
-    from .evaluate import confusion, mean_class_recall, per_class_recall
+class _EpochIter:
+    """One epoch of one run, advanced a batch at a time on the run's CUDA stream."""
 
-    work = runs_dir / ".work" / cfg.run_id
-    work.mkdir(parents=True, exist_ok=True)
-    ckpt_path = work / "checkpoint.pt"
-    set_determinism(cfg.seed, cfg.deterministic)
-    t_start = time.perf_counter()
+    def __init__(self, session: "_RunSession", gen) -> None:
+        self.session, self.gen, self.result = session, gen, None
 
-    images = dataset.images(cfg.image_size, cfg.color_constancy, progress=progress)
-    folds = dataset.folds(cfg.n_folds, cfg.split_scheme, cfg.split_seed)
-    features = cfg.meta_features if cfg.fusion != "none" else ()
-    meta, _names = encode(dataset.df, features=features) if features else (np.zeros((len(dataset.df), 0), np.float32), [])
-    labels = dataset.labels
-    data = DeviceData.build(images, meta, labels, folds, cfg.fold, dataset.image_ids, device)
-    spec = input_spec(cfg.backbone)
-    augment = BatchAugment(crop=cfg.crop_size, mean=tuple(spec.mean), std=tuple(spec.std))
+    def advance(self) -> bool:
+        """Queue the next batch; False (and ``result`` set) when the epoch is over."""
+        with self.session.stream_context():
+            try:
+                next(self.gen)
+                return True
+            except StopIteration as done:
+                self.result = done.value
+                return False
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.backbone, cfg.fusion, num_classes=len(CLASS_CODES), meta_dim=meta.shape[1],
-                        meta_layers=cfg.meta_layers, pretrained=cfg.pretrained, weights_dir=weights_dir)
-    channels_last = device.type == "cuda" and (
-        cfg.channels_last == "on" or (cfg.channels_last == "auto" and channels_last_preferred(cfg.backbone)))
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    amp_dtype = autocast_dtype(cfg.precision, device)
-    weights = class_weight_tensor(labels[data.train_idx.cpu().numpy()]).to(device) if cfg.class_weighted_loss else None
-    criterion = nn.CrossEntropyLoss(weight=weights)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, cfg)
+    def drain(self) -> dict[str, float]:
+        while self.advance():
+            pass
+        return self.result
 
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    state = _load_checkpoint(ckpt_path)
-    if state is not None and (not isinstance(state, dict) or state.get("run_id") != cfg.run_id
-                              or not {"model", "optimizer", "scheduler", "history", "epoch"} <= set(state)):
-        _log(f"[train] checkpoint {ckpt_path} does not belong to run {cfg.run_id} or is incomplete; "
-             "starting this run again")
-        state = None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history = state["history"]
-        start_epoch = state["epoch"]
-        _log(f"[{cfg.run_id}] resuming after epoch {start_epoch}/{cfg.epochs}")
-    log_event(runs_dir, cfg.run_id, f"resume@{start_epoch}" if start_epoch else "start")
-    train_model = torch.compile(model) if cfg.compile else model
-    step = TrainStep(train_model, criterion, optimizer, cfg.batch_size, amp_dtype,
-                     cuda_graph=cuda_graphs_wanted(cfg.cuda_graphs, device, cfg.deterministic, cfg.compile))
 
-    interactive = progress and sys.stderr.isatty()
-    epochs_this_call = 0
-    probs = None
-    for epoch in range(start_epoch, cfg.epochs):
-        bar = None
-        if interactive:
+class _RunSession:
+    """Everything of one run while it trains: data on the device, model, optimizer, schedule, step,
+    history and checkpoint. ``train_run`` drives one; ``train_runs_together`` several."""
+
+    def __init__(self, cfg: RunConfig, dataset, runs_dir: Path, device: torch.device, progress: bool,
+                 weights_dir, shared: dict | None = None, together: bool = False) -> None:
+        from .metadata import encode
+        from .models import build_model, channels_last_preferred, input_spec
+
+        self.cfg, self.dataset, self.runs_dir, self.device = cfg, dataset, runs_dir, device
+        self.progress, self.together, self.failed = progress, together, None
+        self.work = runs_dir / ".work" / cfg.run_id
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.ckpt_path = self.work / "checkpoint.pt"
+        set_determinism(cfg.seed, cfg.deterministic)
+        self.t_start = time.perf_counter()
+
+        images = dataset.images(cfg.image_size, cfg.color_constancy, progress=progress)
+        folds = dataset.folds(cfg.n_folds, cfg.split_scheme, cfg.split_seed)
+        features = cfg.meta_features if cfg.fusion != "none" else ()
+        meta = encode(dataset.df, features=features)[0] if features else np.zeros((len(dataset.df), 0), np.float32)
+        key = (dataset.fingerprint, cfg.image_size, cfg.color_constancy)
+        resident = shared.get(key) if shared is not None else None
+        self.data = DeviceData.build(images, meta, dataset.labels, folds, cfg.fold, dataset.image_ids, device,
+                                     resident=resident)
+        if shared is not None:
+            shared.setdefault(key, self.data.images)
+        spec = input_spec(cfg.backbone)
+        self.augment = BatchAugment(crop=cfg.crop_size, mean=tuple(spec.mean), std=tuple(spec.std))
+
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.backbone, cfg.fusion, num_classes=len(CLASS_CODES), meta_dim=meta.shape[1],
+                            meta_layers=cfg.meta_layers, pretrained=cfg.pretrained, weights_dir=weights_dir)
+        self.channels_last = device.type == "cuda" and (
+            cfg.channels_last == "on" or (cfg.channels_last == "auto" and channels_last_preferred(cfg.backbone)))
+        model = model.to(device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.amp_dtype = autocast_dtype(cfg.precision, device)
+        weights = (class_weight_tensor(dataset.labels[self.data.train_idx.cpu().numpy()]).to(device)
+                   if cfg.class_weighted_loss else None)
+        self.criterion = nn.CrossEntropyLoss(weight=weights)
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, cfg)
+
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0
+        state = _load_checkpoint(self.ckpt_path)
+        if state is not None and (not isinstance(state, dict) or state.get("run_id") != cfg.run_id
+                                  or not {"model", "optimizer", "scheduler", "history", "epoch"} <= set(state)):
+            _log(f"[train] checkpoint {self.ckpt_path} does not belong to run {cfg.run_id} or is incomplete; "
+                 "starting this run again")
+            state = None
+        if state is not None:
+            model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.history = state["history"]
+            self.epoch = state["epoch"]
+            _log(f"[{cfg.run_id}] resuming after epoch {self.epoch}/{cfg.epochs}")
+        log_event(runs_dir, cfg.run_id, f"resume@{self.epoch}" if self.epoch else "start")
+        self.train_model = torch.compile(model) if cfg.compile else model
+        self.step = TrainStep(self.train_model, self.criterion, self.optimizer, cfg.batch_size, self.amp_dtype,
+                              cuda_graph=cuda_graphs_wanted(cfg.cuda_graphs, device, cfg.deterministic, cfg.compile))
+        self.stream = torch.cuda.Stream(device) if together and device.type == "cuda" else None
+        self.probs: np.ndarray | None = None
+        self._bar = None
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.cfg.epochs
+
+    def stream_context(self):
+        if self.stream is None:
+            return contextlib.nullcontext()
+        return torch.cuda.stream(self.stream)
+
+    def run_epoch_iter(self) -> _EpochIter:
+        """Start the next epoch (its batches are queued by the returned iterator)."""
+        cfg, epoch = self.cfg, self.epoch
+        self._bar = None
+        if self.progress and sys.stderr.isatty() and not self.together:
             from tqdm import tqdm
 
-            bar = tqdm(total=0, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
+            self._bar = tqdm(total=0, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
 
-        def on_batch(i: int, n: int, bar=bar) -> None:
+        def on_batch(i: int, n: int, bar=self._bar) -> None:
             if bar is not None:
                 bar.total = n
                 bar.update(1)
 
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout etc.: same stream after a resume
-        row = train_one_epoch(train_model, data, augment, criterion, optimizer, cfg, epoch, device, amp_dtype,
-                              channels_last, on_batch, step=step)
-        if bar is not None:
-            bar.close()
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        probs, val_loss = evaluate_model(model, data, augment, device, amp_dtype, channels_last, criterion=criterion)
-        val_mcr = mean_class_recall(data.labels[data.val_idx].cpu().numpy(), probs)
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": row["train_loss"], "val_loss": val_loss,
+        if not self.together:  # dropout etc.: same stream after a resume (together, runs share the generator)
+            torch.manual_seed(cfg.seed * 100_003 + epoch)
+        if self.stream is not None:  # the run's stream sees everything queued before (uploads, evaluation)
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        gen = iter_train_epoch(self.train_model, self.data, self.augment, self.criterion, self.optimizer, cfg, epoch,
+                               self.device, self.amp_dtype, self.channels_last, on_batch, step=self.step)
+        return _EpochIter(self, gen)
+
+    def end_epoch(self, row: dict[str, float]) -> None:
+        """Schedule, evaluate, record and checkpoint the epoch that just ended."""
+        from .evaluate import mean_class_recall
+
+        cfg = self.cfg
+        if self._bar is not None:
+            self._bar.close()
+        if self.stream is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.probs, val_loss = evaluate_model(self.model, self.data, self.augment, self.device, self.amp_dtype,
+                                              self.channels_last, criterion=self.criterion)
+        val_mcr = mean_class_recall(self.data.labels[self.data.val_idx].cpu().numpy(), self.probs)
+        self.epoch += 1
+        row = {"epoch": self.epoch, "lr": lr, "train_loss": row["train_loss"], "val_loss": val_loss,
                "val_mcr": val_mcr, "epoch_time_s": row["epoch_time_s"], "images_per_s": row["images_per_s"]}
-        history.append(row)
-        _save_checkpoint(ckpt_path, {"run_id": cfg.run_id, "epoch": epoch + 1, "model": model.state_dict(),
-                                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                     "history": history, "config": cfg.to_dict()})
-        if progress:
-            _log(f"[{cfg.backbone}/{cfg.fusion}/fold {cfg.fold}] epoch {epoch + 1}/{cfg.epochs} "
+        self.history.append(row)
+        _save_checkpoint(self.ckpt_path, {"run_id": cfg.run_id, "epoch": self.epoch, "model": self.model.state_dict(),
+                                          "optimizer": self.optimizer.state_dict(),
+                                          "scheduler": self.scheduler.state_dict(), "history": self.history,
+                                          "config": cfg.to_dict()})
+        if self.progress:
+            _log(f"[{cfg.backbone}/{cfg.fusion}/fold {cfg.fold}] epoch {self.epoch}/{cfg.epochs} "
                  f"loss {row['train_loss']:.4f} val_loss {val_loss:.4f} val MCR {val_mcr:.4f} lr {lr:.2e} "
                  f"{row['images_per_s']:.0f} img/s")
-        epochs_this_call += 1
-        if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs and epoch + 1 < cfg.epochs:
-            return {"interrupted": True, "epochs_done": epoch + 1}
 
-    # final evaluation of the last epoch's model (the reported model, as DESIGN.md says)
-    if probs is None:  # resumed after the last epoch's checkpoint
-        probs, _ = evaluate_model(model, data, augment, device, amp_dtype, channels_last)
-    y_val = data.labels[data.val_idx].cpu().numpy()
-    train_time = sum(h["epoch_time_s"] for h in history)
-    n_train_seen = sum(h["images_per_s"] * h["epoch_time_s"] for h in history)
-    metrics = {
-        "run_id": cfg.run_id,
-        "mcr": float(mean_class_recall(y_val, probs)),
-        "per_class_recall": {c: float(v) for c, v in per_class_recall(y_val, probs).items()},
-        "confusion_matrix": np.asarray(confusion(y_val, probs)).astype(int).tolist(),
-        "epochs_done": len(history),
-        "wall_time_s": time.perf_counter() - t_start,
-        "train_time_s": train_time,
-        "images_per_s": n_train_seen / max(train_time, 1e-9),
-        "device": _device_name(device),
-        "torch": torch.__version__,
-        "n_val": int(len(y_val)),
-        "n_train": int(len(data.train_idx)),
-        "data_kind": dataset.kind,
-        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "float32",
-        "channels_last": channels_last,
-        "execution": step.describe(),
-    }
-    final = runs_dir / cfg.run_id
-    with staged_dir(final) as stage:
-        atomic_write_json(stage / "config.json", {**cfg.to_dict(), "run_id": cfg.run_id})
-        atomic_write_text(stage / "history.csv", pd.DataFrame(history).to_csv(index=False))
-        atomic_write_json(stage / "metrics.json", metrics)
-        pred = pd.DataFrame(probs, columns=list(CLASS_CODES))
-        pred.insert(0, "image", data.val_ids)
-        atomic_write_text(stage / "predictions.csv", pred.to_csv(index=False, float_format="%.8f"))
-        atomic_write_text(stage / "labels.csv", pd.DataFrame({"image": data.val_ids,
-                                                              "dx": [DX_CODES[i] for i in y_val]}).to_csv(index=False))
-        try:  # a hard link keeps the work checkpoint until the record is in place
-            os.link(ckpt_path, stage / "checkpoint.pt")
-        except OSError:
-            shutil.copy2(ckpt_path, stage / "checkpoint.pt")
-        atomic_write_json(stage / "manifest.json", {"run_id": cfg.run_id, "files": {
-            n: {"bytes": (stage / n).stat().st_size} for n in RECORD_FILES}})
-    shutil.rmtree(work, ignore_errors=True)
-    log_event(runs_dir, cfg.run_id, "complete")
-    _log(f"[{cfg.run_id}] done: MCR {metrics['mcr']:.4f} on {metrics['n_val']} validation images "
-         f"({metrics['wall_time_s']:.0f} s, {metrics['device']})")
-    return metrics
+    def finish(self) -> dict[str, Any]:
+        """Write the record of the last epoch's model (the reported model, as DESIGN.md says)."""
+        from .evaluate import confusion, mean_class_recall, per_class_recall
+
+        cfg, data, runs_dir = self.cfg, self.data, self.runs_dir
+        probs = self.probs
+        if probs is None:  # resumed after the last epoch's checkpoint
+            probs, _ = evaluate_model(self.model, data, self.augment, self.device, self.amp_dtype, self.channels_last)
+        y_val = data.labels[data.val_idx].cpu().numpy()
+        history = self.history
+        train_time = sum(h["epoch_time_s"] for h in history)
+        n_train_seen = sum(h["images_per_s"] * h["epoch_time_s"] for h in history)
+        metrics = {
+            "run_id": cfg.run_id,
+            "mcr": float(mean_class_recall(y_val, probs)),
+            "per_class_recall": {c: float(v) for c, v in per_class_recall(y_val, probs).items()},
+            "confusion_matrix": np.asarray(confusion(y_val, probs)).astype(int).tolist(),
+            "epochs_done": len(history),
+            "wall_time_s": time.perf_counter() - self.t_start,
+            "train_time_s": train_time,
+            "images_per_s": n_train_seen / max(train_time, 1e-9),
+            "device": _device_name(self.device),
+            "torch": torch.__version__,
+            "n_val": int(len(y_val)),
+            "n_train": int(len(data.train_idx)),
+            "data_kind": self.dataset.kind,
+            "precision": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "float32",
+            "channels_last": self.channels_last,
+            "execution": {**self.step.describe(), "trained_together": self.together},
+        }
+        final = runs_dir / cfg.run_id
+        with staged_dir(final) as stage:
+            atomic_write_json(stage / "config.json", {**cfg.to_dict(), "run_id": cfg.run_id})
+            atomic_write_text(stage / "history.csv", pd.DataFrame(history).to_csv(index=False))
+            atomic_write_json(stage / "metrics.json", metrics)
+            pred = pd.DataFrame(probs, columns=list(CLASS_CODES))
+            pred.insert(0, "image", data.val_ids)
+            atomic_write_text(stage / "predictions.csv", pred.to_csv(index=False, float_format="%.8f"))
+            atomic_write_text(stage / "labels.csv", pd.DataFrame({"image": data.val_ids,
+                                                                  "dx": [DX_CODES[i] for i in y_val]}).to_csv(index=False))
+            try:  # a hard link keeps the work checkpoint until the record is in place
+                os.link(self.ckpt_path, stage / "checkpoint.pt")
+            except OSError:
+                shutil.copy2(self.ckpt_path, stage / "checkpoint.pt")
+            atomic_write_json(stage / "manifest.json", {"run_id": cfg.run_id, "files": {
+                n: {"bytes": (stage / n).stat().st_size} for n in RECORD_FILES}})
+        shutil.rmtree(self.work, ignore_errors=True)
+        log_event(runs_dir, cfg.run_id, "complete")
+        _log(f"[{cfg.run_id}] done: MCR {metrics['mcr']:.4f} on {metrics['n_val']} validation images "
+             f"({metrics['wall_time_s']:.0f} s, {metrics['device']})")
+        return metrics
