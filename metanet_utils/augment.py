@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -57,9 +57,16 @@ class BatchAugment:
     hflip: bool = True
     vflip: bool = True
 
+    _constants: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        # made once per device: a tensor built from Python numbers on a GPU is a blocking host-to-device
+        # copy, which would stall the CPU until the GPU has finished all queued work, every batch
+        key = (x.device, x.dtype)
+        if key not in self._constants:
+            self._constants[key] = (torch.tensor(self.mean, dtype=x.dtype).view(1, 3, 1, 1).to(x.device),
+                                    torch.tensor(self.std, dtype=x.dtype).view(1, 3, 1, 1).to(x.device))
+        mean, std = self._constants[key]
         return (x - mean) / std
 
     @staticmethod

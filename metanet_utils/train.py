@@ -259,7 +259,7 @@ def evaluate_model(model: nn.Module, data: DeviceData, augment: BatchAugment, de
                    criterion: nn.Module | None = None) -> tuple[np.ndarray, float]:
     """Softmax probabilities of the validation fold (centre crop) and the mean loss."""
     model.eval()
-    probs, loss_sum = [], 0.0
+    probs, loss_sum = [], torch.zeros((), dtype=torch.float64, device=device)
     for s in range(0, len(data.val_idx), batch_size):
         idx = data.val_idx[s:s + batch_size]
         x = augment(data.images[idx.cpu() if data.images.device.type == "cpu" else idx].to(device), train=False)
@@ -268,10 +268,10 @@ def evaluate_model(model: nn.Module, data: DeviceData, augment: BatchAugment, de
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(x, data.meta[idx]).float()
         if criterion is not None:
-            loss_sum += float(criterion(logits, data.labels[idx])) * len(idx)
-        probs.append(torch.softmax(logits, dim=1).cpu())
-    p = torch.cat(probs).numpy().astype(np.float64) if probs else np.zeros((0, len(CLASS_CODES)))
-    return p, loss_sum / max(len(data.val_idx), 1)
+            loss_sum += criterion(logits, data.labels[idx]).double() * len(idx)
+        probs.append(torch.softmax(logits, dim=1))  # stays on the device: one copy to the host at the end
+    p = torch.cat(probs).cpu().numpy().astype(np.float64) if probs else np.zeros((0, len(CLASS_CODES)))
+    return p, float(loss_sum) / max(len(data.val_idx), 1)
 
 
 # --------------------------------------------------------------------------- one run
