@@ -35,6 +35,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as _dt
 import functools
@@ -313,51 +314,59 @@ def measure_ceiling(model: nn.Module, batch: int, crop: int, meta_dim: int, crit
         del step, optimizer, x
 
 
-def measure_streams(models: list[nn.Module], batch: int, crop: int, meta_dim: int, criterion: nn.Module,
-                    s: Settings, amp_dtype, channels_last: bool) -> dict[str, Any]:
-    """Several independent runs in one process: one model copy, optimizer and CUDA-graph step per run,
-    each replayed on its own CUDA stream, on random batches (model only). The img/s is the sum over
-    the runs: what training K folds or variants together would give, against one run alone."""
+def measure_together(models: list[nn.Module], data, augment, cfg, criterion: nn.Module, s: Settings, amp_dtype,
+                     channels_last: bool) -> dict[str, Any]:
+    """Several runs trained together the way :func:`metanet_utils.train.train_runs_together` does: one
+    model, optimizer, CUDA-graph step and CUDA stream per run, one shared image cache, their batches
+    interleaved through :func:`metanet_utils.train.iter_train_epoch`. The img/s is the sum over the runs."""
     from metanet_utils.step import TrainStep
+    from metanet_utils.train import iter_train_epoch
 
-    dev = s.device
-    g = torch.Generator(device="cpu").manual_seed(3)
-    streams, steps, batches = [], [], []
-    for m in models:
-        m.train()
-        x = torch.randn(batch, 3, crop, crop, generator=g).to(dev)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        batches.append((x, torch.rand(batch, meta_dim, generator=g).to(dev), torch.randint(0, 7, (batch,), generator=g).to(dev)))
-        opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
-        steps.append(TrainStep(m, criterion, opt, batch, amp_dtype, cuda_graph=dev.type == "cuda"))
-        streams.append(torch.cuda.Stream(dev) if dev.type == "cuda" else None)
-    main = torch.cuda.current_stream(dev) if dev.type == "cuda" else None
+    dev, bs = s.device, cfg.batch_size
+    n_cache = int(data.images.shape[0])
+    opts = [torch.optim.SGD(m.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            for m in models]
+    steps = [TrainStep(m, criterion, o, bs, amp_dtype, cuda_graph=dev.type == "cuda") for m, o in zip(models, opts)]
+    streams = [torch.cuda.Stream(dev) if dev.type == "cuda" else None for _ in models]
+    epoch = [0]
 
     def run(n: int) -> float:
+        d = dataclasses.replace(data, train_idx=torch.arange(n * bs, device=data.meta.device) % n_cache)
         with Timer(dev) as t:
-            for _ in range(n):
-                for st, step, (x, meta, y) in zip(streams, steps, batches):
-                    if st is None:
-                        step(x, meta, y)
-                        continue
-                    st.wait_stream(main)
-                    with torch.cuda.stream(st):
-                        step(x, meta, y)
-            if main is not None:
-                for st in streams:
-                    main.wait_stream(st)
+            cur = torch.cuda.current_stream(dev) if dev.type == "cuda" else None
+            gens = []
+            for m, o, st, stream in zip(models, opts, steps, streams):
+                if stream is not None:
+                    stream.wait_stream(cur)
+                with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                    gens.append(iter_train_epoch(m, d, augment, criterion, o, cfg, epoch[0], dev, amp_dtype,
+                                                 channels_last, step=st))
+            live = list(zip(gens, streams))
+            while live:
+                nxt = []
+                for g, stream in live:
+                    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                        try:
+                            next(g)
+                            nxt.append((g, stream))
+                        except StopIteration:
+                            pass
+                live = nxt
+            for stream in streams:
+                if stream is not None:
+                    cur.wait_stream(stream)
+        epoch[0] += 1
         return t.seconds
 
     try:
-        res = _timed_repeats(run, batch * len(models), s)
+        res = _timed_repeats(run, bs * len(models), s)
         res["runs"] = len(models)
         res["execution"] = [st.describe() for st in steps]
         return res
     finally:
-        for st in steps:
-            st.optimizer.zero_grad(set_to_none=True)
-        del steps, batches
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        del steps, opts
 
 
 def measure_eval(model: nn.Module, data, augment, s: Settings, amp_dtype, channels_last: bool,
@@ -764,7 +773,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="step-by-step measurements (fp32 eager -> bf16 -> channels_last -> CUDA graph) for these "
                          "backbones at the first batch size, after the table")
     ap.add_argument("--ladder-streams", nargs="*", type=int, default=[2, 4], metavar="K",
-                    help="ladder's last steps on a GPU: K graphed runs on K streams in one process (default: 2 4)")
+                    help="ladder's last steps on a GPU: K runs trained together in one process, one CUDA stream "
+                         "and graph each (default: 2 4)")
     ap.add_argument("--layouts", action="store_true",
                     help="also measure the kit in the layout it does not choose (first batch size), after the table")
     ap.add_argument("--extras-share", type=float, default=0.15,
@@ -1133,7 +1143,7 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             steps += [("bf16, NCHW, eager", amp_dtype, False, False), ("bf16, channels_last, eager", amp_dtype, True, False),
                       ("bf16, channels_last, CUDA graph", amp_dtype, True, True)]
-            steps += [(f"{k} runs on {k} streams, one process (model only, summed)", amp_dtype, True, k)
+            steps += [(f"{k} runs together (train_runs_together: {k} streams, one process; summed)", amp_dtype, True, k)
                       for k in args.ladder_streams]
         for name, amp, cl, gr in steps:
             entry: dict[str, Any] = {"step": name, "img_s": None}
@@ -1149,7 +1159,8 @@ def main(argv: list[str] | None = None) -> int:
                     import copy
 
                     copies = [model] + [copy.deepcopy(model) for _ in range(gr - 1)]
-                    res = measure_streams(copies, b, crop, args.meta_dim, criterion_for(), settings, amp, cl)
+                    res = measure_together(copies, get_cache(resize), BatchAugment(crop=crop, mean=mean, std=std),
+                                           kit_cfg(bb, b), criterion_for(), settings, amp, cl)
                     del copies
                 else:
                     res = measure_kit(model, get_cache(resize), BatchAugment(crop=crop, mean=mean, std=std),
