@@ -5,7 +5,8 @@
 #                     the training engine on CUDA: bf16, channels_last, device-resident cache,
 #                     augmentation CUDA == CPU, bf16 evaluation, CUDA-graph step == eager step)
 #   3. throughput.json bench/throughput.py: the six backbones, reference vs kit (CUDA graphs, and eager)
-#                     vs model-only ceiling, evaluation pass, FLOPs, ResNet50 step by step, layouts
+#                     vs model-only ceiling, 2 runs together, evaluation pass, FLOPs, ResNet50 step by
+#                     step, layouts
 #   4. grid.json      a short real-data grid through the CLI: ResNet18 from scratch, 128 -> 112 px,
 #                     none / concat / metanet side by side, 5 folds each; MCR mean +- std per fusion
 #   4b. concurrency.json  ResNet50 runs side by side (one process each), if time is left
@@ -135,9 +136,9 @@ else
   # batch 32 rows first (reference, kit with CUDA graphs, kit eager, ceiling, eval), then batch 128 / 64,
   # then the ResNet50 ladder (fp32 -> bf16 -> channels_last -> CUDA graph -> 2 and 4 runs on streams)
   # and the other memory layout per backbone
-  TP_ARGS=(--batches 32 128 --max-images 2000 --max-seconds 1.5 --warmup-seconds 0.3 --ladder resnet50
-           --ladder-streams 2 4 --layouts --reference-share 0.32 --extras-share 0.2)
-  TP_WANT=235; GRID_RESERVE=165
+  TP_ARGS=(--batches 32 128 --max-images 2000 --max-seconds 1.5 --warmup-seconds 0.3 --together 2
+           --ladder resnet50 --ladder-streams 2 4 --layouts --reference-share 0.32 --extras-share 0.18)
+  TP_WANT=250; GRID_RESERVE=140
 fi
 TP_T=$(allot "$TP_WANT" "$GRID_RESERVE" 60)
 step throughput $(( TP_T + 30 )) "$PY" bench/throughput.py --images "$DATA" --deadline "$TP_T" "${TP_ARGS[@]}" \
@@ -190,7 +191,7 @@ grid_run() {
 }
 GRID_T0=$(date +%s)
 GRID_THREADS=$(( $(nproc) / 4 )); [ "$GRID_THREADS" -lt 1 ] && GRID_THREADS=1
-step grid "$(allot 160 10 60)" bash -c "$(declare -f grid_run); PY=$PY PROFILE='$PROFILE' DATA='$DATA' GRID_THREADS=$GRID_THREADS grid_run" >> "$LOG" 2>&1
+step grid "$(allot 140 5 60)" bash -c "$(declare -f grid_run); PY=$PY PROFILE='$PROFILE' DATA='$DATA' GRID_THREADS=$GRID_THREADS grid_run" >> "$LOG" 2>&1
 GRID_WALL=$(( $(date +%s) - GRID_T0 ))
 
 step grid_summary 60 "$PY" - "$OUT" "$PROFILE" "$DATA" "$DATA_KIND" "$GRID_WALL" >> "$LOG" 2>&1 <<'PYEOF'

@@ -638,6 +638,12 @@ def _fmt(v: Any, nd: int = 0) -> str:
     return f"{v:,.{nd}f}"
 
 
+def _together_cell(r: dict[str, Any]) -> str:
+    if not r.get("together_img_s"):
+        return "-"
+    return f"{r['together_runs']}: {_fmt(r['together_img_s'])} ({_fmt(r.get('together_vs_one_run'), 2)}x)"
+
+
 def markdown(report: dict[str, Any]) -> str:
     s = report["settings"]
     lines = [f"# Training throughput: {report['device']}", "",
@@ -649,15 +655,15 @@ def markdown(report: dict[str, Any]) -> str:
              "`ceiling` the model alone with the kit's precision, layout and step execution; `eval` the kit's "
              "evaluation pass (batch 128).", "",
              "| backbone | input | batch | reference | kit eager | kit | ceiling | kit / reference | "
-             "kit / ceiling | eval | notes |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "kit / ceiling | eval | runs together | notes |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in report["results"]:
         notes = "; ".join(r.get("notes", []))
         lines.append(
             f"| {r['backbone']} | {r['resize']}->{r['crop']} | {r['batch']} | {_fmt(r['reference_img_s'])} | "
             f"{_fmt(r.get('kit_eager_img_s'))} | {_fmt(r['kit_img_s'])} | {_fmt(r['ceiling_img_s'])} | "
             f"{_fmt(r['ratio_vs_reference'], 2)} | {_fmt(r['fraction_of_ceiling'], 2)} | {_fmt(r.get('eval_img_s'))} | "
-            f"{notes} |")
+            f"{_together_cell(r)} | {notes} |")
     lines += ["",
               f"reference: PIL + torchvision transforms, DataLoader({s['workers']} workers, pin_memory), fp32, NCHW, "
               f"cudnn.benchmark={s['reference_cudnn_benchmark']}, loss.item() every step"
@@ -714,6 +720,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| **total** | {proj['runs_table1']} | {proj['runs_all']} | {_fmt(proj['kit_table1_hours'], 1)} | "
                      f"{_fmt(proj['kit_all_hours'], 1)} | {_fmt(proj['reference_all_hours'], 1)} |")
         lines.append("")
+        pt = report.get("projection_together")
+        if pt and "backbones" in pt:
+            fac = ", ".join(f"{b} {f:.2f}x" for b, f in pt["side_by_side"].items())
+            lines += [f"With runs trained together where that measured faster ({fac}; `grid --together "
+                      f"{report['settings'].get('together')}`): kit {_fmt(pt['kit_all_hours'], 1)} h for Tables 1+3+4, "
+                      f"{_fmt(pt['kit_table1_hours'], 1)} h for Table 1.", ""]
         if proj.get("pflop_all"):
             lines += ["### Arithmetic", "",
                       f"The protocol is {proj['pflop_all']:,} PFLOP (Table 1: {proj['pflop_table1']:,}), counting 2 FLOP "
@@ -769,6 +781,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="measure the reference in its own process after the kit (default), or in this one")
     ap.add_argument("--reference-share", type=float, default=0.3,
                     help="share of --deadline kept for the reference (its own process)")
+    ap.add_argument("--together", type=int, default=2, metavar="K",
+                    help="also measure K runs trained together (one process, K streams) at the first batch size; "
+                         "1 turns it off (default: 2)")
     ap.add_argument("--ladder", nargs="*", default=[], metavar="BACKBONE",
                     help="step-by-step measurements (fp32 eager -> bf16 -> channels_last -> CUDA graph) for these "
                          "backbones at the first batch size, after the table")
@@ -907,7 +922,7 @@ def main(argv: list[str] | None = None) -> int:
             "cores": cpu_count(), "os_cpu_count": os.cpu_count(), "warmup_steps": args.warmup_steps,
             "warmup_seconds": args.warmup_seconds, "repeats": args.repeats, "max_seconds": args.max_seconds,
             "min_steps": args.min_steps, "max_steps": args.max_steps, "deadline": args.deadline,
-            "cuda_graphs": args.cuda_graphs, "kit_eager": kit_eager, "eval": args.eval,
+            "cuda_graphs": args.cuda_graphs, "kit_eager": kit_eager, "eval": args.eval, "together": args.together,
             "reference_process": "child" if reference_child else "same",
             "reference_cudnn_benchmark": args.reference_cudnn_benchmark,
             "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
@@ -925,6 +940,10 @@ def main(argv: list[str] | None = None) -> int:
         if all(b in args.backbones for b in PAPER_BACKBONES) and 32 in args.batches:
             report["projection"] = project_paper_protocol(report["results"], 32,
                                                           peak_tflop_s=report.get("matmul_bf16_tflop_s"))
+            factors = {r["backbone"]: r["together_vs_one_run"] for r in report["results"]
+                       if r["batch"] == 32 and (r.get("together_vs_one_run") or 0) > 1}
+            if factors:
+                report["projection_together"] = project_paper_protocol(report["results"], 32, side_by_side=factors)
         write_atomic(args.json, json.dumps(report, indent=2, default=str) + "\n")
         write_atomic(args.md, markdown(report))
 
@@ -988,6 +1007,8 @@ def main(argv: list[str] | None = None) -> int:
                "eval_img_s": None, "ratio_vs_reference": None, "fraction_of_ceiling": None,
                "eager_ratio_vs_reference": None, "kit_compiled_img_s": None, "compile_s": None,
                "kit_other_layout_img_s": None, "other_layout": None, "fwd_gflop_per_img": None,
+               "together_runs": args.together if args.together > 1 else None, "together_img_s": None,
+               "together_vs_one_run": None,
                "kit_tflop_s": None, "details": {}, "notes": []}
         report["results"].append(row)
         return row
@@ -999,6 +1020,8 @@ def main(argv: list[str] | None = None) -> int:
         row["eager_ratio_vs_reference"] = round(e / r, 3) if e and r else None
         f = row.get("fwd_gflop_per_img")
         row["kit_tflop_s"] = round(k * 3 * f / 1e3, 2) if k and f else None
+        t = row.get("together_img_s")
+        row["together_vs_one_run"] = round(t / k, 3) if t and k else None
 
     def run_one(row: dict[str, Any], pipeline: str, fn: Callable[[], dict[str, Any]], key: str,
                 until: float = 0.0) -> None:
@@ -1012,8 +1035,9 @@ def main(argv: list[str] | None = None) -> int:
             row[key] = round(res["img_s"], 1)
             row["details"][pipeline] = res
             ex = res.get("execution") or {}
-            if ex.get("cuda_graphs_failure"):
-                row["notes"].append(f"{pipeline}: CUDA graph failed, eager ({ex['cuda_graphs_failure'][:120]})")
+            for e in (ex if isinstance(ex, list) else [ex])[:1]:  # several runs fail alike: say it once
+                if e.get("cuda_graphs_failure"):
+                    row["notes"].append(f"{pipeline}: CUDA graph failed, eager ({e['cuda_graphs_failure'][:120]})")
             log(f"{row['backbone']} b{row['batch']} {pipeline}: {res['img_s']:.1f} img/s "
                 f"(repeats {res['repeats_img_s']}, {res['steps_per_repeat']} steps each, "
                 f"{time.perf_counter() - t:.1f} s)")
@@ -1079,10 +1103,23 @@ def main(argv: list[str] | None = None) -> int:
             cfg = kit_cfg(bb, b)
             run_one(row, "kit", lambda: measure_kit(model, get_cache(resize), aug, cfg, criterion, settings,
                                                     amp_dtype, channels_last, cuda_graph=graphs), "kit_img_s", main_until)
-            if kit_eager:
+            first_batch = b == min(args.batches[0], caps.get(bb, args.batches[0]))
+            if kit_eager and (first_batch or args.kit_eager == "on"):
                 run_one(row, "kit_eager", lambda: measure_kit(model, get_cache(resize), aug, cfg, criterion, settings,
                                                               amp_dtype, channels_last, cuda_graph=False),
                         "kit_eager_img_s", main_until)
+            if args.together > 1 and first_batch:
+                import copy
+
+                def together() -> dict[str, Any]:
+                    copies = [model] + [copy.deepcopy(model) for _ in range(args.together - 1)]
+                    try:
+                        return measure_together(copies, get_cache(resize), aug, cfg, criterion, settings, amp_dtype,
+                                                channels_last)
+                    finally:
+                        del copies
+
+                run_one(row, "together", together, "together_img_s", main_until)
         if "ceiling" in args.pipelines:
             run_one(row, "ceiling", lambda: measure_ceiling(model, b, crop, args.meta_dim, criterion, settings,
                                                             amp_dtype, channels_last, cuda_graph=graphs),

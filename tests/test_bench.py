@@ -70,6 +70,9 @@ def test_throughput_cpu_tiny(tmp_path):
         assert r["kit_execution"] == "eager" and r["kit_eager_img_s"] is None  # no CUDA graphs on the CPU
         assert r["details"]["kit"]["execution"]["cuda_graphs"] is False
         assert r["eval_img_s"] > 0
+        # two runs trained together (one process; on the CPU without streams) are measured beside
+        assert r["together_runs"] == 2 and r["together_img_s"] > 0 and "together" in r["details"]
+        assert r["together_vs_one_run"] == pytest.approx(r["together_img_s"] / r["kit_img_s"], rel=0.01)
     # the reference ran in its own process, after the kit: its settings say so and its rows merged in
     assert report["settings"]["reference_process"] == "child"
     assert report["caches"]["64"]["images"] == 48 and report["caches"]["64"]["upload_s"] >= 0
