@@ -18,7 +18,7 @@
 # Environment:
 #   METANET_BENCH_DATA     data folder (HAM10000_metadata.csv + ISIC_*.jpg, flat or in images/);
 #                          default bench/carry/ham10000; without it the synthetic set is used (said loudly)
-#   GPU_CHECK_BUDGET_S     soft budget of the whole script in seconds (default 460; dry run 1500)
+#   GPU_CHECK_BUDGET_S     soft budget of the whole script in seconds (default 470; dry run 1500)
 #   GPU_CHECK_CPU_DRYRUN=1 the same steps on the CPU with tiny models (2 backbones, 1 epoch, 300 images),
 #                          to check the script on a machine without a GPU
 # Only `python3` from PATH is used; the package is taken from this checkout (PYTHONPATH), not installed.
@@ -31,7 +31,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 ROOT="$PWD"
 PY=python3
 DRY="${GPU_CHECK_CPU_DRYRUN:-0}"
-if [ "$DRY" = 1 ]; then BUDGET="${GPU_CHECK_BUDGET_S:-1500}"; else BUDGET="${GPU_CHECK_BUDGET_S:-460}"; fi
+if [ "$DRY" = 1 ]; then BUDGET="${GPU_CHECK_BUDGET_S:-1500}"; else BUDGET="${GPU_CHECK_BUDGET_S:-470}"; fi
 DATA="${METANET_BENCH_DATA:-bench/carry/ham10000}"
 case "$DATA" in /*) ;; *) DATA="$ROOT/$DATA" ;; esac
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"
@@ -123,7 +123,7 @@ if [ "$DRY" = 1 ]; then export METANET_GPU_TESTS_ON_CPU=1; fi
 # this machine may lack, e.g. nbformat for the notebook tests)
 GPU_TEST_FILES=$(grep -l -E "mark\.gpu" tests/test_*.py 2>/dev/null | tr '\n' ' ')
 [ -n "$GPU_TEST_FILES" ] || GPU_TEST_FILES=tests/test_gpu.py
-step gpu_tests "$(allot 90 360 60)" "$PY" -m pytest -m gpu -q -rA -p no:cacheprovider $GPU_TEST_FILES \
+step gpu_tests "$(allot 120 320 80)" "$PY" -m pytest -m gpu -q -rA -p no:cacheprovider $GPU_TEST_FILES \
   > "$OUT/gpu_tests.log" 2>&1
 tail -3 "$OUT/gpu_tests.log" | tee -a "$LOG"
 
