@@ -818,6 +818,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--reference-cudnn-benchmark", action="store_true",
                     help="cudnn.benchmark=True for the reference too (default: PyTorch's default, False)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--arithmetic", action="store_true",
+                    help="only print the paper protocol's FLOPs (forward FLOPs of the six backbones counted on "
+                         "--device) and the hours it needs at --peak-tflops (default: the measured bf16 matmul rate)")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="rate for --arithmetic, TFLOP/s")
     ap.add_argument("--no-print", action="store_true", help=argparse.SUPPRESS)  # the reference's own process
     ap.add_argument("--json", type=Path, default=_ROOT / "results" / "bench" / "throughput.json")
     ap.add_argument("--md", type=Path, default=_ROOT / "results" / "bench" / "throughput.md")
@@ -845,8 +849,42 @@ def _child_reference_args(args: argparse.Namespace, deadline: float | None, json
     return a
 
 
+def arithmetic_only(args: argparse.Namespace) -> int:
+    """``--arithmetic``: the protocol's FLOPs from the forward FLOPs of the six backbones (no timing)."""
+    from metanet_utils.models import build_model, input_spec
+    from metanet_utils.train import pick_device
+
+    device = pick_device(args.device)
+    rows = []
+    for bb in PAPER_BACKBONES:
+        spec = input_spec(bb)
+        model = build_model(bb, args.fusion, num_classes=7, meta_dim=args.meta_dim,
+                            meta_layers=None if args.fusion != "metanet" else 2, pretrained=False).to(device)
+        rows.append({"backbone": bb, "batch": 32, "crop": args.crop or spec.crop,
+                     "fwd_gflop_per_img": round(forward_gflop_per_image(model, args.crop or spec.crop, args.meta_dim,
+                                                                        device), 3)})
+        del model
+    peak = args.peak_tflops or measure_matmul_tflop_s(device)
+    proj = project_paper_protocol(rows, 32, peak_tflop_s=peak)
+    print("| backbone | crop | forward GFLOP/img | runs (Tables 1+3+4) | PFLOP per run | PFLOP |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        e = proj["backbones"][r["backbone"]]
+        print(f"| {r['backbone']} | {r['crop']} | {r['fwd_gflop_per_img']:.1f} | {e['runs_all']} | "
+              f"{e['pflop_per_run']:,.1f} | {e['pflop_per_run'] * e['runs_all']:,.0f} |")
+    print(f"\nTables 1+3+4: {proj['pflop_all']:,} PFLOP; Table 1: {proj['pflop_table1']:,} PFLOP "
+          "(2 FLOP per multiply-add; training 3x the forward, evaluation 1x).")
+    if peak:
+        print(f"At {peak:,.0f} TFLOP/s ({'given' if args.peak_tflops else 'measured bf16 matmul'}): at least "
+              f"{proj['hours_at_matmul_peak_all']:,.1f} h for Tables 1+3+4, {proj['hours_at_matmul_peak_table1']:,.1f} h "
+              "for Table 1.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.arithmetic:
+        return arithmetic_only(args)
     from metanet_utils.augment import BatchAugment
     from metanet_utils.config import RunConfig
     from metanet_utils.models import build_model, channels_last_preferred, input_spec
