@@ -10,14 +10,14 @@ changes, eager steps for other batch sizes, and the fall-back when a capture fai
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 import torch.nn as nn
 
 from metanet_utils.config import ConfigError, Profile, RunConfig
 from metanet_utils.step import TrainStep, cuda_graphs_wanted
+
+from _graphs import RecordingGraphs as _RecordingGraphs
 
 
 class _Net(nn.Module):
@@ -34,35 +34,6 @@ class _Net(nn.Module):
         f = torch.relu(self.bn(self.conv(x)))
         f = f * torch.sigmoid(self.gate(meta))[:, :, None, None]
         return self.fc(f.mean((2, 3)))
-
-
-class _RecordingGraphs:
-    """Stands in for torch.cuda graphs: capture records, replay calls the recorded function."""
-
-    def __init__(self, fail_capture: bool = False) -> None:
-        self.fail_capture = fail_capture
-        self.captures = 0
-        self.replays = 0
-        self.released = 0
-        self.side_stream_steps = 0
-
-    @contextlib.contextmanager
-    def side_stream(self):
-        self.side_stream_steps += 1
-        yield
-
-    def capture(self, fn):
-        if self.fail_capture:
-            raise RuntimeError("operation not permitted when stream is capturing")
-        self.captures += 1
-        return fn
-
-    def replay(self, graph) -> None:
-        self.replays += 1
-        graph()
-
-    def release(self, graph) -> None:
-        self.released += 1
 
 
 def _setup(seed: int = 0, lr: float = 0.05):

@@ -1,0 +1,34 @@
+"""A stand-in for CUDA graphs, for running the graph bookkeeping of metanet_utils.step on the CPU."""
+
+from __future__ import annotations
+
+import contextlib
+
+
+class RecordingGraphs:
+    """Stands in for torch.cuda graphs: capture records, replay calls the recorded function."""
+
+    def __init__(self, fail_capture: bool = False) -> None:
+        self.fail_capture = fail_capture
+        self.captures = 0
+        self.replays = 0
+        self.released = 0
+        self.side_stream_steps = 0
+
+    @contextlib.contextmanager
+    def side_stream(self):
+        self.side_stream_steps += 1
+        yield
+
+    def capture(self, fn):
+        if self.fail_capture:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        self.captures += 1
+        return fn
+
+    def replay(self, graph) -> None:
+        self.replays += 1
+        graph()
+
+    def release(self, graph) -> None:
+        self.released += 1
