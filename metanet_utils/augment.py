@@ -7,6 +7,10 @@ affine transform per sample, applied by a single ``grid_sample``; the colour jit
 per-sample arithmetic. Evaluation is a centre crop. Input is the uint8 cache layout
 ``B x S x S x 3``; output is normalised float ``B x 3 x crop x crop``.
 
+:meth:`BatchAugment.draw` draws every per-sample parameter in one call on the device, and
+:meth:`BatchAugment.apply` applies given parameters; constants live on the device, so a batch costs
+a few dozen small kernels and never blocks the CPU.
+
 Example:
     >>> import torch
     >>> aug = BatchAugment(crop=56, mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -59,15 +63,22 @@ class BatchAugment:
 
     _constants: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
+    # ------------------------------------------------------------------ constants on the device
+
+    def _const(self, name: str, values, device: torch.device, shape: tuple[int, ...]) -> torch.Tensor:
+        """A small constant tensor, made once per device: a tensor built from Python numbers on a GPU is
+        a blocking host-to-device copy, which would stall the CPU until the GPU has finished all queued
+        work, every batch."""
+        key = (name, device, shape, tuple(values))
+        t = self._constants.get(key)
+        if t is None:
+            t = self._constants[key] = torch.tensor(values, dtype=torch.float32).view(shape).to(device)
+        return t
+
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        # made once per device: a tensor built from Python numbers on a GPU is a blocking host-to-device
-        # copy, which would stall the CPU until the GPU has finished all queued work, every batch
-        key = (x.device, x.dtype)
-        if key not in self._constants:
-            self._constants[key] = (torch.tensor(self.mean, dtype=x.dtype).view(1, 3, 1, 1).to(x.device),
-                                    torch.tensor(self.std, dtype=x.dtype).view(1, 3, 1, 1).to(x.device))
-        mean, std = self._constants[key]
-        return (x - mean) / std
+        scale = self._const("scale", [1.0 / s for s in self.std], x.device, (1, 3, 1, 1))
+        bias = self._const("bias", [-m / s for m, s in zip(self.mean, self.std)], x.device, (1, 3, 1, 1))
+        return torch.addcmul(bias, x, scale)  # (x - mean) / std in one kernel
 
     @staticmethod
     def _to_float(x: torch.Tensor) -> torch.Tensor:
@@ -75,41 +86,64 @@ class BatchAugment:
             raise ValueError(f"expected a uint8 batch B x H x W x 3, got {tuple(x.shape)} {x.dtype}")
         return x.permute(0, 3, 1, 2).float().div_(255.0)
 
-    def __call__(self, x: torch.Tensor, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Augment (``train``) or centre-crop a uint8 ``B x S x S x 3`` batch; returns float NCHW."""
+    # ------------------------------------------------------------------ random parameters
+
+    def draw(self, b: int, h: int, w: int, device: torch.device | str,
+             generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Per-sample random parameters for ``b`` images of ``h x w``, drawn in one call on ``device``.
+
+        Returns tensors of length ``b``: ``angle`` (radians, uniform in +-rotation), ``fx``/``fy``
+        (-1 mirrors, 1 keeps; probability 0.5 each when enabled), ``tx``/``ty`` (crop centre offset in
+        normalised coordinates, uniform, the crop window stays inside the image), ``brightness``,
+        ``contrast``, ``saturation`` (factors uniform in 1 +- strength).
+        """
+        if self.crop > h or self.crop > w:
+            raise ValueError(f"crop {self.crop} is larger than the cached image {h}x{w}")
+        device = torch.device(device)
+        r = torch.rand(b, 8, device=device, generator=generator)
+        rot = self.rotation * math.pi / 180.0
+        sx, sy = (w - self.crop) / w, (h - self.crop) / h
+        lo = [-rot, 0.0, 0.0, -sx, -sy, 1 - self.brightness, 1 - self.contrast, 1 - self.saturation]
+        span = [2 * rot, 1.0, 1.0, 2 * sx, 2 * sy, 2 * self.brightness, 2 * self.contrast, 2 * self.saturation]
+        u = torch.addcmul(self._const("lo", lo, device, (1, 8)), r, self._const("span", span, device, (1, 8)))
+        flip_on = self._const("flip_on", [float(self.hflip), float(self.vflip)], device, (1, 2))
+        flips = 1.0 - 2.0 * ((u[:, 1:3] < 0.5) * flip_on)  # -1 mirrors
+        return {"angle": u[:, 0], "fx": flips[:, 0], "fy": flips[:, 1], "tx": u[:, 3], "ty": u[:, 4],
+                "brightness": u[:, 5], "contrast": u[:, 6], "saturation": u[:, 7]}
+
+    # ------------------------------------------------------------------ the transform
+
+    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Warp (crop, flips, rotation: one ``grid_sample``), colour-jitter and normalise a uint8 batch
+        with the given per-sample parameters (see :meth:`draw`)."""
         img = self._to_float(x)
-        if not train:
-            return self._normalise(center_crop(img, self.crop)).contiguous()
         b, _, h, w = img.shape
         if self.crop > h or self.crop > w:
             raise ValueError(f"crop {self.crop} is larger than the cached image {h}x{w}")
         dev = img.device
-
-        def u(lo: float, hi: float) -> torch.Tensor:
-            return torch.rand(b, device=dev, generator=generator) * (hi - lo) + lo
-
-        angle = u(-self.rotation, self.rotation) * (math.pi / 180.0)
-        sx = torch.where(u(0, 1) < 0.5, -1.0, 1.0) if self.hflip else torch.ones(b, device=dev)
-        sy = torch.where(u(0, 1) < 0.5, -1.0, 1.0) if self.vflip else torch.ones(b, device=dev)
-        # crop offset in normalised coordinates: the crop window's centre stays inside the image
-        tx = u(-1, 1) * (w - self.crop) / w
-        ty = u(-1, 1) * (h - self.crop) / h
-        kx, ky = self.crop / w, self.crop / h
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        theta = torch.stack([
-            torch.stack([kx * cos * sx, -kx * sin * sy, tx], dim=1),
-            torch.stack([ky * sin * sx, ky * cos * sy, ty], dim=1),
-        ], dim=1)
+        angle = params["angle"]
+        c, s = torch.cos(angle), torch.sin(angle)
+        # output pixel -> source pixel: scale to the crop, rotate, mirror, shift
+        rot = torch.stack([c, -s, s, c], dim=1).view(b, 2, 2)
+        flips = torch.stack([params["fx"], params["fy"]], dim=1).view(b, 1, 2)
+        k = self._const("k", [self.crop / w, self.crop / h], dev, (1, 2, 1))
+        theta = torch.cat([rot * flips * k, torch.stack([params["tx"], params["ty"]], dim=1).view(b, 2, 1)], dim=2)
         grid = F.affine_grid(theta, (b, 3, self.crop, self.crop), align_corners=False)
         out = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
-        # colour jitter, per sample (torchvision's definitions: blend with black / mean gray / grayscale)
-        bf = u(1 - self.brightness, 1 + self.brightness).view(b, 1, 1, 1)
-        out = (out * bf).clamp_(0, 1)
-        gray = (0.299 * out[:, 0] + 0.587 * out[:, 1] + 0.114 * out[:, 2]).unsqueeze(1)
-        cf = u(1 - self.contrast, 1 + self.contrast).view(b, 1, 1, 1)
-        out = ((out - gray.mean(dim=(2, 3), keepdim=True)) * cf + gray.mean(dim=(2, 3), keepdim=True)).clamp_(0, 1)
-        gray = (0.299 * out[:, 0] + 0.587 * out[:, 1] + 0.114 * out[:, 2]).unsqueeze(1)
-        sf = u(1 - self.saturation, 1 + self.saturation).view(b, 1, 1, 1)
-        out = ((out - gray) * sf + gray).clamp_(0, 1)
+        # colour jitter, per sample (torchvision's definitions: blend with black, the mean gray, the grayscale)
+        weights = self._const("gray", [0.299, 0.587, 0.114], dev, (1, 3, 1, 1))
+        out = out.mul_(params["brightness"].view(b, 1, 1, 1)).clamp_(0, 1)
+        mean_gray = (out * weights).sum(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True)
+        out = torch.lerp(mean_gray, out, params["contrast"].view(b, 1, 1, 1)).clamp_(0, 1)
+        gray = (out * weights).sum(dim=1, keepdim=True)
+        out = torch.lerp(gray, out, params["saturation"].view(b, 1, 1, 1)).clamp_(0, 1)
         return self._normalise(out).contiguous()
+
+    def __call__(self, x: torch.Tensor, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Augment (``train``) or centre-crop a uint8 ``B x S x S x 3`` batch; returns float NCHW."""
+        if not train:
+            return self._normalise(center_crop(self._to_float(x), self.crop)).contiguous()
+        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"expected a uint8 batch B x H x W x 3, got {tuple(x.shape)} {x.dtype}")
+        return self.apply(x, self.draw(x.shape[0], x.shape[1], x.shape[2], x.device, generator))

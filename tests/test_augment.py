@@ -70,3 +70,48 @@ def test_bad_inputs_are_refused():
         aug(torch.zeros(2, 40, 40, 3), train=True)
     with pytest.raises(ValueError, match="larger than"):
         center_crop(torch.zeros(1, 3, 10, 10), 12)
+
+
+def _params(b, **kw):
+    base = {"angle": 0.0, "fx": 1.0, "fy": 1.0, "tx": 0.0, "ty": 0.0, "brightness": 1.0, "contrast": 1.0,
+            "saturation": 1.0}
+    base.update(kw)
+    return {k: (v if isinstance(v, torch.Tensor) else torch.full((b,), float(v))) for k, v in base.items()}
+
+
+def test_a_quarter_turn_equals_rot90():
+    """The affine warp's conventions (rotation sign, pixel centres) against torch.rot90, exact."""
+    x = _batch(b=3, s=24)
+    aug = BatchAugment(crop=24, mean=(0, 0, 0), std=(1, 1, 1))
+    out = aug.apply(x, _params(3, angle=torch.pi / 2))
+    ref = torch.rot90(x.permute(0, 3, 1, 2).float() / 255.0, k=1, dims=(2, 3))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+def test_colour_jitter_matches_torchvision_functional():
+    """Brightness, then contrast, then saturation with given factors, per sample, against torchvision's
+    adjust_* on each image (torchvision weighs green 0.587 and red 0.2989 where we use 0.299)."""
+    import torchvision.transforms.functional as TF
+
+    b = 4
+    x = _batch(b=b, s=20, seed=4)
+    bf, cf, sf = torch.tensor([0.8, 1.0, 1.2, 1.1]), torch.tensor([1.2, 0.8, 1.0, 0.9]), torch.tensor([0.8, 1.2, 1.1, 1.0])
+    aug = BatchAugment(crop=20, mean=(0, 0, 0), std=(1, 1, 1))
+    out = aug.apply(x, _params(b, brightness=bf, contrast=cf, saturation=sf))
+    src = x.permute(0, 3, 1, 2).float() / 255.0
+    for i in range(b):
+        ref = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(src[i], float(bf[i])), float(cf[i])),
+                                   float(sf[i]))
+        torch.testing.assert_close(out[i], ref, atol=2e-3, rtol=0)
+
+
+def test_drawn_parameters_follow_the_configured_ranges():
+    aug = BatchAugment(crop=24, rotation=30, brightness=0.2, contrast=0.1, saturation=0.3, vflip=False)
+    p = aug.draw(4000, 32, 40, "cpu", torch.Generator().manual_seed(0))
+    assert float(p["angle"].abs().max()) <= 30 * torch.pi / 180 and float(p["angle"].abs().max()) > 29 * torch.pi / 180
+    assert set(p["fx"].unique().tolist()) == {-1.0, 1.0} and set(p["fy"].unique().tolist()) == {1.0}
+    assert abs(float((p["fx"] < 0).float().mean()) - 0.5) < 0.05
+    assert float(p["tx"].abs().max()) <= (40 - 24) / 40 and float(p["ty"].abs().max()) <= (32 - 24) / 32
+    for name, strength in (("brightness", 0.2), ("contrast", 0.1), ("saturation", 0.3)):
+        v = p[name]
+        assert 1 - strength <= float(v.min()) < 1 - 0.9 * strength and 1 + 0.9 * strength < float(v.max()) <= 1 + strength
