@@ -88,6 +88,8 @@ class BatchAugment:
 
     # ------------------------------------------------------------------ random parameters
 
+    PARAMS = ("angle", "fx", "fy", "tx", "ty", "brightness", "contrast", "saturation")
+
     def draw(self, b: int, h: int, w: int, device: torch.device | str,
              generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Per-sample random parameters for ``b`` images of ``h x w``, drawn in one call on ``device``.
@@ -95,8 +97,16 @@ class BatchAugment:
         Returns tensors of length ``b``: ``angle`` (radians, uniform in +-rotation), ``fx``/``fy``
         (-1 mirrors, 1 keeps; probability 0.5 each when enabled), ``tx``/``ty`` (crop centre offset in
         normalised coordinates, uniform, the crop window stays inside the image), ``brightness``,
-        ``contrast``, ``saturation`` (factors uniform in 1 +- strength).
+        ``contrast``, ``saturation`` (factors uniform in 1 +- strength). They are the columns of
+        :meth:`draw_matrix`.
         """
+        m = self.draw_matrix(b, h, w, device, generator)
+        return {name: m[:, i] for i, name in enumerate(self.PARAMS)}
+
+    def draw_matrix(self, b: int, h: int, w: int, device: torch.device | str,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """The parameters of :meth:`draw` as one ``b x 8`` tensor, columns in :attr:`PARAMS` order
+        (a training epoch draws all its batches' parameters at once and slices them)."""
         if self.crop > h or self.crop > w:
             raise ValueError(f"crop {self.crop} is larger than the cached image {h}x{w}")
         device = torch.device(device)
@@ -107,15 +117,16 @@ class BatchAugment:
         span = [2 * rot, 1.0, 1.0, 2 * sx, 2 * sy, 2 * self.brightness, 2 * self.contrast, 2 * self.saturation]
         u = torch.addcmul(self._const("lo", lo, device, (1, 8)), r, self._const("span", span, device, (1, 8)))
         flip_on = self._const("flip_on", [float(self.hflip), float(self.vflip)], device, (1, 2))
-        flips = 1.0 - 2.0 * ((u[:, 1:3] < 0.5) * flip_on)  # -1 mirrors
-        return {"angle": u[:, 0], "fx": flips[:, 0], "fy": flips[:, 1], "tx": u[:, 3], "ty": u[:, 4],
-                "brightness": u[:, 5], "contrast": u[:, 6], "saturation": u[:, 7]}
+        u[:, 1:3] = 1.0 - 2.0 * ((u[:, 1:3] < 0.5) * flip_on)  # -1 mirrors
+        return u
 
     # ------------------------------------------------------------------ the transform
 
-    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
         """Warp (crop, flips, rotation: one ``grid_sample``), colour-jitter and normalise a uint8 batch
-        with the given per-sample parameters (see :meth:`draw`)."""
+        with the given per-sample parameters (:meth:`draw`'s dict or :meth:`draw_matrix`'s tensor)."""
+        if isinstance(params, torch.Tensor):
+            params = {name: params[:, i] for i, name in enumerate(self.PARAMS)}
         img = self._to_float(x)
         b, _, h, w = img.shape
         if self.crop > h or self.crop > w:
@@ -146,4 +157,4 @@ class BatchAugment:
             return self._normalise(center_crop(self._to_float(x), self.crop)).contiguous()
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected a uint8 batch B x H x W x 3, got {tuple(x.shape)} {x.dtype}")
-        return self.apply(x, self.draw(x.shape[0], x.shape[1], x.shape[2], x.device, generator))
+        return self.apply(x, self.draw_matrix(x.shape[0], x.shape[1], x.shape[2], x.device, generator))

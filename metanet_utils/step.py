@@ -11,7 +11,9 @@ What a graph demands, and how :class:`TrainStep` meets it:
 * **Fixed shapes.** Batches of the captured size are replayed; any other size (the last, smaller
   batch of an epoch) runs eagerly on the same parameters, gradients and optimizer state.
 * **Fixed memory.** Inputs are copied into buffers the graph reads. Gradients are allocated once
-  and zeroed in place (never set to ``None``), so eager and replayed steps share them.
+  and zeroed in place (never set to ``None``), so eager and replayed steps share them. With a
+  prepare function (:meth:`TrainStep.set_prepare`) the inputs can be a batch's cache indices and
+  its augmentation parameters: the gather and the augmentation are then part of the graph too.
 * **Python numbers are frozen in.** The learning rate, momentum and weight decay of every
   parameter group are baked into the recorded SGD update; when the scheduler changes them (the
   paper's epochs 50, 120, 200) the step is captured again.
@@ -115,8 +117,12 @@ class TrainStep:
         cuda_graph: capture and replay the step (CUDA only; see :func:`cuda_graphs_wanted`).
         warmup: eager steps on full batches before the capture (at least 1).
 
-    Calling the step returns the batch's loss as a 0-d tensor on the device. With a graph it is a
-    buffer the next call overwrites: read or accumulate it before the next call.
+    Called as ``step(x, meta, y)``, or, after :meth:`set_prepare`, as ``step(*inputs)`` where the
+    prepare function turns the inputs into ``(x, meta, y)`` inside the step (and inside the graph:
+    e.g. gather a batch from the device-resident cache and augment it with parameters drawn
+    beforehand). The first input's length is the batch size. Returns the batch's loss as a 0-d
+    tensor on the device; with a graph it is a buffer the next call overwrites: read or accumulate
+    it before the next call.
     """
 
     def __init__(self, model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, batch_size: int,
@@ -132,8 +138,10 @@ class TrainStep:
         self._backend = _backend
         self._graph: Any = None
         self._graph_key: tuple | None = None
-        self._static: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._static: tuple[torch.Tensor, ...] | None = None
         self._loss_buf: torch.Tensor | None = None
+        self._prepare: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+        self._prepare_key: Any = None
         self._warm = 0
         self.failure: str | None = None
         self.stats = {"eager": 0, "replayed": 0, "captures": 0}
@@ -145,10 +153,19 @@ class TrainStep:
         """``graph`` while steps are (or are about to be) replayed, else ``eager``."""
         return "graph" if self.graph_wanted and self.failure is None else "eager"
 
-    def __call__(self, x: torch.Tensor, meta: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.mode == "eager" or x.shape[0] != self.batch_size:
+    def set_prepare(self, fn: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None,
+                    key: Any = None) -> None:
+        """Make the step call ``fn(*inputs) -> (x, meta, y)`` first. ``key`` names what ``fn`` reads
+        besides its inputs (the cache tensors): a different key captures the graph again."""
+        if key != self._prepare_key or (fn is None) != (self._prepare is None):
+            self._drop_graph()
+            self._static = None
+        self._prepare, self._prepare_key = fn, key
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.mode == "eager" or inputs[0].shape[0] != self.batch_size:
             self.stats["eager"] += 1
-            return self._body(x, meta, y)
+            return self._body(*inputs)
         key = self._hyper_key()
         if self._graph is not None and key != self._graph_key:
             self._drop_graph()  # a scheduler milestone: capture again with the new learning rate
@@ -157,17 +174,15 @@ class TrainStep:
                 self._warm += 1
                 self.stats["eager"] += 1
                 with self._back().side_stream():
-                    return self._body(x, meta, y)
+                    return self._body(*inputs)
             try:
-                self._capture(x, meta, y, key)
+                self._capture(inputs, key)
             except Exception as e:  # noqa: BLE001 - fall back to the eager step, never lose the run
                 self._fail(e)
                 self.stats["eager"] += 1
-                return self._body(x, meta, y)
-        sx, smeta, sy = self._static
-        sx.copy_(x)
-        smeta.copy_(meta)
-        sy.copy_(y)
+                return self._body(*inputs)
+        for static, value in zip(self._static, inputs):
+            static.copy_(value)
         self._back().replay(self._graph)
         self.stats["replayed"] += 1
         return self._loss_buf
@@ -190,8 +205,9 @@ class TrainStep:
         return tuple(tuple(float(g[k]) if isinstance(g.get(k), (int, float, torch.Tensor)) else g.get(k)
                            for k in keys) for g in self.optimizer.param_groups)
 
-    def _body(self, x: torch.Tensor, meta: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _body(self, *inputs: torch.Tensor) -> torch.Tensor:
         graphs = self.mode == "graph"
+        x, meta, y = self._prepare(*inputs) if self._prepare is not None else inputs
         # with graphs, gradients live at fixed addresses: zero them in place
         self.optimizer.zero_grad(set_to_none=not graphs)
         dev_type = x.device.type
@@ -208,16 +224,16 @@ class TrainStep:
         self._loss_buf.copy_(loss.detach())
         return self._loss_buf
 
-    def _capture(self, x: torch.Tensor, meta: torch.Tensor, y: torch.Tensor, key: tuple) -> None:
+    def _capture(self, inputs: tuple[torch.Tensor, ...], key: tuple) -> None:
         if self._static is None:
-            self._static = (torch.empty_like(x), torch.empty_like(meta), torch.empty_like(y))
-        for s, v in zip(self._static, (x, meta, y)):
+            self._static = tuple(torch.empty_like(v) for v in inputs)
+        for s, v in zip(self._static, inputs):
             s.copy_(v)
         missing = [n for n, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
         if len(missing) == sum(p.requires_grad for p in self.model.parameters()):
             raise RuntimeError("no gradients exist before the capture (the warm-up steps did not run)")
-        sx, smeta, sy = self._static
-        self._graph = self._back().capture(lambda: self._body(sx, smeta, sy))
+        static = self._static
+        self._graph = self._back().capture(lambda: self._body(*static))
         self._graph_key = key
         self.stats["captures"] += 1
 

@@ -212,6 +212,19 @@ def iter_train_epoch(model: nn.Module, data: DeviceData, augment: BatchAugment, 
         step = TrainStep(model, criterion, optimizer, cfg.batch_size, amp_dtype)
     gen = _epoch_generator(cfg.seed, epoch, device)
     order = data.train_idx[torch.randperm(len(data.train_idx), device=device, generator=gen)]
+    # the whole epoch's augmentation parameters in one draw; the step gathers and augments each batch
+    # itself (inside its CUDA graph, when it has one)
+    _n, h, w, _c = data.images.shape
+    params = augment.draw_matrix(len(order), h, w, device, gen)
+
+    def prepare(idx: torch.Tensor, p: torch.Tensor):
+        x = augment.apply(data.images[idx], p)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, data.meta[idx], data.labels[idx]
+
+    step.set_prepare(prepare, key=(data.images.data_ptr(), data.meta.data_ptr(), data.labels.data_ptr(),
+                                   id(augment), channels_last))
     bs = cfg.batch_size
     n_batches = len(order) // bs + (1 if len(order) % bs >= 2 else 0)  # a batch of one would break BatchNorm
     total_loss = torch.zeros((), device=device)
@@ -219,11 +232,7 @@ def iter_train_epoch(model: nn.Module, data: DeviceData, augment: BatchAugment, 
     t0 = time.perf_counter()
     for b in range(n_batches):
         idx = order[b * bs:(b + 1) * bs]
-        x = augment(data.images[idx.cpu() if data.images.device.type == "cpu" else idx].to(device, non_blocking=True),
-                    train=True, generator=gen)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        loss = step(x, data.meta[idx], data.labels[idx])
+        loss = step(idx, params[b * bs:(b + 1) * bs])
         total_loss += loss * len(idx)
         seen += len(idx)
         if on_batch is not None:

@@ -181,3 +181,37 @@ def test_train_run_refuses_cuda_graphs_on_without_a_gpu(isolated_root):
                     data_kind=ds.kind, data_fingerprint=ds.fingerprint)
     with pytest.raises(ValueError, match="needs a CUDA device"):
         train_run(cfg, ds, device="cpu", progress=False)
+
+
+def test_a_prepare_function_runs_inside_the_step_and_a_new_cache_captures_again():
+    """The kit's path: the step gets cache indices and augmentation parameters, gathers and augments
+    inside (inside the graph); same numbers as eager; new cache tensors mean a new capture."""
+    g = torch.Generator().manual_seed(2)
+    cache = torch.rand(40, 3, 8, 8, generator=g)
+    meta_all, y_all = torch.rand(40, 5, generator=g), torch.randint(0, 7, (40,), generator=g)
+
+    def prepare(idx, p):
+        return cache[idx] * p[:, :1, None, None], meta_all[idx], y_all[idx]
+
+    order = torch.randperm(40, generator=g)
+    scales = 0.5 + torch.rand(40, 1, generator=g)
+
+    def train(graphed: bool):
+        net, opt, crit = _setup()
+        back = _RecordingGraphs()
+        step = TrainStep(net, crit, opt, batch_size=8, cuda_graph=graphed, warmup=1, _backend=back)
+        step.set_prepare(prepare, key="cache-1")
+        losses = [float(step(order[i:i + 8], scales[i:i + 8])) for i in range(0, 40, 8)]
+        step.set_prepare(prepare, key="cache-1")  # same cache: the graph stays
+        losses += [float(step(order[:8], scales[:8]))]
+        captures_same = back.captures
+        step.set_prepare(prepare, key="cache-2")  # another cache: captured again at the next full batch
+        losses += [float(step(order[8:16], scales[8:16]))]
+        return losses, net, captures_same, back.captures
+
+    l_e, n_e, _, _ = train(False)
+    l_g, n_g, same, after = train(True)
+    assert l_e == l_g
+    for a, b in zip(n_e.parameters(), n_g.parameters()):
+        assert torch.equal(a, b)
+    assert same == 1 and after == 2
