@@ -369,6 +369,30 @@ def measure_together(models: list[nn.Module], data, augment, cfg, criterion: nn.
         del steps, opts
 
 
+def measure_checkpoint(model: nn.Module, repeats: int = 2) -> dict[str, Any]:
+    """One checkpoint written the kit's way (model and SGD momentum state, atomic write with fsync, as
+    ``train_run`` writes it every epoch or interval); median seconds of ``repeats`` writes."""
+    import tempfile
+
+    from metanet_utils.train import _save_checkpoint
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    state = {"model": model.state_dict(),
+             "optimizer": {"state": {i: {"momentum_buffer": torch.zeros_like(p)} for i, p in enumerate(params)},
+                           "param_groups": [{"params": list(range(len(params)))}]}}
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "checkpoint.pt"
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            _save_checkpoint(path, state)
+            times.append(time.perf_counter() - t0)
+        size = path.stat().st_size
+    del state
+    return {"checkpoint_s": round(statistics.median(times), 3), "checkpoint_mb": round(size / 2**20, 1),
+            "repeats_s": [round(t, 3) for t in times]}
+
+
 def measure_eval(model: nn.Module, data, augment, s: Settings, amp_dtype, channels_last: bool,
                  batch: int = 128) -> dict[str, Any]:
     """The kit's evaluation pass (:func:`metanet_utils.train.evaluate_model`: centre crop, no gradients,
@@ -570,6 +594,8 @@ def project_paper_protocol(rows: list[dict[str, Any]], batch: int = 32,
     Per run: ``PAPER_EPOCHS x (training images / training img/s + validation images / evaluation img/s)``.
     The kit's evaluation speed is the measured ``eval_img_s`` where the row has one, else
     ``EVAL_SPEEDUP`` x its training speed; the reference's is always assumed (``EVAL_SPEEDUP`` x).
+    Where a row has ``checkpoint_s`` (one checkpoint written the kit's way), the kit's checkpoints are
+    added: every epoch, or with the paper profile's ``checkpoint_interval_s`` about one per interval.
     ``side_by_side`` maps a backbone to a measured factor (aggregate img/s of several runs at once /
     one run alone) that divides the kit's hours; backbones without one keep factor 1.
     Where the rows carry ``fwd_gflop_per_img``, the protocol's arithmetic (PFLOP) is added, and with
@@ -580,7 +606,14 @@ def project_paper_protocol(rows: list[dict[str, Any]], batch: int = 32,
         runs = paper_protocol_runs()
     except Exception as e:  # noqa: BLE001 - a projection must never break the benchmark
         return {"error": f"{type(e).__name__}: {e}"}
-    out: dict[str, Any] = {"batch": batch, "epochs": PAPER_EPOCHS, "train_images_per_fold": PAPER_TRAIN_IMAGES,
+    try:
+        from metanet_utils.config import load_profile
+
+        interval = float(load_profile("paper").checkpoint_interval_s)
+    except Exception:  # noqa: BLE001
+        interval = 0.0
+    out: dict[str, Any] = {"checkpoint_interval_s": interval,
+                           "batch": batch, "epochs": PAPER_EPOCHS, "train_images_per_fold": PAPER_TRAIN_IMAGES,
                            "val_images_per_fold": PAPER_VAL_IMAGES, "eval_speedup_assumed": EVAL_SPEEDUP,
                            "side_by_side": dict(side_by_side or {}), "backbones": {}}
     totals = {f"{p}_{scope}": 0.0 for p in ("kit", "reference") for scope in ("table1", "all")}
@@ -591,6 +624,7 @@ def project_paper_protocol(rows: list[dict[str, Any]], batch: int = 32,
         for p in ("kit", "reference"):
             v = row.get(f"{p}_img_s") if row else None
             measured_eval = next((r["eval_img_s"] for r in rows if r["backbone"] == bb and r.get("eval_img_s")), None)
+            ckpt_s = next((r["checkpoint_s"] for r in rows if r["backbone"] == bb and r.get("checkpoint_s")), None)
             ev = (measured_eval if p == "kit" else None) or (v * EVAL_SPEEDUP if v else None)
             if p == "kit":
                 entry["kit_eval"] = "measured" if measured_eval else f"assumed {EVAL_SPEEDUP:g}x training"
@@ -599,6 +633,9 @@ def project_paper_protocol(rows: list[dict[str, Any]], batch: int = 32,
                 key = f"{p}_{scope}"
                 if v:
                     sec = PAPER_EPOCHS * (PAPER_TRAIN_IMAGES / v + PAPER_VAL_IMAGES / ev)
+                    if p == "kit" and ckpt_s:  # the kit's checkpoints under the paper profile's interval
+                        n_ckpt = PAPER_EPOCHS if not interval else min(PAPER_EPOCHS, 2 + sec / interval)
+                        sec += n_ckpt * ckpt_s
                     h = n[scope] * sec / factor / 3600.0
                     entry[f"{key}_hours"] = round(h, 2)
                     totals[key] += h
@@ -710,14 +747,18 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"## The paper's protocol on this device (projected from batch {proj['batch']})", "",
                   f"{proj['epochs']} epochs x ({proj['train_images_per_fold']} training images + "
                   f"{proj['val_images_per_fold']} validation images) per run; the kit's evaluation speed as measured "
-                  f"(`eval`), the reference's assumed {proj['eval_speedup_assumed']:g}x its training speed; one run at a "
-                  "time.", "",
-                  "| backbone | runs Table 1 | runs Tables 1+3+4 | kit h (T1) | kit h (all) | reference h (all) |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  f"(`eval`), the reference's assumed {proj['eval_speedup_assumed']:g}x its training speed; the kit's "
+                  f"checkpoints as measured (`checkpoint s`), {'every epoch' if not proj.get('checkpoint_interval_s') else 'about one per %g s (the paper profile)' % proj['checkpoint_interval_s']}; "
+                  "one run at a time.", "",
+                  "| backbone | runs Table 1 | runs Tables 1+3+4 | checkpoint s (MiB) | kit h (T1) | kit h (all) | "
+                  "reference h (all) |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for bb, e in proj["backbones"].items():
-            lines.append(f"| {bb} | {e['runs_table1']} | {e['runs_all']} | {_fmt(e['kit_table1_hours'], 1)} | "
+            r = next((r for r in report["results"] if r["backbone"] == bb and r.get("checkpoint_s")), {})
+            ck = f"{r['checkpoint_s']:.2f} ({r['checkpoint_mb']:,.0f})" if r else "-"
+            lines.append(f"| {bb} | {e['runs_table1']} | {e['runs_all']} | {ck} | {_fmt(e['kit_table1_hours'], 1)} | "
                          f"{_fmt(e['kit_all_hours'], 1)} | {_fmt(e['reference_all_hours'], 1)} |")
-        lines.append(f"| **total** | {proj['runs_table1']} | {proj['runs_all']} | {_fmt(proj['kit_table1_hours'], 1)} | "
+        lines.append(f"| **total** | {proj['runs_table1']} | {proj['runs_all']} | | {_fmt(proj['kit_table1_hours'], 1)} | "
                      f"{_fmt(proj['kit_all_hours'], 1)} | {_fmt(proj['reference_all_hours'], 1)} |")
         lines.append("")
         pt = report.get("projection_together")
@@ -1046,7 +1087,7 @@ def main(argv: list[str] | None = None) -> int:
                "eager_ratio_vs_reference": None, "kit_compiled_img_s": None, "compile_s": None,
                "kit_other_layout_img_s": None, "other_layout": None, "fwd_gflop_per_img": None,
                "together_runs": args.together if args.together > 1 else None, "together_img_s": None,
-               "together_vs_one_run": None,
+               "together_vs_one_run": None, "checkpoint_s": None, "checkpoint_mb": None,
                "kit_tflop_s": None, "details": {}, "notes": []}
         report["results"].append(row)
         return row
@@ -1094,6 +1135,7 @@ def main(argv: list[str] | None = None) -> int:
     # ---------------------------------------------------------------- 1. the table (kit, ceiling, eval; reference if in-process)
     main_until = reserve_reference + reserve_extras
     eval_done: set[str] = set()
+    ckpt_done: set[str] = set()
     gflops: dict[str, float] = {}
     if device.type == "cuda" and set(args.pipelines) - {"reference"} and args.matmul_peak == "on":
         try:
@@ -1162,6 +1204,15 @@ def main(argv: list[str] | None = None) -> int:
             run_one(row, "ceiling", lambda: measure_ceiling(model, b, crop, args.meta_dim, criterion, settings,
                                                             amp_dtype, channels_last, cuda_graph=graphs),
                     "ceiling_img_s", main_until)
+        if "kit" in args.pipelines and args.eval == "on" and bb not in ckpt_done and left() > main_until:
+            ckpt_done.add(bb)
+            try:
+                c = measure_checkpoint(model)
+                row.update(checkpoint_s=c["checkpoint_s"], checkpoint_mb=c["checkpoint_mb"])
+                row["details"]["checkpoint"] = c
+                log(f"{bb}: checkpoint {c['checkpoint_mb']} MiB written in {c['checkpoint_s']} s")
+            except Exception as e:  # noqa: BLE001
+                row["notes"].append(f"checkpoint: {type(e).__name__}: {e}"[:200])
         if "kit" in args.pipelines and args.eval == "on" and bb not in eval_done:  # batch 128 whatever the row's
             eval_done.add(bb)
             run_one(row, "eval", lambda: measure_eval(model, get_cache(resize), aug, settings, amp_dtype, channels_last),

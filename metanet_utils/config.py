@@ -45,7 +45,7 @@ PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
 DATA_SOURCES: tuple[str, ...] = ("auto", "real", "synthetic")
 CUDA_GRAPHS: tuple[str, ...] = ("auto", "on", "off")
 #: Run settings that change how a step is launched, not what it computes: not part of ``run_id``.
-EXECUTION_ONLY: frozenset[str] = frozenset({"cuda_graphs"})
+EXECUTION_ONLY: frozenset[str] = frozenset({"cuda_graphs", "checkpoint_interval_s"})
 
 
 class ConfigError(ValueError):
@@ -133,6 +133,7 @@ class RunConfig:
     channels_last: str = "auto"
     compile: bool = False
     cuda_graphs: str = "auto"
+    checkpoint_interval_s: float = 0.0
     deterministic: bool = False
     data_kind: str = "real"
     data_fingerprint: str = ""
@@ -162,6 +163,9 @@ class RunConfig:
             raise ConfigError(f"fusion={self.fusion!r} needs at least one meta feature; use fusion='none' for none")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch_size must be >= 1")
+        if self.checkpoint_interval_s < 0:
+            raise ConfigError(f"checkpoint_interval_s={self.checkpoint_interval_s} is not allowed; use 0 (every epoch) "
+                              "or more seconds")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -243,6 +247,7 @@ class Profile:
     precision: str = "auto"
     compile: bool = False
     cuda_graphs: str = "auto"
+    checkpoint_interval_s: float = 0.0
     deterministic: bool = False
     seed: int = 0
     ablations: Ablations = field(default_factory=Ablations)
@@ -272,6 +277,9 @@ class Profile:
         if self.image_size is not None and self.crop_size is not None and self.crop_size > self.image_size:
             raise ConfigError(f"crop_size={self.crop_size} is larger than image_size={self.image_size}; "
                               "allowed: crop_size <= image_size")
+        if self.checkpoint_interval_s < 0:
+            raise ConfigError(f"checkpoint_interval_s={self.checkpoint_interval_s} is not allowed; use 0 (every epoch) "
+                              "or more seconds")
         if self.workers < 1 or self.runs_together < 1:
             raise ConfigError(f"workers={self.workers}, runs_together={self.runs_together}: both must be >= 1")
 

@@ -64,6 +64,7 @@ def _base(profile: Profile, dataset, backbone: str) -> RunConfig:
         milestones=profile.milestones, lr_gamma=profile.lr_gamma, batch_size=profile.batch_size, lr=profile.lr,
         momentum=profile.momentum, weight_decay=profile.weight_decay, pretrained=profile.pretrained, seed=profile.seed,
         precision=profile.precision, compile=profile.compile, cuda_graphs=profile.cuda_graphs,
+        checkpoint_interval_s=profile.checkpoint_interval_s,
         deterministic=profile.deterministic,
         data_kind=dataset.kind, data_fingerprint=dataset.fingerprint, meta_layers=profile.meta_layers)
 

@@ -356,9 +356,10 @@ def train_run(cfg: RunConfig, dataset, runs_dir: str | Path | None = None, devic
         session = _RunSession(cfg, dataset, runs_dir, pick_device(device), progress, weights_dir)
         epochs_this_call = 0
         while not session.done:
-            session.end_epoch(session.run_epoch_iter().drain())
+            stopping = stop_after_epochs is not None and epochs_this_call + 1 >= stop_after_epochs
+            session.end_epoch(session.run_epoch_iter().drain(), force_checkpoint=stopping)
             epochs_this_call += 1
-            if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs and not session.done:
+            if stopping and not session.done:
                 return {"interrupted": True, "epochs_done": session.epoch}
         return session.finish()
     finally:
@@ -552,6 +553,7 @@ class _RunSession:
         self.stream = torch.cuda.Stream(device) if together and device.type == "cuda" else None
         self.probs: np.ndarray | None = None
         self._bar = None
+        self._last_ckpt: float | None = None
 
     @property
     def done(self) -> bool:
@@ -584,8 +586,20 @@ class _RunSession:
                                self.device, self.amp_dtype, self.channels_last, on_batch, step=self.step)
         return _EpochIter(self, gen)
 
-    def end_epoch(self, row: dict[str, float]) -> None:
-        """Schedule, evaluate, record and checkpoint the epoch that just ended."""
+    def save_checkpoint(self) -> None:
+        """The whole state after ``self.epoch`` epochs, written atomically."""
+        _save_checkpoint(self.ckpt_path, {"run_id": self.cfg.run_id, "epoch": self.epoch,
+                                          "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                                          "scheduler": self.scheduler.state_dict(), "history": self.history,
+                                          "config": self.cfg.to_dict()})
+        self._last_ckpt = time.monotonic()
+
+    def end_epoch(self, row: dict[str, float], force_checkpoint: bool = False) -> None:
+        """Schedule, evaluate, record and checkpoint the epoch that just ended.
+
+        The checkpoint is written after the first and the last epoch, when ``force_checkpoint``, and
+        otherwise once ``cfg.checkpoint_interval_s`` have passed since the last one (0: every epoch).
+        """
         from .evaluate import mean_class_recall
 
         cfg = self.cfg
@@ -602,10 +616,9 @@ class _RunSession:
         row = {"epoch": self.epoch, "lr": lr, "train_loss": row["train_loss"], "val_loss": val_loss,
                "val_mcr": val_mcr, "epoch_time_s": row["epoch_time_s"], "images_per_s": row["images_per_s"]}
         self.history.append(row)
-        _save_checkpoint(self.ckpt_path, {"run_id": cfg.run_id, "epoch": self.epoch, "model": self.model.state_dict(),
-                                          "optimizer": self.optimizer.state_dict(),
-                                          "scheduler": self.scheduler.state_dict(), "history": self.history,
-                                          "config": cfg.to_dict()})
+        if force_checkpoint or self.done or self._last_ckpt is None or \
+                time.monotonic() - self._last_ckpt >= cfg.checkpoint_interval_s:
+            self.save_checkpoint()
         if self.progress:
             _log(f"[{cfg.backbone}/{cfg.fusion}/fold {cfg.fold}] epoch {self.epoch}/{cfg.epochs} "
                  f"loss {row['train_loss']:.4f} val_loss {val_loss:.4f} val MCR {val_mcr:.4f} lr {lr:.2e} "

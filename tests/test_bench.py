@@ -73,6 +73,7 @@ def test_throughput_cpu_tiny(tmp_path):
         # two runs trained together (one process; on the CPU without streams) are measured beside
         assert r["together_runs"] == 2 and r["together_img_s"] > 0 and "together" in r["details"]
         assert r["together_vs_one_run"] == pytest.approx(r["together_img_s"] / r["kit_img_s"], rel=0.01)
+        assert r["checkpoint_s"] > 0 and r["checkpoint_mb"] > 0  # one checkpoint written the kit's way
     # the reference ran in its own process, after the kit: its settings say so and its rows merged in
     assert report["settings"]["reference_process"] == "child"
     assert report["caches"]["64"]["images"] == 48 and report["caches"]["64"]["upload_s"] >= 0
@@ -179,3 +180,28 @@ def test_projection_adds_the_protocol_arithmetic_and_the_bound_at_the_matmul_pea
     assert proj["pflop_table1"] == round(90 * per_run_pflop)
     assert proj["hours_at_matmul_peak_all"] == pytest.approx(155 * per_run_pflop * 1e3 / 500 / 3600, abs=0.05)
     assert runs["senet154"]["all"] == 80
+
+
+def test_checkpoint_measurement_writes_model_and_momentum_and_the_projection_counts_it():
+    import torch
+
+    mod = _load_module()
+    from metanet_utils.config import load_profile
+    from metanet_utils.models import build_model
+
+    model = build_model("test_resnet", "metanet", num_classes=7, meta_dim=17, meta_layers=2, pretrained=False)
+    c = mod.measure_checkpoint(model, repeats=1)
+    n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert c["checkpoint_mb"] * 2**20 >= 2 * n_bytes  # weights and one momentum buffer per weight
+    assert c["checkpoint_s"] > 0
+
+    interval = load_profile("paper").checkpoint_interval_s
+    rows = [{"backbone": b, "batch": 32, "kit_img_s": 1000.0, "reference_img_s": 250.0, "eval_img_s": 4000.0,
+             "checkpoint_s": 2.0} for b in mod.PAPER_BACKBONES]
+    proj = mod.project_paper_protocol(rows, 32)
+    sec = 250 * (8012 / 1000.0 + 2003 / 4000.0)
+    n_ckpt = 250 if not interval else min(250, 2 + sec / interval)
+    runs = mod.paper_protocol_runs()
+    assert proj["backbones"]["vgg19"]["kit_all_hours"] == pytest.approx(
+        runs["vgg19"]["all"] * (sec + 2.0 * n_ckpt) / 3600, rel=1e-3)
+    assert proj["checkpoint_interval_s"] == interval

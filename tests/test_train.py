@@ -157,3 +157,29 @@ def test_two_concurrent_workers_train_each_run_exactly_once(real_data_dir, tmp_p
     assert starts.is_unique and set(starts) == set(completes)
     pids = {e.split()[2] for e in events if " start " in e}
     assert len(pids) == 2, "both workers should have trained something"
+
+
+def test_checkpoint_interval_skips_checkpoints_between_the_first_and_the_last_epoch(real_data_dir, tmp_path,
+                                                                                    monkeypatch):
+    from metanet_utils import train as train_mod
+    from metanet_utils.dataset import open_dataset
+
+    ds = open_dataset(real_data_dir, max_images=120)
+    saved = []
+    real = train_mod._save_checkpoint
+    monkeypatch.setattr(train_mod, "_save_checkpoint", lambda path, state: (saved.append(state["epoch"]),
+                                                                              real(path, state)))
+    base = RunConfig(backbone="test_resnet", fusion="none", meta_features=(), meta_layers=0, n_folds=2, epochs=4,
+                     image_size=40, crop_size=32, batch_size=16, pretrained=False, data_kind=ds.kind,
+                     data_fingerprint=ds.fingerprint)
+    m_every = train_mod.train_run(base, ds, runs_dir=tmp_path / "every", device="cpu", progress=False)
+    assert saved == [1, 2, 3, 4]
+    saved.clear()
+    sparse = base.replace(checkpoint_interval_s=3600.0)
+    assert sparse.run_id == base.run_id  # how often it checkpoints is not part of what the run is
+    m_sparse = train_mod.train_run(sparse, ds, runs_dir=tmp_path / "sparse", device="cpu", progress=False)
+    assert saved == [1, 4] and m_sparse["mcr"] == m_every["mcr"]
+    saved.clear()
+    # an interruption (stop_after_epochs, the testing hook) always leaves its checkpoint
+    r = train_mod.train_run(sparse, ds, runs_dir=tmp_path / "stop", device="cpu", progress=False, stop_after_epochs=3)
+    assert r["interrupted"] and saved == [1, 3]
