@@ -72,7 +72,7 @@ def run_chain(profile: str = "demo", data_dir: str | None = None, kernel: str | 
     """Execute the chain; return 0 on success, 1 at the first failing notebook."""
     import papermill as pm
 
-    from .paths import outputs_dir, project_root
+    from .paths import figures_dir, outputs_dir, project_root, results_dir
 
     root = root or project_root()
     out_dir = outputs_dir() / "notebooks"
@@ -108,7 +108,7 @@ def run_chain(profile: str = "demo", data_dir: str | None = None, kernel: str | 
 
         report = write_html_report(out_dir, outputs_dir() / "report.html")
     print(f"\nall notebooks ran in {time.perf_counter() - t_all:.0f} s.\n  executed notebooks: {out_dir}\n"
-          f"  figures: {root / 'figures'}\n  tables: {root / 'results' / 'tables'}"
+          f"  figures: {figures_dir()}\n  tables: {results_dir() / 'tables'}"
           + (f"\n  report: {report}" if report else ""), flush=True)
     return 0
 
