@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{b} x{n}: aggregate {r['aggregate_img_s']} img/s  per process {r['per_process_img_s']}"
                   + (f"  errors: {r['errors']}" if r["errors"] else ""), flush=True)
             a.json.write_text(json.dumps({"batch": a.batch, "cuda_graphs": a.cuda_graphs, "rows": rows}, indent=2))
-    lines = [f"| backbone | runs side by side | aggregate img/s | per run img/s | vs one run |",
+    lines = ["| backbone | runs side by side | aggregate img/s | per run img/s | vs one run |",
              "|---|---:|---:|---|---:|"]
     single = {r["backbone"]: r["aggregate_img_s"] for r in rows if r["procs"] == 1}
     for r in rows:

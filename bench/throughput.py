@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import datetime as _dt
 import functools
@@ -256,7 +257,6 @@ def measure_kit(model: nn.Module, data, augment, cfg, criterion: nn.Module, s: S
         return res
     finally:
         optimizer.zero_grad(set_to_none=True)
-        del step, optimizer
 
 
 def _timed_repeats(run, batch: int, s: "Settings") -> dict[str, Any]:
@@ -311,7 +311,6 @@ def measure_ceiling(model: nn.Module, batch: int, crop: int, meta_dim: int, crit
         return res
     finally:
         optimizer.zero_grad(set_to_none=True)
-        del step, optimizer, x
 
 
 def measure_together(models: list[nn.Module], data, augment, cfg, criterion: nn.Module, s: Settings, amp_dtype,
@@ -366,7 +365,6 @@ def measure_together(models: list[nn.Module], data, augment, cfg, criterion: nn.
     finally:
         for o in opts:
             o.zero_grad(set_to_none=True)
-        del steps, opts
 
 
 def measure_checkpoint(model: nn.Module, repeats: int = 2) -> dict[str, Any]:
@@ -482,7 +480,6 @@ def measure_reference(model: nn.Module, dataset: JpegDataset, batch: int, crop: 
         if it is not None and hasattr(it, "_shutdown_workers"):
             it._shutdown_workers()  # stop the workers now, not whenever the iterator is collected
         optimizer.zero_grad(set_to_none=True)
-        del optimizer
     img_s = [n * batch / t for t in times]
     return _result(img_s, batch, n, first_batch_s=round(first_batch_s, 3), first_call_s=round(t_first_model.seconds, 3),
                    model_only_fp32_img_s=round(model_img_s, 1), repeat_mode=mode,
@@ -1189,8 +1186,6 @@ def main(argv: list[str] | None = None) -> int:
                                                               amp_dtype, channels_last, cuda_graph=False),
                         "kit_eager_img_s", main_until)
             if args.together > 1 and first_batch:
-                import copy
-
                 def together() -> dict[str, Any]:
                     copies = [model] + [copy.deepcopy(model) for _ in range(args.together - 1)]
                     try:
@@ -1282,8 +1277,6 @@ def main(argv: list[str] | None = None) -> int:
                 model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
                 set_determinism(args.seed, False)
                 if not isinstance(gr, bool):  # k runs side by side in this process
-                    import copy
-
                     copies = [model] + [copy.deepcopy(model) for _ in range(gr - 1)]
                     res = measure_together(copies, get_cache(resize), BatchAugment(crop=crop, mean=mean, std=std),
                                            kit_cfg(bb, b), criterion_for(), settings, amp, cl)
@@ -1345,7 +1338,6 @@ def main(argv: list[str] | None = None) -> int:
         run_one(row, "kit_compiled", run_compiled, "kit_compiled_img_s")
         if "kit_compiled" in row["details"]:
             row["compile_s"] = row["details"]["kit_compiled"].get("first_call_s")
-        del compiled
         try:
             torch._dynamo.reset()
         except Exception:  # noqa: BLE001

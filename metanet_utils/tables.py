@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_write_text
-from .constants import CLASS_CODES, META_FIELDS
+from .constants import META_FIELDS
 from .evaluate import load_records, setting_columns
 
 __all__ = [

@@ -183,8 +183,6 @@ def test_projection_adds_the_protocol_arithmetic_and_the_bound_at_the_matmul_pea
 
 
 def test_checkpoint_measurement_writes_model_and_momentum_and_the_projection_counts_it():
-    import torch
-
     mod = _load_module()
     from metanet_utils.config import load_profile
     from metanet_utils.models import build_model

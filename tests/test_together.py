@@ -8,7 +8,6 @@ run trained alone (test_resnet draws nothing from the global random generator wh
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

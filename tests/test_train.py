@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from metanet_utils.config import RunConfig, load_profile
+from metanet_utils.config import RunConfig
 from metanet_utils.constants import CLASS_CODES
 from metanet_utils.train import RECORD_FILES, class_weight_tensor, is_complete, make_scheduler
 
