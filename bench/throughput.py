@@ -828,8 +828,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ladder-streams", nargs="*", type=int, default=[2, 4], metavar="K",
                     help="ladder's last steps on a GPU: K runs trained together in one process, one CUDA stream "
                          "and graph each (default: 2 4)")
-    ap.add_argument("--layouts", action="store_true",
-                    help="also measure the kit in the layout it does not choose (first batch size), after the table")
+    ap.add_argument("--layouts", nargs="*", default=None, metavar="BACKBONE",
+                    help="also measure the kit in the layout it does not choose (first batch size), after the table: "
+                         "for these backbones, or all when none is named")
     ap.add_argument("--extras-share", type=float, default=0.15,
                     help="share of --deadline kept for --ladder, --layouts and --compile")
     ap.add_argument("--matmul-peak", default="on", choices=["on", "off"],
@@ -942,7 +943,7 @@ def main(argv: list[str] | None = None) -> int:
     kit_eager = graphs and args.kit_eager != "off" and "kit" in args.pipelines
     reference_child = "reference" in args.pipelines and args.reference_process == "child" and \
         bool(set(args.pipelines) - {"reference"})
-    extras_wanted = bool(args.ladder or args.layouts or args.compile is not None)
+    extras_wanted = bool(args.ladder or args.layouts is not None or args.compile is not None)
 
     def left() -> float:
         return float("inf") if args.deadline is None else args.deadline - (time.monotonic() - t_start)
@@ -1141,80 +1142,105 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001
             log(f"matrix-product peak: FAILED {type(e).__name__}: {e}")
         free_memory(device)
+    # Rows are filled in passes, most needed first, because the first call of each model (cuDNN autotuning of
+    # every convolution shape) can take a minute: (A) kit and ceiling at the first batch size for every
+    # backbone, then (B) what explains them (eager kit, two runs together, evaluation, checkpoint), then (C) the
+    # larger batch sizes. A reference measured in this process goes with pass A.
     for bb, b in plan:
-        row = new_row(bb, b)
-        if left() <= main_until:
-            row["notes"].append("skipped (time budget)")
-            save()
-            continue
-        resize, crop, mean, std = spec_of(bb)
-        try:
-            model = get_model(bb).to(device)
-        except Exception as e:  # noqa: BLE001
-            row["notes"].append(f"model: {type(e).__name__}: {e}")
-            log(f"{bb}: cannot build the model: {e}")
-            save()
-            continue
-        channels_last = row["channels_last"]
-        criterion = criterion_for()
-        try:
-            if bb not in gflops:
-                gflops[bb] = round(forward_gflop_per_image(model, crop, args.meta_dim, device), 3)
-            row["fwd_gflop_per_img"] = gflops[bb]
-        except Exception as e:  # noqa: BLE001 - arithmetic is a by-product
-            row["notes"].append(f"FLOP count: {type(e).__name__}")
-        if "reference" in args.pipelines and not reference_child:
-            torch.backends.cudnn.benchmark = args.reference_cudnn_benchmark
-            model.to(memory_format=torch.contiguous_format)
-            g = torch.Generator().manual_seed(args.seed)
-            ds = JpegDataset(paths, reference_transform(resize, crop, mean, std),
-                             torch.rand(len(paths), args.meta_dim, generator=g),
-                             torch.randint(0, 7, (len(paths),), generator=g))
-            run_one(row, "reference", lambda: measure_reference(model, ds, b, crop, criterion, settings),
-                    "reference_img_s", main_until)
-        set_determinism(args.seed, False)  # what train_run does: seeds, cudnn.benchmark = True
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        aug = BatchAugment(crop=crop, mean=mean, std=std)
-        if "kit" in args.pipelines:
-            cfg = kit_cfg(bb, b)
-            run_one(row, "kit", lambda: measure_kit(model, get_cache(resize), aug, cfg, criterion, settings,
-                                                    amp_dtype, channels_last, cuda_graph=graphs), "kit_img_s", main_until)
-            first_batch = b == min(args.batches[0], caps.get(bb, args.batches[0]))
-            if kit_eager and (first_batch or args.kit_eager == "on"):
-                run_one(row, "kit_eager", lambda: measure_kit(model, get_cache(resize), aug, cfg, criterion, settings,
-                                                              amp_dtype, channels_last, cuda_graph=False),
-                        "kit_eager_img_s", main_until)
-            if args.together > 1 and first_batch:
-                def together() -> dict[str, Any]:
-                    copies = [model] + [copy.deepcopy(model) for _ in range(args.together - 1)]
-                    try:
-                        return measure_together(copies, get_cache(resize), aug, cfg, criterion, settings, amp_dtype,
-                                                channels_last)
-                    finally:
-                        del copies
-
-                run_one(row, "together", together, "together_img_s", main_until)
-        if "ceiling" in args.pipelines:
-            run_one(row, "ceiling", lambda: measure_ceiling(model, b, crop, args.meta_dim, criterion, settings,
-                                                            amp_dtype, channels_last, cuda_graph=graphs),
-                    "ceiling_img_s", main_until)
-        if "kit" in args.pipelines and args.eval == "on" and bb not in ckpt_done and left() > main_until:
-            ckpt_done.add(bb)
+        rows[(bb, b)] = new_row(bb, b)
+    first_b = {bb: min(args.batches[0], caps.get(bb, args.batches[0])) for bb in args.backbones}
+    passes = [("A", [(bb, b) for bb, b in plan if b == first_b[bb]]), ("B", [(bb, b) for bb, b in plan if b == first_b[bb]]),
+              ("C", [(bb, b) for bb, b in plan if b != first_b[bb]])]
+    broken: set[str] = set()
+    for pass_name, pass_rows in passes:
+        for bb, b in pass_rows:
+            row = rows[(bb, b)]
+            if bb in broken:
+                continue
+            if left() <= main_until:
+                if not row["details"]:
+                    row["notes"].append("skipped (time budget)")
+                save()
+                continue
+            resize, crop, mean, std = spec_of(bb)
             try:
-                c = measure_checkpoint(model)
-                row.update(checkpoint_s=c["checkpoint_s"], checkpoint_mb=c["checkpoint_mb"])
-                row["details"]["checkpoint"] = c
-                log(f"{bb}: checkpoint {c['checkpoint_mb']} MiB written in {c['checkpoint_s']} s")
+                model = get_model(bb).to(device)
             except Exception as e:  # noqa: BLE001
-                row["notes"].append(f"checkpoint: {type(e).__name__}: {e}"[:200])
-        if "kit" in args.pipelines and args.eval == "on" and bb not in eval_done:  # batch 128 whatever the row's
-            eval_done.add(bb)
-            run_one(row, "eval", lambda: measure_eval(model, get_cache(resize), aug, settings, amp_dtype, channels_last),
-                    "eval_img_s", main_until)
-        rows[(bb, b)] = row
-        model.to("cpu").zero_grad(set_to_none=True)
-        free_memory(device)
+                row["notes"].append(f"model: {type(e).__name__}: {e}")
+                log(f"{bb}: cannot build the model: {e}")
+                broken.add(bb)
+                save()
+                continue
+            channels_last = row["channels_last"]
+            criterion = criterion_for()
+            if pass_name == "A" or (pass_name == "C" and bb not in gflops):
+                try:
+                    if bb not in gflops:
+                        gflops[bb] = round(forward_gflop_per_image(model, crop, args.meta_dim, device), 3)
+                except Exception as e:  # noqa: BLE001 - arithmetic is a by-product
+                    row["notes"].append(f"FLOP count: {type(e).__name__}")
+            if bb in gflops:
+                row["fwd_gflop_per_img"] = gflops[bb]
+            if pass_name in ("A", "C") and "reference" in args.pipelines and not reference_child:
+                torch.backends.cudnn.benchmark = args.reference_cudnn_benchmark
+                model.to(memory_format=torch.contiguous_format)
+                g = torch.Generator().manual_seed(args.seed)
+                ds = JpegDataset(paths, reference_transform(resize, crop, mean, std),
+                                 torch.rand(len(paths), args.meta_dim, generator=g),
+                                 torch.randint(0, 7, (len(paths),), generator=g))
+                run_one(row, "reference", lambda: measure_reference(model, ds, b, crop, criterion, settings),
+                        "reference_img_s", main_until)
+            set_determinism(args.seed, False)  # what train_run does: seeds, cudnn.benchmark = True
+            model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            aug = BatchAugment(crop=crop, mean=mean, std=std)
+            cfg = kit_cfg(bb, b)
+            if pass_name in ("A", "C"):
+                if "kit" in args.pipelines:
+                    run_one(row, "kit", lambda: measure_kit(model, get_cache(resize), aug, cfg, criterion, settings,
+                                                            amp_dtype, channels_last, cuda_graph=graphs),
+                            "kit_img_s", main_until)
+                if "ceiling" in args.pipelines:
+                    run_one(row, "ceiling", lambda: measure_ceiling(model, b, crop, args.meta_dim, criterion, settings,
+                                                                    amp_dtype, channels_last, cuda_graph=graphs),
+                            "ceiling_img_s", main_until)
+                if pass_name == "C" and kit_eager and args.kit_eager == "on" and "kit" in args.pipelines:
+                    run_one(row, "kit_eager", lambda: measure_kit(model, get_cache(resize), aug, cfg, criterion,
+                                                                  settings, amp_dtype, channels_last, cuda_graph=False),
+                            "kit_eager_img_s", main_until)
+            elif "kit" in args.pipelines:  # pass B
+                if args.eval == "on" and bb not in eval_done:  # batch 128 whatever the row's
+                    eval_done.add(bb)
+                    run_one(row, "eval", lambda: measure_eval(model, get_cache(resize), aug, settings, amp_dtype,
+                                                              channels_last), "eval_img_s", main_until)
+                if kit_eager:
+                    run_one(row, "kit_eager", lambda: measure_kit(model, get_cache(resize), aug, cfg, criterion,
+                                                                  settings, amp_dtype, channels_last, cuda_graph=False),
+                            "kit_eager_img_s", main_until)
+                if args.together > 1:
+                    def together() -> dict[str, Any]:
+                        copies = [model] + [copy.deepcopy(model) for _ in range(args.together - 1)]
+                        try:
+                            return measure_together(copies, get_cache(resize), aug, cfg, criterion, settings,
+                                                    amp_dtype, channels_last)
+                        finally:
+                            del copies
+
+                    run_one(row, "together", together, "together_img_s", main_until)
+                if args.eval == "on" and bb not in ckpt_done and left() > main_until:
+                    ckpt_done.add(bb)
+                    try:
+                        c = measure_checkpoint(model)
+                        row.update(checkpoint_s=c["checkpoint_s"], checkpoint_mb=c["checkpoint_mb"])
+                        row["details"]["checkpoint"] = c
+                        log(f"{bb}: checkpoint {c['checkpoint_mb']} MiB written in {c['checkpoint_s']} s")
+                    except Exception as e:  # noqa: BLE001
+                        row["notes"].append(f"checkpoint: {type(e).__name__}: {e}"[:200])
+                    finish(row)
+                    save()
+            model.zero_grad(set_to_none=True)
+            if device.type != "cuda":
+                model.to("cpu")
+            free_memory(device)
 
     # ---------------------------------------------------------------- 2. the reference, in its own process
     if reference_child:
@@ -1297,9 +1323,9 @@ def main(argv: list[str] | None = None) -> int:
         if device.type != "cuda":
             lad["steps"].append({"step": "bf16, channels_last, CUDA graph", "img_s": None, "note": "needs a GPU"})
 
-    if args.layouts and device.type == "cuda":
+    if args.layouts is not None and device.type == "cuda":
         for (bb, b), row in rows.items():
-            if b != plan[0][1] or not row["kit_img_s"]:
+            if (args.layouts and bb not in args.layouts) or b != first_b[bb] or not row["kit_img_s"]:
                 continue
             resize, crop, mean, std = spec_of(bb)
             other = not row["channels_last"]
