@@ -35,7 +35,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import datetime as _dt
@@ -238,25 +237,36 @@ def measure_kit(model: nn.Module, data, augment, cfg, criterion: nn.Module, s: S
     from metanet_utils.train import train_one_epoch
 
     dev, bs = s.device, cfg.batch_size
-    n_cache = int(data.images.shape[0])
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     step = TrainStep(model, criterion, optimizer, bs, amp_dtype, cuda_graph=cuda_graph)
     epoch = [0]
 
     def run(n: int) -> float:
-        d = dataclasses.replace(data, train_idx=torch.arange(n * bs, device=data.meta.device) % n_cache)
+        d = _first_n_batches(data, n * bs)
         with Timer(dev) as t:
             train_one_epoch(model, d, augment, criterion, optimizer, cfg, epoch[0], dev, amp_dtype, channels_last,
                             step=step)
         epoch[0] += 1
         return t.seconds
 
+    return _timed_steps(run, bs, s, [step])
+
+
+def _first_n_batches(data, n_images: int):
+    """``data`` with a training order of ``n_images`` cache indices (cycling through the cache)."""
+    return dataclasses.replace(data, train_idx=torch.arange(n_images, device=data.meta.device) % data.images.shape[0])
+
+
+def _timed_steps(run, batch: int, s: "Settings", steps: list) -> dict[str, Any]:
+    """:func:`_timed_repeats` of ``run``, with what the steps ran (``execution``); their gradients freed after."""
     try:
-        res = _timed_repeats(run, bs, s)
-        res["execution"] = step.describe()
+        res = _timed_repeats(run, batch, s)
+        ex = [st.describe() for st in steps]
+        res["execution"] = ex[0] if len(ex) == 1 else ex
         return res
     finally:
-        optimizer.zero_grad(set_to_none=True)
+        for st in steps:
+            st.optimizer.zero_grad(set_to_none=True)
 
 
 def _timed_repeats(run, batch: int, s: "Settings") -> dict[str, Any]:
@@ -305,12 +315,7 @@ def measure_ceiling(model: nn.Module, batch: int, crop: int, meta_dim: int, crit
                 step(x, meta, y)
         return t.seconds
 
-    try:
-        res = _timed_repeats(run, batch, s)
-        res["execution"] = step.describe()
-        return res
-    finally:
-        optimizer.zero_grad(set_to_none=True)
+    return _timed_steps(run, batch, s, [step])
 
 
 def measure_together(models: list[nn.Module], data, augment, cfg, criterion: nn.Module, s: Settings, amp_dtype,
@@ -319,10 +324,9 @@ def measure_together(models: list[nn.Module], data, augment, cfg, criterion: nn.
     model, optimizer, CUDA-graph step and CUDA stream per run, one shared image cache, their batches
     interleaved through :func:`metanet_utils.train.iter_train_epoch`. The img/s is the sum over the runs."""
     from metanet_utils.step import TrainStep
-    from metanet_utils.train import iter_train_epoch
+    from metanet_utils.train import EpochIter, iter_train_epoch
 
     dev, bs = s.device, cfg.batch_size
-    n_cache = int(data.images.shape[0])
     opts = [torch.optim.SGD(m.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
             for m in models]
     steps = [TrainStep(m, criterion, o, bs, amp_dtype, cuda_graph=dev.type == "cuda") for m, o in zip(models, opts)]
@@ -330,41 +334,26 @@ def measure_together(models: list[nn.Module], data, augment, cfg, criterion: nn.
     epoch = [0]
 
     def run(n: int) -> float:
-        d = dataclasses.replace(data, train_idx=torch.arange(n * bs, device=data.meta.device) % n_cache)
+        d = _first_n_batches(data, n * bs)
         with Timer(dev) as t:
             cur = torch.cuda.current_stream(dev) if dev.type == "cuda" else None
-            gens = []
+            live = []
             for m, o, st, stream in zip(models, opts, steps, streams):
                 if stream is not None:
                     stream.wait_stream(cur)
-                with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                    gens.append(iter_train_epoch(m, d, augment, criterion, o, cfg, epoch[0], dev, amp_dtype,
-                                                 channels_last, step=st))
-            live = list(zip(gens, streams))
-            while live:
-                nxt = []
-                for g, stream in live:
-                    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                        try:
-                            next(g)
-                            nxt.append((g, stream))
-                        except StopIteration:
-                            pass
-                live = nxt
+                live.append(EpochIter(iter_train_epoch(m, d, augment, criterion, o, cfg, epoch[0], dev, amp_dtype,
+                                                       channels_last, step=st), stream))
+            while live:  # one batch of each run in turn, as train_runs_together interleaves them
+                live = [it for it in live if it.advance()]
             for stream in streams:
                 if stream is not None:
                     cur.wait_stream(stream)
         epoch[0] += 1
         return t.seconds
 
-    try:
-        res = _timed_repeats(run, bs * len(models), s)
-        res["runs"] = len(models)
-        res["execution"] = [st.describe() for st in steps]
-        return res
-    finally:
-        for o in opts:
-            o.zero_grad(set_to_none=True)
+    res = _timed_steps(run, bs * len(models), s, steps)
+    res["runs"] = len(models)
+    return res
 
 
 def measure_checkpoint(model: nn.Module, repeats: int = 2) -> dict[str, Any]:
@@ -400,8 +389,7 @@ def measure_eval(model: nn.Module, data, augment, s: Settings, amp_dtype, channe
     n_cache = int(data.images.shape[0])
 
     def run(n: int) -> float:
-        idx = torch.arange(n * batch, device=data.meta.device) % n_cache
-        d = dataclasses.replace(data, val_idx=idx)
+        d = dataclasses.replace(data, val_idx=torch.arange(n * batch, device=data.meta.device) % n_cache)
         with Timer(s.device) as t:
             evaluate_model(model, d, augment, s.device, amp_dtype, channels_last, batch_size=batch)
         return t.seconds

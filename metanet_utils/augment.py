@@ -81,9 +81,17 @@ class BatchAugment:
         return torch.addcmul(bias, x, scale)  # (x - mean) / std in one kernel
 
     @staticmethod
-    def _to_float(x: torch.Tensor) -> torch.Tensor:
+    def _check_batch(x: torch.Tensor) -> None:
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected a uint8 batch B x H x W x 3, got {tuple(x.shape)} {x.dtype}")
+
+    def _check_crop(self, h: int, w: int) -> None:
+        if self.crop > h or self.crop > w:
+            raise ValueError(f"crop {self.crop} is larger than the cached image {h}x{w}")
+
+    @classmethod
+    def _to_float(cls, x: torch.Tensor) -> torch.Tensor:
+        cls._check_batch(x)
         return x.permute(0, 3, 1, 2).float().div_(255.0)
 
     # ------------------------------------------------------------------ random parameters
@@ -107,8 +115,7 @@ class BatchAugment:
                     generator: torch.Generator | None = None) -> torch.Tensor:
         """The parameters of :meth:`draw` as one ``b x 8`` tensor, columns in :attr:`PARAMS` order
         (a training epoch draws all its batches' parameters at once and slices them)."""
-        if self.crop > h or self.crop > w:
-            raise ValueError(f"crop {self.crop} is larger than the cached image {h}x{w}")
+        self._check_crop(h, w)
         device = torch.device(device)
         r = torch.rand(b, 8, device=device, generator=generator)
         rot = self.rotation * math.pi / 180.0
@@ -129,8 +136,7 @@ class BatchAugment:
             params = {name: params[:, i] for i, name in enumerate(self.PARAMS)}
         img = self._to_float(x)
         b, _, h, w = img.shape
-        if self.crop > h or self.crop > w:
-            raise ValueError(f"crop {self.crop} is larger than the cached image {h}x{w}")
+        self._check_crop(h, w)
         dev = img.device
         angle = params["angle"]
         c, s = torch.cos(angle), torch.sin(angle)
@@ -155,6 +161,5 @@ class BatchAugment:
         """Augment (``train``) or centre-crop a uint8 ``B x S x S x 3`` batch; returns float NCHW."""
         if not train:
             return self._normalise(center_crop(self._to_float(x), self.crop)).contiguous()
-        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"expected a uint8 batch B x H x W x 3, got {tuple(x.shape)} {x.dtype}")
+        self._check_batch(x)
         return self.apply(x, self.draw_matrix(x.shape[0], x.shape[1], x.shape[2], x.device, generator))

@@ -101,6 +101,11 @@ def _check_types(obj: Any) -> None:
                 raise ConfigError(f"{f.name}={value!r} is not allowed; it must be {expected}")
 
 
+def _check_interval(seconds: float) -> None:
+    if seconds < 0:
+        raise ConfigError(f"checkpoint_interval_s={seconds} is not allowed; use 0 (every epoch) or more seconds")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Every setting of one training run; the same config is the same run (see :attr:`run_id`).
@@ -163,9 +168,7 @@ class RunConfig:
             raise ConfigError(f"fusion={self.fusion!r} needs at least one meta feature; use fusion='none' for none")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch_size must be >= 1")
-        if self.checkpoint_interval_s < 0:
-            raise ConfigError(f"checkpoint_interval_s={self.checkpoint_interval_s} is not allowed; use 0 (every epoch) "
-                              "or more seconds")
+        _check_interval(self.checkpoint_interval_s)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -277,9 +280,7 @@ class Profile:
         if self.image_size is not None and self.crop_size is not None and self.crop_size > self.image_size:
             raise ConfigError(f"crop_size={self.crop_size} is larger than image_size={self.image_size}; "
                               "allowed: crop_size <= image_size")
-        if self.checkpoint_interval_s < 0:
-            raise ConfigError(f"checkpoint_interval_s={self.checkpoint_interval_s} is not allowed; use 0 (every epoch) "
-                              "or more seconds")
+        _check_interval(self.checkpoint_interval_s)
         if self.workers < 1 or self.runs_together < 1:
             raise ConfigError(f"workers={self.workers}, runs_together={self.runs_together}: both must be >= 1")
 

@@ -60,6 +60,7 @@ __all__ = [
     "class_weight_tensor",
     "make_scheduler",
     "iter_train_epoch",
+    "EpochIter",
     "train_one_epoch",
     "evaluate_model",
     "train_run",
@@ -252,13 +253,8 @@ def train_one_epoch(model: nn.Module, data: DeviceData, augment: BatchAugment, c
     ``step`` runs each batch (see :class:`metanet_utils.step.TrainStep`; pass the same one every
     epoch so a CUDA graph is captured once); default: an eager step.
     """
-    it = iter_train_epoch(model, data, augment, criterion, optimizer, cfg, epoch, device, amp_dtype, channels_last,
-                          on_batch, step)
-    while True:
-        try:
-            next(it)
-        except StopIteration as done:
-            return done.value
+    return EpochIter(iter_train_epoch(model, data, augment, criterion, optimizer, cfg, epoch, device, amp_dtype,
+                                      channels_last, on_batch, step)).drain()
 
 
 @torch.no_grad()
@@ -461,15 +457,16 @@ def _remove_leftovers(runs_dir: Path, run_id: str) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-class _EpochIter:
-    """One epoch of one run, advanced a batch at a time on the run's CUDA stream."""
+class EpochIter:
+    """One epoch of one run (an :func:`iter_train_epoch` generator), advanced a batch at a time, its device
+    work queued on ``stream`` (a CUDA stream of its own when runs are trained together; None: the current one)."""
 
-    def __init__(self, session: "_RunSession", gen) -> None:
-        self.session, self.gen, self.result = session, gen, None
+    def __init__(self, gen, stream: torch.cuda.Stream | None = None) -> None:
+        self.gen, self.stream, self.result = gen, stream, None
 
     def advance(self) -> bool:
         """Queue the next batch; False (and ``result`` set) when the epoch is over."""
-        with self.session.stream_context():
+        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
             try:
                 next(self.gen)
                 return True
@@ -558,12 +555,7 @@ class _RunSession:
     def done(self) -> bool:
         return self.epoch >= self.cfg.epochs
 
-    def stream_context(self):
-        if self.stream is None:
-            return contextlib.nullcontext()
-        return torch.cuda.stream(self.stream)
-
-    def run_epoch_iter(self) -> _EpochIter:
+    def run_epoch_iter(self) -> EpochIter:
         """Start the next epoch (its batches are queued by the returned iterator)."""
         cfg, epoch = self.cfg, self.epoch
         self._bar = None
@@ -583,7 +575,7 @@ class _RunSession:
             self.stream.wait_stream(torch.cuda.current_stream(self.device))
         gen = iter_train_epoch(self.train_model, self.data, self.augment, self.criterion, self.optimizer, cfg, epoch,
                                self.device, self.amp_dtype, self.channels_last, on_batch, step=self.step)
-        return _EpochIter(self, gen)
+        return EpochIter(gen, self.stream)
 
     def save_checkpoint(self) -> None:
         """The whole state after ``self.epoch`` epochs, written atomically."""
