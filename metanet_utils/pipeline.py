@@ -6,6 +6,10 @@ executed once per backbone of the profile (parameter ``backbone``). Executed cop
 to ``outputs/notebooks/``; the chain stops at the first failing notebook, naming it and
 the failing cell. At the end the HTML report is written (when notebook 09 exists).
 
+A notebook is executed into ``outputs/notebooks/.running/`` (open it there to follow it live)
+and moved to ``outputs/notebooks/`` when it ends, passed or failed: a run killed midway leaves
+the previous executed copy whole, never a half-written one in its place.
+
 Example:
     $ python -m metanet_utils.pipeline --profile smoke --data-dir ../shared/ham10000
 """
@@ -13,12 +17,15 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["NotebookJob", "plan_jobs", "run_chain", "main"]
+__all__ = ["NotebookJob", "plan_jobs", "run_chain", "main", "RUNNING_DIR"]
+
+RUNNING_DIR = ".running"
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,11 @@ class NotebookJob:
     source: Path
     output: Path
     parameters: dict
+
+    @property
+    def running(self) -> Path:
+        """Where the notebook is written while it executes."""
+        return self.output.parent / RUNNING_DIR / self.output.name
 
     @property
     def label(self) -> str:
@@ -88,19 +100,27 @@ def run_chain(profile: str = "demo", data_dir: str | None = None, kernel: str | 
         if rc != 0:
             print("the Slurm grid did not complete; the analysis notebooks were not run", file=sys.stderr)
             return rc
-    print(f"running {len(jobs)} notebook(s), profile {profile!r}; executed copies go to {out_dir}", flush=True)
+    running = out_dir / RUNNING_DIR
+    running.mkdir(exist_ok=True)
+    for stale in running.glob("*.ipynb"):  # left by a chain that was killed: partial by construction
+        stale.unlink()
+    print(f"running {len(jobs)} notebook(s), profile {profile!r}; executed copies go to {out_dir}\n"
+          f"  (the one executing is written to {running} as it goes)", flush=True)
     t_all = time.perf_counter()
     for i, job in enumerate(jobs, 1):
         t0 = time.perf_counter()
         print(f"[{i}/{len(jobs)}] {job.label} ...", flush=True)
         try:
-            pm.execute_notebook(str(job.source), str(job.output), parameters=job.parameters,
+            pm.execute_notebook(str(job.source), str(job.running), parameters=job.parameters,
                                 kernel_name=kernel, cwd=str(job.source.parent), progress_bar=False,
                                 log_output=True, stdout_file=None)
         except Exception as e:  # noqa: BLE001 - papermill raises its own and kernel errors
+            if job.running.is_file():  # papermill wrote the copy with the error before raising
+                os.replace(job.running, job.output)
             print(f"\nFAILED: notebook {job.label} stopped at {_cell_of(e)}\n"
                   f"  executed copy with the error: {job.output}", file=sys.stderr, flush=True)
             return 1
+        os.replace(job.running, job.output)
         print(f"[{i}/{len(jobs)}] {job.label} done in {time.perf_counter() - t0:.0f} s", flush=True)
     report = None
     if any(j.source.name.startswith("09_") for j in jobs):

@@ -510,6 +510,11 @@ def test_notebook_chain_killed_midway_completes_on_rerun(real_data_dir, tmp_path
     psutil.wait_procs(kernel, timeout=30)
     done_before = {e[2] for e in events(runs) if e[1] == "complete"}
     assert 1 <= len(done_before) < 6  # killed in the middle of notebook 04
+    executed = root / "outputs" / "notebooks"
+    # the killed notebook is only in the live folder, half-written; the finished one is in place
+    assert (executed / "00_get_data.ipynb").is_file()
+    assert not (executed / "04_training-test_resnet.ipynb").exists()
+    assert (executed / ".running" / "04_training-test_resnet.ipynb").is_file()
 
     out = subprocess.run(args, env=cli_env(root), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -518,10 +523,54 @@ def test_notebook_chain_killed_midway_completes_on_rerun(real_data_dir, tmp_path
     assert len(completes) == 6 and set(completes.values()) == {1}  # each run finished once
     for rid in done_before:  # records of the killed chain are reused, not retrained
         assert [e[1] for e in ev if e[2] == rid] == ["start", "complete"]
-    executed = root / "outputs" / "notebooks"
+    assert not list((executed / ".running").iterdir())
     for name in ("00_get_data.ipynb", "04_training-test_resnet.ipynb"):  # rewritten, every cell run, no error
         nb = nbformat.read(executed / name, as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert all(c.execution_count for c in code), name
         assert not [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"], name
         assert not nb.metadata["papermill"].get("exception"), name
+
+
+def _notebook(path: Path, *sources: str) -> None:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('profile = "smoke"\ndata_dir = ""')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# test"), params, *(nbformat.v4.new_code_cell(s) for s in sources)]
+    nbformat.write(nb, path)
+
+
+def test_notebook_chain_moves_each_notebook_in_place_only_when_it_ends(tmp_path, monkeypatch, capsys):
+    """A notebook executes in ``outputs/notebooks/.running/``; passed or failed, it then replaces the
+    executed copy; a partial copy left there by a killed chain is cleared at the next start."""
+    import nbformat
+
+    from conftest import ensure_kernel
+    from metanet_utils.pipeline import run_chain
+
+    root = tmp_path / "root"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "configs").symlink_to(ROOT / "configs")
+    _notebook(root / "notebooks" / "00_fine.ipynb", "print('fine', profile)")
+    _notebook(root / "notebooks" / "01_broken.ipynb", "x = 1", "raise ValueError('broken on purpose')")
+    for k, v in cli_env(root).items():
+        monkeypatch.setenv(k, v)
+    executed = root / "outputs" / "notebooks"
+    (executed / ".running").mkdir(parents=True)
+    (executed / ".running" / "00_fine.ipynb").write_text("{half a notebo")  # a killed chain's leftover
+    _notebook(executed / "01_broken.ipynb", "print('the previous run')")
+
+    assert run_chain("smoke", None, ensure_kernel(), root=root) == 1
+    err = capsys.readouterr().err
+    assert "01_broken.ipynb stopped at cell" in err and "ValueError: broken on purpose" in err
+    assert str(executed / "01_broken.ipynb") in err
+    fine = nbformat.read(executed / "00_fine.ipynb", as_version=4)
+    assert any("fine smoke" in o.get("text", "") for c in fine.cells for o in c.get("outputs", []))
+    broken = nbformat.read(executed / "01_broken.ipynb", as_version=4)  # the failed run replaced the old copy
+    assert broken.metadata["papermill"]["exception"]
+    assert [o["ename"] for c in broken.cells for o in c.get("outputs", []) if o["output_type"] == "error"] == \
+        ["ValueError"]
+    assert not list((executed / ".running").iterdir())
