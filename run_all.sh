@@ -5,6 +5,7 @@
 # Executed notebooks go to outputs/notebooks/, figures to figures/, tables to results/tables/,
 # the report to outputs/report.html.
 set -euo pipefail
+export METANET_CALLER_DIR="$PWD"  # relative --profile / --data-dir paths are the caller's
 cd "$(dirname "$0")"
 source scripts/ensure_env.sh
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Run the test suite. Creates/reuses the environment first (see scripts/ensure_env.sh).
-#   ./run_tests.sh            default suite (everything but slow and GPU tests)
-#   ./run_tests.sh --all      also the slow tests
+#   ./run_tests.sh            every test (GPU tests skip, saying so, without a CUDA GPU)
+#   ./run_tests.sh --fast     everything but the slow and GPU tests (pytest's default selection)
 #   ./run_tests.sh --gpu      only the GPU tests (bench/gpu_check.sh runs these)
-#   ./run_tests.sh ARGS...    any other arguments go to pytest
+#   ./run_tests.sh ARGS...    any other arguments go to pytest (after the selection)
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/ensure_env.sh
-marker=()
+marker=(-m "")
 case "${1:-}" in
-  --all) shift; marker=(-m "not gpu") ;;
+  --fast) shift; marker=() ;;
   --gpu) shift; marker=(-m "gpu") ;;
+  --all) shift ;;  # the default since every test runs by default; kept for old habits
 esac
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 exec "$PY" -m pytest "${marker[@]}" "$@"

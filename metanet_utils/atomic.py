@@ -19,6 +19,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -75,7 +76,22 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    """Strict JSON (what every reader accepts): NaN and infinity, e.g. the recall of a class that is
+    absent from a validation fold, are written as ``null``."""
+    atomic_write_text(path, json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default,
+                                       allow_nan=False) + "\n")
+
+
+def _finite(o: Any) -> Any:
+    if isinstance(o, float):  # numpy's float64 too
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if type(o).__module__ == "numpy":
+        return _finite(_json_default(o))
+    return o
 
 
 def _json_default(o: Any) -> Any:

@@ -115,11 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     from .cache import CacheError
     from .config import ConfigError
     from .data import DataError
+    from .models import WeightsUnavailable
 
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args, argv)
-    except (ConfigError, DataError, CacheError) as e:
+    except (ConfigError, DataError, CacheError, WeightsUnavailable) as e:
         return _fail(str(e))
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; rerun the same command to continue", file=sys.stderr)

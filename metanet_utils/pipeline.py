@@ -93,13 +93,6 @@ def run_chain(profile: str = "demo", data_dir: str | None = None, kernel: str | 
     if not jobs:
         print(f"no notebooks found in {root / 'notebooks'}", file=sys.stderr)
         return 1
-    if executor == "slurm":
-        from .slurm import run_profile_on_slurm
-
-        rc = run_profile_on_slurm(profile, data_dir)
-        if rc != 0:
-            print("the Slurm grid did not complete; the analysis notebooks were not run", file=sys.stderr)
-            return rc
     running = out_dir / RUNNING_DIR
     running.mkdir(exist_ok=True)
     for stale in running.glob("*.ipynb"):  # left by a chain that was killed: partial by construction
@@ -107,6 +100,11 @@ def run_chain(profile: str = "demo", data_dir: str | None = None, kernel: str | 
     print(f"running {len(jobs)} notebook(s), profile {profile!r}; executed copies go to {out_dir}\n"
           f"  (the one executing is written to {running} as it goes)", flush=True)
     t_all = time.perf_counter()
+    # with Slurm, the grid is trained by the cluster after notebook 00 has found (or downloaded) the data
+    slurm_after = max((i for i, j in enumerate(jobs, 1) if j.source.name.startswith("00_")), default=0) \
+        if executor == "slurm" else None
+    if slurm_after == 0 and _slurm_grid(profile, data_dir) != 0:
+        return 1
     for i, job in enumerate(jobs, 1):
         t0 = time.perf_counter()
         print(f"[{i}/{len(jobs)}] {job.label} ...", flush=True)
@@ -122,6 +120,8 @@ def run_chain(profile: str = "demo", data_dir: str | None = None, kernel: str | 
             return 1
         os.replace(job.running, job.output)
         print(f"[{i}/{len(jobs)}] {job.label} done in {time.perf_counter() - t0:.0f} s", flush=True)
+        if i == slurm_after and _slurm_grid(profile, data_dir) != 0:
+            return 1
     report = None
     if any(j.source.name.startswith("09_") for j in jobs):
         from .report import write_html_report
@@ -131,6 +131,28 @@ def run_chain(profile: str = "demo", data_dir: str | None = None, kernel: str | 
           f"  figures: {figures_dir()}\n  tables: {results_dir() / 'tables'}"
           + (f"\n  report: {report}" if report else ""), flush=True)
     return 0
+
+
+def _slurm_grid(profile: str, data_dir: str | None) -> int:
+    from .data import DataError
+    from .slurm import run_profile_on_slurm
+
+    print(f"submitting the grid of profile {profile!r} to Slurm and waiting for it ...", flush=True)
+    try:
+        rc = run_profile_on_slurm(profile, data_dir)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        rc = 2
+    if rc != 0:
+        print("the Slurm grid did not complete; the notebooks after it were not run", file=sys.stderr, flush=True)
+    return rc
+
+
+def _from_caller(path: str) -> Path:
+    """A path the user typed, relative to the folder they typed it in (``run_all.sh`` changes into the
+    project first and passes that folder as ``$METANET_CALLER_DIR``)."""
+    p = Path(path).expanduser()
+    return (p if p.is_absolute() else Path(os.environ.get("METANET_CALLER_DIR") or os.getcwd()) / p).resolve()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,16 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     from .cli import _check_backbones
     from .config import ConfigError, load_profile
 
+    profile = args.profile
+    if Path(profile).suffix in (".yaml", ".yml"):  # a file: the notebooks run elsewhere, so pass it absolute
+        profile = str(_from_caller(profile))
     try:  # refuse a bad profile before notebook 00 starts
-        _check_backbones(load_profile(args.profile))
+        _check_backbones(load_profile(profile))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.data_dir and not Path(args.data_dir).is_dir():
-        print(f"error: --data-dir {args.data_dir} does not exist", file=sys.stderr)
+    data_dir = str(_from_caller(args.data_dir)) if args.data_dir else None
+    if data_dir and not Path(data_dir).is_dir():
+        print(f"error: --data-dir {args.data_dir} does not exist ({data_dir})", file=sys.stderr)
         return 2
-    data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
-    return run_chain(args.profile, data_dir, args.kernel, only=args.only, start=args.start, executor=args.executor)
+    return run_chain(profile, data_dir, args.kernel, only=args.only, start=args.start, executor=args.executor)
 
 
 if __name__ == "__main__":  # pragma: no cover

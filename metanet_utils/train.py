@@ -529,6 +529,8 @@ class _RunSession:
 
         self.history: list[dict[str, Any]] = []
         self.epoch = 0
+        self.wall_before = 0.0  # wall time of earlier sessions of this run, up to their last checkpoint
+        self.sessions = 1
         state = _load_checkpoint(self.ckpt_path)
         if state is not None and (not isinstance(state, dict) or state.get("run_id") != cfg.run_id
                                   or not {"model", "optimizer", "scheduler", "history", "epoch"} <= set(state)):
@@ -541,6 +543,8 @@ class _RunSession:
             self.scheduler.load_state_dict(state["scheduler"])
             self.history = state["history"]
             self.epoch = state["epoch"]
+            self.wall_before = float(state.get("wall_time_s", 0.0))
+            self.sessions = int(state.get("sessions", 1)) + 1
             _log(f"[{cfg.run_id}] resuming after epoch {self.epoch}/{cfg.epochs}")
         log_event(runs_dir, cfg.run_id, f"resume@{self.epoch}" if self.epoch else "start")
         self.train_model = torch.compile(model) if cfg.compile else model
@@ -582,8 +586,13 @@ class _RunSession:
         _save_checkpoint(self.ckpt_path, {"run_id": self.cfg.run_id, "epoch": self.epoch,
                                           "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                                           "scheduler": self.scheduler.state_dict(), "history": self.history,
-                                          "config": self.cfg.to_dict()})
+                                          "config": self.cfg.to_dict(), "wall_time_s": self.wall_time(),
+                                          "sessions": self.sessions})
         self._last_ckpt = time.monotonic()
+
+    def wall_time(self) -> float:
+        """Seconds this run has taken so far, earlier (interrupted) sessions included."""
+        return self.wall_before + time.perf_counter() - self.t_start
 
     def end_epoch(self, row: dict[str, float], force_checkpoint: bool = False) -> None:
         """Schedule, evaluate, record and checkpoint the epoch that just ended.
@@ -633,7 +642,8 @@ class _RunSession:
             "per_class_recall": {c: float(v) for c, v in per_class_recall(y_val, probs).items()},
             "confusion_matrix": np.asarray(confusion(y_val, probs)).astype(int).tolist(),
             "epochs_done": len(history),
-            "wall_time_s": time.perf_counter() - self.t_start,
+            "wall_time_s": self.wall_time(),
+            "sessions": self.sessions,
             "train_time_s": train_time,
             "images_per_s": n_train_seen / max(train_time, 1e-9),
             "device": _device_name(self.device),

@@ -2,8 +2,11 @@
 # active, creating it on the first run, and export PY (its python) and METANET_KERNEL.
 #
 # Order: an already active virtualenv/conda env that imports metanet_utils and papermill
-# from this checkout; else ./.venv (created with `python3 -m venv`), or, where conda is on
-# the PATH and METANET_USE_CONDA=1, the conda env of environment.yml in ./.conda-env.
+# from this checkout; else an existing ./.venv; else, where conda is on the PATH (and
+# METANET_USE_CONDA is not 0), a conda env named `metanet` made from environment.yml that
+# already holds this checkout's kit, or the env of environment.yml created in ./.conda-env;
+# else ./.venv, created with `python3 -m venv`. METANET_USE_CONDA=1 prefers conda even over an
+# existing ./.venv; METANET_USE_CONDA=0 never uses conda.
 # The env is reinstalled when pyproject.toml changes (a stamp file records its hash).
 
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,8 +38,15 @@ if [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] && command -v python >/dev/null &&
     || "$PY" -m ipykernel install --sys-prefix --name "$METANET_KERNEL" --display-name "MetaNet kit" >/dev/null 2>&1 \
     || "$PY" -m ipykernel install --user --name "$METANET_KERNEL" --display-name "MetaNet kit" >/dev/null
   echo "[env] using the active environment ($PY)"
-elif [ "${METANET_USE_CONDA:-0}" = "1" ] && command -v conda >/dev/null; then
+elif [ "${METANET_USE_CONDA:-}" != "0" ] && command -v conda >/dev/null \
+     && { [ "${METANET_USE_CONDA:-}" = "1" ] || [ ! -x "$_root/.venv/bin/python" ]; }; then
   _prefix="$_root/.conda-env"
+  if [ ! -x "$_prefix/bin/python" ]; then  # `conda env create -f environment.yml` made by the user?
+    _named="$(conda env list 2>/dev/null | awk '$1 == "metanet" {print $NF}')"
+    if [ -n "$_named" ] && [ -x "$_named/bin/python" ] && _env_ok "$_named/bin/python"; then
+      _prefix="$_named"
+    fi
+  fi
   if [ ! -x "$_prefix/bin/python" ]; then
     echo "[env] creating the conda environment of environment.yml in $_prefix"
     conda env create --quiet --prefix "$_prefix" --file "$_root/environment.yml" || { echo "[env] conda env create failed" >&2; return 1 2>/dev/null || exit 1; }
@@ -44,6 +54,8 @@ elif [ "${METANET_USE_CONDA:-0}" = "1" ] && command -v conda >/dev/null; then
   PY="$_prefix/bin/python"
   if [ "$(cat "$_prefix/.metanet-stamp" 2>/dev/null)" != "$_stamp_value" ] || ! _env_ok "$PY"; then
     _install "$PY" || { echo "[env] installing into $_prefix failed" >&2; return 1 2>/dev/null || exit 1; }
+  else
+    echo "[env] reusing the conda environment $_prefix"
   fi
 else
   _venv="$_root/.venv"

@@ -281,3 +281,72 @@ def test_notebook_chain_refuses_a_bad_profile_before_the_first_notebook(isolated
     out = capsys.readouterr()
     assert out.err.count("\n") == 1 and out.err.startswith(expect), out.err
     assert "running" not in out.out and not (isolated_root / "outputs").exists()
+
+
+def test_notebook_chain_takes_profile_and_data_paths_relative_to_where_the_user_typed_them(
+        isolated_root, real_data_dir, monkeypatch):
+    """``./run_all.sh --profile my.yaml --data-dir d`` from any folder: the paths reach every notebook absolute
+    (the notebooks run in ``notebooks/``, so a relative path would point elsewhere there)."""
+    from metanet_utils import pipeline
+
+    here = isolated_root / "elsewhere"
+    here.mkdir()
+    tiny_profile(here / "mine.yaml")
+    (here / "data").symlink_to(real_data_dir)
+    seen = {}
+    monkeypatch.setattr(pipeline, "run_chain", lambda profile, data_dir, *a, **k: seen.update(p=profile, d=data_dir) or 0)
+    monkeypatch.setenv("METANET_CALLER_DIR", str(here))  # run_all.sh's cd into the project happened
+    assert pipeline.main(["--profile", "mine.yaml", "--data-dir", "data"]) == 0
+    assert seen == {"p": str(here / "mine.yaml"), "d": str(real_data_dir.resolve())}
+    jobs = pipeline.plan_jobs(seen["p"], seen["d"], ROOT / "notebooks", isolated_root / "out", only=["00"])
+    assert jobs[0].parameters == {"profile": str(here / "mine.yaml"), "data_dir": str(real_data_dir.resolve())}
+    assert pipeline.main(["--profile", "theirs.yaml"]) == 2  # named relative to the caller, not found there
+
+
+def test_notebook_chain_with_slurm_gets_the_data_first_and_says_why_the_grid_cannot_start(
+        isolated_root, monkeypatch, capsys):
+    """With ``--executor slurm`` notebook 00 (which downloads or locates the data) runs before the grid is
+    submitted, the analysis notebooks after it; a grid that cannot find data stops the chain with one line."""
+    import papermill as pm
+
+    from metanet_utils import data as data_mod
+    from metanet_utils import pipeline, slurm
+
+    order = []
+
+    def fake_notebook(src, out, **kw):
+        order.append(Path(src).name[:2])
+        Path(out).write_text("{}")
+
+    monkeypatch.setattr(pm, "execute_notebook", fake_notebook)
+    monkeypatch.setattr(slurm, "run_profile_on_slurm", lambda p, d: order.append("slurm") or 0)
+    assert pipeline.run_chain("smoke", None, executor="slurm", root=ROOT, only=["00", "04", "05"]) == 0
+    assert order == ["00", "slurm", "04", "05"]
+
+    def no_data(p, d):
+        raise data_mod.DataError("no HAM10000 found; run: python -m metanet_utils data download")
+
+    order.clear()
+    monkeypatch.setattr(slurm, "run_profile_on_slurm", no_data)
+    capsys.readouterr()
+    assert pipeline.run_chain("smoke", None, executor="slurm", root=ROOT, only=["00", "05"]) == 1
+    assert order == ["00"]
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == "error: no HAM10000 found; run: python -m metanet_utils data download"
+    assert "the notebooks after it were not run" in err
+
+
+def test_train_without_pretrained_weights_says_how_to_get_them_in_one_line(isolated_root, real_data_dir, capsys):
+    """An offline machine with an empty weights folder: exit 2 and one ``error:`` line naming the file
+    it looked for and the fetch command, no traceback and no record."""
+    prof = tiny_profile(isolated_root / "p.yaml", pretrained=True, max_images=60)
+    empty = isolated_root / "weights"
+    empty.mkdir()
+    rc, _out, err = run_main(["train", "--profile", prof, "--data-dir", real_data_dir, "--backbone", "test_resnet",
+                              "--fusion", "metanet", "--weights-dir", empty], capsys)
+    line = error_line(err)
+    assert rc == 2 and "Traceback" not in err
+    assert line.startswith("error: no pretrained weights for") and str(empty / "test_resnet") in line
+    assert "weights fetch" in line
+    runs = isolated_root / "results" / "runs"
+    assert not [p for p in runs.glob("*") if not p.name.startswith(".")] if runs.is_dir() else True

@@ -574,3 +574,22 @@ def test_notebook_chain_moves_each_notebook_in_place_only_when_it_ends(tmp_path,
     assert [o["ename"] for c in broken.cells for o in c.get("outputs", []) if o["output_type"] == "error"] == \
         ["ValueError"]
     assert not list((executed / ".running").iterdir())
+
+
+def test_records_are_strict_json_with_null_for_an_undefined_recall(tmp_path):
+    """A class missing from a validation fold has no recall (NaN): the record says ``null``, which every JSON
+    reader accepts, and the analysis reads it back as NaN."""
+    from metanet_utils.atomic import atomic_write_json
+    from metanet_utils.evaluate import _float
+
+    path = tmp_path / "metrics.json"
+    atomic_write_json(path, {"per_class_recall": {"MEL": 0.5, "DF": float("nan")}, "mcr": np.float64(0.25),
+                             "x": [np.float32("inf"), 1.5, (2, float("-inf"))], "a": np.array([np.nan, 2.0])})
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    back = json.loads(path.read_text(), parse_constant=refuse)
+    assert back == {"per_class_recall": {"MEL": 0.5, "DF": None}, "mcr": 0.25, "x": [None, 1.5, [2, None]],
+                    "a": [None, 2.0]}
+    assert np.isnan(_float(back["per_class_recall"]["DF"]))

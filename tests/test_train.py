@@ -183,3 +183,27 @@ def test_checkpoint_interval_skips_checkpoints_between_the_first_and_the_last_ep
     # an interruption (stop_after_epochs, the testing hook) always leaves its checkpoint
     r = train_mod.train_run(sparse, ds, runs_dir=tmp_path / "stop", device="cpu", progress=False, stop_after_epochs=3)
     assert r["interrupted"] and saved == [1, 3]
+
+
+def test_wall_time_of_a_resumed_run_counts_its_earlier_sessions(real_data_dir, tmp_path):
+    from metanet_utils import train as train_mod
+    from metanet_utils.dataset import open_dataset
+
+    ds = open_dataset(real_data_dir, max_images=120)
+    cfg = RunConfig(backbone="test_resnet", fusion="none", meta_features=(), meta_layers=0, n_folds=2, epochs=2,
+                    image_size=40, crop_size=32, batch_size=16, pretrained=False, data_kind=ds.kind,
+                    data_fingerprint=ds.fingerprint)
+    runs = tmp_path / "runs"
+    t0 = time.perf_counter()
+    assert train_mod.train_run(cfg, ds, runs_dir=runs, device="cpu", progress=False, stop_after_epochs=1)["interrupted"]
+    first = time.perf_counter() - t0
+    ckpt = runs / ".work" / cfg.run_id / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=False)
+    assert 0 < state["wall_time_s"] <= first and state["sessions"] == 1
+    state["wall_time_s"] = 1000.0  # as if the interrupted session had taken 1000 s
+    torch.save(state, ckpt)
+    t0 = time.perf_counter()
+    m = train_mod.train_run(cfg, ds, runs_dir=runs, device="cpu", progress=False)
+    second = time.perf_counter() - t0
+    assert m["sessions"] == 2 and m["epochs_done"] == 2
+    assert 1000.0 < m["wall_time_s"] <= 1000.0 + second
