@@ -324,7 +324,7 @@ def measure_together(models: list[nn.Module], data, augment, cfg, criterion: nn.
     model, optimizer, CUDA-graph step and CUDA stream per run, one shared image cache, their batches
     interleaved through :func:`metanet_utils.train.iter_train_epoch`. The img/s is the sum over the runs."""
     from metanet_utils.step import TrainStep
-    from metanet_utils.train import EpochIter, iter_train_epoch
+    from metanet_utils.train import EpochIter, iter_train_epoch, run_interleaved
 
     dev, bs = s.device, cfg.batch_size
     opts = [torch.optim.SGD(m.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -335,19 +335,10 @@ def measure_together(models: list[nn.Module], data, augment, cfg, criterion: nn.
 
     def run(n: int) -> float:
         d = _first_n_batches(data, n * bs)
-        with Timer(dev) as t:
-            cur = torch.cuda.current_stream(dev) if dev.type == "cuda" else None
-            live = []
-            for m, o, st, stream in zip(models, opts, steps, streams):
-                if stream is not None:
-                    stream.wait_stream(cur)
-                live.append(EpochIter(iter_train_epoch(m, d, augment, criterion, o, cfg, epoch[0], dev, amp_dtype,
-                                                       channels_last, step=st), stream))
-            while live:  # one batch of each run in turn, as train_runs_together interleaves them
-                live = [it for it in live if it.advance()]
-            for stream in streams:
-                if stream is not None:
-                    cur.wait_stream(stream)
+        with Timer(dev) as t:  # one batch of each run in turn, as train_runs_together interleaves them
+            run_interleaved([EpochIter(iter_train_epoch(m, d, augment, criterion, o, cfg, epoch[0], dev, amp_dtype,
+                                                        channels_last, step=st), stream)
+                             for m, o, st, stream in zip(models, opts, steps, streams)], dev)
         epoch[0] += 1
         return t.seconds
 

@@ -79,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--only", nargs="*", default=[], metavar="KEY=VALUE",
                    help="restrict to runs whose setting matches, e.g. fusion=metanet fold=0,1")
     g.add_argument("--workers", type=int, default=None, help="worker processes on this machine (default: profile's)")
-    g.add_argument("--together", type=int, default=None, metavar="K",
-                   help="train up to K runs at once in each worker, one CUDA stream each (default: profile's "
-                        "runs_together)")
+    g.add_argument("--together", type=_together_arg, default=None, metavar="K",
+                   help="train up to K runs at once in each worker, one CUDA stream each; auto: the number "
+                        "measured fastest per backbone on a GPU (default: profile's runs_together)")
     g.add_argument("--executor", choices=["local", "slurm"], default="local")
     g.add_argument("--no-wait", action="store_true", help="do not wait for runs held by other workers / jobs")
     g.add_argument("--device", default=None)
@@ -104,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile(tb)
     _add_data_dir(tb)
     return ap
+
+
+def _together_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or auto") from None
 
 
 def _fail(msg: str) -> int:
@@ -266,8 +275,8 @@ def _grid(args: argparse.Namespace, profile, argv: list[str] | None) -> int:
     if workers > 1 and not os.environ.get("METANET_WORKER"):
         rest = [a for a in (argv if argv is not None else sys.argv[1:])]
         return spawn_workers(workers, rest)
-    if args.together is not None and args.together < 1:
-        return _fail(f"--together {args.together} is not allowed; use 1 or more")
+    if args.together is not None and args.together != "auto" and args.together < 1:
+        return _fail(f"--together {args.together} is not allowed; use 1 or more, or auto")
     summary = run_grid(profile, ds, only=only, device=args.device, weights_dir=args.weights_dir,
                        wait=not args.no_wait, together=args.together)
     return 1 if summary.failed else 0

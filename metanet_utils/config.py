@@ -256,7 +256,7 @@ class Profile:
     ablations: Ablations = field(default_factory=Ablations)
     cam_cases: int = 4
     workers: int = 1
-    runs_together: int = 1
+    runs_together: int | str = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.ablations, dict):
@@ -281,8 +281,9 @@ class Profile:
             raise ConfigError(f"crop_size={self.crop_size} is larger than image_size={self.image_size}; "
                               "allowed: crop_size <= image_size")
         _check_interval(self.checkpoint_interval_s)
-        if self.workers < 1 or self.runs_together < 1:
-            raise ConfigError(f"workers={self.workers}, runs_together={self.runs_together}: both must be >= 1")
+        if self.workers < 1:
+            raise ConfigError(f"workers={self.workers} is not allowed; it must be 1 or more")
+        check_runs_together(self.runs_together)
 
     @property
     def fold_indices(self) -> tuple[int, ...]:
@@ -290,6 +291,14 @@ class Profile:
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+
+
+def check_runs_together(value: Any) -> int | str:
+    """``runs_together``: a whole number >= 1, or ``auto`` (measured per backbone on a GPU, see
+    :mod:`metanet_utils.together`)."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ConfigError(f"runs_together={value!r} is not allowed; use a whole number >= 1 or auto")
 
 
 def _from_mapping(cls, mapping: dict[str, Any], where: str):

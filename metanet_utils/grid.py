@@ -33,7 +33,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .atomic import atomic_write_text
 from .config import ConfigError, Profile, RunConfig
@@ -201,24 +201,31 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
              experiments: Iterable[str] = EXPERIMENTS,
              runs_dir: str | Path | None = None, device: str | None = None, progress: bool = True,
              weights_dir: str | Path | None = None, wait: bool = True, poll_s: float = 5.0,
-             together: int | None = None) -> GridSummary:
+             together: int | str | None = None) -> GridSummary:
     """Train the profile's missing runs here, longest first, skipping complete ones.
 
     Runs locked by another worker are left to it; with ``wait`` this worker then waits
     for them to finish (and takes one over, resuming its checkpoint, if its worker dies).
     A failing run is logged to ``runs/.failed/<run_id>.log`` and the others go on.
     ``together`` (default: the profile's ``runs_together``) trains up to that many runs with the same
-    images at once in this process (:func:`metanet_utils.train.train_runs_together`).
+    images at once in this process (:func:`metanet_utils.train.train_runs_together`); ``auto``
+    measures the best number per backbone on a GPU (:mod:`metanet_utils.together`; 1 on a CPU).
     """
     from .cache import CacheError
+    from .config import check_runs_together
     from .paths import runs_dir as default_runs_dir
-    from .train import RunBusy, is_complete, record_dir, train_run, train_runs_together
+    from .train import RunBusy, is_complete, pick_device, record_dir, train_run, train_runs_together
 
     runs_dir = Path(runs_dir or default_runs_dir())
-    k = int(together if together is not None else profile.runs_together)
-    if k < 1:
-        raise ValueError(f"together={k} is not allowed; use 1 or more")
-    if k > 1 and profile.deterministic:
+    k = together if together is not None else profile.runs_together
+    try:
+        k = check_runs_together(k)
+    except ValueError as e:
+        raise ValueError(str(e).replace("runs_together", "together")) from None
+    dev = pick_device(device)
+    if k == "auto" and dev.type != "cuda":
+        k = 1  # the cores are busy with one run already: nothing to measure
+    if k != 1 and profile.deterministic:
         print(f"grid: runs_together={k} ignored: a deterministic profile trains one run at a time", flush=True)
         k = 1
     runs = sorted(filter_runs(enumerate_runs(profile, dataset, experiments), only), key=estimated_cost, reverse=True)
@@ -226,8 +233,10 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
     pending = [r for r in runs if not is_complete(record_dir(r, runs_dir))]
     summary.skipped = [r.run_id for r in runs if r not in pending]
     if progress:
+        at_once = "" if k == 1 else (", runs at once: measured per backbone" if k == "auto" else f", {k} at a time")
         print(f"grid {profile.name}: {len(runs)} runs, {len(summary.skipped)} complete, {len(pending)} to do "
-              f"({dataset.kind} data, {len(dataset.df)} images{f', {k} at a time' if k > 1 else ''})", flush=True)
+              f"({dataset.kind} data, {len(dataset.df)} images{at_once})", flush=True)
+    k_of = _together_of(pending, k, dev, runs_dir, dataset, progress)
 
     def failed(cfg: RunConfig, e: BaseException, tb: str) -> None:
         log = runs_dir / ".failed" / f"{cfg.run_id}.log"
@@ -242,7 +251,7 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
     while pending:
         busy = []
         todo = [c for c in pending if not is_complete(record_dir(c, runs_dir))]
-        for group in _groups(todo, k):
+        for group in _groups(todo, k_of):
             if progress:
                 for cfg in group:
                     print(f"--- run {cfg.run_id} ({runs.index(cfg) + 1}/{len(runs)})", flush=True)
@@ -288,20 +297,41 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
     return summary
 
 
-def _groups(runs: list[RunConfig], k: int) -> list[list[RunConfig]]:
-    """Consecutive groups of up to ``k`` runs that can share one image cache (same size and colour
-    correction), in the given order (longest first)."""
-    if k <= 1:
-        return [[r] for r in runs]
+def _together_of(runs: list[RunConfig], k: int | str, device, runs_dir: Path, dataset,
+                 progress: bool) -> Callable[[RunConfig], int]:
+    """``run -> how many runs to train at once with it``: ``k`` for every run, or with ``auto`` the number
+    measured for its backbone (see :func:`metanet_utils.together.choose_runs_together`)."""
+    if k != "auto":
+        return lambda cfg: int(k)
+    from .together import choose_runs_together
+
+    chosen: dict[str, int] = {}
+    for cfg in runs:  # longest first: the decision for a backbone is made before its first run
+        if cfg.backbone not in chosen:
+            reserve = len(dataset.df) * cfg.image_size ** 2 * 3  # the uint8 image cache, shared by the runs
+            chosen[cfg.backbone] = choose_runs_together(cfg, device, reserve_bytes=reserve, runs_dir=runs_dir,
+                                                        log=print if progress else None).k
+    return lambda cfg: chosen.get(cfg.backbone, 1)
+
+
+def _groups(runs: list[RunConfig], k: int | Callable[[RunConfig], int]) -> list[list[RunConfig]]:
+    """Consecutive groups of up to ``k`` runs (a number, or one per run: ``k(run)``) that can share one
+    image cache (same size and colour correction), in the given order (longest first). With a ``k`` per
+    run, a group holds one backbone only: that is what its number was measured for."""
+    k_of = k if callable(k) else (lambda cfg: int(k))
     open_groups: dict[tuple, list[RunConfig]] = {}
     out: list[list[RunConfig]] = []
     for r in runs:
-        key = (r.image_size, r.color_constancy, r.deterministic)
+        n = max(1, k_of(r))
+        if n == 1:
+            out.append([r])
+            continue
+        key = (r.image_size, r.color_constancy, r.deterministic, r.backbone if callable(k) else None)
         g = open_groups.setdefault(key, [])
         if not g:
             out.append(g)
         g.append(r)
-        if len(g) == k:
+        if len(g) >= n:
             open_groups[key] = []
     return out
 

@@ -61,6 +61,7 @@ __all__ = [
     "make_scheduler",
     "iter_train_epoch",
     "EpochIter",
+    "run_interleaved",
     "train_one_epoch",
     "evaluate_model",
     "train_run",
@@ -478,6 +479,21 @@ class EpochIter:
         while self.advance():
             pass
         return self.result
+
+
+def run_interleaved(epochs: list[EpochIter], device: torch.device) -> None:
+    """Run several epochs to their end, one batch of each in turn (runs trained together); each
+    ``EpochIter`` queues its work on its own stream, the current stream then waits for all of them."""
+    cur = torch.cuda.current_stream(device) if device.type == "cuda" else None
+    for it in epochs:
+        if it.stream is not None:
+            it.stream.wait_stream(cur)
+    live = list(epochs)
+    while live:
+        live = [it for it in live if it.advance()]
+    for it in epochs:
+        if it.stream is not None:
+            cur.wait_stream(it.stream)
 
 
 class _RunSession:

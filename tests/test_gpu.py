@@ -370,3 +370,22 @@ def test_the_training_loop_never_waits_for_the_gpu(dev, graphs):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert step.stats["replayed"] >= (5 if graphs else 0), step.stats
+
+
+def test_auto_together_probe_measures_copies_trained_together_on_the_device(dev, tmp_path):
+    """``runs_together: auto`` on the device: 1 and 2 copies of a small model trained together (graphs and
+    streams as in the grid), their rates and peak memory, and a kept decision."""
+    from metanet_utils.config import RunConfig
+    from metanet_utils.together import choose_runs_together, measure_together_rate
+
+    cfg = RunConfig(backbone="test_resnet", fusion="metanet", image_size=72, crop_size=64, batch_size=32,
+                    pretrained=False)
+    lines = []
+    c = choose_runs_together(cfg, dev, max_k=2, runs_dir=tmp_path, measure_on_cpu=True, log=lines.append,
+                             measure=lambda c_, k, d: measure_together_rate(c_, k, d, batches=6, repeats=2))
+    assert c.k in (1, 2) and set(c.rates) <= {1, 2} and 1 in c.rates and all(r > 0 for r in c.rates.values())
+    if dev.type == "cuda":
+        assert c.peak_bytes[1] > 0
+    assert lines and lines[0].startswith("[together] test_resnet: ")
+    again = choose_runs_together(cfg, dev, runs_dir=tmp_path, measure_on_cpu=True, log=None)
+    assert again.cached and again.k == c.k

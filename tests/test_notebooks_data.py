@@ -4,8 +4,6 @@ copy and on the synthetic fallback, and write their figures; every notebook is c
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 import time
 from pathlib import Path
 

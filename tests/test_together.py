@@ -121,3 +121,143 @@ def test_grid_together_trains_every_run_once(small_ds, tmp_path):
     assert again.trained == [] and len(again.skipped) == 4
     with pytest.raises(ValueError, match="together=0"):
         run_grid(prof, small_ds, runs_dir=tmp_path, device="cpu", progress=False, together=0)
+
+
+# --------------------------------------------------------------------------- runs_together: auto
+
+def _fake_measure(rates: dict[int, float], peaks: dict[int, int] | None = None, fail_at: int | None = None,
+                  error: Exception | None = None):
+    calls = []
+
+    def measure(cfg, k, device):
+        calls.append(k)
+        if k == fail_at:
+            raise error
+        return rates[k], (peaks or {}).get(k, 0)
+    return measure, calls
+
+
+def test_auto_on_a_cpu_trains_one_run_at_a_time_without_measuring():
+    import torch
+
+    from metanet_utils.together import choose_runs_together
+
+    measure, calls = _fake_measure({})
+    c = choose_runs_together(RunConfig(backbone="test_resnet"), torch.device("cpu"), measure=measure)
+    assert c.k == 1 and calls == [] and "cpu" in c.reason
+    c = choose_runs_together(RunConfig(backbone="test_resnet", deterministic=True), torch.device("cpu"),
+                             measure=measure, measure_on_cpu=True)
+    assert c.k == 1 and calls == [] and "deterministic" in c.reason
+
+
+def test_auto_adds_runs_while_each_raises_the_total_by_ten_percent():
+    import torch
+
+    from metanet_utils.together import choose_runs_together
+
+    measure, calls = _fake_measure({1: 100.0, 2: 150.0, 3: 160.0, 4: 400.0})
+    c = choose_runs_together(RunConfig(backbone="test_resnet"), torch.device("cpu"), measure=measure,
+                             measure_on_cpu=True, log=None)
+    assert (c.k, calls) == (2, [1, 2, 3])  # 3 gains 7 % over 2: the search stops there
+    assert c.rates == {1: 100.0, 2: 150.0, 3: 160.0} and "3 runs gain less than 10 % over 2" in c.reason
+    measure, calls = _fake_measure({1: 100.0, 2: 105.0})
+    assert choose_runs_together(RunConfig(backbone="test_resnet"), torch.device("cpu"), measure=measure,
+                                measure_on_cpu=True, log=None).k == 1
+
+
+def test_auto_stops_where_memory_runs_out_or_would_not_hold_the_image_cache():
+    import torch
+
+    from metanet_utils.together import choose_runs_together
+
+    cfg, cpu, gib = RunConfig(backbone="test_resnet"), torch.device("cpu"), 2 ** 30
+    rates = {1: 100.0, 2: 200.0, 3: 300.0, 4: 400.0}
+    measure, calls = _fake_measure(rates, fail_at=3, error=torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    c = choose_runs_together(cfg, cpu, measure=measure, measure_on_cpu=True, log=None)
+    assert (c.k, calls) == (2, [1, 2, 3]) and c.reason == "3 runs ran out of memory"
+    measure, calls = _fake_measure(rates, peaks={k: 30 * gib * k for k in rates})
+    c = choose_runs_together(cfg, cpu, measure=measure, measure_on_cpu=True, log=None, reserve_bytes=5 * gib,
+                             total_bytes=80 * gib)
+    assert (c.k, calls) == (2, [1, 2, 3]) and "95.0 GiB of 80.0" in c.reason  # 3 x 30 + 5 > 90 % of 80
+    measure, calls = _fake_measure(rates, fail_at=1, error=RuntimeError("no kernel image"))
+    c = choose_runs_together(cfg, cpu, measure=measure, measure_on_cpu=True, log=None)
+    assert c.k == 1 and "the probe failed (RuntimeError: no kernel image)" in c.reason
+
+
+def test_auto_decision_is_kept_per_setting_and_reused(tmp_path):
+    import torch
+
+    from metanet_utils.together import choose_runs_together
+
+    cfg, cpu = RunConfig(backbone="test_resnet"), torch.device("cpu")
+    measure, calls = _fake_measure({1: 100.0, 2: 150.0, 3: 160.0})
+    first = choose_runs_together(cfg, cpu, measure=measure, measure_on_cpu=True, runs_dir=tmp_path, log=None)
+    again = choose_runs_together(cfg, cpu, measure=measure, measure_on_cpu=True, runs_dir=tmp_path, log=None)
+    assert calls == [1, 2, 3] and again.cached and (again.k, again.rates) == (first.k, first.rates)
+    other, calls2 = _fake_measure({1: 100.0, 2: 101.0})  # another batch size is another decision
+    assert choose_runs_together(cfg.replace(batch_size=64), cpu, measure=other, measure_on_cpu=True,
+                                runs_dir=tmp_path, log=None).k == 1 and calls2 == [1, 2]
+    assert len(json.loads((tmp_path / ".together.json").read_text())) == 2
+    (tmp_path / ".together.json").write_text("{damaged")
+    measure3, calls3 = _fake_measure({1: 100.0, 2: 150.0, 3: 160.0})
+    assert choose_runs_together(cfg, cpu, measure=measure3, measure_on_cpu=True, runs_dir=tmp_path,
+                                log=None).k == 2 and calls3 == [1, 2, 3]
+    failing, _ = _fake_measure({}, fail_at=1, error=RuntimeError("busy"))
+    choose_runs_together(cfg.replace(batch_size=8), cpu, measure=failing, measure_on_cpu=True, runs_dir=tmp_path,
+                         log=None)
+    assert len(json.loads((tmp_path / ".together.json").read_text())) == 1  # a failed probe is not kept
+
+
+def test_auto_probe_trains_copies_of_the_model_together_through_the_grid_loop():
+    import torch
+
+    from metanet_utils.together import measure_together_rate
+
+    cfg = RunConfig(backbone="test_resnet", fusion="metanet", image_size=40, crop_size=32, batch_size=8,
+                    pretrained=False)
+    rate1, peak1 = measure_together_rate(cfg, 1, torch.device("cpu"), batches=2, repeats=1)
+    rate2, _ = measure_together_rate(cfg.replace(fusion="none", meta_features=()), 2, torch.device("cpu"),
+                                     batches=2, repeats=1)
+    assert rate1 > 0 and rate2 > 0 and peak1 == 0
+
+
+def test_groups_with_a_number_per_backbone_keep_backbones_apart():
+    def r(bb, fold):
+        return RunConfig(backbone=bb, image_size=64, crop_size=32, fold=fold, pretrained=False)
+
+    runs = [r("big", 0), r("small", 0), r("big", 1), r("small", 1), r("small", 2), r("big", 2)]
+    groups = _groups(runs, lambda c: {"big": 1, "small": 2}[c.backbone])
+    assert [[(c.backbone, c.fold) for c in g] for g in groups] == [
+        [("big", 0)], [("small", 0), ("small", 1)], [("big", 1)], [("small", 2)], [("big", 2)]]
+
+
+def test_grid_with_auto_on_a_cpu_trains_one_run_at_a_time(small_ds, tmp_path, capsys):
+    prof = load_profile("smoke", backbones=["test_resnet"], fusions=["none", "metanet"], n_folds=2, folds=[0],
+                        epochs=1, image_size=40, crop_size=32, batch_size=16, runs_together="auto",
+                        ablations={"table3": False, "table4": False})
+    s = run_grid(prof, small_ds, runs_dir=tmp_path, device="cpu", progress=True)
+    assert not s.failed and len(s.trained) == 2
+    out = capsys.readouterr().out
+    assert "at a time" not in out and "at once" not in out and "[together]" not in out
+    assert not [rid for rid in s.trained
+                if json.loads((tmp_path / rid / "metrics.json").read_text())["execution"]["trained_together"]]
+    assert not (tmp_path / ".together.json").exists()
+
+
+@pytest.mark.parametrize("value", ["two", 0, True, 1.5])
+def test_runs_together_must_be_a_whole_number_or_auto(value):
+    from metanet_utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match="runs_together=.* is not allowed; use a whole number >= 1 or auto"):
+        load_profile("smoke", runs_together=value)
+    assert load_profile("smoke", runs_together="auto").runs_together == "auto"
+
+
+def test_grid_command_takes_together_auto_or_a_number():
+    from metanet_utils.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["grid", "--profile", "smoke", "--together", "auto"]).together == "auto"
+    assert parse(["grid", "--profile", "smoke", "--together", "3"]).together == 3
+    with pytest.raises(SystemExit):
+        parse(["grid", "--profile", "smoke", "--together", "two"])
