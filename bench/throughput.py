@@ -319,7 +319,7 @@ def measure_ceiling(model: nn.Module, batch: int, crop: int, meta_dim: int, crit
 
 
 def measure_together(models: list[nn.Module], data, augment, cfg, criterion: nn.Module, s: Settings, amp_dtype,
-                     channels_last: bool) -> dict[str, Any]:
+                     channels_last: bool, cuda_graph: bool = True) -> dict[str, Any]:
     """Several runs trained together the way :func:`metanet_utils.train.train_runs_together` does: one
     model, optimizer, CUDA-graph step and CUDA stream per run, one shared image cache, their batches
     interleaved through :func:`metanet_utils.train.iter_train_epoch`. The img/s is the sum over the runs."""
@@ -329,7 +329,8 @@ def measure_together(models: list[nn.Module], data, augment, cfg, criterion: nn.
     dev, bs = s.device, cfg.batch_size
     opts = [torch.optim.SGD(m.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
             for m in models]
-    steps = [TrainStep(m, criterion, o, bs, amp_dtype, cuda_graph=dev.type == "cuda") for m, o in zip(models, opts)]
+    steps = [TrainStep(m, criterion, o, bs, amp_dtype, cuda_graph=cuda_graph and dev.type == "cuda")
+             for m, o in zip(models, opts)]
     streams = [torch.cuda.Stream(dev) if dev.type == "cuda" else None for _ in models]
     epoch = [0]
 
@@ -1200,7 +1201,7 @@ def main(argv: list[str] | None = None) -> int:
                         copies = [model] + [copy.deepcopy(model) for _ in range(args.together - 1)]
                         try:
                             return measure_together(copies, get_cache(resize), aug, cfg, criterion, settings,
-                                                    amp_dtype, channels_last)
+                                                    amp_dtype, channels_last, cuda_graph=graphs)
                         finally:
                             del copies
 
@@ -1282,10 +1283,13 @@ def main(argv: list[str] | None = None) -> int:
                 model.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
                 set_determinism(args.seed, False)
                 if not isinstance(gr, bool):  # k runs side by side in this process
-                    copies = [model] + [copy.deepcopy(model) for _ in range(gr - 1)]
-                    res = measure_together(copies, get_cache(resize), BatchAugment(crop=crop, mean=mean, std=std),
-                                           kit_cfg(bb, b), criterion_for(), settings, amp, cl)
-                    del copies
+                    copies = [model]
+                    try:  # the copies go even when one of them did not fit
+                        copies += [copy.deepcopy(model) for _ in range(gr - 1)]
+                        res = measure_together(copies, get_cache(resize), BatchAugment(crop=crop, mean=mean, std=std),
+                                               kit_cfg(bb, b), criterion_for(), settings, amp, cl, cuda_graph=graphs)
+                    finally:
+                        del copies
                 else:
                     res = measure_kit(model, get_cache(resize), BatchAugment(crop=crop, mean=mean, std=std),
                                       kit_cfg(bb, b), criterion_for(), settings, amp, cl, cuda_graph=gr)

@@ -89,11 +89,24 @@ class _CudaGraphs:
         cur.wait_stream(self._side)
 
     def capture(self, fn: Callable[[], None]) -> Any:
+        """Record ``fn`` on this step's own side stream. cuBLAS keeps one workspace per (handle, stream):
+        clearing the cached workspaces first makes the capture allocate its own inside the graph's private
+        memory pool, so graphs of runs replayed at once on different streams never share one (as
+        ``torch.cuda.make_graphed_callables`` users and inductor's CUDA-graph trees do); clearing after
+        keeps eager work from writing into the graph's pool. A capture that fails inside
+        ``torch.cuda.graph`` can leave its stream current: the caller's stream is restored either way."""
+        prev = torch.cuda.current_stream(self.device)
+        clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: None)
         torch.cuda.synchronize(self.device)
+        clear()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        torch.cuda.synchronize(self.device)
+        try:
+            with torch.cuda.graph(graph, stream=self._side):
+                fn()
+        finally:
+            torch.cuda.set_stream(prev)
+            torch.cuda.synchronize(self.device)
+            clear()
         return graph
 
     @staticmethod
@@ -245,6 +258,9 @@ class TrainStep:
 
     def _fail(self, e: BaseException) -> None:
         self._drop_graph()
-        self.failure = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        # an invalidated capture raises "operation failed due to a previous error during capture" at its
+        # end; what broke it (a host synchronisation, a blocking copy) is the exception before
+        cause = e.__context__ if e.__context__ is not None and "during capture" in str(e) else e
+        self.failure = f"{type(cause).__name__}: {str(cause).splitlines()[0][:300] if str(cause) else ''}"
         print(f"[train] CUDA graph capture failed ({self.failure}); training continues with eager steps",
               flush=True)

@@ -112,6 +112,9 @@ def measure_together_rate(cfg: RunConfig, k: int, device: torch.device, batches:
         return time.perf_counter() - t0
 
     epoch(0)  # warm-up: autotuning, CUDA graph capture
+    failed = [st.failure for _m, _o, st, _s in runs if st.failure]
+    if failed:  # k captures that did not fit (or broke) would be measured eager: say so instead
+        raise RuntimeError(f"CUDA graph capture failed with {k} run(s): {failed[0]}")
     seconds = statistics.median(epoch(e) for e in range(1, repeats + 1))
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     return k * n / seconds, int(peak)

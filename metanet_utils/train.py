@@ -417,19 +417,29 @@ def train_runs_together(cfgs: list[RunConfig], dataset, runs_dir: str | Path | N
             _log(f"[together] training {len(sessions)} runs at once on {_device_name(dev)}: "
                  + ", ".join(x.cfg.run_id for x in sessions))
         active = [x for x in sessions if not x.done]
+        def fail(x: _RunSession, e: BaseException) -> None:
+            x.failed = e
+            out[x.cfg.run_id] = e
+            _log(f"!!! run {x.cfg.run_id} failed: {type(e).__name__}: {e}")
+
         while active:
             epochs = {x: x.run_epoch_iter() for x in active}
+            ended: dict[_RunSession, dict[str, float]] = {}
             while epochs:
                 for x in list(epochs):
                     try:
                         if not epochs[x].advance():
-                            row = epochs.pop(x).result
-                            x.end_epoch(row)
+                            ended[x] = epochs.pop(x).result
                     except Exception as e:  # noqa: BLE001
                         epochs.pop(x, None)
-                        x.failed = e
-                        out[x.cfg.run_id] = e
-                        _log(f"!!! run {x.cfg.run_id} failed: {type(e).__name__}: {e}")
+                        fail(x, e)
+            # evaluate once every run's epoch is over: an evaluation in between would stall the others
+            # and count in their epoch times
+            for x, row in ended.items():
+                try:
+                    x.end_epoch(row)
+                except Exception as e:  # noqa: BLE001
+                    fail(x, e)
             active = [x for x in active if not x.done and x.failed is None]
         for x in sessions:
             if x.failed is None:

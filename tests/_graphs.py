@@ -8,7 +8,7 @@ import contextlib
 class RecordingGraphs:
     """Stands in for torch.cuda graphs: capture records, replay calls the recorded function."""
 
-    def __init__(self, fail_capture: bool = False) -> None:
+    def __init__(self, fail_capture: bool | str = False) -> None:
         self.fail_capture = fail_capture
         self.captures = 0
         self.replays = 0
@@ -21,6 +21,11 @@ class RecordingGraphs:
         yield
 
     def capture(self, fn):
+        if self.fail_capture == "invalidated":  # as torch.cuda.graph ends a capture that a sync broke
+            try:
+                raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+            except RuntimeError:
+                raise RuntimeError("CUDA error: operation failed due to a previous error during capture") from None
         if self.fail_capture:
             raise RuntimeError("operation not permitted when stream is capturing")
         self.captures += 1

@@ -252,12 +252,19 @@ def test_cuda_graph_step_matches_the_eager_step_on_the_gpu(dev):
     """The replayed step computes what the eager step computes: same losses, same weights, after
     warm-up, capture, a smaller batch in between and a learning-rate change (capture again).
     On the CPU (METANET_GPU_TESTS_ON_CPU=1) a recording stand-in replaces the graph."""
-    from metanet_utils.step import TrainStep
-
     from _graphs import RecordingGraphs
 
     monkey_benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = False  # the same (heuristic) kernels in both modes
+    try:
+        _graph_and_eager_steps(dev, RecordingGraphs)
+    finally:
+        torch.backends.cudnn.benchmark = monkey_benchmark
+
+
+def _graph_and_eager_steps(dev, RecordingGraphs) -> None:
+    from metanet_utils.step import TrainStep
+
     g = torch.Generator().manual_seed(5)
     sizes = [16] * 6 + [9] + [16] * 5
     batches = [(torch.rand(b, 3, 40, 40, generator=g).to(dev), torch.rand(b, 17, generator=g).to(dev),
@@ -276,7 +283,6 @@ def test_cuda_graph_step_matches_the_eager_step_on_the_gpu(dev):
                     grp["lr"] = 0.005
             losses.append(float(step(x, m, y)))
         runs[mode] = (losses, {k: v.detach().clone() for k, v in model.state_dict().items()}, step)
-    torch.backends.cudnn.benchmark = monkey_benchmark
     (l_e, w_e, _), (l_g, w_g, step) = runs["eager"], runs["graph"]
     assert step.failure is None, step.failure
     # 2 warm-up steps, capture at the 3rd batch, the batch of 9 eager, capture again at the lr change

@@ -132,6 +132,14 @@ def test_a_failed_capture_falls_back_to_eager_steps_and_says_why(capsys):
         torch.testing.assert_close(pa, pb, rtol=0, atol=1e-6)
 
 
+def test_a_capture_broken_midway_is_reported_by_what_broke_it():
+    net, opt, crit = _setup()
+    step = TrainStep(net, crit, opt, batch_size=8, cuda_graph=True, warmup=1,
+                     _backend=_RecordingGraphs(fail_capture="invalidated"))
+    _train(step, opt, _batches([8] * 3))
+    assert step.failure == "RuntimeError: CUDA error: operation not permitted when stream is capturing"
+
+
 def test_cuda_graphs_setting_resolves_per_device_and_mode():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert cuda_graphs_wanted("auto", cuda) is True

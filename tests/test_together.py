@@ -261,3 +261,28 @@ def test_grid_command_takes_together_auto_or_a_number():
     assert parse(["grid", "--profile", "smoke", "--together", "3"]).together == 3
     with pytest.raises(SystemExit):
         parse(["grid", "--profile", "smoke", "--together", "two"])
+
+
+def test_runs_together_evaluate_only_after_every_run_has_ended_its_epoch(small_ds, tmp_path, monkeypatch):
+    """An evaluation between the last batches of the others would stall them and count in their epoch times."""
+    from metanet_utils import train as train_mod
+
+    events = []
+    real_advance, real_end = train_mod.EpochIter.advance, train_mod._RunSession.end_epoch
+
+    def advance(self):
+        more = real_advance(self)
+        if not more:
+            events.append("epoch over")
+        return more
+
+    def end_epoch(self, row, force_checkpoint=False):
+        events.append("evaluate")
+        return real_end(self, row, force_checkpoint)
+
+    monkeypatch.setattr(train_mod.EpochIter, "advance", advance)
+    monkeypatch.setattr(train_mod._RunSession, "end_epoch", end_epoch)
+    cfgs = [_cfg(small_ds, fold=0), _cfg(small_ds, fold=1), _cfg(small_ds, fusion="none", meta_features=())]
+    out = train_runs_together(cfgs, small_ds, runs_dir=tmp_path, device="cpu", progress=False)
+    assert all(isinstance(m, dict) for m in out.values())
+    assert events == (["epoch over"] * 3 + ["evaluate"] * 3) * 2  # two epochs
