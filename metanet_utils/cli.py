@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weights-dir", type=Path, default=None)
     g.add_argument("--list", action="store_true", help="only list the runs and whether they are complete")
     g.add_argument("--partition", default=None, help="Slurm partition")
-    g.add_argument("--gpus-per-job", type=int, default=1)
+    g.add_argument("--gpus-per-job", type=int, default=None,
+                   help="GPUs per Slurm job; 0 for a CPU partition (default: $METANET_SLURM_GPUS, else 1)")
     g.add_argument("--max-parallel", type=int, default=None, help="Slurm array: jobs running at once")
     g.add_argument("--time", type=int, default=None, help="Slurm time limit per job, minutes")
     g.add_argument("--slurm-option", nargs="*", default=[], metavar="KEY=VALUE",
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     from .cache import CacheError
     from .config import ConfigError
     from .data import DataError
+    from .download import DownloadError
     from .models import WeightsUnavailable
 
     args = build_parser().parse_args(argv)
@@ -131,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args, argv)
     except (ConfigError, DataError, CacheError, WeightsUnavailable) as e:
         return _fail(str(e))
+    except DownloadError as e:  # the network or the server, not the user's input: exit 1; rerun resumes
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; rerun the same command to continue", file=sys.stderr)
         return 130

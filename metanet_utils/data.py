@@ -227,7 +227,7 @@ def load_metadata(data_dir: str | Path, *, require_images: bool = True, check_gr
             df = pd.read_csv(meta_path, dtype={"age": object})
         except Exception as e:  # noqa: BLE001 - any parser failure is a data error
             raise DataError(f"{meta_path}: cannot be read as CSV ({e})") from None
-        df.columns = [str(c).strip() for c in df.columns]
+        df.columns = [str(c).strip().lower() for c in df.columns]
         missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
         if missing:
             raise DataError(f"{meta_path}: missing column(s) {missing}; found {list(df.columns)}; "
@@ -265,7 +265,8 @@ def load_metadata(data_dir: str | Path, *, require_images: bool = True, check_gr
         absent = df.loc[df["path"].isna(), "image_id"].tolist()
         if absent:
             raise DataError(f"{len(absent)} image(s) listed in {source.name} are missing on disk under {data_dir}, "
-                            f"e.g. {', '.join(absent[:5])}; run `python -m metanet_utils data verify --data-dir {data_dir}`")
+                            f"e.g. {', '.join(absent[:5])}; run `python -m metanet_utils data verify --data-dir {data_dir}` "
+                            "to list them, or `python -m metanet_utils data download` to finish an interrupted download")
     cols = ["image_id", "lesion_id", "dx", "dx_type", "age", "sex", "localization", "path"]
     return df[cols + [c for c in df.columns if c not in cols]].reset_index(drop=True)
 
@@ -285,9 +286,11 @@ def _validate(df: pd.DataFrame, source: Path) -> None:
                             f"allowed: {', '.join(allowed)} ({int(bad.sum())} such rows)")
     dup = df["image_id"].duplicated(keep=False)
     if dup.any():
-        ids = sorted(set(df.loc[dup, "image_id"]))
-        i = int(np.flatnonzero(dup.to_numpy())[1])
-        raise DataError(f"{_row_ref(df, i, source)}: duplicated image_id {ids[0]!r} ({len(ids)} duplicated ids)")
+        n_ids = df.loc[dup, "image_id"].nunique()
+        i = int(np.flatnonzero(df["image_id"].duplicated(keep="first").to_numpy())[0])  # the first repeat
+        first = int(np.flatnonzero((df["image_id"] == df["image_id"].iloc[i]).to_numpy())[0])
+        raise DataError(f"{_row_ref(df, i, source)}: duplicated image_id {df['image_id'].iloc[i]!r} (also row "
+                        f"{first + 2}; {n_ids} duplicated ids)")
     if df["lesion_id"].isna().any():
         i = int(np.flatnonzero(df["lesion_id"].isna().to_numpy())[0])
         raise DataError(f"{_row_ref(df, i, source)}: empty lesion_id")
@@ -427,34 +430,65 @@ def verify(data_dir: str | Path, *, decode: bool = True, workers: int | None = N
     try:
         df = load_metadata(data_dir, require_images=False)
     except DataError as e:
+        # the metadata is broken: say so, and still check what can be checked without it (the files)
         report.errors.append(str(e))
+        on_disk = find_images(data_dir)
+        listed = _listed_ids(data_dir)
+        if listed is not None:
+            report.missing_images = [i for i in listed if i not in on_disk]
+            report.files_without_metadata = sorted(set(on_disk) - set(listed))
+        if decode:
+            _decode_into(report, [str(on_disk[i]) for i in sorted(on_disk)], workers, progress)
         return report
     report.n_images = len(df)
     report.n_lesions = int(df["lesion_id"].nunique())
     report.class_counts = {k: int(v) for k, v in df["dx"].value_counts().items()}
     if report.n_images == N_IMAGES:
         report.notes.append("the paper prints BKL 1098 and VASC 143; the official data has 1099 and 142 (misprint)")
+    if df["age"].isna().all() and (df["sex"] == "unknown").all() and (df["localization"] == "unknown").all():
+        report.notes.append("no age, sex or site for any image (ground-truth CSV only): only the image-only variant "
+                            "(fusion none) can be trained; add HAM10000_metadata.csv for concat and metanet")
     report.missing_images = df.loc[df["path"].isna(), "image_id"].tolist()
     on_disk = find_images(data_dir)
     report.files_without_metadata = sorted(set(on_disk) - set(df["image_id"]))
     if decode:
-        paths = [p for p in df["path"].dropna()]
-        converted: dict[str, list[str]] = {}
-        with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) * 2)) as ex:
-            results = ex.map(_inspect_image, paths)
-            if progress:
-                from tqdm.auto import tqdm
-
-                results = tqdm(results, total=len(paths), desc="decoding images", unit="img", mininterval=1.0)
-            for p, (why, mode) in zip(paths, results):
-                if why:
-                    report.bad_images[Path(p).name] = why
-                elif mode in CONVERTED_MODES:
-                    converted.setdefault(mode, []).append(Path(p).name)
-        for mode, names in converted.items():
-            report.notes.append(f"{len(names)} {CONVERTED_MODES[mode]} image(s) will be converted to RGB: "
-                                + ", ".join(names[:20]) + (" ..." if len(names) > 20 else ""))
+        _decode_into(report, [p for p in df["path"].dropna()], workers, progress)
     return report
+
+
+def _listed_ids(data_dir: Path) -> list[str] | None:
+    """The image ids a metadata (or ground-truth) file lists, read as plainly as possible."""
+    for path, col in ((data_dir / METADATA_FILE, "image_id"), (_groundtruth_file(data_dir), "image")):
+        if path is None or not path.is_file():
+            continue
+        try:
+            raw = pd.read_csv(path, dtype=str)
+        except Exception:  # noqa: BLE001 - unreadable: the error is already reported
+            return None
+        cols = {str(c).strip().lower(): c for c in raw.columns}
+        if col in cols:
+            return [str(v).strip() for v in raw[cols[col]].dropna()]
+        return None
+    return None
+
+
+def _decode_into(report: "VerifyReport", paths: list[str], workers: int | None, progress: bool) -> None:
+    """Decode every image (in parallel): broken ones into ``report.bad_images``, conversions into its notes."""
+    converted: dict[str, list[str]] = {}
+    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) * 2)) as ex:
+        results = ex.map(_inspect_image, paths)
+        if progress:
+            from tqdm.auto import tqdm
+
+            results = tqdm(results, total=len(paths), desc="decoding images", unit="img", mininterval=1.0)
+        for p, (why, mode) in zip(paths, results):
+            if why:
+                report.bad_images[Path(p).name] = why
+            elif mode in CONVERTED_MODES:
+                converted.setdefault(mode, []).append(Path(p).name)
+    for mode, names in converted.items():
+        report.notes.append(f"{len(names)} {CONVERTED_MODES[mode]} image(s) will be converted to RGB: "
+                            + ", ".join(names[:20]) + (" ..." if len(names) > 20 else ""))
 
 
 def data_fingerprint(df: pd.DataFrame) -> str:
@@ -536,14 +570,20 @@ def locate_data(profile: Any, data_dir: str | Path | None = "") -> Any:
         path = make_synthetic(default_root() / f"synthetic-{profile.synthetic_images}-s{profile.seed}",
                               n_images=profile.synthetic_images, seed=profile.seed)
         return DataLocation(Path(path).resolve(), "synthetic", "profile asks for synthetic data")
+    from .download import download_complete, download_official
+
+    own = default_root() / "ham10000"
     try:
-        return find_data_dir(data_dir or None, synthetic_fallback=profile.data == "auto",
-                             synthetic_images=profile.synthetic_images, seed=profile.seed)
+        found = find_data_dir(data_dir or None, synthetic_fallback=profile.data == "auto",
+                              synthetic_images=profile.synthetic_images, seed=profile.seed)
     except DataError:
         if data_dir or profile.data != "real":
             raise
-    from .download import download_official
-
-    print(f"No data found: profile {profile.name!r} needs the official HAM10000, downloading it (about 3 GB) ...")
-    download_official(default_root() / "ham10000")
+        print(f"No data found: profile {profile.name!r} needs the official HAM10000, downloading it (about 3 GB) ...")
+    else:
+        # the kit's own download folder gets its metadata first: an interrupted download is finished here
+        if data_dir or profile.data != "real" or found.path != own.resolve() or download_complete(own):
+            return found
+        print(f"The download into {own} was interrupted: continuing it ...")
+    download_official(own)
     return find_data_dir(None)

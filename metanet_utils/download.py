@@ -730,6 +730,17 @@ def _is_complete(item: RemoteFile, dest_dir: Path) -> bool:
     return False
 
 
+def download_complete(dest_dir: str | Path, include_images: bool = True,
+                      base_urls: Sequence[str] | str | None = None) -> bool:
+    """Whether :func:`download_official` into ``dest_dir`` has finished (an interrupted one has not:
+    the metadata arrives first, the images last), without any network access."""
+    dest_dir = Path(dest_dir)
+    if not (dest_dir / METADATA_FILE).is_file():
+        return False
+    return all(_is_complete(item, dest_dir) for item in isic_files(base_urls)
+               if include_images or not item.filename.endswith("Training_Input.zip"))
+
+
 def _probe_size(urls: Sequence[str], session) -> int | None:
     import requests
 
@@ -884,7 +895,10 @@ def _fetch_item(item: RemoteFile, dest_dir: Path, session, progress: bool, retri
                     shutil.rmtree(folder, ignore_errors=True)
                     path.unlink(missing_ok=True)
                     raise DownloadError(f"{e}\n\n{MANUAL_HELP}") from e
-            if found < count:
-                warnings.warn(f"{item.filename}: {found} files {pattern}, expected {count}", stacklevel=3)
+            if found < count:  # a cut or foreign archive: never marked complete, fetched again next time
+                shutil.rmtree(folder, ignore_errors=True)
+                path.unlink(missing_ok=True)
+                raise DownloadError(f"{item.filename}: holds {found} files {pattern}, expected {count}; removed, "
+                                    f"run the download again\n\n{MANUAL_HELP}")
         if not keep_zips:
             path.unlink(missing_ok=True)

@@ -46,6 +46,9 @@ import pandas as pd
 
 from .constants import CLASS_CODES, DX_CODES, DX_TO_INDEX, META_FIELDS, PAPER_ORDER, SEXES, SITES
 
+_NO_METADATA = ("A folder with only the ground-truth CSV has labels but no age, sex or site: add HAM10000_metadata.csv "
+                "(`python -m metanet_utils data download`), or train the image-only variant alone (fusions: [none]).")
+
 __all__ = [
     "MetadataStats",
     "MISSING_TOKENS",
@@ -315,7 +318,9 @@ def encode(
         if f == "age":
             ages = _ages(df)
             if stats.age_mean is None or stats.age_min is None or stats.age_max is None:
-                raise ValueError("no known age to fill missing ages and scale (stats.age_* is None)")
+                from .data import DataError
+
+                raise DataError(f"no image has a known age, so ages cannot be filled and scaled. {_NO_METADATA}")
             ages = np.where(np.isnan(ages), stats.age_mean, ages)
             span = stats.age_max - stats.age_min
             scaled = (ages - stats.age_min) / span if span > 0 else np.zeros_like(ages)
@@ -326,7 +331,10 @@ def encode(
             mode = stats.sex_mode if f == "sex" else stats.site_mode
             if missing.any():
                 if mode is None:
-                    raise ValueError(f"no known {f} value to fill {int(missing.sum())} missing one(s)")
+                    from .data import DataError
+
+                    raise DataError(f"no image has a known {f}, so {int(missing.sum())} missing one(s) cannot be "
+                                    f"filled. {_NO_METADATA}")
                 if mode not in vocab:
                     raise ValueError(f"stats fill value {mode!r} for {f} not in {list(vocab)}")
                 codes[missing] = vocab.index(mode)

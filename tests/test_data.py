@@ -105,6 +105,8 @@ def test_whitespace_and_case_in_values_are_normalised(real_data_dir, tmp_path):
                                                                 localization=m.localization.str.title()))
     df = load_metadata(d)
     assert set(df["dx"]) <= {"mel", "nv", "bcc", "akiec", "bkl", "df", "vasc"}
+    d2 = _broken(real_data_dir, tmp_path / "hdr", lambda m, d: m.rename(columns={"dx": " DX", "image_id": "Image_ID"}))
+    assert load_metadata(d2)["dx"].tolist() == df["dx"].tolist()  # header spaces and case too
 
 
 def test_verify_names_each_broken_file_and_fails(real_data_dir, tmp_path):
@@ -128,6 +130,41 @@ def test_verify_names_each_broken_file_and_fails(real_data_dir, tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 1
     assert ids[0] in out.stdout and f"{ids[3]}.jpg" in out.stdout
+
+
+def test_verify_with_broken_metadata_still_names_each_broken_file(real_data_dir, tmp_path):
+    """One bad metadata row does not hide the files: a user fixes everything in one go."""
+    d = small_copy(real_data_dir, tmp_path / "vm", n=12)
+    meta = pd.read_csv(d / "HAM10000_metadata.csv")
+    meta.loc[2, "dx"] = "melanoma"
+    meta.to_csv(d / "HAM10000_metadata.csv", index=False)
+    ids = sorted(p.stem for p in (d / "images").glob("*.jpg"))
+    (d / "images" / f"{ids[0]}.jpg").unlink()
+    data = (d / "images" / f"{ids[1]}.jpg").read_bytes()
+    (d / "images" / f"{ids[1]}.jpg").write_bytes(data[: len(data) // 2])
+    (d / "images" / f"{ids[2]}.jpg").write_bytes(b"")
+    report = verify(d, progress=False)
+    assert not report.ok and len(report.errors) == 1 and "unknown diagnosis 'melanoma'" in report.errors[0]
+    assert report.missing_images == [ids[0]]
+    assert set(report.bad_images) == {f"{ids[1]}.jpg", f"{ids[2]}.jpg"}
+
+
+def test_verify_says_a_ground_truth_only_folder_trains_the_image_only_variant_alone(real_data_dir, tmp_path):
+    from metanet_utils.data import DataError
+    from metanet_utils.metadata import encode
+
+    d = small_copy(real_data_dir, tmp_path / "gt", n=12)
+    meta = pd.read_csv(d / "HAM10000_metadata.csv")
+    gt = pd.DataFrame({"image": meta["image_id"]})
+    for code, dx in zip(("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"),
+                        ("mel", "nv", "bcc", "akiec", "bkl", "df", "vasc")):
+        gt[code] = (meta["dx"] == dx).astype(float)
+    gt.to_csv(d / "ISIC2018_Task3_Training_GroundTruth.csv", index=False)
+    (d / "HAM10000_metadata.csv").unlink()
+    report = verify(d, progress=False)
+    assert report.ok and any("only the image-only variant" in n for n in report.notes)
+    with pytest.raises(DataError, match="no image has a known age.*fusions: \\[none\\]"):
+        encode(load_metadata(d))
 
 
 def test_missing_images_stop_loading_for_training(real_data_dir, tmp_path):

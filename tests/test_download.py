@@ -33,10 +33,15 @@ from metanet_utils.download import (
 
 pytestmark = [
     pytest.mark.timeout(60),
-    # The stand-in data are not the real files: 3 images, not 10015; another metadata md5.
-    pytest.mark.filterwarnings("ignore:.*expected 10015:UserWarning"),
+    # The stand-in metadata is not the real file: another md5.
     pytest.mark.filterwarnings("ignore:Dataverse serves a HAM10000 metadata file:UserWarning"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _stand_in_image_count(monkeypatch):
+    """The stand-in image zip holds 3 images where the official one holds 10015."""
+    monkeypatch.setattr(dl, "N_IMAGES", len(IMAGE_IDS))
 
 DOI = "doi:10.7910/DVN/DBW86T"
 META_ID = 4338392
@@ -428,3 +433,57 @@ def test_corrupt_zip_from_server_is_rejected(server, tmp_path):
                           dataverse_server=server.url, **FAST)
     assert not list(tmp_path.glob("*.zip")) and not list(tmp_path.glob("*.part"))
     assert not (tmp_path / "ISIC2018_Task3_Training_GroundTruth").exists()
+
+
+def test_an_image_archive_with_too_few_images_is_refused_and_fetched_again(server, monkeypatch, tmp_path):
+    monkeypatch.setattr(dl, "N_IMAGES", len(IMAGE_IDS) + 1)
+    (tmp_path / "HAM10000_metadata.csv").write_bytes(_meta_csv())
+    with pytest.raises(DownloadError, match=r"holds 3 files ISIC_\*\.jpg, expected 4; removed"):
+        download_official(tmp_path, base_urls=server.url + "/isic", dataverse_server=server.url, **FAST)
+    assert not (tmp_path / "ISIC2018_Task3_Training_Input").exists() and not list(tmp_path.glob("ISIC2018_Task3_Training_Input.zip*"))
+    assert not dl.download_complete(tmp_path, base_urls=server.url + "/isic")
+
+
+def test_quick_profile_finishes_an_interrupted_download(server, monkeypatch, tmp_path):
+    """The metadata arrives first: a download killed during the image zip leaves a folder that looks like
+    data. The quick profile's data step sees it is unfinished and continues it (resuming the .part)."""
+    from metanet_utils.config import load_profile
+    from metanet_utils.data import locate_data
+
+    monkeypatch.setenv("METANET_ROOT", str(tmp_path))
+    monkeypatch.delenv("METANET_DATA_DIR", raising=False)
+    monkeypatch.setenv("METANET_DOWNLOAD_BASE", server.url + "/isic")
+    monkeypatch.setenv("METANET_DATAVERSE_SERVER", server.url)
+    own = tmp_path / "data" / "ham10000"
+    own.mkdir(parents=True)
+    (own / "HAM10000_metadata.csv").write_bytes(_meta_csv())
+    zip_bytes = server.state.files["/isic/ISIC2018_Task3_Training_Input.zip"]
+    (own / "ISIC2018_Task3_Training_Input.zip.part").write_bytes(zip_bytes[: len(zip_bytes) // 2])
+    assert not dl.download_complete(own)
+    loc = locate_data(load_profile("quick"), "")
+    assert loc.path == own.resolve() and dl.download_complete(own)
+    assert sorted(p.stem for p in (own / "ISIC2018_Task3_Training_Input").glob("ISIC_*.jpg")) == list(IMAGE_IDS)
+    ranged = [r for r in server.state.requests("/isic/ISIC2018_Task3_Training_Input.zip") if r.range]
+    assert ranged and ranged[0].range.startswith(f"bytes={len(zip_bytes) // 2}-")
+    n = len(server.state.log)
+    assert locate_data(load_profile("quick"), "").path == own.resolve() and len(server.state.log) == n
+    # a folder the user gave is theirs: never downloaded into
+    assert locate_data(load_profile("quick"), str(own)).path == own.resolve() and len(server.state.log) == n
+
+
+def test_download_command_without_network_says_why_and_exits_1(monkeypatch, tmp_path, capsys):
+    import socket
+
+    from metanet_utils import cli
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setattr(dl, "TIMEOUT", (1.0, 1.0))
+    monkeypatch.setenv("METANET_DOWNLOAD_BASE", dead)
+    monkeypatch.setenv("METANET_DATAVERSE_SERVER", dead)
+    monkeypatch.setattr(dl, "download_official", lambda *a, **k: download_official(*a, **{**k, **FAST}))
+    rc = cli.main(["data", "download", "--dest", str(tmp_path / "ham")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert dead in err and "10.7910/DVN/DBW86T" in err  # where it tried, and how to get the files by hand

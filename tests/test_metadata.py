@@ -208,7 +208,7 @@ def test_bad_age_and_missing_column():
 
 def test_all_missing_cannot_fill():
     df = pd.DataFrame({"sex": ["unknown", np.nan]})
-    with pytest.raises(ValueError, match="no known sex"):
+    with pytest.raises(ValueError, match="no image has a known sex"):
         md.encode(df, ("sex",))
 
 

@@ -54,6 +54,15 @@ def test_options_from_env_and_args(monkeypatch):
     o = S.SlurmOptions.from_args(Args)
     assert (o.partition, o.gpus_per_job, o.max_parallel, o.time_min) == ("debug", 0, 3, 90)
     assert dict(o.extra) == {"cpus-per-task": "4", "mem": "8G"}
+    from metanet_utils.cli import build_parser  # the real command line: no flag leaves the environment's value
+
+    monkeypatch.setenv("METANET_SLURM_GPUS", "0")
+    parsed = build_parser().parse_args(["grid", "--profile", "smoke", "--executor", "slurm"])
+    assert S.SlurmOptions.from_args(parsed).gpus_per_job == 0
+    parsed = build_parser().parse_args(["grid", "--profile", "smoke", "--executor", "slurm", "--gpus-per-job", "2"])
+    assert S.SlurmOptions.from_args(parsed).gpus_per_job == 2
+    monkeypatch.delenv("METANET_SLURM_GPUS")
+    assert S.SlurmOptions.from_args(build_parser().parse_args(["grid", "--profile", "smoke"])).gpus_per_job == 1
     monkeypatch.setenv("METANET_SLURM_TIME", "soon")
     with pytest.raises(S.ConfigError, match="METANET_SLURM_TIME"):
         S.SlurmOptions.from_env()
