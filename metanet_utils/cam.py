@@ -317,7 +317,7 @@ def _display_image(row: pd.Series | None, cfg: Any, crop: np.ndarray, size: int)
 
 
 def paired_runs(records: pd.DataFrame, backbone: str | None = None, meta_layers: int | None = None,
-                a: str = "none", b: str = "metanet") -> pd.DataFrame:
+                a: str = "none", b: str = "metanet", with_concat: bool = False) -> pd.DataFrame:
     """The ``a`` (image only) and ``b`` (MetaNet) run of every (backbone, fold): their record folders.
 
     Args:
@@ -325,13 +325,15 @@ def paired_runs(records: pd.DataFrame, backbone: str | None = None, meta_layers:
         backbone: only this backbone (default: all).
         meta_layers: depth of the ``b`` runs (default: 2, the paper's Table 1 setting, when such runs exist,
             else the most frequent depth among runs with all metadata fields).
+        with_concat: add ``run_concat``, the fold's Table 1 concatenation run (all fields, raw metadata),
+            empty where there is none.
 
     Returns:
-        Columns ``backbone, fold, run_<a>, run_<b>`` (paths); empty when no fold has both.
+        Columns ``backbone, fold, run_<a>, run_<b>`` (paths; and ``run_concat``); empty when no fold has both.
     """
     from .constants import META_FIELDS
 
-    cols = ["backbone", "fold", f"run_{a}", f"run_{b}"]
+    cols = ["backbone", "fold", f"run_{a}", f"run_{b}"] + (["run_concat"] if with_concat else [])
     if records is None or len(records) == 0 or "fusion" not in records.columns:
         return pd.DataFrame(columns=cols)
     df = records if backbone is None else records[records["backbone"] == backbone]
@@ -348,6 +350,14 @@ def paired_runs(records: pd.DataFrame, backbone: str | None = None, meta_layers:
             if c in df.columns]
     out = (left[[*keys, "path"]].drop_duplicates(keys).rename(columns={"path": f"run_{a}"})
            .merge(right[[*keys, "path"]].drop_duplicates(keys).rename(columns={"path": f"run_{b}"}), on=keys))
+    if with_concat:
+        cat = df[df["fusion"] == "concat"]
+        if "meta_features" in cat.columns:
+            cat = cat[cat["meta_features"].astype(str) == "+".join(META_FIELDS)]
+        if "meta_layers" in cat.columns:
+            cat = cat[pd.to_numeric(cat["meta_layers"]) == 0]
+        out = out.merge(cat[[*keys, "path"]].drop_duplicates(keys).rename(columns={"path": "run_concat"}),
+                        on=keys, how="left")
     return out[cols].sort_values(["backbone", "fold"], kind="stable").reset_index(drop=True)
 
 
@@ -475,11 +485,13 @@ def _fusion_entry(out: CamOutput, i: int, y: int | None) -> dict[str, Any]:
 
 def pair_cams(run_none: str | Path, run_metanet: str | Path, image_ids: Sequence[str], dataset: Any,
               target: str = "pred", device: str | torch.device = "cpu", display_size: int = 224,
-              models: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Class activation maps of some images under the paired image-only and MetaNet runs.
+              models: Mapping[str, Any] | None = None, run_concat: str | Path | None = None) -> list[dict[str, Any]]:
+    """Class activation maps of some images under the paired image-only and MetaNet runs (and the
+    concatenation run of the same fold, when given: all three variants).
 
     Args:
         run_none, run_metanet: record folders of the two runs (same backbone and fold).
+        run_concat: record folder of the fold's concatenation run (optional).
         image_ids: images to map (usually validation images of that fold).
         dataset: the :class:`~metanet_utils.dataset.Dataset` the runs were trained on.
         target: ``"pred"`` (each model's predicted class, as the paper's Fig. 2) or ``"true"``.
@@ -488,8 +500,8 @@ def pair_cams(run_none: str | Path, run_metanet: str | Path, image_ids: Sequence
 
     Returns:
         One dict per image: ``image`` (id), ``true`` (code), ``picture`` (uint8 ``S x S x 3``, the
-        centre crop the models saw), and per fusion ``"none"`` / ``"metanet"``: ``cam`` (raw map at
-        feature resolution), ``target`` (the class mapped), ``pred``, ``p_pred``, ``p_true``, ``correct``.
+        centre crop the models saw), and per fusion ``"none"`` / ``"metanet"`` (/ ``"concat"``): ``cam`` (raw
+        map at feature resolution), ``target`` (the class mapped), ``pred``, ``p_pred``, ``p_true``, ``correct``.
     """
     if target not in ("pred", "true"):
         raise ValueError(f"target={target!r}: use 'pred' or 'true'")
@@ -497,8 +509,9 @@ def pair_cams(run_none: str | Path, run_metanet: str | Path, image_ids: Sequence
     if not image_ids:
         return []
     loaded = dict(models or {})
-    for name, run in (("none", run_none), ("metanet", run_metanet)):
-        if name not in loaded:
+    runs = (("none", run_none), ("concat", run_concat), ("metanet", run_metanet))
+    for name, run in runs:
+        if name not in loaded and run is not None and not (isinstance(run, float) and np.isnan(run)):
             loaded[name] = load_run_model(run, device)
     pos = _positions(dataset, image_ids)
     labels = np.asarray(dataset.labels)[pos]
@@ -517,12 +530,17 @@ def pair_cams(run_none: str | Path, run_metanet: str | Path, image_ids: Sequence
 
 
 def cams_for_cases(cases: pd.DataFrame, dataset: Any, target: str = "pred", device: str | torch.device = "cpu",
-                   display_size: int = 224) -> list[dict[str, Any]]:
+                   display_size: int = 224, pairs: pd.DataFrame | None = None) -> list[dict[str, Any]]:
     """:func:`pair_cams` for every row of :func:`pick_cases` (grouped by run pair), in the rows' order.
 
     Each dict also carries the row's ``case``. Rows without run folders (cases picked from bare
-    prediction frames) are skipped with a warning.
+    prediction frames) are skipped with a warning. With ``pairs`` from :func:`paired_runs`
+    (``with_concat=True``) the fold's concatenation run is mapped too.
     """
+    concat_of = {}
+    if pairs is not None and "run_concat" in pairs.columns:
+        concat_of = {(str(r.run_none), str(r.run_metanet)): r.run_concat for r in pairs.itertuples()
+                     if isinstance(r.run_concat, (str, Path))}
     if cases is None or len(cases) == 0:
         return []
     out: dict[int, dict[str, Any]] = {}
@@ -531,7 +549,7 @@ def cams_for_cases(cases: pd.DataFrame, dataset: Any, target: str = "pred", devi
         warnings.warn(f"{len(cases) - len(usable)} case(s) have no run folder and were skipped", stacklevel=2)
     for (rn, rm), g in usable.groupby(["run_none", "run_metanet"], sort=False):
         maps = pair_cams(rn, rm, g["image"].tolist(), dataset, target=target, device=device,
-                         display_size=display_size)
+                         display_size=display_size, run_concat=concat_of.get((str(rn), str(rm))))
         for idx, entry in zip(g.index, maps):
             entry["case"] = g.loc[idx, "case"]
             out[idx] = entry

@@ -893,7 +893,8 @@ def table4_plot(table4: pd.DataFrame, *, save: str | None = None, synthetic: boo
 
 def cam_grid(cams: Sequence[Mapping[str, Any]], *, alpha: float = 0.45, cmap: str = "jet", title: str | None = None,
              save: str | None = None, synthetic: bool = False) -> Figure:
-    """Figure 2: one row per case, columns = the image, the image-only model's CAM, MetaNet's CAM.
+    """Figure 2: one row per case, columns = the image, the image-only model's CAM, the concatenation
+    model's CAM (where the entries have one), MetaNet's CAM.
 
     Args:
         cams: :func:`~metanet_utils.cam.cams_for_cases` / :func:`~metanet_utils.cam.pair_cams` entries.
@@ -908,20 +909,25 @@ def cam_grid(cams: Sequence[Mapping[str, Any]], *, alpha: float = 0.45, cmap: st
     if n == 0:
         _empty(fig.subplots(), "no cases to show")
         return _finish(fig, save, synthetic)
-    axes = fig.subplots(n, 3, squeeze=False)
+    fusions = [f for f in ("none", "concat", "metanet") if any(f in c for c in cams)]
+    fig.set_size_inches(3 * (len(fusions) + 1), 3.1 * n + 0.4)
+    axes = fig.subplots(n, len(fusions) + 1, squeeze=False)
     for i, c in enumerate(cams):
         pic = c["picture"]
         axes[i, 0].imshow(pic)
         axes[i, 0].set_title(f"{c['image']}\ntrue: {c['true']}" + (f"  [{c['case']}]" if c.get("case") else ""),
                              fontsize=9)
-        for j, f in enumerate(("none", "metanet"), start=1):
-            e = c[f]
+        for j, f in enumerate(fusions, start=1):
+            e = c.get(f)
+            if e is None:
+                _empty(axes[i, j], f"no {FUSION_LABELS[f]} run")
+                continue
             axes[i, j].imshow(overlay(pic, e["cam"], alpha=alpha, cmap=cmap))
             right = e.get("correct")
             axes[i, j].set_title(f"{FUSION_LABELS[f]}\npred {e['pred']} (p = {e['p_pred']:.2f}), map of {e['target']}",
                                  fontsize=9, color={True: "#1a7f37", False: "#c00000"}.get(right, "black"))
         for ax in axes[i]:
             _bare(ax)
-    fig.suptitle(title or "Class activation maps: image only (middle) vs MetaNet (right); red = evidence for the "
-                 "class mapped", fontsize=10)
+    fig.suptitle(title or f"Class activation maps: {', '.join(FUSION_LABELS[f] for f in fusions)} (left to right "
+                 "after the image); red = evidence for the class mapped", fontsize=10)
     return _finish(fig, save, synthetic)

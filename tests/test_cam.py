@@ -234,6 +234,12 @@ def test_pair_cams_on_a_dataset(tmp_path):
         for f in ("none", "metanet"):
             assert o[f]["cam"].shape == (2, 2)
             assert o[f]["target"] == o[f]["pred"] and 0 < o[f]["p_pred"] <= 1
+    assert "concat" not in out[0]
+    dc, _ = _save_run(tmp_path, "concat", ds, seed=4)  # all three variants
+    three = cam.pair_cams(dn, dm, ids, ds, run_concat=dc)
+    assert three[0]["concat"]["cam"].shape == (2, 2)
+    for a, b in zip(out, three):  # the other two maps are unchanged by the third
+        np.testing.assert_array_equal(a["metanet"]["cam"], b["metanet"]["cam"])
     true_maps = cam.pair_cams(dn, dm, ids, ds, target="true")
     assert [o["metanet"]["target"] for o in true_maps] == ["MEL", "NV", "BCC"]
     assert cam.pair_cams(dn, dm, [], ds) == []
@@ -306,3 +312,9 @@ def test_paired_runs_selects_table1_metanet(tmp_path):
     assert all("-k2-" in p and "age+sex+loc" in p for p in pairs["run_metanet"])
     assert cam.paired_runs(recs, meta_layers=3)["run_metanet"].str.contains("-k3-").all()
     assert cam.paired_runs(pd.DataFrame()).empty
+    # with_concat: the fold's Table 1 concatenation run (raw metadata, all fields), where there is one
+    fake_fold_run(tmp_path, {**base, "fold": 1, "fusion": "concat", "meta_layers": 0}, {c: 6 for c in range(7)})
+    fake_fold_run(tmp_path, {**base, "fold": 0, "fusion": "concat", "meta_layers": 2}, {c: 6 for c in range(7)})
+    with_cat = cam.paired_runs(load_records(tmp_path), with_concat=True)
+    assert with_cat["run_concat"].isna().tolist() == [True, False]  # fold 0 has only a k=2 (Table 4) concat
+    assert "concat" in with_cat["run_concat"].iloc[1] and "-k0-" in with_cat["run_concat"].iloc[1]

@@ -289,3 +289,22 @@ def test_cam_grid_titles():
     assert len(axes) == 6
     assert "true: DF" in axes[0].get_title() and "pred NV" in axes[1].get_title() and "pred DF" in axes[2].get_title()
     assert axes[1].title.get_color() != axes[2].title.get_color()  # wrong in red, right in green
+
+
+def test_cam_grid_draws_the_concatenation_model_between_the_two_where_it_has_a_map():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from metanet_utils import plots
+
+    def fusion(pred, ok):
+        return {"cam": np.eye(2), "pred": pred, "p_pred": 0.6, "target": pred, "correct": ok}
+
+    three = {"image": "ISIC_1", "true": "DF", "picture": np.zeros((32, 32, 3), np.uint8),
+             "none": fusion("NV", False), "concat": fusion("BKL", False), "metanet": fusion("DF", True)}
+    two = {k: v for k, v in three.items() if k != "concat"} | {"image": "ISIC_2"}
+    fig = plots.cam_grid([three, two])
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(fig.axes) == 8
+    assert titles[1].startswith("no metadata") and titles[2].startswith("concatenation") and "pred BKL" in titles[2]
+    assert titles[3].startswith("MetaNet") and "no concatenation run" in fig.axes[6].texts[0].get_text()
