@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -349,3 +352,25 @@ def test_failed_run_is_reported_with_its_log_and_others_finish(backend, env, rea
     assert rc == 0, out
     assert "1 complete, 0 queued/running in earlier jobs, 1 to submit" in out
     assert is_complete(record_dir(bad))
+
+
+def test_two_submitters_at_once_submit_and_train_each_run_once(backend, env, real_data_dir):
+    """Two terminals (or machines) start the same Slurm grid at the same moment: the submit lock lets one
+    submit the array and the other find those jobs queued; every run is submitted and trained once."""
+    from collections import Counter
+
+    from metanet_utils.train import is_complete, record_dir
+
+    runs = _expected_runs("smoke", real_data_dir, SMOKE_ONLY)
+    argv = [sys.executable, "-m", "metanet_utils", *_grid("smoke", real_data_dir, backend, "--only", *SMOKE_ONLY)]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    submitted = [int(m) for o in outs for m in re.findall(r"submitted (\d+) run\(s\)", o)]
+    assert sum(submitted) == 3, outs  # one submitter took all three, the other none
+    assert set(S.load_job_table()) == {r.run_id for r in runs}
+    events = (env / "results" / "runs" / ".events.log").read_text().splitlines()
+    for kind in ("start", "complete"):
+        count = Counter(e.split()[-1] for e in events if f" {kind} " in e)
+        assert count == {r.run_id: 1 for r in runs}, (kind, events)
+    assert all(is_complete(record_dir(r)) for r in runs)
