@@ -14,7 +14,9 @@ _stamp_value="$(sha1sum "$_root/pyproject.toml" | cut -c1-16)"
 export METANET_KERNEL="${METANET_KERNEL:-metanet-kit}"
 
 _env_ok() {  # $1 = python; true if it runs this checkout's kit with its dependencies
-  "$1" - "$_root" >/dev/null 2>&1 <<'PY'
+  # (from /, so the checkout in the current folder cannot stand in for the installed package: the
+  # notebooks' kernels import it from elsewhere)
+  ( cd / && "$1" - "$_root" >/dev/null 2>&1 ) <<'PY'
 import sys, pathlib, importlib
 import metanet_utils, papermill, timm, torch  # noqa: F401
 root = pathlib.Path(sys.argv[1]).resolve()
