@@ -77,3 +77,18 @@ def test_an_existing_venv_is_kept_even_where_conda_is_present(clone):
     calls = log.read_text().splitlines()
     assert not [c for c in calls if c.startswith("conda")]
     assert any(c.startswith("python -m pip install") for c in calls)
+
+
+def test_an_active_environment_holding_another_checkout_is_not_used_for_this_one(clone):
+    """An activated venv with every dependency, but with the kit installed from another checkout: importing
+    ``metanet_utils`` from inside this folder would find this checkout and pass, while the notebooks' kernels
+    would import the other one. The check runs from ``/``, so this checkout gets its own environment."""
+    import sys
+
+    root, bin_dir, log = clone
+    shutil.copytree(ROOT / "metanet_utils", root / "metanet_utils")
+    _stand_in(bin_dir, "python3", log)
+    real = Path(sys.executable)
+    out = _source(root, bin_dir, VIRTUAL_ENV=str(real.parent.parent), PATH=f"{bin_dir}:{real.parent}:/usr/bin:/bin")
+    assert "using the active environment" not in out.stdout
+    assert out.returncode == 1 and log.read_text().splitlines() == [f"python3 -m venv {root}/.venv"]
