@@ -276,6 +276,11 @@ def _grid(args: argparse.Namespace, profile, argv: list[str] | None) -> int:
     if args.list:
         print(status_table(runs).to_string(index=False))
         return 0
+    from .models import ensure_weights
+    from .train import is_complete, record_dir
+
+    # weights first: a machine without them stops here, before the image cache is built
+    ensure_weights([r.backbone for r in runs if r.pretrained and not is_complete(record_dir(r))], args.weights_dir)
     _prepare(ds, runs)  # once, before the workers start
     if workers > 1 and not os.environ.get("METANET_WORKER"):
         rest = [a for a in (argv if argv is not None else sys.argv[1:])]

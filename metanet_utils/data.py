@@ -141,7 +141,7 @@ def find_data_dir(data_dir: str | Path | None = None, *, synthetic_fallback: boo
         return DataLocation(Path(path).resolve(), "synthetic", "synthetic fallback (no real data found)")
     raise DataError(
         "no HAM10000 data found (looked at --data-dir, $METANET_DATA_DIR and data/ham10000/). "
-        "Run `python -m metanet_utils data download` (about 3 GB), or download the ISIC 2018 Task 3 training "
+        "Run `python -m metanet_utils data download` (a 2.6 GB image archive), or download the ISIC 2018 Task 3 training "
         "files and the HAM10000 metadata (Harvard Dataverse doi:10.7910/DVN/DBW86T) by hand into data/ham10000/, "
         "or pass --data-dir PATH.")
 
@@ -579,7 +579,7 @@ def locate_data(profile: Any, data_dir: str | Path | None = "") -> Any:
     except DataError:
         if data_dir or profile.data != "real":
             raise
-        print(f"No data found: profile {profile.name!r} needs the official HAM10000, downloading it (about 3 GB) ...")
+        print(f"No data found: profile {profile.name!r} needs the official HAM10000, downloading it (a 2.6 GB image archive) ...")
     else:
         # the kit's own download folder gets its metadata first: an interrupted download is finished here
         if data_dir or profile.data != "real" or found.path != own.resolve() or download_complete(own):

@@ -236,6 +236,9 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
         at_once = "" if k == 1 else (", runs at once: measured per backbone" if k == "auto" else f", {k} at a time")
         print(f"grid {profile.name}: {len(runs)} runs, {len(summary.skipped)} complete, {len(pending)} to do "
               f"({dataset.kind} data, {len(dataset.df)} images{at_once})", flush=True)
+    from .models import ensure_weights
+
+    ensure_weights([r.backbone for r in pending if r.pretrained], weights_dir, progress)  # before any run starts
     k_of = _together_of(pending, k, dev, runs_dir, dataset, progress)
 
     def failed(cfg: RunConfig, e: BaseException, tb: str) -> None:

@@ -63,6 +63,7 @@ __all__ = [
     "ALEXNET_URL",
     "InputSpec",
     "WeightsUnavailable",
+    "ensure_weights",
     "Backbone",
     "MetaBlock",
     "MetaModel",
@@ -446,6 +447,26 @@ def weights_available(backbone: str, weights_dir: str | os.PathLike | None = Non
         return True
     except WeightsUnavailable:
         return False
+
+
+def ensure_weights(backbones: Iterable[str], weights_dir: str | os.PathLike | None = None,
+                   progress: bool = True) -> None:
+    """Make sure every backbone's pretrained weights are here before a grid starts: found locally (weights
+    folder or caches), else downloaded now, on this machine (the login node, for a Slurm grid).
+
+    Raises:
+        WeightsUnavailable: a backbone's weights can be neither found nor downloaded; the message says
+            how to fetch them elsewhere. Raised before any image cache is built or any run is started.
+
+    Example:
+        >>> ensure_weights([])  # nothing to check
+    """
+    for b in dict.fromkeys(backbones):
+        if weights_available(b, weights_dir):
+            continue
+        if progress:
+            print(f"pretrained weights for {b}: not on this machine yet, downloading them ...", flush=True)
+        find_weights(b, weights_dir, download=True)
 
 
 def fetch_weights(

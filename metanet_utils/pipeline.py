@@ -135,12 +135,13 @@ def run_chain(profile: str = "demo", data_dir: str | None = None, kernel: str | 
 
 def _slurm_grid(profile: str, data_dir: str | None) -> int:
     from .data import DataError
+    from .models import WeightsUnavailable
     from .slurm import run_profile_on_slurm
 
     print(f"submitting the grid of profile {profile!r} to Slurm and waiting for it ...", flush=True)
     try:
         rc = run_profile_on_slurm(profile, data_dir)
-    except DataError as e:
+    except (DataError, WeightsUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         rc = 2
     if rc != 0:

@@ -610,6 +610,11 @@ def submit_grid(profile: Profile, data_dir: str | Path | None = None, *,
                 summary.in_progress[r.run_id] = ref.job_id
                 watch[r.run_id] = ref
         to_submit = [r for r in missing if r.run_id not in summary.in_progress]
+        from .models import ensure_weights
+
+        # on the submitting machine (a login node has internet; compute nodes often not): found or fetched
+        # here, or the grid stops before anything is submitted
+        ensure_weights([r.backbone for r in to_submit if r.pretrained], weights, progress)
         if progress:
             print(f"slurm grid {profile.name}: {len(runs)} runs ({ds.kind} data, {len(ds.df)} images); "
                   f"{len(summary.complete_before)} complete, {len(summary.in_progress)} queued/running in earlier "

@@ -350,3 +350,28 @@ def test_train_without_pretrained_weights_says_how_to_get_them_in_one_line(isola
     assert "weights fetch" in line
     runs = isolated_root / "results" / "runs"
     assert not [p for p in runs.glob("*") if not p.name.startswith(".")] if runs.is_dir() else True
+
+
+def test_grid_without_pretrained_weights_stops_before_any_work(isolated_root, real_data_dir, capsys):
+    """``grid`` (here, in a notebook through run_grid, or submitting to Slurm) checks the weights of the runs
+    it would train first: one ``error:`` line, exit 2, no image cache built, no run started or failed."""
+    from metanet_utils import slurm
+    from metanet_utils.config import load_profile
+    from metanet_utils.grid import profile_dataset, run_grid
+    from metanet_utils.models import WeightsUnavailable
+
+    prof = tiny_profile(isolated_root / "p.yaml", pretrained=True, max_images=60)
+    empty = isolated_root / "weights"
+    empty.mkdir()
+    rc, _out, err = run_main(["grid", "--profile", prof, "--data-dir", real_data_dir, "--weights-dir", empty], capsys)
+    assert rc == 2 and error_line(err).startswith("error: no pretrained weights for")
+    assert written(isolated_root) == []  # no cache, no record, no .failed log
+    profile = load_profile(prof)
+    ds = profile_dataset(profile, real_data_dir)
+    with pytest.raises(WeightsUnavailable):
+        run_grid(profile, ds, weights_dir=empty, device="cpu", progress=False)
+    with pytest.raises(WeightsUnavailable):
+        slurm.submit_grid(profile, real_data_dir, weights_dir=empty, options=slurm.SlurmOptions(cluster="local"),
+                          wait=False, progress=False)
+    assert slurm.load_job_table() == {}  # nothing submitted
+    assert not [p for p in written(isolated_root) if "/runs/" in p]
