@@ -494,7 +494,8 @@ def pair_cams(run_none: str | Path, run_metanet: str | Path, image_ids: Sequence
         run_concat: record folder of the fold's concatenation run (optional).
         image_ids: images to map (usually validation images of that fold).
         dataset: the :class:`~metanet_utils.dataset.Dataset` the runs were trained on.
-        target: ``"pred"`` (each model's predicted class, as the paper's Fig. 2) or ``"true"``.
+        target: ``"pred"`` (each model's predicted class, the kit's default: the paper does not say which
+            class its Fig. 2 maps) or ``"true"``.
         display_size: side of the displayed image (redrawn from the file when larger than the crop).
         models: already loaded ``{"none": (model, cfg), "metanet": (model, cfg)}`` (optional).
 

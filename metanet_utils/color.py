@@ -1,5 +1,6 @@
 """Colour constancy: Shades of Gray (Finlayson & Trezzi 2004), as used for dermoscopy by
-Barata, Celebi & Marques (2014) and by the paper (Minkowski norm p = 6).
+Barata, Celebi & Marques (2014). The paper "applied the color constancy algorithm [19]" (Barata et
+al.) without naming the variant; Shades of Gray with Minkowski norm p = 6 is the kit's reading of [19].
 
 The illuminant of an image is estimated per channel as the Minkowski p-mean of the pixel
 values, ``e_c = (mean_x I_c(x)^p)^(1/p)``, normalised to unit length. Each channel is
@@ -174,7 +175,8 @@ def shades_of_gray(
     Args:
         image: uint8 RGB image ``HxWx3``, or a batch ``NxHxWx3`` (each image gets its own
             illuminant).
-        p: Minkowski norm (>= 1); the paper uses 6; 1 is Gray World, ``np.inf`` max-RGB.
+        p: Minkowski norm (>= 1); the kit uses 6 (its reading of the paper's [19]); 1 is Gray World,
+            ``np.inf`` max-RGB.
         mask_saturated: estimate the illuminant without the pixels having a channel
             ``>= saturation_threshold`` (they are still corrected).
         saturation_threshold: threshold for ``mask_saturated``.
@@ -214,7 +216,7 @@ def color_stats(images: pd.DataFrame | Sequence[str | Path], p: float = 6, *, n:
 
     Args:
         images: a frame with ``path`` (and ``dx``, ``image_id``) or a list of paths.
-        p: Minkowski norm of the correction (6: Shades of Gray, as the paper).
+        p: Minkowski norm of the correction (6: Shades of Gray, the kit's reading of the paper's [19]).
         n: use a random sample of at most ``n`` images (None: all).
         seed: random state of the sample.
 

@@ -38,7 +38,8 @@ SITES: tuple[str, ...] = (
 #: Metadata fields used by the paper, in the order of the encoded vector.
 META_FIELDS: tuple[str, ...] = ("age", "sex", "localization")
 
-#: Class counts as printed in the paper (Sec. 3.1); BKL and VASC are misprinted there.
+#: Class counts as printed in the paper (Sec. 3.1): BKL 1098 and VASC 143, where the data has 1099 and 142
+#: (a misprint or another label version).
 PAPER_CLASS_COUNTS: dict[str, int] = {
     "nv": 6705, "mel": 1113, "bkl": 1098, "bcc": 514, "akiec": 327, "vasc": 143, "df": 115,
 }

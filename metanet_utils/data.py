@@ -402,7 +402,8 @@ class VerifyReport:
         if self.class_counts:
             lines.append("class counts (here / paper / official):")
             for r in self.counts_table().itertuples():
-                flag = "  <- paper misprint (official data has %d)" % r.official if r.paper != r.official else ""
+                flag = ("  <- the paper prints %d, the official data has %d (misprint or other label version)"
+                        % (r.paper, r.official) if r.paper != r.official else "")
                 lines.append(f"  {r.dx:6s} {r.here:5d} / {r.paper:5d} / {r.official:5d}{flag}")
         lines += [f"NOTE: {n}" for n in self.notes]
         if self.missing_images:
@@ -444,7 +445,8 @@ def verify(data_dir: str | Path, *, decode: bool = True, workers: int | None = N
     report.n_lesions = int(df["lesion_id"].nunique())
     report.class_counts = {k: int(v) for k, v in df["dx"].value_counts().items()}
     if report.n_images == N_IMAGES:
-        report.notes.append("the paper prints BKL 1098 and VASC 143; the official data has 1099 and 142 (misprint)")
+        report.notes.append("the paper prints BKL 1098 and VASC 143; the official data has 1099 and 142 "
+                            "(a misprint or another label version)")
     if df["age"].isna().all() and (df["sex"] == "unknown").all() and (df["localization"] == "unknown").all():
         report.notes.append("no age, sex or site for any image (ground-truth CSV only): only the image-only variant "
                             "(fusion none) can be trained; add HAM10000_metadata.csv for concat and metanet")

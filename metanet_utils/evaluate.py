@@ -1,18 +1,19 @@
 """Scoring of run records: mean class recall (MCR), per-class recall, confusion matrices,
 and their aggregation over cross-validation folds.
 
-Conventions (the ISIC 2018 Task 3 scorer's, and the paper's):
+Conventions (the paper specifies neither the tie rule nor the kind of standard deviation: the kit takes
+the ISIC 2018 Task 3 scorer's argmax and tie rule, and chooses the sample std):
 
 * The predicted class of an image is the argmax of its probabilities. A row whose maximum
-  is shared by two or more classes (a *tie*) predicts nothing: it counts as wrong for its
-  true class and appears in no column of the 7x7 confusion matrix (ask
+  is shared by two or more classes (a *tie*) predicts nothing, as in the ISIC scorer: it counts as wrong
+  for its true class and appears in no column of the 7x7 confusion matrix (ask
   ``confusion(..., include_ties=True)`` for an 8th "tie" column).
 * Recall of a class = correct / all images of that class (ties included in the denominator).
 * MCR = the mean of the per-class recalls over the classes present in ``y_true``
   (= balanced accuracy; a class absent from a small validation fold has recall NaN and is
   left out of the mean, as scikit-learn's ``balanced_accuracy_score`` does).
-* Over folds: mean and *sample* standard deviation (``ddof=1``), as the paper reports
-  "mean ± std over 5 folds". One fold gives std NaN, never 0.
+* Over folds: mean and *sample* standard deviation (``ddof=1``, the kit's choice: the paper reports a
+  standard deviation over 5 folds without saying which). One fold gives std NaN, never 0.
 
 Example:
     >>> import numpy as np

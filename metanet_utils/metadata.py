@@ -2,20 +2,23 @@
 baseline and how much each field tells about the diagnosis, and the tables notebook 02 shows
 of them (:func:`example_rows`, :func:`fill_steps`, :func:`missing_table`, :func:`baseline_summary`).
 
-The paper (Sec. 3.1) encodes the patient metadata of HAM10000 as
+The paper (Sec. 3.2) encodes the patient metadata of HAM10000 as a 17-d vector: age "normalized to
+the range [0, 1]", gender as a 2-d and body location as a 14-d one-hot vector; a missing age is filled
+with "the average of the provided age values", a missing gender or location with the most frequent one.
+The kit's encoding (details the paper does not give are the kit's choices):
 
 * ``age``: missing ages are replaced by the mean of the known ages, then the ages are
-  min-max scaled to [0, 1] by the range of the known ages (1 column);
+  min-max scaled to [0, 1] by the range of the known ages (the kit's choice of scaling; 1 column);
 * ``sex``: one-hot over ``female, male``; ``unknown`` becomes the most frequent sex (2 columns);
-* ``localization``: one-hot over the 14 body sites, alphabetical (``constants.SITES``);
-  ``unknown`` becomes the most frequent site (14 columns).
+* ``localization``: one-hot over the 14 body sites, in alphabetical order (the kit's choice,
+  ``constants.SITES``); ``unknown`` becomes the most frequent site (14 columns).
 
 The columns always come in this order, whatever order the fields are asked in, so a
 subset (Table 3 of the paper) is a selection of columns of the full vector. The
 statistics used to fill and scale (:class:`MetadataStats`) are fitted on the frame being
-encoded by default, as in the paper, which fills with statistics of the whole dataset;
-fit them on a training fold with :func:`fit_stats` and pass them to :func:`encode` to
-apply them elsewhere.
+encoded by default, i.e. on the whole dataset: the kit's choice, since the paper does not say
+which images its fill values come from; fit them on a training fold with :func:`fit_stats` and
+pass them to :func:`encode` to apply them elsewhere.
 
 Values of ``sex`` and ``localization`` are compared after stripping and lower-casing;
 ``unknown``, an empty string and NaN count as missing. Any other value not in the
@@ -288,7 +291,7 @@ def encode(
             ``image_id`` is used in error messages when present.
         features: the fields to encode, any order (the columns come in the fixed order
             ``age, sex, localization``); empty gives an ``(n, 0)`` array.
-        stats: fill / scale statistics; None fits them on ``df`` itself (the paper).
+        stats: fill / scale statistics; None fits them on ``df`` itself (the kit's default).
             With statistics from another set, ages outside that set's range fall outside
             [0, 1] (they are not clipped).
 
@@ -383,7 +386,7 @@ def metadata_baseline(
         C: inverse L2 regularisation strength of ``sklearn.linear_model.LogisticRegression``.
         class_weight: passed to LogisticRegression (``"balanced"`` mirrors the weighted loss).
         fit_stats_on: ``"all"`` fills / scales with statistics of the whole ``df`` (the
-            paper); ``"train"`` fits them on each training fold.
+            kit's default; the paper does not say); ``"train"`` fits them on each training fold.
         max_iter: solver iterations.
         ddof: delta degrees of freedom of the standard deviations over folds (1: sample std).
 

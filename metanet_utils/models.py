@@ -5,16 +5,18 @@ fusion head that turns ``F`` and the metadata vector ``m`` (B x meta_dim) into c
 
 * ``none``     -- ``logits = W avg(F) + b``; the metadata is ignored (Table 1, "No metadata").
 * ``concat``   -- ``logits = W [avg(F), phi(m)] + b`` with ``phi`` = ``k`` fully connected layers ending at
-  width C (ReLU between them and after the last, Sec. 3.5), or the raw metadata when ``k = 0``
-  (Table 1, "Concatenation-based": Sec. 3.5 says that approach has no fully connected layer).
+  width C (ReLU between them and after the last: the kit's choice, Sec. 3.5 names no activation), or the
+  raw metadata when ``k = 0`` (Table 1, "Concatenation-based": Sec. 3.5 says that approach has no fully
+  connected layer).
 * ``metanet``  -- ``g = sigmoid(MLP_k(m))`` in (0, 1)^C (ReLU between the layers), every channel of ``F``
   is multiplied by its gate before pooling: ``logits = W avg(F * g) + b`` (Sec. 2, Fig. 1b). Because the
   gate is one number per channel, ``avg(F * g) = g * avg(F)``; :meth:`MetaModel.forward` uses the cheaper
   right-hand side and :meth:`MetaModel.feature_maps_for_cam` the gated maps.
 * ``metablock`` -- (not in the paper; off by default) the Meta-Block of Pacheco & Krohling (2021).
 
-Hidden widths of the ``k`` metadata layers (paper Sec. 3.5, DESIGN.md): ``k=1: [C]``, ``k=2: [C/2, C]``,
-``k=3: [C/4, C/2, C]``, ``k=4: [C/8, C/4, C/2, C]`` (see :func:`meta_widths`).
+Hidden widths of the ``k`` metadata layers: ``k=1: [C]``, ``k=2: [C/2, C]``, ``k=3: [C/4, C/2, C]``
+(paper Sec. 3.5, which gives widths only for two layers, 1024, and three, 512 and 1024, with C = 2048), and
+``k=4: [C/8, C/4, C/2, C]``, the kit's extension of that pattern (see :func:`meta_widths`).
 
 Backbones: the paper's six (:data:`PAPER_BACKBONES`, aliases in :data:`BACKBONE_ALIASES`, the paper's
 spellings in :data:`DISPLAY_NAMES`) or any timm model name. "Last convolutional feature maps" are
@@ -241,7 +243,7 @@ class InputSpec(NamedTuple):
 
 
 def input_spec(backbone: str) -> InputSpec:
-    """Image size and normalisation of a backbone (paper Sec. 3.1).
+    """Image size (paper Sec. 3.1) and normalisation (not stated in the paper: the kit's choice) of a backbone.
 
     300 -> crop 224 and ImageNet mean/std for AlexNet, VGG19, ResNet50, DenseNet161, SENet154; 441 -> 331
     and mean = std = 0.5 (timm's pretrained config) for PNASNet-5-Large. Other timm models: 300 -> 224
@@ -878,7 +880,7 @@ def build_model(
         pretrained: ImageNet weights (raises :class:`WeightsUnavailable` if none); False = random init.
         weights_dir: folder filled by :func:`fetch_weights` (default ``$METANET_WEIGHTS_DIR``; if neither,
             the hub / URL caches, downloading if needed).
-        drop_rate: dropout before the final linear layer (0 in the paper).
+        drop_rate: dropout before the final linear layer (default 0; the paper mentions no dropout).
 
     Example:
         >>> m = build_model("test_resnet", "metanet", meta_layers=3, pretrained=False)

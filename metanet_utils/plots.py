@@ -173,7 +173,7 @@ def class_counts(counts: Mapping[str, int] | pd.Series | pd.DataFrame,
         starred = [s + ("*" if theirs[c] != DATA_CLASS_COUNTS[c] else "") for s, c in zip(starred, PAPER_ORDER)]
         ax.bar_label(pb, labels=starred, fontsize=8, padding=1)
         if any(theirs[c] != DATA_CLASS_COUNTS[c] for c in PAPER_ORDER):
-            ax.annotate("* misprinted in the paper: the official data has BKL 1099, VASC 142",
+            ax.annotate("* as printed in the paper; the official data has BKL 1099, VASC 142",
                         xy=(0.99, 0.97), xycoords="axes fraction", ha="right", va="top", fontsize=8)
     ax.set_xticks(x, [c.upper() for c in PAPER_ORDER])
     ax.set_ylabel("% of images" if scale == "share" else "images")

@@ -11,7 +11,7 @@ pages of the executed notebooks.
 * :func:`deviations` -- the paper's protocol, this run's settings, and whether they differ (precision and
   device as the profile's run records say, where there are any).
 * :func:`paper_vs_code_facts` -- where the paper, the data and the authors' released code disagree.
-* :func:`lesion_leak_comparison` -- Table 1 with folds cut by image (the paper) and by lesion.
+* :func:`lesion_leak_comparison` -- Table 1 with folds cut by image (the kit's default) and by lesion.
 * :func:`write_html_report` -- ``outputs/report.html`` and one page per executed notebook.
 
 Example:
@@ -271,10 +271,11 @@ def deviations(profile: Any, dataset: Any = None, only: bool = False, *, records
     # protocol
     folds = f"{prof.n_folds}" + (f" (only folds {', '.join(map(str, prof.folds))} run)" if prof.folds else "")
     add("cross-validation folds", 5, folds, prof.n_folds != 5 or bool(prof.folds))
-    add("split", "stratified by class at image level", f"{prof.split_scheme} level" +
+    add("split", "5-fold cross-validation (unit not stated)", f"{prof.split_scheme} level" +
         (" (no lesion in two folds)" if prof.split_scheme == "lesion" else ", stratified by class"),
         prof.split_scheme != "image",
-        "image-level folds let 38-40 % of validation images have a same-lesion image in training")
+        "image level stratified by class is the kit's default (as the authors' 2022 code); image-level folds "
+        "let 38-40 % of validation images have a same-lesion image in training")
     add("epochs", 250, prof.epochs, prof.epochs != 250)
     unreached = [m for m in prof.milestones if m >= prof.epochs]
     add("lr schedule", "lr / 10 at epochs 50, 120, 200", f"lr x {prof.lr_gamma:g} at epochs "
@@ -286,7 +287,8 @@ def deviations(profile: Any, dataset: Any = None, only: bool = False, *, records
     add("loss", "cross-entropy weighted by class", "cross-entropy weighted by class (inverse frequency of the "
         "training fold)", False)
     add("colour constancy", "yes (Barata et al. 2014)", "Shades of Gray, p = 6" if prof.color_constancy else "off",
-        not prof.color_constancy, "the paper does not name the variant; Shades of Gray p = 6 is Barata et al.'s choice")
+        not prof.color_constancy,
+        "the paper does not name the variant; Shades of Gray p = 6 is the kit's reading of Barata et al.")
     add("metadata", "17-d: age [0,1], sex one-hot, site one-hot; missing -> mean / most frequent",
         "same (statistics of the data used)", False)
     add("MetaNet gate", "2 fully connected layers (ReLU, sigmoid)", f"{prof.meta_layers} fully connected layer(s)",
@@ -389,7 +391,7 @@ def paper_vs_code_facts() -> pd.DataFrame:
     pc, dc = PAPER_CLASS_COUNTS, DATA_CLASS_COUNTS
     rows = [
         ("class counts", f"BKL {pc['bkl']}, VASC {pc['vasc']}", f"data: BKL {dc['bkl']}, VASC {dc['vasc']}",
-         "uses the data; the paper's numbers are misprints"),
+         "uses the data (the paper's numbers: a misprint or another label version)"),
         ("missing metadata", "around 50-100 missing per field, filled (mean age, most frequent sex / site)",
          "data: age 57 missing, sex 57 'unknown', site 234 'unknown'; code: drops the 254 images with a "
          "missing age, sex or site", "fills them, as the paper says"),
@@ -426,7 +428,7 @@ LESION_HOWTO = (
 
 def lesion_leak_comparison(profile: Any, dataset: Any = None, *, data_dir: Any = None,
                            runs_dir: str | Path | None = None) -> pd.DataFrame:
-    """Table 1 MCR with folds cut by image (the paper) beside folds grouped by lesion.
+    """Table 1 MCR with folds cut by image (the kit's default; the paper does not say) beside folds grouped by lesion.
 
     Returns:
         One row per (backbone, fusion) with both splits' runs: ``backbone, fusion, image_n,

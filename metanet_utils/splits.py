@@ -1,6 +1,7 @@
 """Cross-validation folds, the lesion leak they carry, and class weights of a training fold.
 
-The paper uses five folds stratified by class at image level (scheme ``"image"``).
+The paper says only "5-fold cross-validation". The kit's default, scheme ``"image"``, stratifies
+the five folds by class at image level, as the authors' 2022 code does.
 HAM10000 has several images of many lesions (10015 images of 7470 lesions), so an image
 split puts images of one lesion on both sides: about 4 in 10 validation images then have
 an image of the same lesion in training (:func:`lesion_leak`). Scheme ``"lesion"`` groups
@@ -39,7 +40,8 @@ from .constants import DX_CODES, DX_TO_INDEX
 
 __all__ = ["SCHEMES", "make_folds", "lesion_leak", "folds_path", "load_or_make_folds", "class_weights"]
 
-#: Split schemes: ``image`` (the paper: stratified by class) and ``lesion`` (also grouped by lesion).
+#: Split schemes: ``image`` (stratified by class, the kit's default, as the authors' 2022 code) and ``lesion``
+#: (also grouped by lesion).
 SCHEMES: tuple[str, ...] = ("image", "lesion")
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -73,9 +75,10 @@ def make_folds(df: pd.DataFrame, n_folds: int = 5, scheme: str = "image", seed: 
         df: one row per image with ``image_id`` and ``dx`` (and ``lesion_id`` for ``lesion``).
         n_folds: number of folds (>= 2).
         scheme: ``"image"``: ``sklearn.model_selection.StratifiedKFold`` by ``dx`` (shuffled,
-            ``random_state=seed``), as in the paper; ``"lesion"``: ``StratifiedGroupKFold``
-            by ``dx`` grouped by ``lesion_id`` (shuffled, ``random_state=seed``), so no lesion
-            is in two folds.
+            ``random_state=seed``), the kit's default (the paper says only "5-fold
+            cross-validation"; the authors' 2022 code stratifies at image level);
+            ``"lesion"``: ``StratifiedGroupKFold`` by ``dx`` grouped by ``lesion_id``
+            (shuffled, ``random_state=seed``), so no lesion is in two folds.
         seed: random state of the shuffle.
 
     Returns:

@@ -1,12 +1,13 @@
 """Significance tests for paired cross-validation folds, reported honestly.
 
-The paper compares fusion variants with Wilcoxon's signed-rank test over the 5 paired folds
-and reports p < 0.05. With 5 pairs the *exact* two-sided p-value cannot go below
-``2 / 2**5 = 0.0625`` (one-sided ``0.03125``); the normal approximation gives 0.0431 when
-all five folds agree. This module computes each of these, says which one it used, and
-offers better-suited alternatives: pooling pairs over backbones, and the Nadeau-Bengio
-corrected resampled t-test (cross-validation folds share training data, so the plain
-paired t-test is too liberal).
+The paper reports "p-values are smaller than 0.05 with Wilcoxon's Sign Rank Test" for every
+backbone without saying what it paired. The kit reads it as pairing the 5 folds' MCRs; if so,
+the *exact* two-sided p-value cannot go below ``2 / 2**5 = 0.0625`` (one-sided ``0.03125``);
+the normal approximation gives 0.0431 when all five folds agree, so p < 0.05 needs a one-sided
+exact test, the normal approximation, or pooling. This module computes each of these, says
+which one it used, and offers better-suited alternatives: pooling pairs over backbones, and
+the Nadeau-Bengio corrected resampled t-test (cross-validation folds share training data, so
+the plain paired t-test is too liberal).
 
 Example:
     >>> min_exact_pvalue(5), min_exact_pvalue(5, "greater")
@@ -181,9 +182,9 @@ def wilcoxon(
             ``"approx"`` (alias ``"asymptotic"``): normal approximation with tie correction
             (and Cureton's correction for ``"pratt"``), as scipy's ``"asymptotic"``;
             ``"auto"``: exact up to 50 pairs, else approx.
-        zero_method: zero differences are ``"wilcox"``: dropped before ranking (the paper's
-            textbook test); ``"pratt"``: ranked, then their ranks dropped; ``"zsplit"``:
-            ranked and their ranks split half to each side.
+        zero_method: zero differences are ``"wilcox"``: dropped before ranking (Wilcoxon's
+            textbook test, the kit's default; the paper does not say); ``"pratt"``: ranked, then
+            their ranks dropped; ``"zsplit"``: ranked and their ranks split half to each side.
         correction: continuity correction of 0.5 for the normal approximation.
         decimals: differences are rounded to this many decimals first, so floating-point
             noise (``0.85 - 0.84``) neither makes false zeros non-zero nor breaks ties.

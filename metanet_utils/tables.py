@@ -14,8 +14,10 @@ than expected is marked ``n/n_expected *`` in Markdown.
 
 Selection rules:
 
-* Table 1 (backbone x fusion MCR): runs with all three metadata fields and
-  ``meta_layers == 2`` (the profile default); the ``none`` fusion ignores both.
+* Table 1 (backbone x fusion MCR): runs with all three metadata fields and the depth of
+  :data:`TABLE1_META_LAYERS`: ``concat`` with ``meta_layers == 0`` (the raw metadata, no
+  fully connected layer, paper Sec. 3.5), ``metanet`` with ``meta_layers == 2``; the ``none``
+  fusion ignores both.
 * Table 2 (per-class recall): the Table 1 runs of one backbone.
 * Table 3 (metadata subsets): fusion ``metanet``, ``meta_layers == 2``, each subset of
   fields; the empty subset is the ``none`` fusion run of that backbone.
