@@ -234,10 +234,10 @@ def measure_kit(model: nn.Module, data, augment, cfg, criterion: nn.Module, s: S
     """The kit's path: :func:`metanet_utils.train.train_one_epoch` over ``n`` batches per call, with one
     :class:`metanet_utils.step.TrainStep` for all calls (eager, or captured once and replayed)."""
     from metanet_utils.step import TrainStep
-    from metanet_utils.train import train_one_epoch
+    from metanet_utils.train import make_optimizer, train_one_epoch
 
     dev, bs = s.device, cfg.batch_size
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg)
     step = TrainStep(model, criterion, optimizer, bs, amp_dtype, cuda_graph=cuda_graph)
     epoch = [0]
 
@@ -324,11 +324,10 @@ def measure_together(models: list[nn.Module], data, augment, cfg, criterion: nn.
     model, optimizer, CUDA-graph step and CUDA stream per run, one shared image cache, their batches
     interleaved through :func:`metanet_utils.train.iter_train_epoch`. The img/s is the sum over the runs."""
     from metanet_utils.step import TrainStep
-    from metanet_utils.train import EpochIter, iter_train_epoch, run_interleaved
+    from metanet_utils.train import EpochIter, iter_train_epoch, make_optimizer, run_interleaved
 
     dev, bs = s.device, cfg.batch_size
-    opts = [torch.optim.SGD(m.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-            for m in models]
+    opts = [make_optimizer(m, cfg) for m in models]
     steps = [TrainStep(m, criterion, o, bs, amp_dtype, cuda_graph=cuda_graph and dev.type == "cuda")
              for m, o in zip(models, opts)]
     streams = [torch.cuda.Stream(dev) if dev.type == "cuda" else None for _ in models]

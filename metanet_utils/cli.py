@@ -111,9 +111,12 @@ def _together_arg(text: str) -> int | str:
     if text == "auto":
         return text
     try:
-        return int(text)
+        k = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or auto") from None
+        k = 0
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; use a whole number >= 1 or auto")
+    return k
 
 
 def _fail(msg: str) -> int:
@@ -285,8 +288,6 @@ def _grid(args: argparse.Namespace, profile, argv: list[str] | None) -> int:
     if workers > 1 and not os.environ.get("METANET_WORKER"):
         rest = [a for a in (argv if argv is not None else sys.argv[1:])]
         return spawn_workers(workers, rest)
-    if args.together is not None and args.together != "auto" and args.together < 1:
-        return _fail(f"--together {args.together} is not allowed; use 1 or more, or auto")
     summary = run_grid(profile, ds, only=only, device=args.device, weights_dir=args.weights_dir,
                        wait=not args.no_wait, together=args.together)
     return 1 if summary.failed else 0

@@ -737,8 +737,12 @@ def download_complete(dest_dir: str | Path, include_images: bool = True,
     dest_dir = Path(dest_dir)
     if not (dest_dir / METADATA_FILE).is_file():
         return False
-    return all(_is_complete(item, dest_dir) for item in isic_files(base_urls)
-               if include_images or not item.filename.endswith("Training_Input.zip"))
+    return all(_is_complete(item, dest_dir) for item in _wanted_files(base_urls, include_images))
+
+
+def _wanted_files(base_urls: Sequence[str] | str | None, include_images: bool) -> list[RemoteFile]:
+    """The ISIC files a download fetches (without the image archive for a metadata-only one)."""
+    return [f for f in isic_files(base_urls) if include_images or not f.name.endswith("Training_Input.zip")]
 
 
 def _probe_size(urls: Sequence[str], session) -> int | None:
@@ -809,7 +813,7 @@ def download_official(
     if dataverse_server == DATAVERSE_SERVER and os.environ.get(ENV_DATAVERSE):
         dataverse_server = os.environ[ENV_DATAVERSE]
 
-    isic = [f for f in isic_files(base_urls) if include_images or not f.name.endswith("Training_Input.zip")]
+    isic = _wanted_files(base_urls, include_images)
     own = session is None
     session = session or _new_session()
     try:

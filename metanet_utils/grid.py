@@ -217,11 +217,7 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
     from .train import RunBusy, is_complete, pick_device, record_dir, train_run, train_runs_together
 
     runs_dir = Path(runs_dir or default_runs_dir())
-    k = together if together is not None else profile.runs_together
-    try:
-        k = check_runs_together(k)
-    except ValueError as e:
-        raise ValueError(str(e).replace("runs_together", "together")) from None
+    k = check_runs_together(together if together is not None else profile.runs_together)
     dev = pick_device(device)
     if k == "auto" and dev.type != "cuda":
         k = 1  # the cores are busy with one run already: nothing to measure

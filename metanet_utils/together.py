@@ -70,9 +70,10 @@ def measure_together_rate(cfg: RunConfig, k: int, device: torch.device, batches:
     """
     from .augment import BatchAugment
     from .metadata import meta_dim as dims_of
-    from .models import build_model, channels_last_preferred, input_spec
+    from .models import build_model, input_spec
     from .step import TrainStep, cuda_graphs_wanted
-    from .train import DeviceData, EpochIter, autocast_dtype, iter_train_epoch, run_interleaved
+    from .train import (DeviceData, EpochIter, autocast_dtype, iter_train_epoch, make_optimizer, run_interleaved,
+                        uses_channels_last)
 
     n, size, bs = batches * cfg.batch_size, cfg.image_size, cfg.batch_size
     meta_dim = dims_of(cfg.meta_features) if cfg.fusion != "none" else 0
@@ -83,8 +84,7 @@ def measure_together_rate(cfg: RunConfig, k: int, device: torch.device, batches:
                       train_idx=torch.arange(n, device=device), val_idx=torch.arange(0, device=device), val_ids=[])
     spec = input_spec(cfg.backbone)
     augment = BatchAugment(crop=cfg.crop_size, mean=tuple(spec.mean), std=tuple(spec.std))
-    channels_last = device.type == "cuda" and (
-        cfg.channels_last == "on" or (cfg.channels_last == "auto" and channels_last_preferred(cfg.backbone)))
+    channels_last = uses_channels_last(cfg, device)
     amp = autocast_dtype(cfg.precision, device)
     criterion = torch.nn.CrossEntropyLoss()
     graphs = cuda_graphs_wanted(cfg.cuda_graphs, device, cfg.deterministic, cfg.compile)
@@ -94,7 +94,7 @@ def measure_together_rate(cfg: RunConfig, k: int, device: torch.device, batches:
                             pretrained=False).to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        opt = make_optimizer(model, cfg)
         step = TrainStep(model, criterion, opt, bs, amp, cuda_graph=graphs)
         stream = torch.cuda.Stream(device) if device.type == "cuda" and k > 1 else None
         runs.append((model, opt, step, stream))

@@ -58,6 +58,8 @@ __all__ = [
     "autocast_dtype",
     "set_determinism",
     "class_weight_tensor",
+    "make_optimizer",
+    "uses_channels_last",
     "make_scheduler",
     "iter_train_epoch",
     "EpochIter",
@@ -141,6 +143,19 @@ def class_weight_tensor(train_labels: np.ndarray, n_classes: int = 7) -> torch.T
     from .splits import class_weights
 
     return torch.as_tensor(class_weights(train_labels, n_classes=n_classes), dtype=torch.float32)
+
+
+def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.SGD:
+    """The paper's SGD: ``cfg.lr``, momentum and weight decay on every parameter."""
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def uses_channels_last(cfg: RunConfig, device: torch.device) -> bool:
+    """Whether a run trains in channels_last: on a GPU, ``on``, or ``auto`` where the backbone gains from it."""
+    from .models import channels_last_preferred
+
+    return device.type == "cuda" and (
+        cfg.channels_last == "on" or (cfg.channels_last == "auto" and channels_last_preferred(cfg.backbone)))
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig) -> torch.optim.lr_scheduler.MultiStepLR:
@@ -513,7 +528,7 @@ class _RunSession:
     def __init__(self, cfg: RunConfig, dataset, runs_dir: Path, device: torch.device, progress: bool,
                  weights_dir, shared: dict | None = None, together: bool = False) -> None:
         from .metadata import encode
-        from .models import build_model, channels_last_preferred, input_spec
+        from .models import build_model, input_spec
 
         self.cfg, self.dataset, self.runs_dir, self.device = cfg, dataset, runs_dir, device
         self.progress, self.together, self.failed = progress, together, None
@@ -539,8 +554,7 @@ class _RunSession:
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.backbone, cfg.fusion, num_classes=len(CLASS_CODES), meta_dim=meta.shape[1],
                             meta_layers=cfg.meta_layers, pretrained=cfg.pretrained, weights_dir=weights_dir)
-        self.channels_last = device.type == "cuda" and (
-            cfg.channels_last == "on" or (cfg.channels_last == "auto" and channels_last_preferred(cfg.backbone)))
+        self.channels_last = uses_channels_last(cfg, device)
         model = model.to(device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -549,8 +563,7 @@ class _RunSession:
         weights = (class_weight_tensor(dataset.labels[self.data.train_idx.cpu().numpy()]).to(device)
                    if cfg.class_weighted_loss else None)
         self.criterion = nn.CrossEntropyLoss(weight=weights)
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
+        self.optimizer = make_optimizer(model, cfg)
         self.scheduler = make_scheduler(self.optimizer, cfg)
 
         self.history: list[dict[str, Any]] = []
