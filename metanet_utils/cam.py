@@ -16,7 +16,9 @@ activation map is the same sum before pooling, ``CAM_c(x, y) = sum_k w_ck M_k(x,
 Grad-CAM (Selvaraju et al. 2017) on these maps equals CAM up to the positive factor ``1 / (h w)``
 (its channel weights are ``mean_hw(d logit_c / d M_k) = w_ck / (h w)``); ``tests/test_cam.py`` checks this
 against ``pytorch-grad-cam``. Maps are computed at feature-map resolution (7 x 7 for a 224 crop) and
-upsampled bilinearly only for display.
+upsampled bilinearly only for display. At small crops the maps are coarse (a 64 px crop gives 2 x 2 maps:
+the smooth upsampled picture then has four values, not a localisation);
+:func:`~metanet_utils.plots.cam_grid` says the size and warns below 7 x 7.
 
 Typical use (notebook 08)::
 
@@ -66,12 +68,23 @@ __all__ = [
     "pick_cases",
     "CASE_BOTH_RIGHT",
     "CASE_META_HELPS",
+    "CASE_LABELS",
+    "case_label",
     "pair_cams",
     "cams_for_cases",
 ]
 
+#: The two kinds of Figure 2 rows, as stored in :func:`pick_cases`' ``case`` column (stable keys).
 CASE_BOTH_RIGHT = "both right"
 CASE_META_HELPS = "none wrong, metanet right"
+#: How figures and printouts name the cases.
+CASE_LABELS: dict[str, str] = {CASE_BOTH_RIGHT: "image-only and MetaNet right",
+                               CASE_META_HELPS: "image-only wrong, MetaNet right"}
+
+
+def case_label(case: Any) -> str:
+    """The displayed name of a case key (:data:`CASE_LABELS`; other values as they are)."""
+    return CASE_LABELS.get(str(case), str(case))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -418,8 +431,9 @@ def pick_cases(records_none: Any, records_metanet: Any, labels: Any = None, n: i
         labels: ``image,dx`` frame, Series or mapping image -> class; default the records' ``labels.csv``.
         n: images per case (fewer when fewer exist).
 
-    Cases are ranked by confidence: "both right" by the smaller of the two probabilities of the true
-    class, "none wrong, metanet right" by how much MetaNet raises it; classes are taken in turn so the
+    Cases are ranked by confidence: :data:`CASE_BOTH_RIGHT` ("image-only and MetaNet right") by the smaller
+    of the two probabilities of the true class, :data:`CASE_META_HELPS` ("image-only wrong, MetaNet
+    right") by how much MetaNet raises it; classes are taken in turn so the
     picks are not all nevi. Ties of the top probability count as wrong (the ISIC rule).
 
     Returns:
@@ -502,7 +516,9 @@ def pair_cams(run_none: str | Path, run_metanet: str | Path, image_ids: Sequence
     Returns:
         One dict per image: ``image`` (id), ``true`` (code), ``picture`` (uint8 ``S x S x 3``, the
         centre crop the models saw), and per fusion ``"none"`` / ``"metanet"`` (/ ``"concat"``): ``cam`` (raw
-        map at feature resolution), ``target`` (the class mapped), ``pred``, ``p_pred``, ``p_true``, ``correct``.
+        map at feature resolution: 2 x 2 for a 64 px crop of a stride-32 backbone, 7 x 7 for 224 px),
+        ``target`` (the class mapped), ``pred``, ``p_pred``, ``p_true``, ``correct``, ``backbone`` and
+        ``crop`` (the model's input side in pixels).
     """
     if target not in ("pred", "true"):
         raise ValueError(f"target={target!r}: use 'pred' or 'true'")
@@ -524,7 +540,8 @@ def pair_cams(run_none: str | Path, run_metanet: str | Path, image_ids: Sequence
         tgt = None if target == "pred" else [int(v) for v in labels]
         out = class_activation_map(model, x, meta, target=tgt)
         for i, entry in enumerate(result):
-            entry[name] = _fusion_entry(out, i, int(labels[i]))
+            entry[name] = {**_fusion_entry(out, i, int(labels[i])), "backbone": str(cfg.backbone),
+                           "crop": int(cfg.crop_size)}
             if "picture" not in entry:
                 entry["picture"] = _display_image(rows.iloc[i], cfg, crops[i], display_size)
     return result

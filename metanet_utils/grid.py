@@ -39,7 +39,8 @@ from .atomic import atomic_write_text
 from .config import ConfigError, Profile, RunConfig
 from .constants import META_FIELDS
 
-__all__ = ["EXPERIMENTS", "run_config", "enumerate_runs", "filter_runs", "parse_only", "estimated_cost", "GridSummary", "run_grid",
+__all__ = ["EXPERIMENTS", "PROGRESS_MODES", "run_config", "enumerate_runs", "filter_runs", "parse_only",
+           "estimated_cost", "GridSummary", "run_grid",
            "profile_dataset", "status_table"]
 
 #: Forward GMACs at 224 px (331 px for PNASNet), for ordering runs longest first.
@@ -197,12 +198,27 @@ def status_table(runs: list[RunConfig], runs_dir: str | Path | None = None):
                           "complete": is_complete(record_dir(r, runs_dir))} for r in runs])
 
 
+#: What ``run_grid(progress=...)`` accepts: True / ``"epochs"`` (a line per epoch), ``"runs"`` (a line per
+#: finished run), False (nothing but failures).
+PROGRESS_MODES: tuple = (True, False, "epochs", "runs")
+
+
+def _run_label(cfg: RunConfig) -> str:
+    """``mobilenetv3_small_100 metanet age+sex k=2 fold 3`` (``none``: backbone, fusion and fold only)."""
+    meta = f" {'+'.join(cfg.meta_features)} k={cfg.meta_layers}" if cfg.fusion != "none" else ""
+    return f"{cfg.backbone} {cfg.fusion}{meta} fold {cfg.fold}"
+
+
 def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = None,
              experiments: Iterable[str] = EXPERIMENTS,
-             runs_dir: str | Path | None = None, device: str | None = None, progress: bool = True,
+             runs_dir: str | Path | None = None, device: str | None = None, progress: bool | str = True,
              weights_dir: str | Path | None = None, wait: bool = True, poll_s: float = 5.0,
              together: int | str | None = None) -> GridSummary:
     """Train the profile's missing runs here, longest first, skipping complete ones.
+
+    ``progress``: True or ``"epochs"`` (what the command line uses) prints each run's start and one line per epoch;
+    ``"runs"`` one line per run as it finishes (``[3/65] resnet10t metanet age k=2 fold 0: MCR 21.4 % (5 s)``),
+    besides the grid's first and last line; False prints failures only.
 
     Runs locked by another worker are left to it; with ``wait`` this worker then waits
     for them to finish (and takes one over, resuming its checkpoint, if its worker dies).
@@ -216,6 +232,10 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
     from .paths import runs_dir as default_runs_dir
     from .train import RunBusy, is_complete, pick_device, record_dir, train_run, train_runs_together
 
+    if not any(progress is m or (isinstance(m, str) and progress == m) for m in PROGRESS_MODES):
+        raise ValueError(f"progress={progress!r} is not allowed; use True, False, 'epochs' or 'runs'")
+    per_epoch, per_run = progress is True or progress == "epochs", progress == "runs"
+    progress = per_epoch or per_run  # from here: whether the grid speaks at all
     runs_dir = Path(runs_dir or default_runs_dir())
     k = check_runs_together(together if together is not None else profile.runs_together)
     dev = pick_device(device)
@@ -243,21 +263,29 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
         summary.failed[cfg.run_id] = str(log)
         print(f"!!! run {cfg.run_id} failed: {type(e).__name__}: {e} (log: {log})", flush=True)
 
-    def trained(cfg: RunConfig) -> None:
+    n_todo = len(pending)
+
+    def trained(cfg: RunConfig, metrics: dict[str, Any] | None = None) -> None:
         summary.trained.append(cfg.run_id)
         (runs_dir / ".failed" / f"{cfg.run_id}.log").unlink(missing_ok=True)
+        if per_run:
+            m = metrics or {}
+            mcr = f"MCR {100 * m['mcr']:.1f} %" if isinstance(m.get("mcr"), (int, float)) else "done"
+            took = f" ({m['wall_time_s']:.0f} s)" if isinstance(m.get("wall_time_s"), (int, float)) else ""
+            done = len(summary.trained) + len(summary.failed)
+            print(f"[{done:>{len(str(n_todo))}}/{n_todo}] {_run_label(cfg)}: {mcr}{took}", flush=True)
 
     while pending:
         busy = []
         todo = [c for c in pending if not is_complete(record_dir(c, runs_dir))]
         for group in _groups(todo, k_of):
-            if progress:
+            if per_epoch:
                 for cfg in group:
                     print(f"--- run {cfg.run_id} ({runs.index(cfg) + 1}/{len(runs)})", flush=True)
             if len(group) > 1:
                 try:
-                    results = train_runs_together(group, dataset, runs_dir=runs_dir, device=device, progress=progress,
-                                                  weights_dir=weights_dir)
+                    results = train_runs_together(group, dataset, runs_dir=runs_dir, device=device,
+                                                  progress=per_epoch, weights_dir=weights_dir)
                 except (KeyboardInterrupt, CacheError):
                     raise
                 for cfg in group:
@@ -269,15 +297,16 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
                     elif isinstance(res, BaseException):
                         failed(cfg, res, "".join(traceback.format_exception(type(res), res, res.__traceback__)))
                     elif res is not None:
-                        trained(cfg)
+                        trained(cfg, res)
                 continue
             cfg = group[0]
             try:
-                m = train_run(cfg, dataset, runs_dir=runs_dir, device=device, progress=progress, weights_dir=weights_dir)
+                m = train_run(cfg, dataset, runs_dir=runs_dir, device=device, progress=per_epoch,
+                              weights_dir=weights_dir)
                 if m.get("interrupted"):
                     busy.append(cfg)
                 else:
-                    trained(cfg)
+                    trained(cfg, m)
             except RunBusy:
                 busy.append(cfg)
             except (KeyboardInterrupt, CacheError):  # a bad image or a full disk stops every run: say it once

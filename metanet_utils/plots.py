@@ -8,7 +8,8 @@ Every plotting function builds a fresh :class:`matplotlib.figure.Figure` (not th
 ``pyplot``, so a notebook shows it exactly once, as the value of its cell, and nothing
 accumulates in pyplot's figure list), returns it and, given ``save="name"``, writes
 ``figures_dir()/name.png`` at 120 dpi (the folder is created). ``synthetic=True`` stamps
-"SYNTHETIC DATA" across the figure (:func:`synthetic_banner`) before it is saved.
+"SYNTHETIC DATA" across the figure (:func:`synthetic_banner`) before it is saved, and ``caption="..."``
+writes a small grey footer under it (:func:`add_caption`: what the figure shows, from which runs).
 
 Classes are shown in the paper's order (NV, MEL, BKL, BCC, AKIEC, VASC, DF: largest first,
 as in its Sec. 3.1 and Table 2) with one fixed colour each.
@@ -35,7 +36,7 @@ from .constants import CLASS_CODES, DATA_CLASS_COUNTS, META_FIELDS, PAPER_CLASS_
 from .data import read_rgb
 
 __all__ = [
-    "PAPER_ORDER", "CLASS_COLORS", "DPI", "save_figure", "synthetic_banner",
+    "PAPER_ORDER", "CLASS_COLORS", "DPI", "save_figure", "synthetic_banner", "add_caption",
     "class_counts", "age_by_class", "sex_site_by_class", "sample_grid", "images_per_lesion", "lesion_leak_bars",
     "color_constancy_grid", "color_statistics",
     "metadata_vectors", "mutual_information_bars", "recall_bars",
@@ -48,6 +49,7 @@ CLASS_COLORS: dict[str, str] = dict(zip(PAPER_ORDER, (
 #: Resolution of the saved PNG files.
 DPI = 120
 _BANNER_GID = "synthetic-banner"
+_CAPTION_GID = "figure-caption"
 _P_NAMES = {1.0: "Gray World", 6.0: "Shades of Gray"}
 
 
@@ -91,7 +93,78 @@ def synthetic_banner(fig: Figure, text: str = "SYNTHETIC DATA") -> Figure:
     return fig
 
 
-def _finish(fig: Figure, save: str | None, synthetic: bool) -> Figure:
+def _wrap(text: str, width_pt: float, size: float) -> list[str]:
+    """Greedy word wrap of ``text`` to lines at most ``width_pt`` points wide (measured in the default font)."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import text_to_path
+
+    prop = FontProperties(size=size)
+    lines: list[str] = []
+    for para in str(text).splitlines() or [""]:
+        line = ""
+        for word in para.split():
+            trial = f"{line} {word}" if line else word
+            if line and text_to_path.get_text_width_height_descent(trial, prop, ismath=False)[0] > width_pt:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+    return lines
+
+
+def add_caption(fig: Figure, caption: str, *, size: float = 8.0) -> Figure:
+    """Write ``caption`` as a small grey footer at the bottom of ``fig`` (once).
+
+    The figure grows by the footer's height and its layout (constrained, tight or none) is confined to
+    the area above, so the footer never covers axes, tick labels or a ``supxlabel`` (which moves just
+    above the footer). Long text is wrapped to the figure's width.
+
+    Args:
+        fig: the figure.
+        caption: the text (newlines start new lines).
+        size: font size in points.
+
+    Returns:
+        The same figure; the footer is the text with gid ``"figure-caption"`` in ``fig.texts``.
+    """
+    from matplotlib.layout_engine import ConstrainedLayoutEngine, TightLayoutEngine
+
+    if not caption or any(t.get_gid() == _CAPTION_GID for t in fig.texts):
+        return fig
+    w, h = fig.get_size_inches()
+    lines = _wrap(caption, 0.93 * w * 72, size)  # a margin: renderers set text a little wider
+    pad = 0.06  # inches below and above the footer
+    band = len(lines) * size * 1.25 / 72 + 2 * pad
+    label = getattr(fig, "_supxlabel", None)  # a supxlabel is placed by the layout at the very bottom: move it above the footer
+    label_band = 0.0
+    if label is not None and getattr(label, "_autopos", False):
+        label_band = max(len(label.get_text().splitlines()), 1) * label.get_fontsize() * 1.3 / 72 + pad
+    new_h = h + band + label_band
+    fig.set_size_inches(w, new_h, forward=False)
+    bottom = (band + label_band) / new_h
+    engine = fig.get_layout_engine()
+    if isinstance(engine, ConstrainedLayoutEngine):  # rect: left, bottom, width, height
+        x0, y0, rw, rh = engine.get()["rect"]
+        engine.set(rect=(x0, bottom + y0 * h / new_h, rw, rh * h / new_h))
+    elif isinstance(engine, TightLayoutEngine):  # rect: left, bottom, right, top
+        x0, y0, x1, y1 = engine.get()["rect"] or (0, 0, 1, 1)
+        engine.set(rect=(x0, bottom + y0 * h / new_h, x1, bottom + y1 * h / new_h))
+    else:  # no layout engine: squeeze the axes into the area above the footer, keeping their fig-inch sizes
+        for ax in fig.axes:
+            x0, y0, aw, ah = ax.get_position().bounds
+            ax.set_position((x0, bottom + y0 * h / new_h, aw, ah * h / new_h))
+    if label_band:
+        fig.supxlabel(label.get_text(), x=label.get_position()[0], y=(band + 0.5 * pad) / new_h, va="bottom")
+    fig.text(0.01, pad / new_h, "\n".join(lines), gid=_CAPTION_GID, ha="left", va="bottom", fontsize=size,
+             color="0.4", parse_math=False)
+    return fig
+
+
+def _finish(fig: Figure, save: str | None, synthetic: bool, caption: str | None = None) -> Figure:
+    """Add the caption footer and the SYNTHETIC DATA stamp, save when asked; the figure."""
+    if caption:
+        add_caption(fig, caption)
     if synthetic:
         synthetic_banner(fig)
     if save:
@@ -135,7 +208,8 @@ def _count_series(counts: Mapping[str, int] | pd.Series | pd.DataFrame) -> pd.Se
 
 def class_counts(counts: Mapping[str, int] | pd.Series | pd.DataFrame,
                  paper: Mapping[str, int] | None = PAPER_CLASS_COUNTS, *, scale: str = "auto", log: bool = False,
-                 title: str | None = None, save: str | None = None, synthetic: bool = False) -> Figure:
+                 title: str | None = None, save: str | None = None, synthetic: bool = False,
+                 caption: str | None = None) -> Figure:
     """Bar chart of the images per class, here beside the paper's (Sec. 3.1).
 
     Args:
@@ -148,6 +222,7 @@ def class_counts(counts: Mapping[str, int] | pd.Series | pd.DataFrame,
         title: figure title (default says what is compared).
         save: file name (without ``.png``) under ``figures/``.
         synthetic: stamp SYNTHETIC DATA.
+        caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
 
     Returns:
         The figure: one axes, 7 bars for ours (+ 7 for the paper).
@@ -182,11 +257,11 @@ def class_counts(counts: Mapping[str, int] | pd.Series | pd.DataFrame,
     ax.margins(y=0.15)
     ax.legend(loc="center right", frameon=False)
     ax.set_title(title or ("Images per class: here vs the paper" + (" (shares)" if scale == "share" else "")))
-    return _finish(fig, save, synthetic)
+    return _finish(fig, save, synthetic, caption)
 
 
 def age_by_class(df: pd.DataFrame, *, bin_width: float = 5.0, save: str | None = None,
-                 synthetic: bool = False) -> Figure:
+                 synthetic: bool = False, caption: str | None = None) -> Figure:
     """Age histogram of each class (density), over the histogram of all images.
 
     Args:
@@ -194,6 +269,7 @@ def age_by_class(df: pd.DataFrame, *, bin_width: float = 5.0, save: str | None =
         bin_width: years per bin (HAM10000's ages are multiples of 5).
         save: file name under ``figures/``.
         synthetic: stamp SYNTHETIC DATA.
+        caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
 
     Returns:
         The figure: one panel per class present plus one for all images (2 rows).
@@ -218,7 +294,7 @@ def age_by_class(df: pd.DataFrame, *, bin_width: float = 5.0, save: str | None =
     fig.supylabel("density")
     axes[0].legend(fontsize=7, frameon=False, loc="upper left")
     fig.suptitle("Age by diagnosis (grey outline: all images)")
-    return _finish(fig, save, synthetic)
+    return _finish(fig, save, synthetic, caption)
 
 
 def _crosstab(df: pd.DataFrame, col: str, values: Sequence[str], normalise: bool) -> pd.DataFrame:
@@ -230,7 +306,7 @@ def _crosstab(df: pd.DataFrame, col: str, values: Sequence[str], normalise: bool
 
 
 def sex_site_by_class(df: pd.DataFrame, *, normalise: bool = True, save: str | None = None,
-                      synthetic: bool = False) -> Figure:
+                      synthetic: bool = False, caption: str | None = None) -> Figure:
     """Heatmaps of sex and body site by diagnosis.
 
     Args:
@@ -238,6 +314,7 @@ def sex_site_by_class(df: pd.DataFrame, *, normalise: bool = True, save: str | N
         normalise: show each class's row as % of its images (else counts).
         save: file name under ``figures/``.
         synthetic: stamp SYNTHETIC DATA.
+        caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
 
     Returns:
         The figure: two heatmap axes (sex, site); sites ordered by overall frequency,
@@ -261,26 +338,28 @@ def sex_site_by_class(df: pd.DataFrame, *, normalise: bool = True, save: str | N
         ax.set_ylabel("")
         ax.set_title(f"{what}" + (" (% of the class's images)" if normalise else " (images)"))
         ax.tick_params(axis="x", rotation=60)
-    return _finish(fig, save, synthetic)
+    return _finish(fig, save, synthetic, caption)
 
 
-def _caption(row: Any) -> str:
+def _image_caption(row: Any) -> str:
     age = "?" if pd.isna(row.age) else f"{row.age:.0f}"
     sex = {"male": "M", "female": "F"}.get(str(row.sex), "?")
     return f"{age} {sex} {row.localization}"
 
 
 def sample_grid(df: pd.DataFrame, n_per_class: int = 5, *, seed: int = 0, max_side: int = 200,
-                save: str | None = None, synthetic: bool = False) -> Figure:
-    """Random images of every class: rows are classes, ``n_per_class`` columns.
+                save: str | None = None, synthetic: bool = False, caption: str | None = None) -> Figure:
+    """Random images of every class: rows are classes, ``n_per_class`` columns, at most one image per lesion.
 
     Args:
-        df: one row per image with ``dx``, ``path`` (image file), ``age``, ``sex``, ``localization``.
-        n_per_class: images per row (a class with fewer shows all it has).
+        df: one row per image with ``dx``, ``path`` (image file), ``age``, ``sex``, ``localization`` and
+            optionally ``lesion_id`` (HAM10000 has several images of many lesions: only one of each is shown).
+        n_per_class: images per row (a class with fewer lesions shows one image of each).
         seed: random state of the choice.
         max_side: images are shrunk to at most this many pixels for display.
         save: file name under ``figures/``.
         synthetic: stamp SYNTHETIC DATA.
+        caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
 
     Returns:
         The figure: ``classes x n_per_class`` axes; each image is captioned with age, sex and site.
@@ -289,25 +368,29 @@ def sample_grid(df: pd.DataFrame, n_per_class: int = 5, *, seed: int = 0, max_si
     fig = Figure(figsize=(1.9 * n_per_class, 1.6 * len(classes)), layout="constrained")
     axes = fig.subplots(len(classes), n_per_class, squeeze=False)
     for i, c in enumerate(classes):
-        sub = df[df["dx"].astype(str) == c]
-        rows = list(sub.sample(min(n_per_class, len(sub)), random_state=seed).itertuples())
+        sub = df[df["dx"].astype(str) == c].sample(frac=1.0, random_state=seed)
+        if "lesion_id" in sub:  # images without a lesion id count as lesions of their own
+            sub = sub[~(sub["lesion_id"].notna() & sub["lesion_id"].duplicated())]
+        rows = list(sub.head(n_per_class).itertuples())
         for j, ax in enumerate(axes[i]):
             _bare(ax)
             if j < len(rows):
                 ax.imshow(read_rgb(rows[j].path, max_side))
-                ax.set_xlabel(_caption(rows[j]), fontsize=7, labelpad=1)
+                ax.set_xlabel(_image_caption(rows[j]), fontsize=7, labelpad=1)
         axes[i, 0].set_ylabel(c.upper(), fontsize=11, color=CLASS_COLORS[c], fontweight="bold")
     fig.suptitle("Sample images per class (caption: age, sex, site)")
-    return _finish(fig, save, synthetic)
+    return _finish(fig, save, synthetic, caption)
 
 
-def images_per_lesion(df: pd.DataFrame, *, save: str | None = None, synthetic: bool = False) -> Figure:
+def images_per_lesion(df: pd.DataFrame, *,
+                      save: str | None = None, synthetic: bool = False, caption: str | None = None) -> Figure:
     """How many images each lesion has, and per class the share of images whose lesion has others.
 
     Args:
         df: one row per image with ``lesion_id`` and ``dx``.
         save: file name under ``figures/``.
         synthetic: stamp SYNTHETIC DATA.
+        caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
 
     Returns:
         The figure: two axes (lesions by number of images; % of images with a sibling, per class).
@@ -328,11 +411,11 @@ def images_per_lesion(df: pd.DataFrame, *, save: str | None = None, synthetic: b
     ax2.axhline(100 * multi.mean(), color="0.3", ls="--", lw=1, label=f"all classes: {100 * multi.mean():.0f}%")
     ax2.set(ylabel="% of images", ylim=(0, 105), title="images whose lesion has other images")
     ax2.legend(frameon=False, fontsize=8)
-    return _finish(fig, save, synthetic)
+    return _finish(fig, save, synthetic, caption)
 
 
 def lesion_leak_bars(leaks: Mapping[str, pd.DataFrame], *, save: str | None = None,
-                     synthetic: bool = False) -> Figure:
+                     synthetic: bool = False, caption: str | None = None) -> Figure:
     """Per fold, the share of validation images with an image of the same lesion in training.
 
     Args:
@@ -340,6 +423,7 @@ def lesion_leak_bars(leaks: Mapping[str, pd.DataFrame], *, save: str | None = No
             then ``overall``; column ``share``).
         save: file name under ``figures/``.
         synthetic: stamp SYNTHETIC DATA.
+        caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
 
     Returns:
         The figure: one axes, one bar per (fold or overall) and scheme.
@@ -356,7 +440,7 @@ def lesion_leak_bars(leaks: Mapping[str, pd.DataFrame], *, save: str | None = No
     ax.set(ylabel="% of validation images", ylim=(0, 100),
            title="Validation images with an image of the same lesion in training")
     ax.legend(title="split", frameon=False)
-    return _finish(fig, save, synthetic)
+    return _finish(fig, save, synthetic, caption)
 
 
 # ----------------------------------------------------------------------------- notebook 03: colour constancy
@@ -380,7 +464,8 @@ def _p_title(p: float) -> str:
 
 
 def color_constancy_grid(images: pd.DataFrame | Sequence[str | Path], ps: Sequence[float] = (6,), *,
-                         max_side: int = 220, save: str | None = None, synthetic: bool = False) -> Figure:
+                         max_side: int = 220, save: str | None = None, synthetic: bool = False,
+                         caption: str | None = None) -> Figure:
     """Each image before and after colour constancy with each Minkowski norm ``p``.
 
     The illuminant is estimated on the full image, then the image is shrunk for display.
@@ -391,6 +476,7 @@ def color_constancy_grid(images: pd.DataFrame | Sequence[str | Path], ps: Sequen
         max_side: display size.
         save: file name under ``figures/``.
         synthetic: stamp SYNTHETIC DATA.
+        caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
 
     Returns:
         The figure: ``len(images) x (1 + len(ps))`` axes; corrected panels show the channel gains.
@@ -412,20 +498,22 @@ def color_constancy_grid(images: pd.DataFrame | Sequence[str | Path], ps: Sequen
             _bare(ax)
     for ax, t in zip(axes[0], ["original", *(_p_title(p) for p in ps)]):
         ax.set_title(t, fontsize=10)
-    return _finish(fig, save, synthetic)
+    return _finish(fig, save, synthetic, caption)
 
 
-def color_statistics(stats: pd.DataFrame, *, save: str | None = None, synthetic: bool = False) -> Figure:
+def color_statistics(stats: pd.DataFrame, *,
+                     save: str | None = None, synthetic: bool = False, caption: str | None = None) -> Figure:
     """Chromaticity of each image's mean colour before and after, and the channel means.
 
     Args:
         stats: :func:`metanet_utils.color.color_stats` output.
         save: file name under ``figures/``.
         synthetic: stamp SYNTHETIC DATA.
+        caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
 
     Returns:
         The figure: three axes (r-g chromaticity before, after, on the same scale; box plots of
-        the mean R, G, B before and after).
+        the mean R, G, B before and after); the gray point r = g = 1/3 is a thin dotted cross under the dots.
     """
     from .color import chromaticity_spread
 
@@ -436,8 +524,9 @@ def color_statistics(stats: pd.DataFrame, *, save: str | None = None, synthetic:
            max(stats[[f"{c}_{w}" for c in "rg" for w in ("before", "after")]].max().max(), 0.40) + 0.01]
     colors = [CLASS_COLORS.get(str(d).lower(), "0.4") for d in stats.get("dx", pd.Series("", index=stats.index))]
     for ax, when in zip(axes[:2], ("before", "after")):
-        ax.scatter(stats[f"r_{when}"], stats[f"g_{when}"], s=9, c=colors, alpha=0.7, linewidths=0)
-        ax.plot([1 / 3], [1 / 3], marker="+", color="k", ms=14, mew=2)
+        ax.axhline(1 / 3, color="0.3", ls=":", lw=0.8, zorder=0.5)  # the gray point, under the data
+        ax.axvline(1 / 3, color="0.3", ls=":", lw=0.8, zorder=0.5)
+        ax.scatter(stats[f"r_{when}"], stats[f"g_{when}"], s=9, c=colors, alpha=0.7, linewidths=0, zorder=2)
         s = spread.loc[when]
         ax.set(xlim=lim, ylim=lim, aspect="equal", xlabel="r = R / (R+G+B)", ylabel="g = G / (R+G+B)",
                title=f"{when}: sd r {s.sd_r:.3f}, sd g {s.sd_g:.3f}")
@@ -453,15 +542,16 @@ def color_statistics(stats: pd.DataFrame, *, save: str | None = None, synthetic:
     axes[2].set_xticks([0.8, 1.2, 1.8, 2.2, 2.8, 3.2], ["R\nbefore", "R\nafter", "G\nbefore", "G\nafter",
                                                           "B\nbefore", "B\nafter"], fontsize=8)
     axes[2].set(ylabel="mean value of the image (0-255)", title="channel means per image")
-    fig.suptitle(f"Colour of {len(stats)} images before and after colour constancy (+ = gray)")
-    return _finish(fig, save, synthetic)
+    fig.suptitle(f"Colour of {len(stats)} images before and after colour constancy "
+                 "(dotted cross = gray, r = g = 1/3)")
+    return _finish(fig, save, synthetic, caption)
 
 
 # ----------------------------------------------------------------------------- notebook 02: metadata
 
 
 def metadata_vectors(x: np.ndarray, names: Sequence[str], labels: Sequence[str], *, save: str | None = None,
-                     synthetic: bool = False) -> Figure:
+                     synthetic: bool = False, caption: str | None = None) -> Figure:
     """The encoded metadata vectors of a few images as a heatmap (one row per image).
 
     Args:
@@ -470,6 +560,7 @@ def metadata_vectors(x: np.ndarray, names: Sequence[str], labels: Sequence[str],
         labels: one label per row (e.g. the image ids).
         save: file name under ``figures/``.
         synthetic: stamp SYNTHETIC DATA.
+        caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
 
     Returns:
         The figure: one heatmap axes with the values written in the cells.
@@ -485,11 +576,11 @@ def metadata_vectors(x: np.ndarray, names: Sequence[str], labels: Sequence[str],
     ax.tick_params(axis="x", rotation=70)
     ax.tick_params(axis="y", rotation=0)
     ax.set_title(f"The {x.shape[1]}-d metadata vectors (age scaled to [0, 1], sex and site one-hot)")
-    return _finish(fig, save, synthetic)
+    return _finish(fig, save, synthetic, caption)
 
 
 def mutual_information_bars(mi: pd.Series | pd.DataFrame, *, h_dx: float | None = None, save: str | None = None,
-                            synthetic: bool = False) -> Figure:
+                            synthetic: bool = False, caption: str | None = None) -> Figure:
     """Mutual information of each metadata field with the diagnosis, in bits.
 
     Args:
@@ -498,6 +589,7 @@ def mutual_information_bars(mi: pd.Series | pd.DataFrame, *, h_dx: float | None 
         h_dx: entropy of the diagnosis in bits; bars are then labelled with their share of it.
         save: file name under ``figures/``.
         synthetic: stamp SYNTHETIC DATA.
+        caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
 
     Returns:
         The figure: one axes, one bar per field and column.
@@ -517,10 +609,11 @@ def mutual_information_bars(mi: pd.Series | pd.DataFrame, *, h_dx: float | None 
            title="What each field tells about the diagnosis" + (f" (H(dx) = {h_dx:.2f} bits)" if h_dx else ""))
     if len(frame.columns) > 1:
         ax.legend(frameon=False, fontsize=8)
-    return _finish(fig, save, synthetic)
+    return _finish(fig, save, synthetic, caption)
 
 
-def recall_bars(results: Mapping[str, Any], *, save: str | None = None, synthetic: bool = False) -> Figure:
+def recall_bars(results: Mapping[str, Any], *,
+                save: str | None = None, synthetic: bool = False, caption: str | None = None) -> Figure:
     """Per-class recall (mean and standard deviation over folds), as in the paper's Table 2.
 
     Args:
@@ -529,6 +622,7 @@ def recall_bars(results: Mapping[str, Any], *, save: str | None = None, syntheti
             results (grouped bars).
         save: file name under ``figures/``.
         synthetic: stamp SYNTHETIC DATA.
+        caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
 
     Returns:
         The figure: one axes, 7 bars per result, the chance level (1/7) dashed.
@@ -549,7 +643,7 @@ def recall_bars(results: Mapping[str, Any], *, save: str | None = None, syntheti
     ax.set(ylabel="recall (%)", ylim=(0, 122), title="Per-class recall, mean ± sd over folds")
     ax.set_yticks(range(0, 101, 20))
     ax.legend(frameon=False, fontsize=8, loc="upper center", ncol=min(3, len(runs) + 1))
-    return _finish(fig, save, synthetic)
+    return _finish(fig, save, synthetic, caption)
 
 
 # ----------------------------------------------------------------------------- notebooks 05-08: results
@@ -566,9 +660,10 @@ __all__ += [
 #: One colour per fusion variant, used by every result figure.
 FUSION_COLORS: dict[str, str] = {"none": "#8c8c8c", "concat": "#4c72b0", "metanet": "#c44e52", "metablock": "#55a868"}
 #: How the figures name the variants (the paper's words).
-FUSION_LABELS: dict[str, str] = {"none": "no metadata", "concat": "concatenation", "metanet": "MetaNet (ours)",
+FUSION_LABELS: dict[str, str] = {"none": "no metadata", "concat": "concatenation", "metanet": "MetaNet",
                                  "metablock": "Meta-Block"}
 _PAPER_CODES = [c.upper() for c in PAPER_ORDER]  # NV, MEL, BKL, BCC, AKIEC, VASC, DF
+_CHANCE_LABEL = f"chance ({100 / len(CLASS_CODES):.1f} %)"  # the MCR of a constant or random guess
 
 
 def _nan0(a: Any) -> np.ndarray:
@@ -599,7 +694,8 @@ def _grouped(ax: Any, groups: Sequence[str], fusions: Sequence[str], mean: Mappi
 # ----------------------------------------------------------------------------- Table 1
 
 
-def mcr_bars(table1: pd.DataFrame, *, save: str | None = None, synthetic: bool = False) -> Figure:
+def mcr_bars(table1: pd.DataFrame, *,
+             save: str | None = None, synthetic: bool = False, caption: str | None = None) -> Figure:
     """Table 1 as bars: MCR (mean ± sd over folds) per backbone and fusion, ours (left) beside the paper's
     six backbones (right, hatched). Both panels share the 0-100 % axis.
 
@@ -619,12 +715,11 @@ def mcr_bars(table1: pd.DataFrame, *, save: str | None = None, synthetic: bool =
         mean = {f: [t["ours_mean"].get((b, f), np.nan) for b in bbs] for f in fusions}
         std = {f: [t["ours_std"].get((b, f), np.nan) for b in bbs] for f in fusions}
         _grouped(ax_o, bbs, fusions, mean, std)
-        ax_o.legend(frameon=False, fontsize=8, loc="upper left")
     else:
         _empty(ax_o, "no runs yet")
     ax_o.set(title="this run", ylabel="mean class recall (%)", ylim=(0, 105))
-    ax_o.axhline(100 / 7, color="0.4", ls=":", lw=1)
-    ax_o.text(0.01, 100 / 7 + 1, "chance", fontsize=7, color="0.4", transform=ax_o.get_yaxis_transform())
+    ax_o.axhline(100 / 7, color="0.4", ls=":", lw=1, label=_CHANCE_LABEL)
+    ax_o.legend(frameon=False, fontsize=8, loc="upper left")
     p = paper_table1().set_index(["backbone", "fusion"])
     _grouped(ax_p, list(PAPER_BACKBONES), fusions,
              {f: [p["mcr_mean"].get((b, f), np.nan) for b in PAPER_BACKBONES] for f in fusions},
@@ -632,15 +727,19 @@ def mcr_bars(table1: pd.DataFrame, *, save: str | None = None, synthetic: bool =
     ax_p.set(title="paper (Table 1)")
     ax_p.axhline(100 / 7, color="0.4", ls=":", lw=1)
     fig.suptitle("Mean class recall by backbone and fusion (mean ± sd over folds)")
-    return _finish(fig, save, synthetic)
+    return _finish(fig, save, synthetic, caption)
 
 
 def learning_curves(records: pd.DataFrame, *, backbone: str | None = None,
                     fusions: Sequence[str] = ("none", "concat", "metanet"), meta_layers: int = 2,
-                    save: str | None = None, synthetic: bool = False) -> Figure:
+                    save: str | None = None, synthetic: bool = False, caption: str | None = None) -> Figure:
     """Training loss and validation MCR per epoch (``history.csv``): one column per fusion, one line per
-    fold, for the Table 1 runs of one backbone (default: the first in the records)."""
-    from matplotlib.ticker import MaxNLocator
+    fold, for the Table 1 runs of one backbone (default: the first in the records).
+
+    The loss row has one logarithmic axis (validation spikes of a few epochs would otherwise flatten the
+    training curves); the MCR row marks chance (100/7 %) in its legend.
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
     from .report import table1_records
 
@@ -651,6 +750,7 @@ def learning_curves(records: pd.DataFrame, *, backbone: str | None = None,
     fig = Figure(figsize=(4 * len(fusions), 5.6), layout="constrained")
     axes = fig.subplots(2, len(fusions), sharex=True, sharey="row", squeeze=False)
     cmap = __import__("matplotlib").colormaps["viridis"]
+    first = None  # the first column with runs: it carries the axis labels and legends
     for j, f in enumerate(fusions):
         runs = df[df["fusion"] == f].sort_values("fold") if len(df) else df
         ax_l, ax_m = axes[0, j], axes[1, j]
@@ -671,18 +771,26 @@ def learning_curves(records: pd.DataFrame, *, backbone: str | None = None,
             if "val_loss" in h:
                 ax_l.plot(h["epoch"], h["val_loss"], color=c, ls="--", alpha=0.6, **kw)
             ax_m.plot(h["epoch"], 100 * h["val_mcr"], color=c, **kw)
-        ax_m.axhline(100 / 7, color="0.4", ls=":", lw=1)
+        ax_m.axhline(100 / 7, color="0.4", ls=":", lw=1, label=_CHANCE_LABEL)
         ax_m.set_xlabel("epoch")
         ax_m.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if j == 0:
-            ax_l.set_ylabel("loss (solid: train, dashed: validation)")
-            ax_m.set_ylabel("validation MCR (%)")
-            ax_l.legend(frameon=False, fontsize=7)
+        first = j if first is None else first
+    if first is not None:  # one log axis for the row: a validation spike does not flatten the training curves
+        ax_l, ax_m = axes[0, first], axes[1, first]
+        ax_l.set_yscale("log")
+        ax_l.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+        ax_l.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax_l.yaxis.set_minor_formatter(NullFormatter())
+        ax_l.set_ylabel("loss, log scale\n(solid: train, dashed: validation)")
+        ax_m.set_ylabel("validation MCR (%)")
+        ax_l.legend(frameon=False, fontsize=7)
+        ax_m.legend(frameon=False, fontsize=7, loc="upper left")
     fig.suptitle(f"Learning curves, {backbone or 'no runs'}")
-    return _finish(fig, save, synthetic)
+    return _finish(fig, save, synthetic, caption)
 
 
-def fold_heatmap(folds: pd.DataFrame, *, save: str | None = None, synthetic: bool = False) -> Figure:
+def fold_heatmap(folds: pd.DataFrame, *,
+                 save: str | None = None, synthetic: bool = False, caption: str | None = None) -> Figure:
     """Per-fold MCR (%) as a heat map: rows = backbone / fusion, columns = folds (and mean).
 
     Args:
@@ -693,7 +801,7 @@ def fold_heatmap(folds: pd.DataFrame, *, save: str | None = None, synthetic: boo
     ax = fig.subplots()
     if folds.empty:
         _empty(ax, "no runs yet")
-        return _finish(fig, save, synthetic)
+        return _finish(fig, save, synthetic, caption)
     cols = [c for c in folds.columns if c != "std"]
     data = folds[cols].to_numpy(dtype=float)
     finite = data[np.isfinite(data)]
@@ -710,7 +818,7 @@ def fold_heatmap(folds: pd.DataFrame, *, save: str | None = None, synthetic: boo
     ax.axvline(len(cols) - 1.5, color="white", lw=2)
     fig.colorbar(im, ax=ax, label="MCR (%)")
     ax.set_title("MCR of every fold: how much the folds differ")
-    return _finish(fig, save, synthetic)
+    return _finish(fig, save, synthetic, caption)
 
 
 # ----------------------------------------------------------------------------- Table 2
@@ -728,39 +836,59 @@ def _heat(ax: Any, data: np.ndarray, rows: Sequence[str], cols: Sequence[str], v
     return im
 
 
-def recall_heatmap(table2: pd.DataFrame, *, save: str | None = None, synthetic: bool = False) -> Figure:
+def _per_class(table: pd.DataFrame, col: str, classes: Sequence[str]) -> list[str]:
+    """Per class the value of ``col`` (an image count) as text, or "" where the frame lacks it."""
+    if col not in table or not len(table):
+        return [""] * len(classes)
+    n = pd.to_numeric(table.groupby("class")[col].first(), errors="coerce")
+    return [f"{int(n[c])}" if c in n and np.isfinite(n[c]) else "?" for c in classes]
+
+
+def recall_heatmap(table2: pd.DataFrame, *,
+                   save: str | None = None, synthetic: bool = False, caption: str | None = None) -> Figure:
     """Per-class recall (%) as two heat maps, class x fusion: ours (left) and the paper's SENet154 (right),
     on one colour scale.
+
+    Row labels carry the images of each class where the frame has them (``n_images``: ours, left;
+    ``n_images_paper``: the paper's, right) and our columns the number of folds averaged (``n``).
 
     Args:
         table2: :func:`~metanet_utils.tables.build_table2` frame.
     """
     fusions = list(dict.fromkeys(table2["fusion"])) if len(table2) else ["none", "concat", "metanet"]
     classes = list(dict.fromkeys(table2["class"])) if len(table2) else _PAPER_CODES
-    fig = Figure(figsize=(10, 4.6), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
+    fig = Figure(figsize=(10.5, 4.6), layout="constrained")
+    axes = fig.subplots(1, 2)
     im = None
-    for ax, col, title in ((axes[0], "ours_mean", f"this run ({table2['backbone'].iloc[0] if len(table2) else '-'})"),
-                           (axes[1], "paper_mean", "paper (SENet154)")):
+    backbone = table2["backbone"].iloc[0] if len(table2) else "-"
+    for ax, col, n_col, title in ((axes[0], "ours_mean", "n_images", f"this run ({backbone})"),
+                                  (axes[1], "paper_mean", "n_images_paper", "paper (SENet154)")):
         t = table2.pivot_table(index="class", columns="fusion", values=col, aggfunc="first", dropna=False) \
             if len(table2) else pd.DataFrame()
         data = t.reindex(index=classes, columns=fusions).to_numpy(dtype=float) if len(t) else \
             np.full((len(classes), len(fusions)), np.nan)
-        im = _heat(ax, data, classes, [FUSION_LABELS.get(f, f) for f in fusions])
+        rows = [f"{c} ({n})" if n else c for c, n in zip(classes, _per_class(table2, n_col, classes))]
+        cols = [FUSION_LABELS.get(f, f) for f in fusions]
+        if col == "ours_mean" and "n" in table2 and len(table2):
+            folds = table2.groupby("fusion")["n"].max()
+            cols = [f"{c}\n({int(folds.get(f, 0))} folds)" for c, f in zip(cols, fusions)]
+        im = _heat(ax, data, rows, cols)
         ax.set_title(title)
-    axes[0].set_ylabel("class (largest first)")
+    axes[0].set_ylabel("class (images)" if "n_images" in table2 else "class (largest first)")
+    axes[1].set_ylabel("class (images in the paper)" if "n_images_paper" in table2 else "")
     fig.colorbar(im, ax=axes, label="recall (%)", shrink=0.9)
     fig.suptitle("Recall of each class by fusion (mean over folds)")
-    return _finish(fig, save, synthetic)
+    return _finish(fig, save, synthetic, caption)
 
 
 def confusion_matrices(matrices: Mapping[str, np.ndarray], *, title: str = "", save: str | None = None,
-                       synthetic: bool = False) -> Figure:
+                       synthetic: bool = False, caption: str | None = None) -> Figure:
     """Row-normalised confusion matrices (% of each true class), one panel per fusion.
 
     Args:
         matrices: fusion -> 7 x 7 counts in the official class order (rows = true), e.g. from
             :func:`~metanet_utils.report.summed_confusion`; shown in the paper's class order.
+        title: figure title; " (pooled over folds)" is appended unless it says "pooled" or "summed".
     """
     order = [CLASS_CODES.index(c) for c in _PAPER_CODES]
     n = max(len(matrices), 1)
@@ -781,12 +909,14 @@ def confusion_matrices(matrices: Mapping[str, np.ndarray], *, title: str = "", s
     else:
         axes[0].set_ylabel("true class (images)")
         fig.colorbar(im, ax=list(axes), label="% of the true class", shrink=0.9)
+    if title and not any(w in title.lower() for w in ("pooled", "summed")):
+        title = f"{title} (pooled over folds)"
     fig.suptitle(title or "Confusion matrices, summed over folds, rows normalised (diagonal = recall)")
-    return _finish(fig, save, synthetic)
+    return _finish(fig, save, synthetic, caption)
 
 
 def metadata_gain_bars(gain: pd.DataFrame, *, backbone: str = "", save: str | None = None,
-                       synthetic: bool = False) -> Figure:
+                       synthetic: bool = False, caption: str | None = None) -> Figure:
     """Which classes metadata helps: recall of MetaNet minus the image-only model per class (mean ± sd of the
     per-fold differences), the paper's difference (SENet154) as black diamonds.
 
@@ -799,7 +929,7 @@ def metadata_gain_bars(gain: pd.DataFrame, *, backbone: str = "", save: str | No
     ax = fig.subplots()
     if gain.empty:
         _empty(ax, "no runs yet")
-        return _finish(fig, save, synthetic)
+        return _finish(fig, save, synthetic, caption)
     x = np.arange(len(gain))
     mean = gain["mean_diff"].to_numpy(dtype=float)
     colors = [CLASS_COLORS.get(str(c).lower(), "0.5") for c in gain["class"]]
@@ -814,52 +944,116 @@ def metadata_gain_bars(gain: pd.DataFrame, *, backbone: str = "", save: str | No
            title=f"Where metadata helps: recall with MetaNet minus without metadata{where}")
     ax.legend(handles=[ours, paper], frameon=False, fontsize=8)
     ax.margins(y=0.15)
-    return _finish(fig, save, synthetic)
+    return _finish(fig, save, synthetic, caption)
 
 
 # ----------------------------------------------------------------------------- Tables 3 and 4
 
 
-def table3_plot(table3: pd.DataFrame, *, save: str | None = None, synthetic: bool = False) -> Figure:
-    """Table 3: MCR with each subset of the metadata. Left: ours (mean ± sd). Right: the change against the
-    image-only run, ours beside the paper's (so a different backbone can still be compared by trend).
+def _meta_key(v: Any) -> str:
+    """``age+sex+localization``-style key of a run's metadata fields (``none`` without any)."""
+    parts = [p for p in v.replace(",", "+").split("+")] if isinstance(v, str) else \
+        list(v) if isinstance(v, (list, tuple)) else []
+    return "+".join(f for f in META_FIELDS if f in set(parts)) or "none"
+
+
+def _fold_values(table3: pd.DataFrame, records: pd.DataFrame | None, meta_layers: int) -> list[pd.Series] | None:
+    """Per row of Table 3, its runs' MCR (%) by fold, taken from ``records``; None unless the records give
+    exactly the runs the table averaged (same folds, same means)."""
+    if records is None or not len(records) or not len(table3) or \
+            not {"backbone", "fusion", "fold", "mcr"} <= set(records.columns):
+        return None
+    rec = records[records["backbone"].astype(str) == str(table3["backbone"].iloc[0])]
+    keys = rec["meta_features"].map(_meta_key) if "meta_features" in rec else pd.Series("none", index=rec.index)
+    depth = pd.to_numeric(rec["meta_layers"], errors="coerce") if "meta_layers" in rec else \
+        pd.Series(float(meta_layers), index=rec.index)
+    out = []
+    for _, row in table3.iterrows():
+        sel = rec[rec["fusion"] == "none"] if row["fusion"] == "none" else \
+            rec[(rec["fusion"] == row["fusion"]) & (keys == row["meta_features"]) & (depth == meta_layers)]
+        folds = {int(f) for f in str(row.get("folds", "")).split(",") if f.strip().lstrip("-").isdigit()}
+        sel = sel[sel["fold"].astype(int).isin(folds)]
+        by_fold = (100 * pd.to_numeric(sel["mcr"], errors="coerce")).groupby(sel["fold"].astype(int).to_numpy())
+        if len(sel) and (by_fold.nunique() > 1).any():
+            return None  # two different runs of one fold: not the table's selection
+        v = by_fold.first().dropna()
+        if len(v) != int(row["n"]) or (len(v) and abs(v.mean() - float(row["ours_mean"])) > 1e-6):
+            return None
+        out.append(v)
+    return out
+
+
+def table3_plot(table3: pd.DataFrame, *, records: pd.DataFrame | None = None, meta_layers: int = 2,
+                save: str | None = None, synthetic: bool = False, caption: str | None = None) -> Figure:
+    """Table 3: MCR with each subset of the metadata. Left: ours (mean ± sd over folds, bars from 0).
+    Right: the change against the image-only run, ours beside the paper's (so a different backbone can
+    still be compared by trend), with error bars.
+
+    The error bars of a change are the sd of the per-fold differences (paired by fold) when ``records``
+    holds the runs of the table; otherwise ``sqrt(sd_row^2 + sd_none^2)``, the sd of a difference of two
+    independent folds computed from the two rows' fold sds (the frame has no per-fold values). The
+    paper's bars use the latter from its printed sds. The y label says which.
 
     Args:
         table3: :func:`~metanet_utils.tables.build_table3` frame.
+        records: the records the table was built from (optional): pairs the folds.
+        meta_layers: depth of the table's MetaNet runs (to find them in ``records``).
     """
     short = {"age": "A", "sex": "S", "localization": "L"}
     names = ["none" if r["meta_features"] == "none" else "+".join(short[f] for f in META_FIELDS if int(r[f]))
              for _, r in table3.iterrows()]
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    fig = Figure(figsize=(11, 4.4), layout="constrained")
     ax_a, ax_d = fig.subplots(1, 2)
     x = np.arange(len(table3))
     mean = table3["ours_mean"].to_numpy(dtype=float)
+    std = table3["ours_std"].to_numpy(dtype=float)
     if np.isfinite(mean).any():
-        bars = ax_a.bar(x, _nan0(mean), 0.6, yerr=_nan0(table3["ours_std"]), capsize=3,
+        bars = ax_a.bar(x, _nan0(mean), 0.6, yerr=_nan0(std), capsize=3,
                         color=["#8c8c8c"] + ["#c44e52"] * (len(x) - 1))
         ax_a.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.1f}" for v in mean], fontsize=7, padding=2)
-        lo = np.nanmin(mean - _nan0(table3["ours_std"]))
-        ax_a.set_ylim(max(0, lo - 10), min(100, np.nanmax(mean) + 8))
+        ax_a.set_ylim(0, min(105, np.nanmax(mean + _nan0(std)) + 10))
+        ax_a.axhline(100 / len(CLASS_CODES), color="0.4", ls=":", lw=1, label=_CHANCE_LABEL)
+        ax_a.legend(frameon=False, fontsize=8, loc="upper left")
     else:
         _empty(ax_a, "no ablation runs yet")
     ax_a.set_xticks(x, names)
     backbone = table3["backbone"].iloc[0] if len(table3) else ""
-    ax_a.set(title=f"this run ({backbone}): MCR (%)", xlabel="metadata used (A age, S sex, L localization)")
-    ours_d = mean - mean[0] if len(mean) else mean
+    ax_a.set(title=f"this run ({backbone}): MCR (%), mean ± sd over folds",
+             xlabel="metadata used (A age, S sex, L localization)")
+
+    def unpaired(sd: np.ndarray) -> np.ndarray:
+        return np.r_[np.nan, np.sqrt(sd[1:] ** 2 + sd[0] ** 2)] if len(sd) else sd
+
+    per_fold = _fold_values(table3, records, meta_layers)
+    if per_fold is not None:
+        diffs = [(v - per_fold[0]).dropna() for v in per_fold]
+        ours_d = np.array([d.mean() if len(d) else np.nan for d in diffs])
+        ours_e = np.array([d.std(ddof=1) if len(d) > 1 else np.nan for d in diffs])
+        ours_e[:1] = np.nan
+        what = "error bars: sd of the per-fold differences (paired by fold)"
+    else:
+        ours_d = mean - mean[0] if len(mean) else mean
+        ours_e = unpaired(std)
+        what = "error bars: sqrt(sd² + sd²(none)) of the fold sds (not paired)"
     paper = table3["paper_mean"].to_numpy(dtype=float)
+    paper_e = unpaired(table3["paper_std"].to_numpy(dtype=float))
     w = 0.38
-    ax_d.bar(x - w / 2, _nan0(ours_d), w, color="#c44e52", label="this run")
-    ax_d.bar(x + w / 2, paper - paper[0], w, color="#dddddd", edgecolor="#555555", hatch="//",
-             label="paper (SENet154)")
+    ax_d.bar(x - w / 2, _nan0(ours_d), w, yerr=_nan0(ours_e), capsize=3, color="#c44e52", label="this run")
+    ax_d.bar(x + w / 2, paper - paper[0] if len(paper) else paper, w, yerr=_nan0(paper_e), capsize=3,
+             color="#dddddd", edgecolor="#555555", hatch="//", label="paper (SENet154)",
+             error_kw={"ecolor": "#555555"})
     ax_d.axhline(0, color="black", lw=0.8)
     ax_d.set_xticks(x, names)
-    ax_d.set(title="change against no metadata (points)", xlabel="metadata used")
+    ax_d.set(title="change against no metadata (points), mean ± sd", xlabel="metadata used",
+             ylabel=f"MCR difference (points)\n{what}")
+    ax_d.yaxis.label.set_fontsize(8)
     ax_d.legend(frameon=False, fontsize=8)
     fig.suptitle("Table 3: which metadata fields help (MetaNet)")
-    return _finish(fig, save, synthetic)
+    return _finish(fig, save, synthetic, caption)
 
 
-def table4_plot(table4: pd.DataFrame, *, save: str | None = None, synthetic: bool = False) -> Figure:
+def table4_plot(table4: pd.DataFrame, *,
+                save: str | None = None, synthetic: bool = False, caption: str | None = None) -> Figure:
     """Table 4: MCR by the number of fully connected layers on the metadata, for MetaNet and concatenation;
     ours (left, mean ± sd) and the paper's SENet154 (right).
 
@@ -885,38 +1079,63 @@ def table4_plot(table4: pd.DataFrame, *, save: str | None = None, synthetic: boo
             _empty(ax, "no ablation runs yet")
         ax.set(title=title, xlabel="fully connected layers on the metadata", ylabel="MCR (%)")
     fig.suptitle("Table 4: depth of the metadata branch")
-    return _finish(fig, save, synthetic)
+    return _finish(fig, save, synthetic, caption)
 
 
 # ----------------------------------------------------------------------------- Figure 2
 
 
+def _cam_facts(cams: Sequence[Mapping[str, Any]]) -> tuple[list[tuple[int, int]], list[str]]:
+    """The feature-map sizes (h, w) and the backbones of CAM entries, each listed once."""
+    shapes: list[tuple[int, int]] = []
+    backbones: list[str] = []
+    for c in cams:
+        if c.get("backbone"):
+            backbones.append(str(c["backbone"]))
+        for f in ("none", "concat", "metanet"):
+            e = c.get(f)
+            if isinstance(e, Mapping) and e.get("cam") is not None:
+                shapes.append(tuple(int(v) for v in np.shape(e["cam"])[-2:]))
+                if e.get("backbone"):
+                    backbones.append(str(e["backbone"]))
+    return list(dict.fromkeys(shapes)), list(dict.fromkeys(backbones))
+
+
 def cam_grid(cams: Sequence[Mapping[str, Any]], *, alpha: float = 0.45, cmap: str = "jet", title: str | None = None,
-             save: str | None = None, synthetic: bool = False) -> Figure:
+             save: str | None = None, synthetic: bool = False, caption: str | None = None) -> Figure:
     """Figure 2: one row per case, columns = the image, the image-only model's CAM, the concatenation
     model's CAM (where the entries have one), MetaNet's CAM.
 
     Args:
         cams: :func:`~metanet_utils.cam.cams_for_cases` / :func:`~metanet_utils.cam.pair_cams` entries.
         alpha, cmap: heat-map blending (see :func:`~metanet_utils.cam.overlay`).
+        title: first line of the figure title; the second line always gives the feature-map size, the
+            backbone and what red means.
 
-    Titles give the true class, each model's prediction and its probability (green right, red wrong).
+    Titles give the case (:data:`~metanet_utils.cam.CASE_LABELS`), the true class, each model's prediction
+    and its probability (green right, red wrong). Each map is scaled to its own maximum
+    (:func:`~metanet_utils.cam.normalise_cam`): the colour bar reads as a fraction of the panel's maximum.
+    Maps smaller than 7 x 7 get a red warning under the grid: upsampled, they look smooth, but hold only
+    ``h x w`` values.
     """
-    from .cam import overlay
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    from .cam import case_label, overlay
 
     n = len(cams)
     fig = Figure(figsize=(9, 3.1 * max(n, 1) + 0.4), layout="constrained")
     if n == 0:
         _empty(fig.subplots(), "no cases to show")
-        return _finish(fig, save, synthetic)
+        return _finish(fig, save, synthetic, caption)
     fusions = [f for f in ("none", "concat", "metanet") if any(f in c for c in cams)]
-    fig.set_size_inches(3 * (len(fusions) + 1), 3.1 * n + 0.4)
+    fig.set_size_inches(3 * (len(fusions) + 1) + 0.9, 3.1 * n + 0.9)
     axes = fig.subplots(n, len(fusions) + 1, squeeze=False)
     for i, c in enumerate(cams):
         pic = c["picture"]
         axes[i, 0].imshow(pic)
-        axes[i, 0].set_title(f"{c['image']}\ntrue: {c['true']}" + (f"  [{c['case']}]" if c.get("case") else ""),
-                             fontsize=9)
+        case = f"{case_label(c['case'])}\n" if c.get("case") else ""
+        axes[i, 0].set_title(f"{case}{c['image']}, true: {c['true']}", fontsize=9)
         for j, f in enumerate(fusions, start=1):
             e = c.get(f)
             if e is None:
@@ -928,6 +1147,19 @@ def cam_grid(cams: Sequence[Mapping[str, Any]], *, alpha: float = 0.45, cmap: st
                                  fontsize=9, color={True: "#1a7f37", False: "#c00000"}.get(right, "black"))
         for ax in axes[i]:
             _bare(ax)
-    fig.suptitle(title or f"Class activation maps: {', '.join(FUSION_LABELS[f] for f in fusions)} (left to right "
-                 "after the image); red = evidence for the class mapped", fontsize=10)
-    return _finish(fig, save, synthetic)
+    shapes, backbones = _cam_facts(cams)
+    size = "/".join(f"{h}x{w}" for h, w in shapes) or "?"
+    facts = f"CAM from {size} feature maps" + (f" of {', '.join(backbones)}" if backbones else "")
+    head = title or (f"Class activation maps: {', '.join(FUSION_LABELS[f] for f in fusions)} "
+                     "(left to right after the image)")
+    fig.suptitle(f"{head}\n{facts}; red = evidence for the mapped class", fontsize=10)
+    coarse = [s for s in shapes if min(s) < 7]
+    if coarse:
+        h, w = coarse[0]
+        ph, pw = np.shape(cams[0]["picture"])[:2]
+        fig.supxlabel(f"coarse: feature maps of {'/'.join(f'{a}x{b}' for a, b in coarse)}, upsampled (bilinear) "
+                      f"to {ph}x{pw} px for display: each map holds only {h * w} values, not a localisation",
+                      color="#c00000", fontsize=9, fontweight="bold")
+    cax = axes[0, -1].inset_axes([1.06, 0.0, 0.06, 1.0])  # a child of the panel: fig.axes stays the grid
+    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), cax=cax, label="fraction of the panel's maximum")
+    return _finish(fig, save, synthetic, caption)

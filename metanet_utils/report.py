@@ -2,9 +2,13 @@
 where the paper disagrees with the data or the authors' code, the lesion-leak comparison, and the HTML
 pages of the executed notebooks.
 
+* :func:`run_caption` -- one line saying what produced the results (data, backbones, sizes, folds x
+  epochs, and whether that is the paper's protocol); :func:`protocol_differences` /
+  :func:`shows_mechanics_only` -- how and how much the profile departs from the paper's protocol.
 * :func:`profile_records` -- the records of one profile's runs only (the run ids
   :func:`~metanet_utils.grid.enumerate_runs` gives), never another profile's records that share
-  ``results/runs``.
+  ``results/runs``; :func:`completeness` says in one line how many of its Table 1 and ablation runs exist.
+* :func:`validation_class_counts` -- the validation images of each class in each fold of this run.
 * :func:`profile_tables` / :func:`write_profile_tables` -- Tables 1-4 for the profile's backbones and
   ablation backbone, written to ``results/tables/table{1,2,3,4}.{csv,md}`` (plus ``provenance.json``:
   profile, data kind, runs found).
@@ -38,8 +42,13 @@ from .constants import DATA_CLASS_COUNTS, META_FIELDS, N_IMAGES, PAPER_CLASS_COU
 __all__ = [
     "load_profile_any",
     "ablation_backbone",
+    "run_caption",
+    "protocol_differences",
+    "shows_mechanics_only",
     "profile_run_ids",
     "profile_records",
+    "completeness",
+    "validation_class_counts",
     "profile_tables",
     "write_profile_tables",
     "deviations",
@@ -87,6 +96,122 @@ def ablation_backbone(profile: Any) -> str:
     return prof.ablations.backbone or prof.backbones[-1]
 
 
+#: Below these a run shows how the kit works rather than the paper's results (see :func:`shows_mechanics_only`).
+MECHANICS_ONLY_BELOW: dict[str, int] = {"epochs": 25, "crop": 112, "images": 2000}
+
+
+def _paper_sizes(backbone: str) -> tuple[int, int]:
+    return (441, 331) if _canon(backbone) == _canon("pnasnet5large") else (300, 224)
+
+
+def _profile_sizes(prof: Any) -> dict[str, tuple[int, int]]:
+    """``backbone -> (resize, crop)`` as the grid trains it (the profile's sizes, else each backbone's own)."""
+    from .grid import _sizes
+
+    out = {}
+    for b in prof.backbones:
+        try:
+            out[b] = tuple(_sizes(prof, b))
+        except Exception:  # noqa: BLE001 - an unknown model name: the profile's numbers or the paper's default
+            out[b] = (prof.image_size or 300, prof.crop_size or 224)
+    return out
+
+
+def protocol_differences(profile: Any, dataset: Any = None) -> list[str]:
+    """How the profile departs from the paper's protocol where it changes what the numbers mean: the data
+    (synthetic, a subsample), pretraining, epochs, image size, folds. Empty for the paper's protocol.
+
+    Example:
+        >>> protocol_differences("paper")
+        []
+        >>> protocol_differences("smoke")[:2]
+        ['from scratch (the paper: ImageNet-pretrained)', '1 epoch (the paper: 250)']
+    """
+    prof = load_profile_any(profile)
+    out = []
+    if dataset is not None:
+        n = len(dataset.df)
+        if dataset.kind == "synthetic":
+            out.append(f"synthetic images, not HAM10000 ({n} images)")
+        elif n < N_IMAGES:
+            out.append(f"a subsample of {n} of the {N_IMAGES} images")
+    if not prof.pretrained:
+        out.append("from scratch (the paper: ImageNet-pretrained)")
+    if prof.epochs != PAPER_PROTOCOL["epochs"]:
+        out.append(f"{prof.epochs} epoch{'s' if prof.epochs != 1 else ''} (the paper: {PAPER_PROTOCOL['epochs']})")
+    sizes = _profile_sizes(prof)
+    off = {b: v for b, v in sizes.items() if v != _paper_sizes(b)}
+    if off:
+        crops = sorted({c for _, c in off.values()})
+        out.append(f"{'/'.join(map(str, crops))} px crops (the paper: 224, PNASNet 331)")
+    if prof.n_folds != PAPER_PROTOCOL["n_folds"] or prof.folds:
+        ran = len(prof.fold_indices)
+        what = f"{ran} of {prof.n_folds} folds" if ran != prof.n_folds else f"{prof.n_folds} folds"
+        out.append(f"{what} (the paper: {PAPER_PROTOCOL['n_folds']})")
+    return out
+
+
+def shows_mechanics_only(profile: Any, dataset: Any = None) -> bool:
+    """Whether the profile's numbers can only show how the kit works (the smoke and demo profiles): synthetic
+    data, no pretraining, fewer than 25 epochs, crops under 112 px or fewer than 2000 images
+    (:data:`MECHANICS_ONLY_BELOW`). A profile that merely shortens the schedule (quick: 40 pretrained epochs)
+    departs from the paper without being a mere demonstration.
+
+    Example:
+        >>> shows_mechanics_only("demo"), shows_mechanics_only("quick"), shows_mechanics_only("paper")
+        (True, False, False)
+    """
+    prof = load_profile_any(profile)
+    if dataset is not None and (dataset.kind == "synthetic" or len(dataset.df) < MECHANICS_ONLY_BELOW["images"]):
+        return True
+    if not prof.pretrained or prof.epochs < MECHANICS_ONLY_BELOW["epochs"]:
+        return True
+    return any(c < MECHANICS_ONLY_BELOW["crop"] for _, c in _profile_sizes(prof).values())
+
+
+def run_caption(profile: Any, dataset: Any = None) -> str:
+    """One line saying what produced this run's results, for figure footers and the report.
+
+    Example (the demo profile on the test copy's 806-image subsample):
+    ``demo profile · real HAM10000 subsample, 806 images · mobilenetv3_small_100, resnet10t from scratch ·
+    72 px → 64 px crop · 5 folds × 3 epochs · not the paper's protocol``
+
+    Args:
+        profile: a Profile, a profile name or a YAML path.
+        dataset: the profile's :class:`~metanet_utils.dataset.Dataset` (None: the data part is left out).
+
+    Example:
+        >>> run_caption("paper").split(" · ")  # doctest: +NORMALIZE_WHITESPACE
+        ['paper profile', "the paper's six backbones ImageNet-pretrained",
+         '300 px → 224 px crop (pnasnet5large 441 → 331)', '5 folds × 250 epochs', "the paper's protocol"]
+    """
+    prof = load_profile_any(profile)
+    parts = [f"{prof.name} profile"]
+    if dataset is not None:
+        n = len(dataset.df)
+        if dataset.kind == "synthetic":
+            parts.append(f"SYNTHETIC images (not HAM10000), {n} images")
+        else:
+            parts.append(f"real HAM10000{' subsample' if n < N_IMAGES else ''}, {n} images")
+    bbs = list(prof.backbones)
+    if {_canon(b) for b in bbs} == {_canon(b) for b in PAPER_PROTOCOL["backbones"]}:
+        names = "the paper's six backbones"
+    elif len(bbs) > 3:
+        names = f"{len(bbs)} backbones"
+    else:
+        names = ", ".join(bbs)
+    parts.append(f"{names} {'ImageNet-pretrained' if prof.pretrained else 'from scratch'}")
+    sizes = _profile_sizes(prof)
+    common = Counter(sizes.values()).most_common(1)[0][0]
+    size = f"{common[0]} px → {common[1]} px crop"
+    others = [f"{b} {r} → {c}" for b, (r, c) in sizes.items() if (r, c) != common]
+    parts.append(size + (f" ({', '.join(others)})" if others else ""))
+    folds = (f"{len(prof.fold_indices)} of {prof.n_folds} folds" if prof.folds else f"{prof.n_folds} folds")
+    parts.append(f"{folds} × {prof.epochs} epoch{'s' if prof.epochs != 1 else ''}")
+    parts.append("not the paper's protocol" if protocol_differences(prof, dataset) else "the paper's protocol")
+    return " · ".join(parts)
+
+
 def _dataset(profile: Any, data_dir: Any = None, dataset: Any = None):
     if dataset is not None:
         return dataset
@@ -111,7 +236,11 @@ def _complete_ids(run_ids: Sequence[str], runs_dir: Path) -> list[str]:
 def profile_records(profile: Any, dataset: Any = None, *, data_dir: Any = None, runs_dir: str | Path | None = None,
                     experiments: Iterable[str] | None = None, source: str = "predictions") -> pd.DataFrame:
     """The records of the profile's runs that are complete (one row per run, see
-    :func:`~metanet_utils.evaluate.load_records`); ``attrs["expected"]`` / ``attrs["found"]`` count them.
+    :func:`~metanet_utils.evaluate.load_records`); ``attrs["expected"]`` / ``attrs["found"]`` count them,
+    ``attrs["table1_expected"]`` / ``["table1_found"]`` the Table 1 runs (notebook 04) and
+    ``attrs["ablations_expected"]`` / ``["ablations_found"]`` the other runs of Tables 3 and 4 (notebook 07;
+    a run both tables share counts as Table 1's); ``attrs["profile"]`` and ``attrs["ablation_tables"]``
+    (e.g. ``"Tables 3 and 4"``) name them for :func:`completeness`.
 
     Only the run ids of :func:`~metanet_utils.grid.enumerate_runs` are read, so records of other
     profiles in the same ``results/runs`` never mix in.
@@ -125,9 +254,78 @@ def profile_records(profile: Any, dataset: Any = None, *, data_dir: Any = None, 
     ids = profile_run_ids(prof, ds, experiments)
     done = _complete_ids(ids, runs_dir)
     df = load_records(runs_dir, run_ids=done, source=source)
+    table1 = set(profile_run_ids(prof, ds, ("table1",))) if experiments is None or "table1" in experiments else set()
+    done_set = set(done)
     df.attrs["expected"] = len(ids)
     df.attrs["found"] = len(done)
+    df.attrs["table1_expected"] = sum(i in table1 for i in ids)
+    df.attrs["table1_found"] = sum(i in table1 for i in done_set)
+    df.attrs["ablations_expected"] = len(ids) - df.attrs["table1_expected"]
+    df.attrs["ablations_found"] = len(done) - df.attrs["table1_found"]
+    df.attrs["profile"] = prof.name
+    on = [str(i) for i, asked in ((3, prof.ablations.table3), (4, prof.ablations.table4)) if asked]
+    df.attrs["ablation_tables"] = f"Table{'s' if len(on) > 1 else ''} {' and '.join(on)}" if on else ""
     return df
+
+
+def completeness(records: pd.DataFrame) -> str:
+    """One line on how many of the profile's runs are complete, Table 1 and the ablations apart, from the
+    counts :func:`profile_records` leaves in ``records.attrs``.
+
+    Example:
+        >>> df = pd.DataFrame()
+        >>> df.attrs.update(profile="demo", table1_expected=30, table1_found=30, ablations_expected=65,
+        ...                 ablations_found=0, ablation_tables="Tables 3 and 4")
+        >>> completeness(df)
+        "Profile 'demo': Table 1: 30 of 30 runs complete; ablations (Tables 3 and 4): 0 of 65, trained in notebook 07."
+    """
+    a = records.attrs
+    if "table1_expected" not in a:  # a frame from elsewhere: the totals only
+        return f"{a.get('found', len(records))} of {a.get('expected', len(records))} runs complete."
+    t1 = f"Table 1: {a['table1_found']} of {a['table1_expected']} runs complete"
+    if a["table1_found"] < a["table1_expected"]:
+        t1 += " (notebook 04 trains them)"
+    names = str(a.get("ablation_tables") or "")
+    found, expected = a["ablations_found"], a["ablations_expected"]
+    if not expected:
+        abl = "no ablation runs in this profile" if not names else "ablation runs not counted here"
+    else:
+        abl = f"ablations ({names or 'Tables 3 and 4'}): {found} of {expected}"
+        abl += (" complete" if found == expected else ", trained in notebook 07" if found == 0
+                else ", the rest trained in notebook 07")
+    who = f"Profile {a['profile']!r}: " if a.get("profile") else ""
+    return f"{who}{t1}; {abl}."
+
+
+def validation_class_counts(profile: Any, dataset: Any) -> pd.DataFrame:
+    """Validation images of each class in each fold of the profile's split (the folds its runs use).
+
+    Returns:
+        Rows: the classes, largest first (the paper's order, upper case); columns ``fold 0`` ... and
+        ``recall step (points)``: what one image of the class moves its recall in its smallest fold
+        (100 / count). ``attrs["note"]``: one sentence on the smallest class.
+    """
+    from .constants import PAPER_ORDER
+
+    prof = load_profile_any(profile)
+    folds = np.asarray(dataset.folds(prof.n_folds, prof.split_scheme, prof.split_seed))
+    dx = dataset.df["dx"].astype(str).str.lower().to_numpy()
+    order = list(PAPER_ORDER)
+    table = pd.DataFrame({f"fold {f}": [int(((folds == f) & (dx == c)).sum()) for c in order]
+                          for f in prof.fold_indices}, index=[c.upper() for c in order])
+    table.index.name = "class"
+    smallest = table.min(axis=1)
+    table["recall step (points)"] = [round(100.0 / m, 1) if m else float("nan") for m in smallest]
+    # the class with the fewest images in a fold (ties: the fewest in all)
+    rare = min(table.index, key=lambda c: (smallest[c], table.loc[c].iloc[:-1].sum()))
+    lo, hi = int(table.loc[rare].iloc[:-1].min()), int(table.loc[rare].iloc[:-1].max())
+    many = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    step = f"{100.0 / hi:.0f}" if lo == hi else f"{100.0 / hi:.0f}-{100.0 / lo:.0f}"
+    table.attrs["note"] = (
+        f"This run's smallest class, {rare}, has {many} validation image{'s' if hi != 1 else ''} per fold "
+        f"({len(dataset.df)} images in all, {prof.n_folds} folds): one image more or less right moves its "
+        + (f"recall by {step} points." if lo else "recall a lot, and a fold without it has no recall at all."))
+    return table
 
 
 def profile_tables(profile: Any, dataset: Any = None, records: pd.DataFrame | None = None, *,
@@ -175,6 +373,9 @@ def write_profile_tables(profile: Any, data_dir: Any = None, *, dataset: Any = N
     prov = {"profile": prof.name, "data_kind": ds.kind, "run_data_kinds": kinds, "n_images": int(len(ds.df)),
             "runs_expected": records.attrs.get("expected"), "runs_found": records.attrs.get("found"),
             "backbones": list(prof.backbones), "ablation_backbone": ablation_backbone(prof),
+            "completeness": completeness(records),
+            "caption": run_caption(prof, ds), "protocol_differences": protocol_differences(prof, ds),
+            "mechanics_only": shows_mechanics_only(prof, ds),
             "written": time.strftime("%Y-%m-%d %H:%M:%S")}
     from .atomic import atomic_write_text
 
@@ -602,6 +803,8 @@ th, td { border: 1px solid #ccc; padding: .25rem .6rem; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 .warn { background: #fdd; border: 3px solid #c00; color: #900; padding: .8rem 1rem; font-weight: bold;
         font-size: 1.1rem; margin: 1rem 0; }
+.caution { background: #fff4d6; border: 3px solid #c80; color: #630; padding: .8rem 1rem; margin: 1rem 0; }
+.caution b { font-size: 1.1rem; } .caption { font-family: ui-monospace, monospace; font-size: .85rem; }
 .note { color: #555; font-size: .9rem; } li { margin: .2rem 0; }
 """
 
@@ -628,7 +831,9 @@ def _says_synthetic(nb: Any) -> bool:
 
 
 def _headline_table(tables: Path) -> str:
-    from .tables import format_table
+    """Table 1 of ``tables`` as HTML; where the paper used none of the backbones, this run's columns only, a
+    sentence saying so and the paper's own Table 1 beside it (not a column of dashes)."""
+    from .tables import format_table, paper_table1_wide, table1_paper_note
 
     csv = tables / "table1.csv"
     md = tables / "table1.md"
@@ -636,13 +841,40 @@ def _headline_table(tables: Path) -> str:
         try:
             df = pd.read_csv(csv)
             view = format_table(df)
-            keep = [c for c in ("backbone", "paper_backbone", "fusion", "ours", "n", "paper", "diff") if c in view]
-            return view[keep].to_html(index=False, na_rep="—", border=0, escape=True)
+            note = table1_paper_note(df)
+            none_in_paper = bool(note) and df["paper_mean"].isna().all()
+            cols = ("backbone", "fusion", "ours", "n") if none_in_paper else \
+                ("backbone", "paper_backbone", "fusion", "ours", "n", "paper", "diff")
+            ours = view[[c for c in cols if c in view]].to_html(index=False, na_rep="—", border=0, escape=True)
+            if not none_in_paper:
+                return ours + (f"<p class='note'>{html.escape(note)}</p>" if note else "")
+            paper = paper_table1_wide().to_html(index=False, border=0, escape=True)
+            return (f"<p>{html.escape(note)}</p>"
+                    "<div style='display:flex; gap:2rem; flex-wrap:wrap; align-items:flex-start'>"
+                    f"<div><h3>This run</h3>{ours}</div>"
+                    f"<div><h3>The paper's Table 1 (its backbones, MCR %)</h3>{paper}</div></div>")
         except Exception:  # noqa: BLE001 - fall back to the Markdown text
             pass
     if md.is_file():
         return f"<pre>{html.escape(md.read_text())}</pre>"
     return "<p class='note'>No Table 1 yet: run notebook 09 (or <code>python -m metanet_utils tables</code>).</p>"
+
+
+def _protocol_box(prov: dict[str, Any]) -> str:
+    """The warning for a run that is not the paper's protocol (from ``provenance.json``), else ""."""
+    diffs = [str(d) for d in prov.get("protocol_differences") or []]
+    caption = str(prov.get("caption") or "")
+    if not diffs and not prov.get("mechanics_only"):
+        return ""
+    line = f"<p class='caption'>{html.escape(caption)}</p>" if caption else ""
+    listed = ("<p>Where it departs from the paper: " + html.escape("; ".join(diffs)) + ".</p>") if diffs else ""
+    if prov.get("mechanics_only"):
+        return ("<div class='warn'>NOT THE PAPER'S PROTOCOL: these numbers show how the kit works, not the "
+                f"paper's results.{line}<div style='font-weight:normal; font-size:.95rem'>{listed}"
+                "<p>Run the <code>quick</code> or <code>paper</code> profile for numbers to compare with the "
+                "paper's.</p></div></div>")
+    return ("<div class='caution'><b>Not exactly the paper's protocol.</b> These numbers approximate the paper's "
+            f"setting; compare them with care.{line}{listed}</div>")
 
 
 def write_html_report(executed_dir: str | Path, out_html: str | Path, *, tables_dir: str | Path | None = None,
@@ -656,6 +888,10 @@ def write_html_report(executed_dir: str | Path, out_html: str | Path, *, tables_
         tables_dir: where ``table1.csv`` / ``.md`` and ``provenance.json`` are (default ``results/tables``).
         synthetic: force the synthetic-data warning on or off; default: on when any notebook printed the
             synthetic-data banner or the tables' provenance says the runs used synthetic data.
+
+    Where the tables' ``provenance.json`` says the profile is not the paper's protocol, a box under the title says
+    so with :func:`run_caption` and :func:`protocol_differences` (red for a mere demonstration such as the smoke
+    and demo profiles, amber for a shortened protocol such as quick).
 
     Returns:
         The path of the index page.
@@ -700,11 +936,13 @@ def write_html_report(executed_dir: str | Path, out_html: str | Path, *, tables_
         parts.append("<div class='warn'>SYNTHETIC DATA: these runs used procedurally drawn images, not HAM10000. "
                      "Every number below shows the mechanics of the kit only and says nothing about the "
                      "paper's claims.</div>")
+    parts.append(_protocol_box(prov))
     parts.append("<h2>Table 1: mean class recall (%), ours beside the paper's</h2>")
     parts.append(_headline_table(tables))
     if prov:
-        parts.append(f"<p class='note'>{html.escape(str(prov.get('runs_found')))} of "
-                     f"{html.escape(str(prov.get('runs_expected')))} runs of the profile complete; data: "
+        runs = prov.get("completeness") or (f"{prov.get('runs_found')} of {prov.get('runs_expected')} runs of "
+                                            "the profile complete.")
+        parts.append(f"<p class='note'>{html.escape(str(runs))} Data: "
                      f"{html.escape(str(prov.get('data_kind')))}, {html.escape(str(prov.get('n_images')))} images. "
                      "All four tables: <code>results/tables/</code>; every deviation from the paper's protocol: "
                      "the 09 report notebook.</p>")

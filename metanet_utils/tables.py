@@ -64,8 +64,11 @@ __all__ = [
     "build_table3",
     "build_table4",
     "build_tables",
+    "table1_paper_note",
+    "paper_table1_wide",
     "format_table",
     "to_markdown",
+    "render_markdown",
     "write_tables",
 ]
 
@@ -351,7 +354,55 @@ def build_table1(
     caption = ("Table 1. Mean class recall (%) by backbone and fusion (none = image only, concat = "
                "concatenation, metanet = multiplicative gate). Ours: mean ± sample std (ddof=1) over "
                "folds; paper: mean ± std over 5 folds; diff = ours - paper (points).")
-    return _finish(rows, ["backbone", "paper_backbone", "fusion"], caption)
+    out = _finish(rows, ["backbone", "paper_backbone", "fusion"], caption)
+    note = table1_paper_note(out)
+    if note:
+        out.attrs["note"] = note
+        if out["paper_mean"].isna().all():
+            out.attrs["paper_reference"] = "table1"
+    return out
+
+
+def table1_paper_note(table1: pd.DataFrame) -> str:
+    """One sentence where Table 1 has backbones the paper did not use (their paper cells are empty), else "".
+
+    Works on a :func:`build_table1` frame or its CSV (``backbone`` and ``paper_mean`` columns).
+
+    Example:
+        >>> table1_paper_note(build_table1(pd.DataFrame(), backbones=["resnet10t"]))[:43]
+        'The paper used none of these backbones (it '
+        >>> table1_paper_note(build_table1(pd.DataFrame(), backbones=["resnet10t", "resnet50"]))
+        'The paper did not use resnet10t: its paper and diff cells are empty (—).'
+        >>> table1_paper_note(build_table1(pd.DataFrame(), backbones=["resnet50"]))
+        ''
+    """
+    if table1 is None or not len(table1) or not {"backbone", "paper_mean"} <= set(table1.columns):
+        return ""
+    missing = table1.groupby("backbone", sort=False)["paper_mean"].apply(lambda v: bool(v.isna().all()))
+    if not missing.any():
+        return ""
+    if missing.all():
+        return ("The paper used none of these backbones (it reports " + ", ".join(PAPER_BACKBONES[:-1])
+                + f" and {PAPER_BACKBONES[-1]}), so there is no paper number to put beside them; the paper's own "
+                "Table 1 is shown for reference.")
+    names = [str(b) for b, m in missing.items() if m]
+    return f"The paper did not use {', '.join(names)}: its paper and diff cells are empty (—)."
+
+
+def paper_table1_wide() -> pd.DataFrame:
+    """The paper's Table 1 as printed: one row per backbone, one ``mean ± std`` column per fusion.
+
+    Example:
+        >>> paper_table1_wide().loc[4].tolist()
+        ['SENet154', '85.44 ± 1.09', '86.46 ± 0.69', '87.64 ± 0.52']
+    """
+    t = paper_table1()
+    t["cell"] = [_pm(m, s) for m, s in zip(t["mcr_mean"], t["mcr_std"])]
+    wide = t.pivot(index="backbone", columns="fusion", values="cell")
+    wide = wide.reindex(index=[b for b in PAPER_BACKBONES if b in wide.index],
+                        columns=[f for f in FUSIONS_ORDER if f in wide.columns])
+    wide.columns.name = None
+    return wide.reset_index()
 
 
 def build_table2(
@@ -416,7 +467,7 @@ def build_table3(
                "backbone": backbone, "paper_backbone": PAPER_ABLATION_BACKBONE, **_cell(sel, "mcr", nexp)}
         rows.append(_with_paper(row, p["mcr_mean"], p["mcr_std"]))
     caption = _ablation_caption("Table 3", "Mean class recall (%) with subsets of the metadata "
-                                "(1 = field used; no field = the image-only run)", backbone)
+                                "(✓ = field used, 1 in the CSV; no field = the image-only run)", backbone)
     return _finish(rows, [*META_FIELDS, "fusion", "meta_features", "backbone", "paper_backbone"], caption)
 
 
@@ -566,6 +617,37 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".2f", na_rep: str = "—", in
     return "\n".join(lines)
 
 
+def render_markdown(df: pd.DataFrame, caption: bool = True) -> str:
+    """A table as ``results/tables/<name>.md`` has it: its caption (bold), the :func:`format_table` view, a
+    footnote where cells have fewer folds than expected, the table's note (``attrs["note"]``, e.g. backbones the
+    paper did not use) and, for a Table 1 without any paper backbone, the paper's own Table 1 instead of the
+    empty paper columns.
+
+    Example:
+        >>> text = render_markdown(build_table1(pd.DataFrame(), backbones=["resnet10t"]))
+        >>> text.startswith("**Table 1."), "The paper used none" in text, "| SENet154 | 85.44 ± 1.09 |" in text
+        (True, True, True)
+        >>> text.splitlines()[2]
+        '| backbone | fusion | ours | n |'
+    """
+    view = format_table(df)
+    if df.attrs.get("paper_reference") == "table1":  # no paper backbone: the sentence and the paper's own table
+        view = view.drop(columns=[c for c in ("paper_backbone", "paper", "diff") if c in view.columns])
+    parts = []
+    if caption and df.attrs.get("caption"):
+        parts.append(f"**{df.attrs['caption']}**\n")
+    parts.append(to_markdown(view))
+    if "n" in view.columns and view["n"].astype(str).str.endswith("*").any():
+        parts.append("\n\\* fewer folds than expected (n found / n expected); "
+                     "a cell without runs shows —.")
+    if df.attrs.get("note"):
+        parts.append(f"\n{df.attrs['note']}")
+    if df.attrs.get("paper_reference") == "table1":
+        parts.append("\n**The paper's Table 1** (MCR %, mean ± std over 5 folds):\n")
+        parts.append(to_markdown(paper_table1_wide()))
+    return "\n".join(parts)
+
+
 def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | Path | None = None) -> list[Path]:
     """Write ``<name>.csv`` (numbers; a missing cell is empty) and ``<name>.md`` (caption and
     the :func:`format_table` view) for each table, atomically. Returns the written paths.
@@ -585,14 +667,6 @@ def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | Path | None 
     for name, df in tables.items():
         csv_path, md_path = out_dir / f"{name}.csv", out_dir / f"{name}.md"
         atomic_write_text(csv_path, df.to_csv(index=False))
-        view = format_table(df)
-        parts = []
-        if df.attrs.get("caption"):
-            parts.append(f"**{df.attrs['caption']}**\n")
-        parts.append(to_markdown(view))
-        if "n" in view.columns and view["n"].astype(str).str.endswith("*").any():
-            parts.append("\n\\* fewer folds than expected (n found / n expected); "
-                         "a cell without runs shows —.")
-        atomic_write_text(md_path, "\n".join(parts) + "\n")
+        atomic_write_text(md_path, render_markdown(df) + "\n")
         written += [csv_path, md_path]
     return written

@@ -712,6 +712,7 @@ class _RunSession:
                 n: {"bytes": (stage / n).stat().st_size} for n in RECORD_FILES}})
         shutil.rmtree(self.work, ignore_errors=True)
         log_event(runs_dir, cfg.run_id, "complete")
-        _log(f"[{cfg.run_id}] done: MCR {metrics['mcr']:.4f} on {metrics['n_val']} validation images "
-             f"({metrics['wall_time_s']:.0f} s, {metrics['device']})")
+        if self.progress:
+            _log(f"[{cfg.run_id}] done: MCR {metrics['mcr']:.4f} on {metrics['n_val']} validation images "
+                 f"({metrics['wall_time_s']:.0f} s, {metrics['device']})")
         return metrics

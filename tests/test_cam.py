@@ -234,6 +234,7 @@ def test_pair_cams_on_a_dataset(tmp_path):
         for f in ("none", "metanet"):
             assert o[f]["cam"].shape == (2, 2)
             assert o[f]["target"] == o[f]["pred"] and 0 < o[f]["p_pred"] <= 1
+            assert o[f]["backbone"] == "test_resnet" and o[f]["crop"] == 64  # for the figure's title
     assert "concat" not in out[0]
     dc, _ = _save_run(tmp_path, "concat", ds, seed=4)  # all three variants
     three = cam.pair_cams(dn, dm, ids, ds, run_concat=dc)
@@ -271,6 +272,15 @@ def test_pick_cases_both_right_and_metadata_helps():
     assert helps.image.tolist() == ["I3", "I5"]
     assert (helps.pred_none != helps.true).all() and (helps.pred_metanet == helps.true).all()
     assert set(cases.columns) >= {"p_true_none", "p_true_metanet", "run_none", "run_metanet"}
+
+
+def test_case_keys_are_stable_and_their_labels_name_the_models():
+    """The ``case`` values are keys (records, notebooks compare with the constants); figures show labels."""
+    assert (cam.CASE_BOTH_RIGHT, cam.CASE_META_HELPS) == ("both right", "none wrong, metanet right")
+    assert cam.case_label(cam.CASE_BOTH_RIGHT) == "image-only and MetaNet right"
+    assert cam.case_label(cam.CASE_META_HELPS) == "image-only wrong, MetaNet right"
+    assert set(cam.CASE_LABELS) == {cam.CASE_BOTH_RIGHT, cam.CASE_META_HELPS}
+    assert cam.case_label("something else") == "something else"
 
 
 def test_pick_cases_from_records_and_empty(tmp_path):

@@ -294,6 +294,68 @@ def test_mutual_information_toy():
         md.mutual_information(df, missing="nope")
 
 
+def _miller_madow(field: pd.Series, dx: pd.Series) -> float:
+    """The bias term from pandas' contingency table: (rows - 1)(columns - 1) / (2 N ln 2)."""
+    table = pd.crosstab(field, dx)
+    return (table.shape[0] - 1) * (table.shape[1] - 1) / (2 * int(table.to_numpy().sum()) * math.log(2))
+
+
+def test_mutual_information_bias_against_an_independent_computation(meta):
+    sub = meta.sample(400, random_state=1)
+    for frame in (meta, sub):
+        bias = md.mutual_information_bias(frame)
+        table = md.mutual_information_table(frame)
+        assert list(bias.index) == list(table.index) == ["age", "sex", "localization"]
+        age_bins = np.floor(frame["age"] / 5).fillna(-1)
+        for name, col in [("age", age_bins), ("sex", frame["sex"]), ("localization", frame["localization"])]:
+            assert bias[name] == pytest.approx(_miller_madow(col, frame["dx"]), rel=1e-12), name
+            row = table.loc[name]
+            assert row["bias_bits"] == pytest.approx(bias[name]) and row["n"] == len(frame)
+            assert row["mi_bits"] == pytest.approx(md.mutual_information(frame)[name])
+            assert row["mi_corrected_bits"] == pytest.approx(max(row["mi_bits"] - row["bias_bits"], 0.0))
+            assert row["values"] == col.nunique() and row["classes"] == frame["dx"].nunique()
+        counts = frame["dx"].value_counts().to_numpy()
+        assert table.attrs["h_dx"] == pytest.approx(-(counts / counts.sum() * np.log2(counts / counts.sum())).sum())
+    # on the full file the bias is tiny; 400 images multiply it by 25
+    full, small = md.mutual_information_bias(meta), md.mutual_information_bias(sub)
+    assert (full < 0.01).all() and small["localization"] > 0.05
+    # 'drop' counts only the rows with a known value
+    known = meta["sex"] != "unknown"
+    assert md.mutual_information_bias(meta, missing="drop")["sex"] == pytest.approx(
+        _miller_madow(meta["sex"][known], meta["dx"][known]))
+
+
+def test_mutual_information_bias_is_what_independent_fields_show():
+    """Where the field tells nothing, the plug-in MI averages the bias term (to first order)."""
+    rng = np.random.default_rng(0)
+    dx = np.array(["nv", "mel", "bkl", "bcc", "akiec", "vasc", "df"])
+    sites = np.array(["back", "face", "trunk", "scalp", "neck"])
+    n, mis, biases = 400, [], []
+    for _ in range(300):
+        df = pd.DataFrame({"dx": rng.choice(dx, n), "localization": rng.choice(sites, n)})
+        mis.append(md.mutual_information(df)["localization"])
+        biases.append(md.mutual_information_bias(df)["localization"])
+    expected = (5 - 1) * (7 - 1) / (2 * n * math.log(2))
+    assert np.mean(biases) == pytest.approx(expected, rel=1e-9)
+    assert np.mean(mis) == pytest.approx(expected, rel=0.1)
+    df = pd.DataFrame({"dx": rng.choice(dx, n), "localization": rng.choice(sites, n)})
+    assert md.mutual_information_table(df).loc["localization", "mi_corrected_bits"] < 0.02
+
+
+def test_describe_mi_bias(meta):
+    tables = {"whole file": md.mutual_information_table(meta),
+              "subsample": md.mutual_information_table(meta.sample(300, random_state=0))}
+    text = md.describe_mi_bias(tables)
+    lines = text.splitlines()
+    assert lines[0].startswith("Plug-in MI minus its small-sample bias")
+    assert lines[1].startswith(f"  whole file ({len(meta)} images, H(dx) = ")
+    assert lines[2].startswith("  subsample (300 images")
+    loc = tables["subsample"].loc["localization"]
+    assert f"localization {loc.mi_bits:.3f} - {loc.bias_bits:.3f} = {loc.mi_corrected_bits:.3f}" in text
+    assert "subsample against whole file: age " in text and "x corrected" in text
+    assert "fewer than 5 images per cell" in text  # 300 images over 19 x 7 age bins
+
+
 # --------------------------------------------------------------------------- the tables of notebook 02
 
 

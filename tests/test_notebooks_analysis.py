@@ -24,9 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 ANALYSIS = ["05", "06", "07", "08", "09"]
 
-#: Figures each analysis notebook must write (smoke profile: one backbone, test_resnet).
+#: Figures each analysis notebook must write (smoke profile: one backbone, test_resnet). 05 shows 04's learning
+#: curves again without saving them a second time.
 FIGURES: dict[str, list[str]] = {
-    "05": ["05_table1_mcr", "05_mcr_per_fold", "05_learning_curves_test_resnet"],
+    "04": ["04_curves_test_resnet"],
+    "05": ["05_table1_mcr", "05_mcr_per_fold"],
     "06": ["06_recall_heatmap", "06_confusion_matrices", "06_metadata_gain"],
     "07": ["07_table3_metadata_subsets", "07_table4_fc_depth"],
     "08": ["08_figure2", "08_cam_both_right", "08_cam_metadata_helps"],
@@ -166,6 +168,7 @@ def test_figures_were_saved(chain):
             png = root / "figures" / f"{fig}.png"
             assert png.is_file() and png.stat().st_size > 5000, f"notebook {nb} did not write {png.name}"
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((root / "figures").glob("05_learning_curves*")), "05 saves 04's learning curves again"
 
 
 def test_notebooks_skip_complete_runs_and_report(chain):
@@ -179,6 +182,30 @@ def test_notebooks_skip_complete_runs_and_report(chain):
     assert "0.0625" in text05
 
 
+def test_notebooks_say_what_produced_the_results(chain):
+    """Each analysis notebook prints the run's caption and the runs found, Table 1 and the ablations apart; no
+    tqdm warning reaches the output."""
+    from metanet_utils import report
+    from metanet_utils.config import load_profile
+
+    root, executed, _ = chain
+    caption = "smoke profile · real HAM10000 subsample, "
+    counts = "Profile 'smoke': Table 1: 6 of 6 runs complete; ablations (Tables 3 and 4): 26 of 26 complete."
+    for prefix in ("05", "06", "08", "09"):
+        text = _stream(_by_prefix(executed, prefix))
+        assert caption in text and "· not the paper's protocol" in text, prefix
+        assert counts in text, prefix
+        assert "runs of profile 'smoke' are complete" not in text, prefix
+    assert caption in _stream(_by_prefix(executed, "07")) and caption in _stream(_by_prefix(executed, "04"))
+    text06 = _stream(_by_prefix(executed, "06"))
+    assert "This run's smallest class" in text06 and "validation images per fold" in text06
+    for name, nb in executed.items():
+        for c in nb.cells:
+            for o in c.get("outputs", []) if c.cell_type == "code" else []:
+                assert "IProgress" not in o.get("text", ""), f"{name}: {o.get('text')[:300]}"
+    assert report.shows_mechanics_only(load_profile("smoke"))
+
+
 def test_html_report_of_the_chain(chain):
     from metanet_utils.report import write_html_report
 
@@ -189,6 +216,8 @@ def test_html_report_of_the_chain(chain):
     index = out.read_text()
     assert "test_resnet" in index and "report/09_report.html" in index
     assert "SYNTHETIC DATA:" not in index
+    assert "NOT THE PAPER'S PROTOCOL" in index and "smoke profile · real HAM10000 subsample" in index
+    assert "The paper used none of these backbones" in index  # test_resnet: a sentence, not a column of dashes
     page = (root / "outputs" / "report" / "08_cam.html").read_text()
     assert "cams_for_cases" not in page and "data:image/png;base64" in page  # code hidden, figures kept
     nb = nbformat.read(root / "outputs" / "notebooks" / "08_cam.ipynb", as_version=4)

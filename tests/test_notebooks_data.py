@@ -58,6 +58,14 @@ def test_data_notebooks_on_real_data(real_data_dir, isolated_root, kernel):
     text = {name: _stream_text(nb) for name, (_, nb) in done.items()}
     assert all("SYNTHETIC" not in t for t in text.values())
     assert "misprint" in text["00_get_data"] and "1099" in text["00_get_data"]
+    # the plug-in MI's small-sample bias, computed for this data (not hard-coded in the text)
+    mi_text = text["02_metadata"]
+    assert "Plug-in MI minus its small-sample bias" in mi_text and "whole metadata file (10015 images" in mi_text
+    assert "this profile against whole metadata file: age " in mi_text
+    for name, (_, nb) in done.items():
+        for c in nb.cells:
+            for o in c.get("outputs", []) if c.cell_type == "code" else []:
+                assert "IProgress" not in o.get("text", ""), f"{name}: {o.get('text')[:300]}"
     assert not (isolated_root / "data").exists() or not any((isolated_root / "data").glob("synthetic-*"))
 
 

@@ -4,6 +4,7 @@ paper-vs-code facts, the lesion-leak comparison, the analysis helpers and the HT
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 from pathlib import Path
 
@@ -81,10 +82,84 @@ def test_profile_records_counts_missing_runs(smoke):
     prof, ds, runs, ids = smoke
     import shutil
 
-    shutil.rmtree(runs / ids[0])
+    shutil.rmtree(runs / ids[0])  # a Table 1 run
     recs = report.profile_records(prof, ds)
-    assert recs.attrs == {"expected": len(ids), "found": len(ids) - 1}
+    t1 = len(enumerate_runs(prof, ds, ("table1",)))
+    assert recs.attrs == {"expected": len(ids), "found": len(ids) - 1, "table1_expected": t1,
+                          "table1_found": t1 - 1, "ablations_expected": len(ids) - t1,
+                          "ablations_found": len(ids) - t1, "profile": "smoke", "ablation_tables": "Tables 3 and 4"}
     assert len(recs) == len(ids) - 1
+    assert report.completeness(recs) == (f"Profile 'smoke': Table 1: {t1 - 1} of {t1} runs complete (notebook 04 "
+                                         f"trains them); ablations (Tables 3 and 4): {len(ids) - t1} of "
+                                         f"{len(ids) - t1} complete.")
+
+
+def test_completeness_says_the_ablations_come_later(smoke):
+    """Before notebook 07 the ablation runs are missing by design: the line says where they come from."""
+    import shutil
+
+    prof, ds, runs, ids = smoke
+    table1 = {r.run_id for r in enumerate_runs(prof, ds, ("table1",))}
+    ablations = [i for i in ids if i not in table1]
+    assert len(table1) == 6 and len(ablations) == 26  # Table 4's MetaNet k=2 run is Table 1's: counted there
+    for rid in ablations:
+        shutil.rmtree(runs / rid)
+    recs = report.profile_records(prof, ds)
+    assert report.completeness(recs) == ("Profile 'smoke': Table 1: 6 of 6 runs complete; ablations (Tables 3 "
+                                         "and 4): 0 of 26, trained in notebook 07.")
+    shutil.rmtree(runs / ids[0])
+    shutil.rmtree(runs / ids[1])
+    fewer = report.completeness(report.profile_records(prof, ds))
+    assert "Table 1: 4 of 6 runs complete (notebook 04 trains them)" in fewer
+    only_t1 = report.profile_records(prof, ds, experiments=("table1",))
+    assert report.completeness(only_t1).endswith("; ablation runs not counted here.")
+    plain = dataclasses.replace(prof, ablations=dataclasses.replace(prof.ablations, table3=False, table4=False))
+    assert report.completeness(report.profile_records(plain, ds)).endswith("; no ablation runs in this profile.")
+    assert report.completeness(pd.DataFrame({"a": [1, 2]})) == "2 of 2 runs complete."
+
+
+def test_run_caption_says_what_produced_the_results():
+    smoke = report.run_caption("smoke", _dataset())
+    assert smoke == ("smoke profile · real HAM10000 subsample, 42 images · test_resnet from scratch · "
+                     "64 px → 56 px crop · 2 folds × 1 epoch · not the paper's protocol")
+    assert report.shows_mechanics_only("smoke", _dataset()) and report.shows_mechanics_only("demo")
+    syn = report.run_caption("smoke", dataclasses.replace(_dataset(), kind="synthetic"))
+    assert "SYNTHETIC images (not HAM10000), 42 images" in syn
+    assert "synthetic images, not HAM10000 (42 images)" in report.protocol_differences(
+        "smoke", dataclasses.replace(_dataset(), kind="synthetic"))
+    full = Dataset(df=pd.DataFrame({"image_id": range(10015)}), data_dir=Path("."), kind="real", fingerprint="x")
+    paper = report.run_caption("paper", full)
+    assert paper == ("paper profile · real HAM10000, 10015 images · the paper's six backbones ImageNet-pretrained"
+                     " · 300 px → 224 px crop (pnasnet5large 441 → 331) · 5 folds × 250 epochs"
+                     " · the paper's protocol")
+    assert report.protocol_differences("paper", full) == [] and not report.shows_mechanics_only("paper", full)
+    # quick: pretrained, full data, the paper's sizes, a shorter schedule: not the protocol, not a mere demo
+    quick = load_profile("quick")
+    assert report.run_caption(quick, full).endswith("5 folds × 40 epochs · not the paper's protocol")
+    assert report.protocol_differences(quick, full) == ["40 epochs (the paper: 250)"]
+    assert not report.shows_mechanics_only(quick, full)
+    for change, word in ((dict(pretrained=False), "from scratch"), (dict(epochs=10), "10 epochs"),
+                         (dict(image_size=128, crop_size=96), "96 px crops"), (dict(folds=(0,)), "1 of 5 folds")):
+        p = dataclasses.replace(load_profile("paper"), **change)
+        assert any(word in d for d in report.protocol_differences(p, full)), change
+        assert report.run_caption(p, full).endswith("· not the paper's protocol"), change
+    assert report.shows_mechanics_only(dataclasses.replace(load_profile("paper"), epochs=10), full)
+
+
+def test_validation_class_counts(isolated_root):
+    prof, ds = load_profile("smoke"), _dataset()
+    counts = report.validation_class_counts(prof, ds)
+    assert list(counts.index) == ["NV", "MEL", "BKL", "BCC", "AKIEC", "VASC", "DF"]
+    assert list(counts.columns) == ["fold 0", "fold 1", "recall step (points)"]
+    folds = ds.folds(prof.n_folds, prof.split_scheme, prof.split_seed)
+    dx = ds.df["dx"].to_numpy()
+    for code in counts.index:  # an independent count
+        for f in (0, 1):
+            assert counts.loc[code, f"fold {f}"] == int(((folds == f) & (dx == code.lower())).sum())
+    assert counts.iloc[:, :2].to_numpy().sum() == len(ds.df)
+    smallest = counts.iloc[:, :2].min(axis=1)
+    assert counts["recall step (points)"].tolist() == [round(100 / m, 1) for m in smallest]
+    assert "validation images per fold (42 images in all, 2 folds)" in counts.attrs["note"]
 
 
 def test_tables_without_any_record(isolated_root):
@@ -211,8 +286,27 @@ def test_write_html_report(smoke, isolated_root):
     assert index.index("report/05_table1.html") < index.index("report/09_report.html")  # sorted
     assert "05 · Table 1" in index and "75.00 ± 7.07" in index and "55.00 ± 7.07" in index
     assert "SYNTHETIC" not in index
+    # smoke is not the paper's protocol: a box says so, with the caption of the run
+    assert "NOT THE PAPER'S PROTOCOL: these numbers show how the kit works" in index
+    assert html.escape(report.run_caption(prof, ds)) in index
+    assert "from scratch (the paper: ImageNet-pretrained)" in index
+    # test_resnet is no backbone of the paper: a sentence and the paper's own Table 1, not a column of dashes
+    assert "The paper used none of these backbones" in index and "85.44 ± 1.09" in index
+    assert "paper_backbone" not in index
+    assert "Table 1: 6 of 6 runs complete; ablations (Tables 3 and 4): 26 of 26 complete." in index
     page = pages[0].read_text()
     assert "hello from 05" in page and "secret_input_marker" not in page  # outputs kept, code hidden
+
+
+def test_protocol_box_of_the_report():
+    assert report._protocol_box({}) == "" and report._protocol_box({"protocol_differences": []}) == ""
+    demo = report._protocol_box({"caption": "demo profile · x", "protocol_differences": ["3 epochs (the paper: 250)"],
+                                 "mechanics_only": True})
+    assert "class='warn'" in demo and "how the kit works, not the paper's results" in demo
+    assert "demo profile · x" in demo and "3 epochs (the paper: 250)" in demo
+    quick = report._protocol_box({"caption": "quick", "protocol_differences": ["40 epochs (the paper: 250)"],
+                                  "mechanics_only": False})
+    assert "class='caution'" in quick and "how the kit works" not in quick and "40 epochs" in quick
 
 
 def test_html_report_warns_about_synthetic_data(isolated_root):

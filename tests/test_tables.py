@@ -207,6 +207,38 @@ def test_table3_metadata_subsets(grid):
     assert t["paper_mean"].tolist() == p["mcr_mean"].tolist()
     view = tb.format_table(t)
     assert view.loc[1, "age"] == "✓" and view.loc[1, "sex"] == ""
+    # the caption names the mark the table shows (and the CSV's 1)
+    assert "✓ = field used" in t.attrs["caption"] and "1 = field used" not in t.attrs["caption"]
+    md = tb.render_markdown(t)
+    assert "✓ = field used" in md and "| ✓ |  |  | metanet | age |" in md
+
+
+def test_table1_says_where_the_paper_has_no_backbone(grid, tmp_path):
+    records, _ = grid
+    paper_only = tb.build_table1(records, backbones=["senet154"])
+    assert tb.table1_paper_note(paper_only) == "" and "note" not in paper_only.attrs
+    mixed = tb.build_table1(records, backbones=["senet154", "resnet10t"])
+    assert mixed.attrs["note"] == "The paper did not use resnet10t: its paper and diff cells are empty (—)."
+    assert "paper_reference" not in mixed.attrs
+    none = tb.build_table1(records, backbones=["resnet10t"])
+    assert none.attrs["note"].startswith("The paper used none of these backbones (it reports AlexNet, VGG19, ")
+    tb.write_tables({"table1": none, "table1_mixed": mixed}, tmp_path)
+    md = (tmp_path / "table1.md").read_text()
+    assert "The paper used none of these backbones" in md and "**The paper's Table 1**" in md
+    assert "| backbone | fusion | ours | n |" in md and "paper_backbone" not in md  # no column of dashes
+    mixed_md = (tmp_path / "table1_mixed.md").read_text()
+    assert "| backbone | paper_backbone | fusion | ours | n | paper | diff |" in mixed_md
+    assert {"paper_mean", "paper_std", "diff"} <= set(pd.read_csv(tmp_path / "table1.csv").columns)  # CSV: all
+    wide = tb.paper_table1_wide()
+    assert wide.columns.tolist() == ["backbone", "none", "concat", "metanet"]
+    assert wide["backbone"].tolist() == list(tb.PAPER_BACKBONES)
+    p = tb.paper_table1()
+    for _, row in p.iterrows():  # every paper cell, as printed
+        cell = wide.loc[wide.backbone == row["backbone"], row["fusion"]].item()
+        assert cell == f"{row['mcr_mean']:.2f} ± {row['mcr_std']:.2f}"
+        assert f"| {row['backbone']} |" in md
+    assert tb.table1_paper_note(pd.read_csv(tmp_path / "table1.csv")) == none.attrs["note"]  # from the CSV too
+    assert "did not use resnet10t" in (tmp_path / "table1_mixed.md").read_text()
 
 
 def test_table4_depth(grid):

@@ -207,3 +207,36 @@ def test_wall_time_of_a_resumed_run_counts_its_earlier_sessions(real_data_dir, t
     second = time.perf_counter() - t0
     assert m["sessions"] == 2 and m["epochs_done"] == 2
     assert 1000.0 < m["wall_time_s"] <= 1000.0 + second
+
+
+def test_grid_progress_runs_prints_one_line_per_finished_run(real_data_dir, isolated_root, capsys):
+    """``progress="runs"`` (notebook 07): the grid's first line, one line per run as it finishes (its MCR and
+    time), the summary once; no per-epoch lines, alone or trained together. ``progress=True`` is unchanged."""
+    import re
+
+    from metanet_utils.config import load_profile
+    from metanet_utils.dataset import open_dataset
+    from metanet_utils.grid import run_grid
+
+    ds = open_dataset(real_data_dir, max_images=120)
+    prof = load_profile("smoke", backbones=["test_resnet"], fusions=["none", "metanet"], n_folds=2, folds=None,
+                        epochs=2, milestones=[1], image_size=40, crop_size=32, batch_size=16, runs_together=1,
+                        ablations={"table3": False, "table4": False})
+    line = re.compile(r"^\[[1-4]/4\] test_resnet (none|metanet age\+sex\+localization k=2) fold [01]: "
+                      r"MCR \d+\.\d % \(\d+ s\)$")
+    for name, together in (("alone", 1), ("together", 2)):
+        s = run_grid(prof, ds, runs_dir=isolated_root / name, device="cpu", progress="runs", together=together)
+        assert not s.failed and len(s.trained) == 4
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].startswith("grid smoke: 4 runs, 0 complete, 4 to do"), lines
+        assert sum(bool(line.match(x)) for x in lines) == 4, lines
+        assert lines[-1] == "grid: 4 runs; trained now 4, already complete 0, failed 0"
+        assert len(lines) == 6, lines  # nothing else: no epoch, no "done", no "--- run" line
+    again = run_grid(prof, ds, runs_dir=isolated_root / "alone", device="cpu", progress="runs")
+    assert again.trained == [] and capsys.readouterr().out.count("trained now 0, already complete 4") == 1
+    one = run_grid(prof, ds, runs_dir=isolated_root / "loud", device="cpu", progress=True, only={"fold": ["0"],
+                   "fusion": ["none"]})
+    out = capsys.readouterr().out
+    assert len(one.trained) == 1 and "--- run test_resnet-none" in out and "epoch 2/2" in out and "done: MCR" in out
+    with pytest.raises(ValueError, match="progress='loud' is not allowed"):
+        run_grid(prof, ds, runs_dir=isolated_root / "x", device="cpu", progress="loud")
