@@ -51,6 +51,7 @@ __all__ = [
     "aggregate",
     "setting_columns",
     "RECALL_COLUMNS",
+    "SUPPORT_COLUMNS",
 ]
 
 #: Files every complete run record holds (``results/runs/<run_id>/``).
@@ -59,6 +60,8 @@ RECORD_FILES: tuple[str, ...] = (
 )
 #: Columns of per-class recall in :func:`load_records` frames, in the official class order.
 RECALL_COLUMNS: tuple[str, ...] = tuple(f"recall_{c}" for c in CLASS_CODES)
+#: Columns of a records frame with the validation images of each class (``n_val_MEL`` ...).
+SUPPORT_COLUMNS: tuple[str, ...] = tuple(f"n_val_{c}" for c in CLASS_CODES)
 
 _N = len(CLASS_CODES)
 _CODE_INDEX = {c: i for i, c in enumerate(CLASS_CODES)}
@@ -387,6 +390,8 @@ def _record_row(rec: dict[str, Any], source: str) -> dict[str, Any]:
     row["mcr_metrics"] = _float(m.get("mcr"))
     row["mcr_predictions"] = s["mcr"]
     row["n_val"] = s["n"]
+    for c in CLASS_CODES:  # validation images of each class (from the labels, whatever ``source``)
+        row[f"n_val_{c}"] = int(s["support"].get(c, 0))
     row["n_ties"] = s["n_ties"]
     for k in ("epochs_done", "wall_time_s", "device", "images_per_s", "labels_source"):
         row[k] = m.get(k)
@@ -421,7 +426,8 @@ def load_records(
 
     ``meta_features`` becomes one string in the fixed field order (``"age+sex+localization"``,
     ``"none"`` for no metadata), with boolean columns ``meta_age``, ``meta_sex``,
-    ``meta_localization``; list settings become tuples.
+    ``meta_localization``; list settings become tuples. ``n_val_<CODE>`` (:data:`SUPPORT_COLUMNS`)
+    counts the run's validation images of each class.
 
     Example:
         >>> import tempfile
@@ -491,7 +497,8 @@ def filter_records(records: pd.DataFrame, **criteria: Any) -> pd.DataFrame:
 
 _OUTCOME_COLUMNS = frozenset({
     "mcr", "mcr_metrics", "mcr_predictions", "n_val", "n_train", "n_ties", "epochs_done", "wall_time_s",
-    "device", "images_per_s", "labels_source", *RECALL_COLUMNS, *(f"meta_{f}" for f in META_FIELDS),
+    "device", "images_per_s", "labels_source", *RECALL_COLUMNS, *SUPPORT_COLUMNS,
+    *(f"meta_{f}" for f in META_FIELDS),
 })
 
 

@@ -841,7 +841,7 @@ def _per_class(table: pd.DataFrame, col: str, classes: Sequence[str]) -> list[st
     if col not in table or not len(table):
         return [""] * len(classes)
     n = pd.to_numeric(table.groupby("class")[col].first(), errors="coerce")
-    return [f"{int(n[c])}" if c in n and np.isfinite(n[c]) else "?" for c in classes]
+    return [f"{int(n[c])}" if c in n and np.isfinite(n[c]) else "" for c in classes]
 
 
 def recall_heatmap(table2: pd.DataFrame, *,
@@ -849,8 +849,9 @@ def recall_heatmap(table2: pd.DataFrame, *,
     """Per-class recall (%) as two heat maps, class x fusion: ours (left) and the paper's SENet154 (right),
     on one colour scale.
 
-    Row labels carry the images of each class where the frame has them (``n_images``: ours, left;
-    ``n_images_paper``: the paper's, right) and our columns the number of folds averaged (``n``).
+    Row labels carry the images of each class where the frame has them (``n_images``: ours, left, the
+    validation images summed over the folds; ``n_images_paper``: the paper's, right) and our columns the
+    number of folds averaged (``n``).
 
     Args:
         table2: :func:`~metanet_utils.tables.build_table2` frame.
@@ -867,15 +868,17 @@ def recall_heatmap(table2: pd.DataFrame, *,
             if len(table2) else pd.DataFrame()
         data = t.reindex(index=classes, columns=fusions).to_numpy(dtype=float) if len(t) else \
             np.full((len(classes), len(fusions)), np.nan)
-        rows = [f"{c} ({n})" if n else c for c, n in zip(classes, _per_class(table2, n_col, classes))]
+        counts = _per_class(table2, n_col, classes)
+        rows = [f"{c} ({n})" if n else c for c, n in zip(classes, counts)]
+        ax.set_ylabel({"n_images": "class (validation images)",
+                       "n_images_paper": "class (images in the paper)"}[n_col] if any(counts) else
+                      ("class (largest first)" if n_col == "n_images" else ""))
         cols = [FUSION_LABELS.get(f, f) for f in fusions]
         if col == "ours_mean" and "n" in table2 and len(table2):
             folds = table2.groupby("fusion")["n"].max()
             cols = [f"{c}\n({int(folds.get(f, 0))} folds)" for c, f in zip(cols, fusions)]
         im = _heat(ax, data, rows, cols)
         ax.set_title(title)
-    axes[0].set_ylabel("class (images)" if "n_images" in table2 else "class (largest first)")
-    axes[1].set_ylabel("class (images in the paper)" if "n_images_paper" in table2 else "")
     fig.colorbar(im, ax=axes, label="recall (%)", shrink=0.9)
     fig.suptitle("Recall of each class by fusion (mean over folds)")
     return _finish(fig, save, synthetic, caption)

@@ -415,11 +415,13 @@ def build_table2(
     """Table 2: per-class recall (%) per fusion for one backbone, beside the paper's SENet154.
 
     Rows in the paper's order (classes by size, then fusion): ``class, n_images_paper,
-    fusion, backbone, paper_backbone`` and the cell columns.
+    n_images`` (this run's validation images of the class, summed over the folds of the cell: every image of
+    the class once when all folds are in; NaN without records), ``fusion, backbone, paper_backbone`` and
+    the cell columns.
 
     Example:
         >>> build_table2(pd.DataFrame(), "resnet10t").shape
-        (21, 13)
+        (21, 14)
     """
     df = _prepare(records)
     nexp = _default_n_folds(df, n_folds)
@@ -429,13 +431,15 @@ def build_table2(
     for code in paper["class"].drop_duplicates():
         for f in fusions:
             p = paper[(paper["class"] == code) & (paper["fusion"] == f)]
+            sel, col = sels[f], f"n_val_{code}"
+            n_images = int(sel[col].sum()) if col in sel and len(sel) and sel[col].notna().all() else np.nan
             row = {"class": code, "n_images_paper": int(p["n_images_paper"].iloc[0]) if len(p) else np.nan,
-                   "fusion": f, "backbone": backbone, "paper_backbone": PAPER_ABLATION_BACKBONE,
+                   "n_images": n_images, "fusion": f, "backbone": backbone, "paper_backbone": PAPER_ABLATION_BACKBONE,
                    **_cell(sels[f], f"recall_{code}", nexp)}
             rows.append(_with_paper(row, p["recall_mean"].iloc[0] if len(p) else np.nan,
                                     p["recall_std"].iloc[0] if len(p) else np.nan))
     caption = _ablation_caption("Table 2", "Recall (%) of each class by fusion", backbone)
-    return _finish(rows, ["class", "n_images_paper", "fusion", "backbone", "paper_backbone"], caption)
+    return _finish(rows, ["class", "n_images_paper", "n_images", "fusion", "backbone", "paper_backbone"], caption)
 
 
 def build_table3(

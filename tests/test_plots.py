@@ -363,6 +363,7 @@ def test_recall_heatmap_rows_carry_the_images_per_class_and_columns_the_folds():
     t2 = t2.assign(n_images=t2["class"].map(counts), n=5)
     left = plots.recall_heatmap(t2).axes[0]
     assert [t.get_text() for t in left.get_yticklabels()][-1] == "DF (11)"
+    assert left.get_ylabel() == "class (validation images)"
     assert [t.get_text() for t in left.get_xticklabels()][0] == "no metadata\n(5 folds)"
 
 

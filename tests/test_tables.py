@@ -167,7 +167,7 @@ def test_incomplete_cell_is_marked(grid, tmp_path):
 def test_table2_per_class_recall(grid):
     records, exp = grid
     t = tb.build_table2(records, "senet154")
-    assert t.shape == (21, 13)
+    assert t.shape == (21, 14)
     assert t["class"].drop_duplicates().tolist() == ["NV", "MEL", "BKL", "BCC", "AKIEC", "VASC", "DF"]
     assert set(t["class"]) == set(CLASS_CODES)
     for _, row in t.iterrows():
@@ -176,6 +176,21 @@ def test_table2_per_class_recall(grid):
     p = tb.paper_table2()
     assert t["paper_mean"].tolist() == p["recall_mean"].tolist()
     assert "SENet154" in t.attrs["caption"]
+
+
+def test_table2_counts_this_runs_validation_images_of_each_class(grid):
+    """``n_images``: the validation images of the class summed over the cell's folds, as the runs' labels.csv
+    files list them (every fake fold has 10 of each class; resnet10t's concat cell has 3 folds)."""
+    records, exp = grid
+    for bb in ("senet154", "resnet10t"):
+        t = tb.build_table2(records, bb)
+        for _, row in t.iterrows():
+            labels = pd.concat([pd.read_csv(r["path"] / "labels.csv") for r in exp[("t1", bb, row["fusion"])]])
+            assert row["n_images"] == (labels["dx"].str.upper() == row["class"]).sum()
+    assert tb.build_table2(records, "resnet10t").query("fusion == 'concat'")["n_images"].eq(30).all()
+    assert tb.build_table2(pd.DataFrame(), "senet154")["n_images"].isna().all()
+    assert set(ev.SUPPORT_COLUMNS) <= set(records.columns)
+    assert not set(ev.SUPPORT_COLUMNS) & set(ev.setting_columns(records))  # outcomes, not settings
 
 
 def test_table2_other_backbone_is_labelled(grid):
