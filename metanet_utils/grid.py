@@ -39,7 +39,7 @@ from .atomic import atomic_write_text
 from .config import ConfigError, Profile, RunConfig
 from .constants import META_FIELDS
 
-__all__ = ["EXPERIMENTS", "PROGRESS_MODES", "run_config", "enumerate_runs", "filter_runs", "parse_only",
+__all__ = ["EXPERIMENTS", "PROGRESS_MODES", "SHORT_RUN_EPOCHS", "resolve_progress", "run_config", "enumerate_runs", "filter_runs", "parse_only",
            "estimated_cost", "GridSummary", "run_grid",
            "profile_dataset", "status_table"]
 
@@ -199,8 +199,31 @@ def status_table(runs: list[RunConfig], runs_dir: str | Path | None = None):
 
 
 #: What ``run_grid(progress=...)`` accepts: True / ``"epochs"`` (a line per epoch), ``"runs"`` (a line per
-#: finished run), False (nothing but failures).
-PROGRESS_MODES: tuple = (True, False, "epochs", "runs")
+#: finished run), ``"auto"`` (``"runs"`` for short runs, else ``"epochs"``: see :func:`resolve_progress`),
+#: False (nothing but failures).
+PROGRESS_MODES: tuple = (True, False, "epochs", "runs", "auto")
+
+#: ``progress="auto"`` prints a line per run when no run has more epochs than this, else a line per epoch.
+SHORT_RUN_EPOCHS = 10
+
+
+def resolve_progress(progress: bool | str, runs: Iterable[RunConfig]) -> bool | str:
+    """What ``progress`` means for these runs: ``"auto"`` becomes ``"runs"`` when every run has at most
+    :data:`SHORT_RUN_EPOCHS` epochs (the smoke and demo profiles: a run takes seconds), else ``"epochs"``
+    (quick and paper: a run takes hours, and its epoch lines are the only sign of life); other values
+    are returned as they are, after a check.
+
+    Example:
+        >>> resolve_progress("auto", [RunConfig(backbone="test_resnet", epochs=3)])
+        'runs'
+        >>> resolve_progress("auto", [RunConfig(backbone="senet154", epochs=250)])
+        'epochs'
+    """
+    if not any(progress is m or (isinstance(m, str) and progress == m) for m in PROGRESS_MODES):
+        raise ValueError(f"progress={progress!r} is not allowed; use True, False, 'epochs', 'runs' or 'auto'")
+    if progress == "auto":
+        return "runs" if all(r.epochs <= SHORT_RUN_EPOCHS for r in runs) else "epochs"
+    return progress
 
 
 def _run_label(cfg: RunConfig) -> str:
@@ -218,7 +241,8 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
 
     ``progress``: True or ``"epochs"`` (what the command line uses) prints each run's start and one line per epoch;
     ``"runs"`` one line per run as it finishes (``[3/65] resnet10t metanet age k=2 fold 0: MCR 21.4 % (5 s)``),
-    besides the grid's first and last line; False prints failures only.
+    besides the grid's first and last line; ``"auto"`` the one or the other (:func:`resolve_progress`); False
+    prints failures only.
 
     Runs locked by another worker are left to it; with ``wait`` this worker then waits
     for them to finish (and takes one over, resuming its checkpoint, if its worker dies).
@@ -232,10 +256,7 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
     from .paths import runs_dir as default_runs_dir
     from .train import RunBusy, is_complete, pick_device, record_dir, train_run, train_runs_together
 
-    if not any(progress is m or (isinstance(m, str) and progress == m) for m in PROGRESS_MODES):
-        raise ValueError(f"progress={progress!r} is not allowed; use True, False, 'epochs' or 'runs'")
-    per_epoch, per_run = progress is True or progress == "epochs", progress == "runs"
-    progress = per_epoch or per_run  # from here: whether the grid speaks at all
+    resolve_progress(progress, [])  # a bad value is refused before any work
     runs_dir = Path(runs_dir or default_runs_dir())
     k = check_runs_together(together if together is not None else profile.runs_together)
     dev = pick_device(device)
@@ -248,6 +269,9 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
     summary = GridSummary(total=len(runs))
     pending = [r for r in runs if not is_complete(record_dir(r, runs_dir))]
     summary.skipped = [r.run_id for r in runs if r not in pending]
+    progress = resolve_progress(progress, pending)
+    per_epoch, per_run = progress is True or progress == "epochs", progress == "runs"
+    progress = per_epoch or per_run  # from here: whether the grid speaks at all
     if progress:
         at_once = "" if k == 1 else (", runs at once: measured per backbone" if k == "auto" else f", {k} at a time")
         print(f"grid {profile.name}: {len(runs)} runs, {len(summary.skipped)} complete, {len(pending)} to do "

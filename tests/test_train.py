@@ -240,3 +240,21 @@ def test_grid_progress_runs_prints_one_line_per_finished_run(real_data_dir, isol
     assert len(one.trained) == 1 and "--- run test_resnet-none" in out and "epoch 2/2" in out and "done: MCR" in out
     with pytest.raises(ValueError, match="progress='loud' is not allowed"):
         run_grid(prof, ds, runs_dir=isolated_root / "x", device="cpu", progress="loud")
+
+
+def test_grid_progress_auto_is_per_run_for_short_runs_and_per_epoch_for_long_ones():
+    """``progress="auto"`` (notebook 07's default): the demo's runs take seconds, a line per run is enough; the
+    paper's take hours, and a line per epoch is their only sign of life."""
+    from metanet_utils.config import RunConfig, load_profile
+    from metanet_utils.grid import SHORT_RUN_EPOCHS, enumerate_runs, resolve_progress
+
+    class Data:  # what enumerate_runs reads of a dataset
+        kind, fingerprint = "real", "test"
+
+    assert resolve_progress("auto", enumerate_runs(load_profile("demo"), Data())) == "runs"
+    assert resolve_progress("auto", enumerate_runs(load_profile("paper"), Data())) == "epochs"
+    short, long = (RunConfig(backbone="test_resnet", epochs=e) for e in (SHORT_RUN_EPOCHS, SHORT_RUN_EPOCHS + 1))
+    assert resolve_progress("auto", [short]) == "runs" and resolve_progress("auto", [short, long]) == "epochs"
+    assert [resolve_progress(p, [long]) for p in (True, False, "runs", "epochs")] == [True, False, "runs", "epochs"]
+    with pytest.raises(ValueError, match="'runs' or 'auto'"):
+        resolve_progress("yes", [short])
