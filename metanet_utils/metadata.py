@@ -580,9 +580,7 @@ def mutual_information_bias(
         >>> round(float(mutual_information_bias(df)["sex"]), 4)   # (2 - 1)(2 - 1) / (2 * 8 * ln 2)
         0.0902
     """
-    y, fields = _mi_codes(df, age_bin, missing)
-    out = {f: _miller_madow_bits(codes[keep], y[keep]) for f, (codes, keep) in fields.items()}
-    return pd.Series(out, name="bias_bits", dtype=np.float64)
+    return mutual_information_table(df, age_bin, missing)["bias_bits"].astype(np.float64)
 
 
 def mutual_information_table(

@@ -833,7 +833,7 @@ def _says_synthetic(nb: Any) -> bool:
 def _headline_table(tables: Path) -> str:
     """Table 1 of ``tables`` as HTML; where the paper used none of the backbones, this run's columns only, a
     sentence saying so and the paper's own Table 1 beside it (not a column of dashes)."""
-    from .tables import format_table, paper_table1_wide, table1_paper_note
+    from .tables import format_table, paper_has_none, paper_table1_wide, table1_paper_note
 
     csv = tables / "table1.csv"
     md = tables / "table1.md"
@@ -842,7 +842,7 @@ def _headline_table(tables: Path) -> str:
             df = pd.read_csv(csv)
             view = format_table(df)
             note = table1_paper_note(df)
-            none_in_paper = bool(note) and df["paper_mean"].isna().all()
+            none_in_paper = paper_has_none(df)
             cols = ("backbone", "fusion", "ours", "n") if none_in_paper else \
                 ("backbone", "paper_backbone", "fusion", "ours", "n", "paper", "diff")
             ours = view[[c for c in cols if c in view]].to_html(index=False, na_rep="—", border=0, escape=True)

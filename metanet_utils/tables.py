@@ -65,6 +65,7 @@ __all__ = [
     "build_table4",
     "build_tables",
     "table1_paper_note",
+    "paper_has_none",
     "paper_table1_wide",
     "format_table",
     "to_markdown",
@@ -358,9 +359,15 @@ def build_table1(
     note = table1_paper_note(out)
     if note:
         out.attrs["note"] = note
-        if out["paper_mean"].isna().all():
+        if paper_has_none(out):
             out.attrs["paper_reference"] = "table1"
     return out
+
+
+def paper_has_none(table1: pd.DataFrame) -> bool:
+    """Whether no backbone of Table 1 (a :func:`build_table1` frame or its CSV) is one the paper used: the
+    paper columns are then left out and the paper's own Table 1 shown instead."""
+    return bool(len(table1)) and "paper_mean" in table1 and bool(table1["paper_mean"].isna().all())
 
 
 def table1_paper_note(table1: pd.DataFrame) -> str:
