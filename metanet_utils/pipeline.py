@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["NotebookJob", "plan_jobs", "run_chain", "main", "RUNNING_DIR"]
+__all__ = ["NotebookJob", "plan_jobs", "run_chain", "kernel_arguments", "main", "RUNNING_DIR"]
 
 RUNNING_DIR = ".running"
 
@@ -78,6 +78,34 @@ def _cell_of(err: Exception) -> str:
     return f"{where}: {ename}: {evalue}"
 
 
+def kernel_arguments(kernel_name: str) -> list[str]:
+    """Extra command-line arguments for the kernel that executes the notebooks.
+
+    An IPython kernel (ipykernel) logs a warning about its local TCP transport at every start, one per
+    notebook on the chain's console; its log level is raised to ERROR so that only real problems show.
+    Warnings raised by the notebooks' own code are unaffected (they go to the cell outputs). Any other
+    kernel, or a name no kernel spec has, gets no extra arguments.
+
+    Example:
+        >>> kernel_arguments("no-such-kernel")
+        []
+    """
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        argv = KernelSpecManager().get_kernel_spec(kernel_name).argv
+    except NoSuchKernel:
+        return []
+    return ["--IPKernelApp.log_level=ERROR"] if any("ipykernel" in a for a in argv) else []
+
+
+def _notebook_kernel(path: Path) -> str:
+    """The kernel name a notebook's metadata asks for (papermill's choice when none is given)."""
+    import nbformat
+
+    return nbformat.read(path, as_version=4).metadata.get("kernelspec", {}).get("name", "python3")
+
+
 def run_chain(profile: str = "demo", data_dir: str | None = None, kernel: str | None = None,
               root: Path | None = None, only: list[str] | None = None, start: str | None = None,
               executor: str = "local") -> int:
@@ -109,9 +137,10 @@ def run_chain(profile: str = "demo", data_dir: str | None = None, kernel: str | 
         t0 = time.perf_counter()
         print(f"[{i}/{len(jobs)}] {job.label} ...", flush=True)
         try:
+            name = kernel or _notebook_kernel(job.source)
             pm.execute_notebook(str(job.source), str(job.running), parameters=job.parameters,
-                                kernel_name=kernel, cwd=str(job.source.parent), progress_bar=False,
-                                log_output=True, stdout_file=None)
+                                kernel_name=name, cwd=str(job.source.parent), progress_bar=False,
+                                log_output=True, stdout_file=None, extra_arguments=kernel_arguments(name))
         except Exception as e:  # noqa: BLE001 - papermill raises its own and kernel errors
             if job.running.is_file():  # papermill wrote the copy with the error before raising
                 os.replace(job.running, job.output)

@@ -336,6 +336,32 @@ def test_notebook_chain_with_slurm_gets_the_data_first_and_says_why_the_grid_can
     assert "the notebooks after it were not run" in err
 
 
+def test_notebook_chain_console_carries_no_kernel_transport_warning_but_keeps_notebook_warnings(
+        isolated_root, capfd):
+    """Every ipykernel start logs "Kernel is running over TCP without encryption" to the chain's console: once per
+    notebook, 15 times in the demo chain. The chain raises the kernel's log level; a warning raised by a notebook's
+    own code still reaches its executed copy."""
+    import nbformat
+
+    from conftest import ensure_kernel
+    from metanet_utils import pipeline
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": ensure_kernel(), "display_name": "MetaNet kit", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell('profile = "smoke"\ndata_dir = ""', metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("import warnings\nwarnings.warn('from the notebook')\nprint(profile)")]
+    (isolated_root / "notebooks").mkdir()
+    nbformat.write(nb, isolated_root / "notebooks" / "01_hello.ipynb")
+    assert pipeline.run_chain("smoke", None, root=isolated_root) == 0
+    console = capfd.readouterr()
+    assert "without encryption" not in console.out + console.err
+    assert "01_hello.ipynb done in" in console.out
+    done = nbformat.read(isolated_root / "outputs" / "notebooks" / "01_hello.ipynb", as_version=4)
+    streams = "".join(o.get("text", "") for o in done.cells[-1].outputs)
+    assert "UserWarning: from the notebook" in streams and "smoke" in streams
+    assert pipeline.kernel_arguments(ensure_kernel()) == ["--IPKernelApp.log_level=ERROR"]
+
+
 def test_train_without_pretrained_weights_says_how_to_get_them_in_one_line(isolated_root, real_data_dir, capsys):
     """An offline machine with an empty weights folder: exit 2 and one ``error:`` line naming the file
     it looked for and the fetch command, no traceback and no record."""
