@@ -953,34 +953,25 @@ def metadata_gain_bars(gain: pd.DataFrame, *, backbone: str = "", save: str | No
 # ----------------------------------------------------------------------------- Tables 3 and 4
 
 
-def _meta_key(v: Any) -> str:
-    """``age+sex+localization``-style key of a run's metadata fields (``none`` without any)."""
-    parts = [p for p in v.replace(",", "+").split("+")] if isinstance(v, str) else \
-        list(v) if isinstance(v, (list, tuple)) else []
-    return "+".join(f for f in META_FIELDS if f in set(parts)) or "none"
-
-
 def _fold_values(table3: pd.DataFrame, records: pd.DataFrame | None, meta_layers: int) -> list[pd.Series] | None:
-    """Per row of Table 3, its runs' MCR (%) by fold, taken from ``records``; None unless the records give
-    exactly the runs the table averaged (same folds, same means)."""
-    if records is None or not len(records) or not len(table3) or \
-            not {"backbone", "fusion", "fold", "mcr"} <= set(records.columns):
+    """Per row of Table 3, its runs' MCR (%) by fold, selected from ``records`` as the table selects them
+    (:func:`~metanet_utils.tables.build_table3`); None unless they are exactly the runs the table averaged
+    (same folds, same means)."""
+    from .tables import _prepare, _select
+
+    if records is None or not len(records) or not len(table3) or "mcr" not in records.columns:
         return None
-    rec = records[records["backbone"].astype(str) == str(table3["backbone"].iloc[0])]
-    keys = rec["meta_features"].map(_meta_key) if "meta_features" in rec else pd.Series("none", index=rec.index)
-    depth = pd.to_numeric(rec["meta_layers"], errors="coerce") if "meta_layers" in rec else \
-        pd.Series(float(meta_layers), index=rec.index)
+    df = _prepare(records)
+    backbone = str(table3["backbone"].iloc[0])
     out = []
     for _, row in table3.iterrows():
-        sel = rec[rec["fusion"] == "none"] if row["fusion"] == "none" else \
-            rec[(rec["fusion"] == row["fusion"]) & (keys == row["meta_features"]) & (depth == meta_layers)]
+        try:
+            sel = _select(df, backbone, row["fusion"], row["meta_features"], meta_layers)
+        except ValueError:  # runs of several settings in one cell: not what the table averaged
+            return None
+        v = (100 * pd.to_numeric(sel["mcr"], errors="coerce")).set_axis(sel["fold"].astype(int)).dropna()
         folds = {int(f) for f in str(row.get("folds", "")).split(",") if f.strip().lstrip("-").isdigit()}
-        sel = sel[sel["fold"].astype(int).isin(folds)]
-        by_fold = (100 * pd.to_numeric(sel["mcr"], errors="coerce")).groupby(sel["fold"].astype(int).to_numpy())
-        if len(sel) and (by_fold.nunique() > 1).any():
-            return None  # two different runs of one fold: not the table's selection
-        v = by_fold.first().dropna()
-        if len(v) != int(row["n"]) or (len(v) and abs(v.mean() - float(row["ours_mean"])) > 1e-6):
+        if set(v.index) != folds or (len(v) and abs(v.mean() - float(row["ours_mean"])) > 1e-6):
             return None
         out.append(v)
     return out
