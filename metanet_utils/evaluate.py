@@ -33,6 +33,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .config import EXECUTION_ONLY
 from .constants import CLASS_CODES, DX_CODES, META_FIELDS
 
 __all__ = [
@@ -504,15 +505,18 @@ _OUTCOME_COLUMNS = frozenset({
 
 def setting_columns(records_df: pd.DataFrame) -> list[str]:
     """The columns of a records frame that describe a setting: all but the run's own
-    (``run_id``, ``fold``, ``path``), its outcomes (MCR, recall, timings) and derived flags.
+    (``run_id``, ``fold``, ``path``), its outcomes (MCR, recall, timings), derived flags and the
+    execution-only settings (:data:`~metanet_utils.config.EXECUTION_ONLY`: CUDA graphs, checkpoint
+    interval), which are not part of ``run_id`` either: the folds of one grid may differ in them.
 
     Runs that agree on these columns differ only in the fold and may be averaged.
 
     Example:
-        >>> setting_columns(pd.DataFrame(columns=["run_id", "backbone", "fold", "mcr", "epochs"]))
+        >>> setting_columns(pd.DataFrame(columns=["run_id", "backbone", "fold", "mcr", "epochs", "cuda_graphs"]))
         ['backbone', 'epochs']
     """
-    return [c for c in records_df.columns if c not in _RUN_ONLY and c not in _OUTCOME_COLUMNS]
+    return [c for c in records_df.columns
+            if c not in _RUN_ONLY and c not in _OUTCOME_COLUMNS and c not in EXECUTION_ONLY]
 
 
 def aggregate(

@@ -193,6 +193,21 @@ def test_table2_counts_this_runs_validation_images_of_each_class(grid):
     assert not set(ev.SUPPORT_COLUMNS) & set(ev.setting_columns(records))  # outcomes, not settings
 
 
+def test_folds_that_differ_only_in_execution_settings_form_one_cell(grid):
+    """``cuda_graphs`` and ``checkpoint_interval_s`` are not part of ``run_id`` (a finished run is reused after
+    they change), so a grid whose folds ran with different values is still one cell of five folds: not an
+    error in the tables, not more groups in ``aggregate``."""
+    records, _ = grid
+    cell = (records["backbone"] == "senet154") & (records["fusion"] == "metanet")
+    mixed = records.assign(cuda_graphs=np.where(records["fold"] % 2 == 0, "auto", "off"),
+                           checkpoint_interval_s=np.where(records["fold"] < 2, 600.0, 60.0))
+    np.testing.assert_allclose(tb.build_table1(mixed)["ours_mean"], tb.build_table1(records)["ours_mean"],
+                               equal_nan=True)
+    groups, same = ev.aggregate(mixed[cell]), ev.aggregate(records[cell])  # Table 1's cell and the ablations
+    assert len(groups) == len(same) > 1 and groups["n"].tolist() == same["n"].tolist() and groups["n"].sum() == cell.sum()
+    assert {"cuda_graphs", "checkpoint_interval_s"}.isdisjoint(ev.setting_columns(mixed))
+
+
 def test_table2_other_backbone_is_labelled(grid):
     records, exp = grid
     t = tb.build_table2(records, "resnet10t")
