@@ -476,7 +476,7 @@ def deviations(profile: Any, dataset: Any = None, only: bool = False, *, records
         (" (no lesion in two folds)" if prof.split_scheme == "lesion" else ", stratified by class"),
         prof.split_scheme != "image",
         "image level stratified by class is the kit's default (as the authors' 2022 code); image-level folds "
-        "let 38-40 % of validation images have a same-lesion image in training")
+        f"let {_image_split_leak(prof, dataset)} of the validation images have a same-lesion image in training")
     add("epochs", 250, prof.epochs, prof.epochs != 250)
     unreached = [m for m in prof.milestones if m >= prof.epochs]
     add("lr schedule", "lr / 10 at epochs 50, 120, 200", f"lr x {prof.lr_gamma:g} at epochs "
@@ -494,6 +494,14 @@ def deviations(profile: Any, dataset: Any = None, only: bool = False, *, records
         "same (statistics of the data used)", False)
     add("MetaNet gate", "2 fully connected layers (ReLU, sigmoid)", f"{prof.meta_layers} fully connected layer(s)",
         prof.meta_layers != 2)
+    add("classifier head", "not stated (the last convolutional feature maps are weighted)",
+        "global average pooling + one linear layer; AlexNet's fc6-fc8 and VGG19's fc6-fc7 are not used", False,
+        "the paper is silent; its gate needs convolutional feature maps, which AlexNet's and VGG's fully "
+        "connected layers are not")
+    add("augmentation", "random crop, horizontal and vertical flips, brightness / contrast / saturation, "
+        "rotation 'within certain ranges'", "random crop, both flips, brightness / contrast / saturation "
+        "x (1 ± 0.2), rotation ± 30°; each backbone's ImageNet mean / std", False,
+        "the paper gives no ranges; these are the kit's (augment.BatchAugment defaults)")
     add("fusions", "none, concat, metanet", ", ".join(prof.fusions),
         set(prof.fusions) != {"none", "concat", "metanet"})
     add("ablations", "Table 3 (metadata subsets), Table 4 (1-4 layers)",
@@ -516,6 +524,22 @@ def deviations(profile: Any, dataset: Any = None, only: bool = False, *, records
         "exact two-sided Wilcoxon with 5 folds cannot go below 0.0625")
     out = pd.DataFrame(rows, columns=["setting", "paper", "this run", "deviates", "note"])
     return out[out["deviates"]].reset_index(drop=True) if only else out
+
+
+def _image_split_leak(prof: Any, dataset: Any) -> str:
+    """Share of validation images with a same-lesion image in training under image-level folds: measured
+    on ``dataset`` (range over the folds), or the full HAM10000's figure without a data set."""
+    full = "37-40 % (full HAM10000, seed 0)"
+    if dataset is None or "lesion_id" not in getattr(dataset, "df", pd.DataFrame()).columns:
+        return full
+    from .splits import lesion_leak
+
+    try:  # the folds file the image-split runs use (made and saved once)
+        share = lesion_leak(dataset.df, dataset.folds(prof.n_folds, "image", prof.split_seed))["share"]
+    except Exception:  # noqa: BLE001 - informative only: a data set too small to split
+        return full
+    lo, hi = 100 * share.drop("overall").min(), 100 * share.drop("overall").max()
+    return f"{lo:.0f}-{hi:.0f} % (this data set)" if round(lo) != round(hi) else f"{lo:.0f} % (this data set)"
 
 
 _NOT_RECORDED = "precision not recorded"

@@ -212,6 +212,25 @@ def test_deviations_of_smoke_and_of_the_paper_profile(isolated_root):
     assert "SYNTHETIC" in syn.set_index("setting").loc["data", "this run"]
 
 
+def test_deviations_state_the_head_the_augmentation_and_the_measured_lesion_leak(isolated_root, real_data_dir):
+    """The choices the paper leaves open are rows (not deviations), and the split's note gives the share of
+    validation images with a same-lesion image in training as measured on the data set, counted here again."""
+    from metanet_utils.dataset import open_dataset
+
+    ds = open_dataset(real_data_dir)
+    dev = report.deviations("paper", ds).set_index("setting")
+    assert not dev.loc[["classifier head", "augmentation"], "deviates"].any()
+    assert "global average pooling + one linear layer" in dev.loc["classifier head", "this run"]
+    assert "rotation ± 30°" in dev.loc["augmentation", "this run"]
+    folds = ds.folds(5, "image", 0)
+    shares = []
+    for f in range(5):
+        train_lesions = set(ds.df["lesion_id"][folds != f])
+        shares.append(100 * ds.df["lesion_id"][folds == f].isin(train_lesions).mean())
+    assert f"let {min(shares):.0f}-{max(shares):.0f} % (this data set)" in dev.loc["split", "note"]
+    assert "(full HAM10000, seed 0)" in report.deviations("paper").set_index("setting").loc["split", "note"]
+
+
 def test_deviations_precision_and_device_from_the_run_records(isolated_root):
     prof, ds = load_profile("smoke"), _dataset()
     runs = isolated_root / "results" / "runs"
