@@ -277,9 +277,13 @@ def train_one_epoch(model: nn.Module, data: DeviceData, augment: BatchAugment, c
 def evaluate_model(model: nn.Module, data: DeviceData, augment: BatchAugment, device: torch.device,
                    amp_dtype: torch.dtype | None, channels_last: bool, batch_size: int = 128,
                    criterion: nn.Module | None = None) -> tuple[np.ndarray, float]:
-    """Softmax probabilities of the validation fold (centre crop) and the mean loss."""
+    """Softmax probabilities of the validation fold (centre crop) and its loss: for a class-weighted
+    cross-entropy the weighted mean over the whole fold (``sum w_y l / sum w_y``, what the criterion gives
+    on the fold in one batch), whatever ``batch_size``."""
     model.eval()
     probs, loss_sum = [], torch.zeros((), dtype=torch.float64, device=device)
+    weight_sum = torch.zeros((), dtype=torch.float64, device=device)
+    class_w = criterion.weight if isinstance(criterion, nn.CrossEntropyLoss) else None
     for s in range(0, len(data.val_idx), batch_size):
         idx = data.val_idx[s:s + batch_size]
         x = augment(data.images[idx.cpu() if data.images.device.type == "cpu" else idx].to(device), train=False)
@@ -287,11 +291,14 @@ def evaluate_model(model: nn.Module, data: DeviceData, augment: BatchAugment, de
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             logits = model(x, data.meta[idx]).float()
-        if criterion is not None:
-            loss_sum += criterion(logits, data.labels[idx]).double() * len(idx)
+        if criterion is not None:  # the criterion's batch mean, weighted back to a sum
+            y = data.labels[idx]
+            n = class_w[y].double().sum() if class_w is not None else torch.tensor(float(len(idx)), device=device)
+            loss_sum += criterion(logits, y).double() * n
+            weight_sum += n
         probs.append(torch.softmax(logits, dim=1))  # stays on the device: one copy to the host at the end
     p = torch.cat(probs).cpu().numpy().astype(np.float64) if probs else np.zeros((0, len(CLASS_CODES)))
-    return p, float(loss_sum) / max(len(data.val_idx), 1)
+    return p, float(loss_sum / weight_sum) if float(weight_sum) > 0 else 0.0
 
 
 # --------------------------------------------------------------------------- one run

@@ -76,6 +76,40 @@ def smoke_grid(real_data_dir, tmp_path_factory):
     return root, out
 
 
+def test_validation_loss_is_the_class_weighted_mean_over_the_whole_fold_whatever_the_batch():
+    """With class weights w, the fold's loss is sum(w_y * -log p_y) / sum(w_y) over all its images: counted here
+    from the returned probabilities, for evaluation batches that split the classes unevenly."""
+    from torch import nn
+
+    from metanet_utils.augment import BatchAugment
+    from metanet_utils.models import build_model
+    from metanet_utils.train import DeviceData, evaluate_model
+
+    rng = np.random.default_rng(0)
+    n = 40
+    labels = np.r_[np.zeros(25, int), rng.integers(1, 7, n - 25)]  # one large class, as NV
+    folds = np.r_[np.zeros(30, int), np.ones(n - 30, int)]
+    images = rng.integers(0, 256, (n, 36, 36, 3), dtype=np.uint8)
+    meta = rng.random((n, 17), dtype=np.float32)
+    dev = torch.device("cpu")
+    data = DeviceData.build(images, meta, labels, folds, 0, [str(i) for i in range(n)], dev)
+    torch.manual_seed(0)
+    model = build_model("test_resnet", "metanet", pretrained=False)
+    aug = BatchAugment(crop=32, mean=(0.5,) * 3, std=(0.25,) * 3)
+    w = torch.tensor([0.2, 1.0, 3.0, 0.5, 2.0, 1.5, 4.0])
+    crit = nn.CrossEntropyLoss(weight=w)
+    y = labels[folds == 0]
+    expected = None
+    for bs in (30, 7, 4):
+        probs, loss = evaluate_model(model, data, aug, dev, None, False, batch_size=bs, criterion=crit)
+        if expected is None:
+            wy = w.numpy()[y].astype(np.float64)
+            expected = float((wy * -np.log(probs[np.arange(len(y)), y])).sum() / wy.sum())
+        assert loss == pytest.approx(expected, rel=1e-5), bs
+    assert evaluate_model(model, data, aug, dev, None, False, batch_size=7, criterion=nn.CrossEntropyLoss())[1] == \
+        pytest.approx(float(-np.log(probs[np.arange(len(y)), y]).mean()), rel=1e-5)
+
+
 def test_smoke_grid_writes_complete_records(smoke_grid):
     root, out = smoke_grid
     runs = sorted(p for p in (root / "results" / "runs").iterdir() if not p.name.startswith("."))
