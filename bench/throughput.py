@@ -1045,7 +1045,7 @@ def main(argv: list[str] | None = None) -> int:
     def kit_cfg(bb: str, b: int) -> RunConfig:
         resize, crop, _, _ = spec_of(bb)
         return RunConfig(backbone=bb, fusion=args.fusion, batch_size=b, image_size=resize, crop_size=crop,
-                         pretrained=False, seed=args.seed, meta_layers=2 if args.fusion == "metanet" else 0,
+                         pretrained=False, seed=args.seed,  # meta_layers: the variant's default (2 / 0)
                          meta_features=("age", "sex", "localization") if args.fusion != "none" else ())
 
     def new_row(bb: str, b: int) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from .constants import META_FIELDS
 __all__ = [
     "ConfigError",
     "FUSIONS",
+    "DEFAULT_META_LAYERS",
     "SPLIT_SCHEMES",
     "PRECISIONS",
     "CUDA_GRAPHS",
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 FUSIONS: tuple[str, ...] = ("none", "concat", "metanet", "metablock")
+#: Number of metadata layers when a run does not say (``meta_layers=None``): the paper's setting of each variant
+#: (MetaNet: two layers, Sec. 2; concatenation in Table 1: none, the raw metadata, Sec. 3.5; Meta-Block: one).
+DEFAULT_META_LAYERS: dict[str, int] = {"none": 0, "concat": 0, "metanet": 2, "metablock": 1}
 SPLIT_SCHEMES: tuple[str, ...] = ("image", "lesion")
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
 DATA_SOURCES: tuple[str, ...] = ("auto", "real", "synthetic")
@@ -116,7 +120,7 @@ class RunConfig:
     backbone: str
     fusion: str = "metanet"
     meta_features: tuple[str, ...] = META_FIELDS
-    meta_layers: int = 2
+    meta_layers: int | None = None  # None: the variant's paper setting (DEFAULT_META_LAYERS)
     fold: int = 0
     n_folds: int = 5
     split_scheme: str = "image"
@@ -147,6 +151,8 @@ class RunConfig:
         object.__setattr__(self, "meta_features", tuple(self.meta_features))
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
         _check_choice("fusion", self.fusion, FUSIONS)
+        if self.meta_layers is None:
+            object.__setattr__(self, "meta_layers", DEFAULT_META_LAYERS[self.fusion])
         _check_choice("split_scheme", self.split_scheme, SPLIT_SCHEMES)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("channels_last", self.channels_last, ("auto", "on", "off"))

@@ -52,6 +52,8 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import torch
 from torch import nn
 
+from .config import DEFAULT_META_LAYERS, FUSIONS  # the fusion variants of build_model and their layers
+
 __all__ = [
     "PAPER_BACKBONES",
     "ALL_SIX",
@@ -113,13 +115,8 @@ DISPLAY_NAMES: dict[str, str] = {
     "pnasnet5large": "PNASNet-5",
 }
 
-#: Fusion variants understood by :func:`build_model`.
-FUSIONS: tuple[str, ...] = ("none", "concat", "metanet", "metablock")
 #: The three variants of the paper's Table 1 (no metadata / concatenation / multiplication).
 PAPER_FUSIONS: tuple[str, ...] = ("none", "concat", "metanet")
-#: Number of metadata layers used when ``meta_layers=None``: the paper's setting of each variant
-#: (MetaNet: two layers, Sec. 2; concatenation in Table 1: none, Sec. 3.5; Meta-Block: f_b/g_b only).
-DEFAULT_META_LAYERS: dict[str, int] = {"none": 0, "concat": 0, "metanet": 2, "metablock": 1}
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)

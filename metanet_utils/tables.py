@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_write_text
+from .config import DEFAULT_META_LAYERS as _VARIANT_META_LAYERS
 from .constants import META_FIELDS
 from .evaluate import load_records, setting_columns
 
@@ -267,8 +268,8 @@ def _with_paper(row: dict[str, Any], mean: float, std: float) -> dict[str, Any]:
 
 
 #: Tables 1 and 2 compare the paper's variants: concat on the raw metadata (no layer, as the
-#: paper's Sec. 3.5 says), metanet with two layers.
-TABLE1_META_LAYERS: dict[str, int] = {"none": 0, "concat": 0, "metanet": 2, "metablock": 1}
+#: paper's Sec. 3.5 says), metanet with two layers: each variant's default depth.
+TABLE1_META_LAYERS: dict[str, int] = dict(_VARIANT_META_LAYERS)
 
 
 def _layers_for(meta_layers: int | Mapping[str, int] | None, fusion: str) -> int:

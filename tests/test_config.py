@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from metanet_utils.config import ConfigError, Profile, RunConfig, list_profiles, load_profile
+from metanet_utils.constants import META_FIELDS
 
 
 def test_the_four_profiles_load_and_follow_the_design():
@@ -51,6 +52,20 @@ def test_run_id_is_a_function_of_every_setting():
     assert a.run_id != a.replace(lr=0.01).run_id
     assert a.run_id != a.replace(fold=3).run_id
     assert a.run_id.startswith("resnet50-metanet-age+sex+loc-k2-f2-")
+
+
+def test_meta_layers_left_out_is_the_variants_paper_setting_as_in_build_model():
+    """``RunConfig(fusion="concat")`` is Table 1's concatenation of the raw metadata (k = 0), the same depth
+    ``build_model`` gives without ``meta_layers``, and the same run as the grid's; MetaNet keeps two layers."""
+    from metanet_utils.models import build_model
+
+    depth = {f: RunConfig(backbone="test_resnet", fusion=f, meta_features=() if f == "none" else META_FIELDS)
+             .meta_layers for f in ("none", "concat", "metanet", "metablock")}
+    assert depth == {"none": 0, "concat": 0, "metanet": 2, "metablock": 1}
+    concat = RunConfig(backbone="test_resnet", fusion="concat")
+    assert concat.run_id == concat.replace(meta_layers=0).run_id and "-k0-" in concat.run_id
+    assert build_model("test_resnet", "concat", pretrained=False).meta_layers == depth["concat"]
+    assert RunConfig.from_dict(concat.to_dict()) == concat
 
 
 def test_profile_yaml_keys_are_exactly_the_dataclass_fields():
