@@ -222,8 +222,11 @@ def _data(args: argparse.Namespace) -> int:
         print(f"data in {dest}; check it with: python -m metanet_utils data verify --data-dir {dest}")
         return 0
     if args.data_command == "synth":
-        from .synthetic import make_synthetic
+        from .synthetic import MIN_IMAGES, MIN_PER_CLASS, make_synthetic
 
+        if args.n < MIN_IMAGES:
+            return _fail(f"--n {args.n} is too small: the synthetic data set has at least {MIN_PER_CLASS} images "
+                         f"of each of the 7 classes; use --n {MIN_IMAGES} or more")
         dest = args.dest or data_dir() / f"synthetic-{args.n}-s{args.seed}"
         path = make_synthetic(dest, n_images=args.n, seed=args.seed)
         print(f"synthetic dataset ({args.n} images, seed {args.seed}) in {path}")
@@ -296,7 +299,7 @@ def _grid(args: argparse.Namespace, profile, argv: list[str] | None) -> int:
 def _tables(args: argparse.Namespace, profile) -> int:
     from .report import write_profile_tables
 
-    out = write_profile_tables(profile, args.data_dir)
+    out = write_profile_tables(profile, args.data_dir, require_runs=True)
     print(f"tables written to {out}")
     return 0
 

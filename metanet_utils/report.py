@@ -351,7 +351,8 @@ def profile_tables(profile: Any, dataset: Any = None, records: pd.DataFrame | No
 
 
 def write_profile_tables(profile: Any, data_dir: Any = None, *, dataset: Any = None,
-                         runs_dir: str | Path | None = None, out_dir: str | Path | None = None) -> Path:
+                         runs_dir: str | Path | None = None, out_dir: str | Path | None = None,
+                         require_runs: bool = False) -> Path:
     """Write ``table{1,2,3,4}.{csv,md}`` of the profile's records and ``provenance.json``; return the folder.
 
     Args:
@@ -359,13 +360,26 @@ def write_profile_tables(profile: Any, data_dir: Any = None, *, dataset: Any = N
         data_dir: where the profile's data is (needed to name its runs: the data fingerprint is part
             of a run's id); ignored when ``dataset`` is given.
         runs_dir: records folder (default ``results/runs``); out_dir: default ``results/tables``.
+        require_runs: raise :class:`~metanet_utils.data.DataError`, writing nothing, when not one run of
+            the profile on this data is complete (``tables`` on the command line: other data than the
+            runs were trained on would otherwise replace the tables with empty ones).
     """
+    from .paths import runs_dir as default_runs_dir
     from .paths import tables_dir
     from .tables import write_tables
 
     prof = load_profile_any(profile)
     ds = _dataset(prof, data_dir, dataset)
     records = profile_records(prof, ds, runs_dir=runs_dir)
+    if require_runs and not records.attrs.get("found"):
+        from .data import DataError
+
+        where = Path(runs_dir or default_runs_dir())
+        others = sum(1 for p in where.glob("*/config.json")) if where.is_dir() else 0
+        raise DataError(
+            f"no complete run of profile {prof.name!r} on this data ({ds.kind}, {len(ds.df)} images, fingerprint "
+            f"{ds.fingerprint}) in {where} ({others} run folder(s) there, of other profiles or other data); the "
+            "data fingerprint is part of a run's id: give the --data-dir the runs were trained on. Tables not written")
     tabs = profile_tables(prof, ds, records)
     out = Path(out_dir or tables_dir())
     write_tables(tabs, out)

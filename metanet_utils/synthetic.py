@@ -51,6 +51,8 @@ from .constants import DATA_CLASS_COUNTS, DX_CODES, SEXES, SITES
 
 __all__ = [
     "MARKER_NAME",
+    "MIN_IMAGES",
+    "MIN_PER_CLASS",
     "METADATA_NAME",
     "STATS_FILE",
     "STATS_FIELDS",
@@ -206,7 +208,12 @@ def write_class_stats(metadata_csv: str | Path, dest: str | Path | None = None) 
 # ----------------------------------------------------------------------------------------------
 # Metadata
 # ----------------------------------------------------------------------------------------------
-def class_counts(n_images: int, min_per_class: int = 8) -> dict[str, int]:
+#: Images per class at least, by default, and so the smallest synthetic data set.
+MIN_PER_CLASS = 8
+MIN_IMAGES = len(DX_CODES) * MIN_PER_CLASS
+
+
+def class_counts(n_images: int, min_per_class: int = MIN_PER_CLASS) -> dict[str, int]:
     """Images per class: proportional to HAM10000's counts, at least ``min_per_class`` each.
 
     Classes whose proportional share falls below the floor get the floor; the rest is shared
@@ -268,7 +275,7 @@ def sample_metadata(
     n_images: int,
     seed: int = 0,
     lesions_per_image_ratio: float = 0.75,
-    min_per_class: int = 8,
+    min_per_class: int = MIN_PER_CLASS,
     stats: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Draw a synthetic ``HAM10000_metadata.csv`` table (no images).

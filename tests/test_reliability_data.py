@@ -247,6 +247,8 @@ def test_bad_configuration_is_one_line_exit_2_before_any_work(real_data_dir, iso
     (["train", "--profile", "smoke", "--backbone", "test_resnet", "--fusion", "metanet", "--data-dir", "/no/such"],
      "--data-dir /no/such does not exist"),
     (["data", "prepare", "--profile", "smoke", "--data-dir", "/no/such"], "--data-dir /no/such does not exist"),
+    (["data", "synth", "--n", "30"], "--n 30 is too small: the synthetic data set has at least 8 images of each "
+     "of the 7 classes; use --n 56 or more"),
 ])
 def test_missing_profile_or_data_folder(isolated_root, capsys, args, expect):
     rc, _, err = run_main(args, capsys)

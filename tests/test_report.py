@@ -168,12 +168,25 @@ def test_tables_without_any_record(isolated_root):
     assert t1.shape[0] == 3 and t1["ours_mean"].isna().all() and (t1["n"] == 0).all()
 
 
-def test_cli_tables_command(isolated_root, real_data_dir, capsys):
+def test_cli_tables_writes_the_runs_tables_and_refuses_other_data_without_touching_them(
+        isolated_root, real_data_dir, capsys):
+    """``tables`` on the data the runs were trained on writes them; on other data (no ``--data-dir``: the
+    synthetic set) it finds none of those runs, says so in one line, exits 2 and leaves the tables as they were."""
     from metanet_utils.cli import main
+    from metanet_utils.grid import profile_dataset
 
+    prof = load_profile("smoke")
+    _fill(isolated_root / "results" / "runs", prof, profile_dataset(prof, str(real_data_dir)))
     assert main(["tables", "--profile", "smoke", "--data-dir", str(real_data_dir)]) == 0
-    assert (isolated_root / "results" / "tables" / "table4.md").is_file()
+    table1 = isolated_root / "results" / "tables" / "table1.csv"
     assert "tables written to" in capsys.readouterr().out
+    before = table1.read_bytes()
+    assert pd.read_csv(table1)["n"].tolist() == [2, 2, 2]
+    assert main(["tables", "--profile", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: no complete run of profile 'smoke' on this data (synthetic")
+    assert "give the --data-dir the runs were trained on" in err
+    assert table1.read_bytes() == before
 
 
 def test_analysis_helpers(smoke):
