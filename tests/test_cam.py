@@ -134,7 +134,7 @@ def test_metanet_cam_equals_gradcam_on_the_gated_maps(inputs):
         assert np.abs(_norm(ours.cams) - theirs).max() < 1e-4
 
 
-def test_metanet_map_differs_from_the_ungated_map(inputs):
+def test_metanet_cam_is_the_gated_map_not_the_ungated_one(inputs):
     x, meta = inputs
     model = _model("metanet")
     gated = cam.cam_maps(model, x, meta)
@@ -144,7 +144,7 @@ def test_metanet_map_differs_from_the_ungated_map(inputs):
 
 
 @pytest.mark.parametrize("fusion", ["none", "metanet"])
-def test_cam_mean_plus_bias_is_the_logit(fusion, inputs):
+def test_cam_spatial_mean_plus_head_bias_is_the_logit(fusion, inputs):
     x, meta = inputs
     model = _model(fusion)
     maps = cam.cam_maps(model, x, meta)
@@ -153,7 +153,7 @@ def test_cam_mean_plus_bias_is_the_logit(fusion, inputs):
     torch.testing.assert_close(maps.mean(dim=(2, 3)) + model.head.bias, logits, rtol=1e-5, atol=1e-5)
 
 
-def test_target_by_code_and_errors(inputs):
+def test_target_by_code_or_index_and_refusals_of_wrong_count_or_missing_metadata(inputs):
     x, meta = inputs
     model = _model("metanet")
     a = cam.class_activation_map(model, x, meta, target="mel")
@@ -167,18 +167,75 @@ def test_target_by_code_and_errors(inputs):
         cam.cam_maps(model, x, None)
 
 
-def test_normalise_upsample_overlay():
+def test_normalise_cam_relu_then_divide_by_the_max_or_min_max():
     c = np.array([[-1.0, 0.0], [1.0, 3.0]])
     n = cam.normalise_cam(c)
     np.testing.assert_allclose(n, [[0, 0], [1 / 3, 1]], atol=1e-7)
     assert cam.normalise_cam(-np.ones((2, 2))).max() == 0  # no positive evidence: all zero, no NaN
-    up = cam.upsample_cam(np.stack([c, c]), 8)
-    assert up.shape == (2, 8, 8)
-    img = np.full((16, 12, 3), 128, np.uint8)
+    # without ReLU, min-max: (c - min) / (max - min), each map of a stack on its own
+    stack = np.stack([c, 2 * c + 1])
+    mm = cam.normalise_cam(stack, relu=False, minmax=True)
+    for k in range(2):
+        np.testing.assert_allclose(mm[k], (stack[k] - stack[k].min()) / (stack[k].max() - stack[k].min()), atol=1e-7)
+    # ReLU then min-max: (relu(c) - 0) / 3
+    np.testing.assert_allclose(cam.normalise_cam(c, minmax=True), np.maximum(c, 0) / 3, atol=1e-7)
+
+
+def _bilinear_half_pixel(a: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Bilinear resampling with pixel centres at i + 0.5 (align_corners=False), from first principles: output
+    pixel i reads source coordinate (i + 0.5) * in / out - 0.5, clamped at the borders; separable."""
+
+    def along(arr, axis, n_out):
+        n_in = arr.shape[axis]
+        src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+        i0 = np.floor(src).astype(int)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        lam = src - i0
+        shape = [1] * arr.ndim
+        shape[axis] = n_out
+        lam = lam.reshape(shape)
+        return np.take(arr, i0, axis=axis) * (1 - lam) + np.take(arr, i1, axis=axis) * lam
+
+    a = np.asarray(a, dtype=np.float64)
+    return along(along(a, -2, out_h), -1, out_w)
+
+
+def test_upsample_cam_is_half_pixel_bilinear_with_clamped_borders():
+    rng = np.random.default_rng(0)
+    maps = rng.normal(size=(2, 3, 3, 4))  # leading axes kept
+    up = cam.upsample_cam(maps, (7, 10))
+    assert up.shape == (2, 3, 7, 10) and up.dtype == np.float32
+    np.testing.assert_allclose(up, _bilinear_half_pixel(maps, 7, 10), atol=1e-5)
+    sq = cam.upsample_cam(maps[0, 0], 8)  # an int size is square
+    np.testing.assert_allclose(sq, _bilinear_half_pixel(maps[0, 0], 8, 8), atol=1e-5)
+    # a constant map stays constant
+    np.testing.assert_allclose(cam.upsample_cam(np.full((2, 2), 0.7), 9), 0.7, atol=1e-6)
+    # a ramp 0, 1, 2, 3 upsampled x2: value at output column j is j / 2 - 1/4, clamped to [0, 3]
+    ramp = np.tile(np.arange(4.0), (3, 1))
+    expected = np.clip(np.arange(8) / 2 - 0.25, 0, 3)
+    np.testing.assert_allclose(cam.upsample_cam(ramp, (6, 8)), np.tile(expected, (6, 1)), atol=1e-6)
+    np.testing.assert_allclose(expected[:3], [0, 0.25, 0.75])
+
+
+def test_overlay_blends_the_jet_colour_of_the_normalised_upsampled_map_over_the_image():
+    """(1 - alpha) * image + alpha * jet(upsampled ReLU / max map), to uint8 with rounding, by hand."""
+    import matplotlib
+
+    c = np.array([[-1.0, 0.0], [1.0, 3.0]])
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (16, 12, 3), dtype=np.uint8)
     ov = cam.overlay(img, c, alpha=0.5)
     assert ov.shape == (16, 12, 3) and ov.dtype == np.uint8
+    norm = np.maximum(c, 0) / 3
+    heat = matplotlib.colormaps["jet"](np.clip(_bilinear_half_pixel(norm, 16, 12), 0, 1))[..., :3]
+    ref = np.floor(np.clip(0.5 * img / 255.0 + 0.5 * heat, 0, 1) * 255 + 0.5)
+    diff = np.abs(ov.astype(int) - ref.astype(int))
+    # float32 map vs float64 here may fall into the neighbouring colormap entry at a few pixels
+    assert diff.max() <= 2 and (diff > 0).mean() < 0.02
     assert not np.array_equal(ov[0, 0], ov[-1, -1])  # cold corner vs hot corner
     assert np.array_equal(cam.overlay(img, c, alpha=0.0), img)
+    hot = cam.overlay(np.zeros_like(img), c, alpha=1.0)  # alpha 1: the colormap alone; the hot corner is jet(1)
+    np.testing.assert_array_equal(hot[-1, -1], np.floor(np.array(matplotlib.colormaps["jet"](1.0)[:3]) * 255 + 0.5))
 
 
 # ----------------------------------------------------------------------------- records, cases, pairs
@@ -222,7 +279,7 @@ def test_load_run_model_rebuilds_the_trained_model(tmp_path, inputs):
         cam.load_run_model(tmp_path / "nothing")
 
 
-def test_pair_cams_on_a_dataset(tmp_path):
+def test_pair_cams_entries_have_feature_size_maps_targets_and_optional_concat(tmp_path):
     ds = _fake_dataset()
     dn, _ = _save_run(tmp_path, "none", ds, seed=1)
     dm, _ = _save_run(tmp_path, "metanet", ds, seed=2)
@@ -244,6 +301,68 @@ def test_pair_cams_on_a_dataset(tmp_path):
     true_maps = cam.pair_cams(dn, dm, ids, ds, target="true")
     assert [o["metanet"]["target"] for o in true_maps] == ["MEL", "NV", "BCC"]
     assert cam.pair_cams(dn, dm, [], ds) == []
+
+
+def test_run_inputs_and_pair_cams_use_each_ids_cached_centre_crop_metadata_row_and_model_output(tmp_path):
+    """For ids out of order: the model's input is the run's cache (image_size, colour constancy) row of the id,
+    centre-cropped and normalised with the backbone's mean/std; the metadata is that row's encoding; the
+    picture is the uint8 crop; and the reported probabilities are softmax(model(x, meta)) of the trained
+    models, recomputed here from the cache array and the metadata frame."""
+    from metanet_utils.metadata import encode
+    from metanet_utils.models import input_spec
+
+    ds = _fake_dataset()
+    rng = np.random.default_rng(9)
+    ds._images[(72, False)] = rng.integers(0, 256, (14, 72, 72, 3), dtype=np.uint8)  # decoys: the wrong cache
+    ds._images[(64, True)] = rng.integers(0, 256, (14, 64, 64, 3), dtype=np.uint8)
+    dn, model_none = _save_run(tmp_path, "none", ds, seed=1)
+    dm, model_meta = _save_run(tmp_path, "metanet", ds, seed=2)
+    ids = [ds.image_ids[9], ds.image_ids[2], ds.image_ids[5]]
+    pos = [9, 2, 5]
+
+    # independent inputs: cache rows, centre 64 of 72 (offset 4), (v / 255 - mean) / std
+    crops = np.asarray(ds._images[(72, True)])[pos][:, 4:68, 4:68]
+    spec = input_spec("test_resnet")
+    mean, std = np.array(spec.mean), np.array(spec.std)
+    x_ref = torch.from_numpy(((crops / 255.0 - mean) / std).transpose(0, 3, 1, 2).astype(np.float32))
+    enc, names = encode(ds.df, features=("age", "sex", "localization"))
+    meta_ref = torch.from_numpy(enc[pos])
+    ages = ds.df["age"].to_numpy()
+    for k, p in enumerate(pos):  # the encoding of the row, by hand: min-max age, one-hot sex and site
+        row = ds.df.iloc[p]
+        vec = np.zeros(len(names), np.float32)
+        vec[0] = (row["age"] - ages.min()) / (ages.max() - ages.min())
+        vec[names.index(f"sex={row['sex']}")] = 1
+        vec[names.index(f"localization={row['localization']}")] = 1
+        np.testing.assert_allclose(meta_ref[k].numpy(), vec, atol=1e-6)
+
+    _, cfg = cam.load_run_model(dm)
+    x, meta, pic = cam.run_inputs(cfg, ds, ids)
+    torch.testing.assert_close(x, x_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(meta, meta_ref, atol=0, rtol=0)
+    np.testing.assert_array_equal(pic, crops)
+    _, cfg_none = cam.load_run_model(dn)
+    assert cam.run_inputs(cfg_none, ds, ids)[1] is None  # image-only: no metadata
+
+    with torch.no_grad():
+        probs = {"none": torch.softmax(model_none(x_ref, None), 1).numpy(),
+                 "metanet": torch.softmax(model_meta(x_ref, meta_ref), 1).numpy()}
+        maps = {"none": cam.cam_maps(model_none, x_ref).numpy(),
+                "metanet": cam.cam_maps(model_meta, x_ref, meta_ref).numpy()}
+    out = cam.pair_cams(dn, dm, ids, ds)
+    assert [o["image"] for o in out] == ids
+    for k, o in enumerate(out):
+        y = pos[k] % 7  # _fake_dataset: dx of row i is DX_CODES[i % 7]
+        assert o["true"] == CLASS_CODES[y] and o["dx"] == DX_CODES[y] == ds.df["dx"].iloc[pos[k]]
+        np.testing.assert_array_equal(o["picture"], crops[k])
+        for f in ("none", "metanet"):
+            pred = int(probs[f][k].argmax())
+            assert o[f]["pred"] == o[f]["target"] == CLASS_CODES[pred]
+            assert o[f]["p_pred"] == pytest.approx(float(probs[f][k, pred]), abs=1e-5)
+            assert o[f]["p_true"] == pytest.approx(float(probs[f][k, y]), abs=1e-5)
+            assert o[f]["correct"] == (pred == y)
+            np.testing.assert_allclose(o[f]["cam"], maps[f][k, pred], atol=1e-5, rtol=1e-5)
+    assert not np.allclose(probs["none"], probs["metanet"])  # two different models were compared
 
 
 def _preds(images, classes, p):
@@ -283,7 +402,7 @@ def test_case_keys_are_stable_and_their_labels_name_the_models():
     assert cam.case_label("something else") == "something else"
 
 
-def test_pick_cases_from_records_and_empty(tmp_path):
+def test_pick_cases_reads_record_folders_and_handles_no_helps_and_no_images(tmp_path):
     from _records import write_fake_run
 
     from metanet_utils.evaluate import load_record
@@ -302,7 +421,7 @@ def test_pick_cases_from_records_and_empty(tmp_path):
     assert empty.empty and empty.attrs["n_images"] == 0
 
 
-def test_paired_runs_selects_table1_metanet(tmp_path):
+def test_paired_runs_pairs_each_fold_with_its_table1_metanet_and_concat_runs(tmp_path):
     from _records import fake_fold_run
 
     from metanet_utils.evaluate import load_records

@@ -58,11 +58,11 @@ def test_feature_names_fixed_order():
      (("age", "sex"), 3), (("age", "localization"), 15), (("sex", "localization"), 16),
      (("age", "sex", "localization"), 17), ((), 0)],
 )
-def test_subset_dims(features, dim):
+def test_meta_dim_of_each_feature_subset(features, dim):
     assert md.meta_dim(features) == dim
 
 
-def test_unknown_feature_raises():
+def test_unknown_feature_name_raises_naming_it():
     with pytest.raises(ValueError, match="bmi"):
         md.feature_names(("age", "bmi"))
 
@@ -70,7 +70,7 @@ def test_unknown_feature_raises():
 # --------------------------------------------------------------------------- the real data
 
 
-def test_full_vector_shape_and_dtype(meta, encoded):
+def test_real_file_encodes_to_10015_by_17_float32_in_the_unit_interval(meta, encoded):
     x, names = encoded
     assert x.shape == (10015, 17)
     assert x.dtype == np.float32
@@ -79,7 +79,7 @@ def test_full_vector_shape_and_dtype(meta, encoded):
     assert x.min() >= 0.0 and x.max() <= 1.0
 
 
-def test_age_rule_by_hand(meta, encoded):
+def test_age_is_mean_filled_then_min_max_scaled_on_real_data(meta, encoded):
     x, _ = encoded
     age = meta["age"].to_numpy(dtype=float)
     known = age[~np.isnan(age)]
@@ -96,7 +96,7 @@ def test_age_rule_by_hand(meta, encoded):
     assert (x[age == 85, 0] == 1).all()
 
 
-def test_one_hot_rows_and_fill(meta, encoded):
+def test_sex_and_site_are_one_hot_with_unknowns_filled_by_the_mode(meta, encoded):
     x, names = encoded
     sex = x[:, 1:3]
     site = x[:, 3:]
@@ -121,7 +121,7 @@ def test_one_hot_rows_and_fill(meta, encoded):
     assert site[:, SITES.index("back")].sum() == 2192 + 234
 
 
-def test_fit_stats_real(meta):
+def test_fit_stats_on_real_data_are_known_age_mean_range_and_modes(meta):
     st = md.fit_stats(meta)
     assert st.age_mean == pytest.approx(51.8638, abs=1e-3)
     assert (st.age_min, st.age_max, st.sex_mode, st.site_mode) == (0.0, 85.0, "male", "back")
@@ -144,7 +144,7 @@ def test_subsets_are_column_selections(meta, encoded, features, dim):
     np.testing.assert_array_equal(x, full[:, cols])
 
 
-def test_empty_features(meta):
+def test_no_features_encode_to_an_n_by_0_float32_matrix(meta):
     x, names = md.encode(meta, ())
     assert x.shape == (10015, 0) and x.dtype == np.float32 and names == []
 
@@ -152,7 +152,7 @@ def test_empty_features(meta):
 # --------------------------------------------------------------------------- rules on toy data
 
 
-def test_normalisation_and_fill_toy():
+def test_toy_values_are_stripped_lowercased_filled_and_scaled():
     x, names = md.encode(_toy())
     # ages 20, (40 = mean), 60, 40 over range 20..60
     np.testing.assert_allclose(x[:, 0], [0.0, 0.5, 1.0, 0.5])
@@ -164,7 +164,7 @@ def test_normalisation_and_fill_toy():
     assert site[2, back] == 1  # NaN -> most frequent (back)
 
 
-def test_stats_fitted_elsewhere_apply():
+def test_stats_fitted_on_one_frame_fill_and_scale_another_without_clipping():
     train = _toy()
     other = pd.DataFrame({"image_id": ["z"], "age": [np.nan], "sex": ["unknown"], "localization": ["unknown"]})
     st = md.fit_stats(train)
@@ -194,7 +194,7 @@ def test_unknown_value_raises_with_context():
         md.encode(df, ("sex",))
 
 
-def test_bad_age_and_missing_column():
+def test_non_numeric_age_and_missing_column_raise_and_subsets_need_only_their_columns():
     df = _toy()
     df["age"] = df["age"].astype(object)
     df.loc[0, "age"] = "old"
@@ -206,7 +206,7 @@ def test_bad_age_and_missing_column():
     assert md.encode(_toy().drop(columns="localization"), ("age", "sex"))[0].shape == (4, 3)
 
 
-def test_all_missing_cannot_fill():
+def test_a_field_with_no_known_value_cannot_be_filled():
     df = pd.DataFrame({"sex": ["unknown", np.nan]})
     with pytest.raises(ValueError, match="no image has a known sex"):
         md.encode(df, ("sex",))
@@ -215,7 +215,7 @@ def test_all_missing_cannot_fill():
 # --------------------------------------------------------------------------- baseline
 
 
-def test_metadata_baseline_real(meta):
+def test_metadata_baseline_on_real_data_equals_sklearn_logistic_regression_fold_2(meta):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score, recall_score
     from threadpoolctl import threadpool_limits
@@ -243,7 +243,7 @@ def test_metadata_baseline_real(meta):
     print(f"\nmetadata-only logistic regression MCR {res['mcr_mean']:.3f} +- {res['mcr_std']:.3f}")
 
 
-def test_metadata_baseline_subset_and_train_stats():
+def test_metadata_baseline_on_age_alone_beats_chance_and_marks_absent_classes_nan():
     rng = np.random.default_rng(0)
     n = 300
     dx = rng.choice(["nv", "mel", "bkl"], n)
@@ -263,6 +263,55 @@ def test_metadata_baseline_subset_and_train_stats():
         md.metadata_baseline(df, folds, features=())
     with pytest.raises(ValueError, match="shape"):
         md.metadata_baseline(df, folds[:-1])
+
+
+def _encode_by_hand(rows: pd.DataFrame, fit: pd.DataFrame) -> np.ndarray:
+    """The paper's 17 columns for ``rows`` with fill and scale values counted on ``fit`` (numpy / pandas only)."""
+    known_age = fit["age"].dropna().to_numpy(dtype=np.float64)
+    mean, lo, hi = known_age.mean(), known_age.min(), known_age.max()
+    age = rows["age"].to_numpy(dtype=np.float64)
+    age = (np.where(np.isnan(age), mean, age) - lo) / (hi - lo)
+    cols = [age.astype(np.float32)[:, None]]
+    for field, vocab in (("sex", SEXES), ("localization", SITES)):
+        known = fit[field][fit[field] != "unknown"]
+        counts = known.value_counts()
+        assert (counts == counts.max()).sum() == 1  # no tie to break
+        v = rows[field].where(rows[field] != "unknown", counts.idxmax()).to_numpy()
+        cols.append(np.stack([(v == s) for s in vocab], axis=1).astype(np.float32))
+    return np.concatenate(cols, axis=1)
+
+
+def test_metadata_baseline_with_train_stats_equals_an_independent_fold_with_training_fill_values(meta):
+    """fit_stats_on="train" on the real file: fold 0's numbers equal a logistic regression on features whose
+    mean age, age range and modal sex / site are counted on fold 0's training rows only and applied to its
+    validation rows (encoded here by hand), and these features are not those of the whole file."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, recall_score
+    from threadpoolctl import threadpool_limits
+
+    sub = meta.sample(4000, random_state=7).reset_index(drop=True)
+    y = sub["dx"].map(DX_TO_INDEX).to_numpy()
+    # fold 0 (validation): every image aged 80 or more plus a quarter of the rest, so the training fold's age
+    # range and mean are not the whole frame's
+    rng = np.random.default_rng(0)
+    folds = np.where((sub["age"] >= 80).to_numpy() | (rng.random(len(sub)) < 0.25), 0, 1)
+    tr, va = folds != 0, folds == 0
+    assert sub.loc[tr, "age"].max() < sub["age"].max()  # the training fold's range differs
+    assert (sub.loc[va, "age"].isna().any() and (sub.loc[va, "sex"] == "unknown").any()
+            and (sub.loc[va, "localization"] == "unknown").any())  # every fill rule is exercised on validation
+    res = md.metadata_baseline(sub, folds, fit_stats_on="train")
+    x_tr, x_va = _encode_by_hand(sub[tr], sub[tr]), _encode_by_hand(sub[va], sub[tr])
+    x_all_va = _encode_by_hand(sub[va], sub)
+    assert not np.allclose(x_va[:, 0], x_all_va[:, 0])  # statistics of the whole frame would be different features
+    with threadpool_limits(limits=1):
+        clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit(x_tr, y[tr])
+    pred = clf.predict(x_va)
+    assert (res["folds"][0], res["n_train"][0], res["n_val"][0]) == (0, int(tr.sum()), int(va.sum()))
+    assert res["mcr"][0] == pytest.approx(balanced_accuracy_score(y[va], pred), abs=1e-12)
+    present = np.unique(y[va])
+    for c, r in zip(present, recall_score(y[va], pred, labels=present, average=None)):
+        assert res["recall"][0][CLASS_CODES[c]] == pytest.approx(r, abs=1e-12)
+    np.testing.assert_array_equal(np.array(res["confusion"][0]), confusion_matrix(y[va], pred, labels=range(7)))
 
 
 # --------------------------------------------------------------------------- mutual information
@@ -285,7 +334,7 @@ def test_mutual_information_against_sklearn(meta):
     print("\nmutual information with dx (bits):", mi.round(4).to_dict())
 
 
-def test_mutual_information_toy():
+def test_mutual_information_is_one_bit_for_a_copy_and_zero_for_a_constant():
     df = pd.DataFrame({"dx": ["nv", "nv", "mel", "mel"], "sex": ["male", "male", "female", "female"],
                        "localization": ["back"] * 4})
     mi = md.mutual_information(df)
@@ -342,7 +391,7 @@ def test_mutual_information_bias_is_what_independent_fields_show():
     assert md.mutual_information_table(df).loc["localization", "mi_corrected_bits"] < 0.02
 
 
-def test_describe_mi_bias(meta):
+def test_describe_mi_bias_prints_each_field_minus_its_bias_and_the_ratios(meta):
     tables = {"whole file": md.mutual_information_table(meta),
               "subsample": md.mutual_information_table(meta.sample(300, random_state=0))}
     text = md.describe_mi_bias(tables)
@@ -371,7 +420,7 @@ def test_example_rows_put_the_missing_values_first(frame):
     assert rows["age"].isna().iloc[0] and rows["sex"].iloc[1] == "unknown" and rows["localization"].iloc[2] == "unknown"
 
 
-def test_metadata_tables(frame):
+def test_notebook_tables_fill_with_the_stats_and_count_one_missing_per_field(frame):
     stats = md.fit_stats(frame)
     rows = md.example_rows(frame)
     steps = md.fill_steps(rows, stats)
@@ -384,3 +433,34 @@ def test_metadata_tables(frame):
     res = md.metadata_baseline(frame, make_folds(frame, 2, "image"))
     s = md.baseline_summary({"all": res})
     assert list(s.columns)[:2] == ["MCR", "NV"] and "±" in s.loc["all", "MCR"]
+
+
+def test_fill_steps_and_missing_table_on_real_data_equal_hand_computations(meta):
+    """On the real file: fill_steps' scaled age is (filled - min) / (max - min) over the known ages, the filled
+    values are the known mean age and the most frequent known sex / site, and missing_table's counts (and
+    percentages) are the NaN ages and 'unknown' sexes and sites counted by hand."""
+    known = meta["age"].dropna().to_numpy(dtype=np.float64)
+    mean, lo, hi = known.mean(), known.min(), known.max()
+    sex_mode = meta["sex"][meta["sex"] != "unknown"].value_counts().idxmax()
+    site_mode = meta["localization"][meta["localization"] != "unknown"].value_counts().idxmax()
+    stats = md.fit_stats(meta)
+    rows = pd.concat([md.example_rows(meta), meta.sample(50, random_state=3)])
+    steps = md.fill_steps(rows, stats)
+    filled = rows["age"].fillna(mean).to_numpy()
+    np.testing.assert_allclose(steps["age filled"].to_numpy(), filled, rtol=1e-12)
+    np.testing.assert_allclose(steps["age scaled"].to_numpy(), (filled - lo) / (hi - lo), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(steps["sex filled"].to_numpy(),
+                                  rows["sex"].where(rows["sex"] != "unknown", sex_mode).to_numpy())
+    np.testing.assert_array_equal(
+        steps["localization filled"].to_numpy(),
+        rows["localization"].where(rows["localization"] != "unknown", site_mode).to_numpy())
+    assert list(steps.index) == rows["image_id"].tolist()
+    t = md.missing_table(meta, stats)
+    hand = {"age": int(meta["age"].isna().sum()), "sex": int((meta["sex"] == "unknown").sum()),
+            "localization": int((meta["localization"] == "unknown").sum())}
+    assert hand == {"age": 57, "sex": 57, "localization": 234}
+    assert t["missing"].to_dict() == hand
+    for f, n in hand.items():
+        assert t.loc[f, "% of images"] == pytest.approx(round(100 * n / len(meta), 2))
+    assert t.loc["age", "filled with"] == f"mean known age {mean:.2f} (scaled {(mean - lo) / (hi - lo):.3f})"
+    assert t.loc["sex", "filled with"].endswith(sex_mode) and t.loc["localization", "filled with"].endswith(site_mode)

@@ -44,7 +44,7 @@ def _linears(seq: nn.Module | None) -> list[nn.Linear]:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_gate_identity():
+def test_metanet_logits_are_the_head_of_pooled_maps_times_the_gate():
     """metanet: logits == head(mean_hw(forward_features * gate)); gating maps == gating the pooled vector."""
     model = build_model(TINY, "metanet", pretrained=False).eval()
     images, meta = _inputs()
@@ -59,7 +59,7 @@ def test_gate_identity():
         torch.testing.assert_close(gated_then_pooled, pooled_then_gated, atol=1e-6, rtol=1e-5)
 
 
-def test_gate_in_open_unit_interval():
+def test_metanet_gate_is_a_sigmoid_in_the_open_unit_interval_per_channel():
     """metanet gates are sigmoid outputs: strictly inside (0, 1), one per channel."""
     model = build_model(TINY, "metanet", pretrained=False).eval()
     with torch.no_grad():
@@ -69,7 +69,7 @@ def test_gate_in_open_unit_interval():
     assert isinstance(model.meta_net[-1], nn.Sigmoid)
 
 
-def test_metadata_effect_by_fusion():
+def test_only_the_none_fusion_ignores_the_metadata():
     """none ignores the metadata (and accepts None); concat, metanet and metablock depend on it."""
     images, meta = _inputs()
     meta2 = torch.rand_like(meta)
@@ -87,7 +87,7 @@ def test_metadata_effect_by_fusion():
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
-def test_meta_layer_widths_metanet_and_concat(k):
+def test_k_meta_layers_double_in_width_up_to_C_then_sigmoid_or_relu(k):
     """k metadata layers: widths C/2^(k-1) .. C (k=2: C/2, C), ReLU between; sigmoid (metanet) / ReLU (concat) last."""
     C = 96
     expected = {1: [C], 2: [C // 2, C], 3: [C // 4, C // 2, C], 4: [C // 8, C // 4, C // 2, C]}[k]
@@ -109,7 +109,7 @@ def test_meta_layer_widths_metanet_and_concat(k):
         assert model.head.in_features == head_in and model.head.out_features == 7
 
 
-def test_concat_k0_uses_raw_metadata():
+def test_concat_with_k0_feeds_the_raw_metadata_to_the_head():
     """concat with meta_layers=0: no metadata layers, head input = C + meta_dim."""
     model = build_model(TINY, "concat", meta_layers=0, pretrained=False).eval()
     assert model.meta_net is None
@@ -129,7 +129,7 @@ def test_default_meta_layers_follow_the_paper():
     assert build_model(TINY, "metablock", pretrained=False).meta_layers == 1
 
 
-def test_bad_arguments():
+def test_unknown_fusion_metanet_without_layers_and_wrong_metadata_raise_clear_errors():
     """Unknown fusion, metanet with k=0 and metadata of the wrong width are clear errors."""
     with pytest.raises(ValueError, match="unknown fusion"):
         build_model(TINY, "gate", pretrained=False)
@@ -145,7 +145,7 @@ def test_bad_arguments():
         build_model(TINY, "concat", pretrained=False).gate(meta)
 
 
-def test_metadata_subset_width_and_dtype():
+def test_one_column_metadata_works_and_float64_metadata_is_cast_to_float32():
     """Table 3 subsets: meta_dim 1 (age only) works; float64 metadata is cast to the model's dtype."""
     model = build_model(TINY, "metanet", meta_dim=1, pretrained=False).eval()
     images, _ = _inputs()
@@ -154,7 +154,7 @@ def test_metadata_subset_width_and_dtype():
     assert out.shape == (3, 7) and out.dtype == torch.float32
 
 
-def test_metablock_structure():
+def test_metablock_output_is_sigmoid_of_tanh_features_times_f_b_plus_g_b():
     """metablock (Pacheco & Krohling 2021): f_b, g_b = Linear(meta_dim, C) + BN; output sigmoid(tanh(T f_b) + g_b)."""
     model = build_model(TINY, "metablock", pretrained=False).eval()
     C = model.num_features
@@ -173,7 +173,7 @@ def test_metablock_structure():
 
 
 @pytest.mark.parametrize("fusion", ["none", "metanet", "concat"])
-def test_cam_helpers_reproduce_logits(fusion):
+def test_cam_maps_and_class_weights_reproduce_the_logits(fusion):
     """CAM: sum_hw(maps * class weights) / HW + bias == logits (none, metanet); concat adds the metadata term."""
     model = build_model(TINY, fusion, pretrained=False).eval()
     images, meta = _inputs(px=96)
@@ -193,16 +193,54 @@ def test_cam_helpers_reproduce_logits(fusion):
             torch.testing.assert_close(maps, raw * model.gate(meta)[:, :, None, None])
 
 
-def test_dropout_only_in_training():
-    """drop_rate adds dropout before the head: active in train mode, identity in eval mode."""
-    model = build_model(TINY, "metanet", drop_rate=0.5, pretrained=False)
-    assert isinstance(model.dropout, nn.Dropout)
+def test_dropout_before_the_head_masks_features_in_train_mode_only():
+    """drop_rate p: in train mode the head sees the gated pooled features with each element either zeroed or
+    scaled by 1 / (1 - p) (a new mask per pass, so two seeds give two outputs); in eval mode the head sees them
+    unchanged and the output does not depend on the seed. drop_rate 0 (the default) adds no dropout at all."""
+    p = 0.5
+    model = build_model(TINY, "metanet", drop_rate=p, pretrained=False)
+    assert isinstance(model.dropout, nn.Dropout) and model.dropout.p == p
+    images, meta = _inputs(batch=8)
+    seen: list[torch.Tensor] = []
+    model.head.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+
+    def run(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return model(images, meta)
+
+    model.train()
+    with torch.no_grad():  # train mode: BatchNorm uses the batch's statistics, the same in every pass
+        x = model.forward_features(images).mean(dim=(2, 3)) * model.gate(meta)
+    a, b, a_again = run(1), run(2), run(1)
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(a, a_again, rtol=0, atol=0)
+    for z in seen:
+        kept = z != 0
+        torch.testing.assert_close(z[kept], x[kept] / (1 - p), rtol=1e-5, atol=1e-6)
+        assert 0.35 < 1 - kept.float().mean().item() < 0.65  # 768 draws at p = 0.5
+    assert not torch.equal(seen[0] != 0, seen[1] != 0)
+    torch.testing.assert_close(a, seen[0] @ model.head.weight.T + model.head.bias, rtol=1e-5, atol=1e-5)
+
     model.eval()
-    images, meta = _inputs()
+    seen.clear()
+    e1, e2 = run(1), run(2)
+    torch.testing.assert_close(e1, e2, rtol=0, atol=0)
+    assert not torch.allclose(e1, a)
     with torch.no_grad():
-        maps = model.forward_features(images)
-        torch.testing.assert_close(model(images, meta),
-                                   model.head(maps.mean(dim=(2, 3)) * model.gate(meta)), atol=1e-5, rtol=0)
+        x_eval = model.forward_features(images).mean(dim=(2, 3)) * model.gate(meta)
+    torch.testing.assert_close(seen[0], x_eval, rtol=0, atol=0)
+    torch.testing.assert_close(e1, model.head(x_eval), atol=1e-5, rtol=0)
+
+    plain = build_model(TINY, "metanet", pretrained=False).train()
+    assert isinstance(plain.dropout, nn.Identity)
+    assert not any(isinstance(m, nn.Dropout) and m.p > 0 for m in plain.modules())
+    torch.manual_seed(1)
+    with torch.no_grad():
+        c = plain(images, meta)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(images, meta), c, rtol=0, atol=0)
 
 
 def test_parameter_groups_cover_every_parameter_once():
@@ -215,7 +253,7 @@ def test_parameter_groups_cover_every_parameter_once():
     torch.optim.SGD(groups, lr=1e-3, momentum=0.9, weight_decay=1e-4)
 
 
-def test_training_step_and_channels_last():
+def test_one_sgd_step_updates_backbone_gate_and_head_and_channels_last_keeps_logits():
     """One SGD step updates backbone, gate and head; channels_last gives the same logits."""
     model = build_model(TINY, "metanet", pretrained=False)
     images, meta = _inputs(batch=4)
@@ -234,7 +272,7 @@ def test_training_step_and_channels_last():
     torch.testing.assert_close(cl, ref, atol=1e-4, rtol=1e-4)
 
 
-def test_describe_and_attributes():
+def test_describe_is_one_line_naming_metadata_widths_and_C():
     """Every model exposes fusion, backbone_name, num_features and a one-line description."""
     model = build_model("Resnet10T".lower(), "metanet", pretrained=False)
     assert (model.fusion, model.backbone_name, model.num_features) == ("metanet", "resnet10t", 512)
@@ -251,7 +289,7 @@ PAPER_C = {"alexnet": 256, "vgg19": 512, "resnet50": 2048, "densenet161": 2208, 
 SLOW = {"senet154", "pnasnet5large"}  # 90-115 M parameters, seconds per forward on 2 busy cores
 
 
-def test_paper_backbones_channels_without_allocating():
+def test_paper_backbones_report_the_papers_C_on_the_meta_device():
     """All six report the paper's C (built on the meta device: no memory, no init time)."""
     for alias, C in PAPER_C.items():
         with torch.device("meta"):
@@ -282,7 +320,7 @@ def test_paper_backbone_builds_and_reports_channels(alias):
 
 @pytest.mark.parametrize("name,C", [("test_efficientnet", None), ("resnet10t", 512),
                                     ("mobilenetv3_small_100", 576)])
-def test_any_timm_model_by_name(name, C):
+def test_any_timm_model_by_name_reports_the_channels_of_its_maps(name, C):
     """Any timm CNN by name: num_features equals the channels of forward_features."""
     model = build_model(name, "concat", meta_layers=1, pretrained=False).eval()
     with torch.no_grad():
@@ -293,7 +331,7 @@ def test_any_timm_model_by_name(name, C):
         assert model.num_features == C
 
 
-def test_unknown_backbone_message():
+def test_unknown_backbone_raises_one_line_listing_the_aliases_and_timm():
     """Unknown names: one-line ValueError listing the six aliases and saying any timm model works."""
     for bad in ("resnet5O", "resnet50.bogus_tag", ""):
         with pytest.raises(ValueError) as info:
@@ -307,7 +345,7 @@ def test_unknown_backbone_message():
         build_model("no_such_net", pretrained=False)
 
 
-def test_aliases_and_display_names():
+def test_aliases_map_to_pinned_timm_names_and_paper_spellings_round_trip():
     """Aliases map to the pinned timm names; the paper's spellings are accepted and reported."""
     assert M.BACKBONE_ALIASES == {
         "alexnet": "alexnet", "vgg19": "vgg19.tv_in1k", "resnet50": "resnet50.tv_in1k",
@@ -323,7 +361,7 @@ def test_aliases_and_display_names():
     assert M.display_name("mobilenetv3_small_100") == "mobilenetv3_small_100"
 
 
-def test_input_spec_values():
+def test_input_spec_is_300_to_224_imagenet_except_pnasnet_441_to_331_at_half():
     """300 -> 224 with ImageNet mean/std, except PNASNet 441 -> 331 with mean = std = 0.5."""
     imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     for alias in ("alexnet", "vgg19", "resnet50", "densenet161", "senet154"):
@@ -337,7 +375,7 @@ def test_input_spec_values():
     assert M.input_spec("resnet10t").mean == imagenet[0]
 
 
-def test_channels_last_preferred():
+def test_channels_last_is_preferred_except_for_senet154():
     """channels_last for plain convnets; NCHW for legacy_senet154 (timm's published numbers)."""
     for alias in ("alexnet", "vgg19", "resnet50", "densenet161", "pnasnet5large", TINY):
         assert M.channels_last_preferred(alias) is True
@@ -345,7 +383,7 @@ def test_channels_last_preferred():
     assert M.channels_last_preferred("legacy_senet154") is False
 
 
-def test_import_has_no_side_effects():
+def test_importing_models_imports_neither_timm_nor_torchvision():
     """Importing the module neither imports timm nor touches the network or the weights folder."""
     code = "import sys, metanet_utils.models as m; print('timm' in sys.modules, 'torchvision' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
@@ -391,7 +429,7 @@ def test_weights_dir_missing_file_lists_expected_path(tmp_path):
         assert "METANET_WEIGHTS_DIR" in msg and "pretrained=False" in msg
 
 
-def test_weights_dir_from_env(tmp_path, monkeypatch):
+def test_weights_dir_env_var_acts_as_weights_dir_and_random_init_never_looks(tmp_path, monkeypatch):
     """$METANET_WEIGHTS_DIR acts as weights_dir; pretrained=False never looks for weights."""
     monkeypatch.setenv("METANET_WEIGHTS_DIR", str(tmp_path))
     with pytest.raises(WeightsUnavailable, match="METANET_WEIGHTS_DIR"):
@@ -502,7 +540,7 @@ def test_fetch_weights_with_simulated_downloads(tmp_path, monkeypatch):
     assert build_model(TINY, "none", pretrained=True, weights_dir=wd).num_features == 96
 
 
-def test_weights_filenames():
+def test_weights_filenames_are_the_timm_name_with_tag_or_torchvision_file():
     """Expected names in a weights folder: <timm name with tag>.safetensors|.pth; torchvision's AlexNet file."""
     assert M.weights_filenames("senet154") == ["legacy_senet154.in1k.pth", "legacy_senet154.in1k.safetensors"]
     assert M.weights_filenames("resnet10t")[0] == "resnet10t.c3_in1k.safetensors"

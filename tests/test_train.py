@@ -56,13 +56,88 @@ def test_lr_is_divided_by_ten_at_the_paper_milestones():
     assert np.allclose(lrs[120:200], 1e-5) and np.allclose(lrs[200:250], 1e-6)
 
 
-def test_class_weights_are_inverse_frequency_of_the_training_fold():
+def test_class_weight_tensor_is_n_over_k_n_c_with_unit_mean_weight_per_image():
     labels = np.array([0] * 6 + [1] * 3 + [2] * 1 + [3, 4, 5, 6])
     w = class_weight_tensor(labels).numpy()
     counts = np.bincount(labels, minlength=7)
     np.testing.assert_allclose(w, len(labels) / (7 * counts), rtol=1e-6)
     # the weighted loss of a uniform prediction is then the same for every class
     assert np.isclose((w * counts).sum() / len(labels), 1.0)
+
+
+@pytest.mark.parametrize("fusion", ["none", "concat", "metanet", "metablock"])
+def test_make_optimizer_is_the_papers_sgd_over_every_trainable_parameter_once(fusion):
+    """A default RunConfig gives plain SGD (Sec. 3.1: lr 1e-3, momentum 0.9, weight decay 1e-4, no Nesterov,
+    no dampening) whose groups hold each trainable parameter of the model exactly once and nothing else."""
+    from metanet_utils.models import build_model
+    from metanet_utils.train import make_optimizer
+
+    cfg = RunConfig(backbone="test_resnet", fusion=fusion, meta_features=() if fusion == "none" else
+                    ("age", "sex", "localization"))
+    model = build_model("test_resnet", fusion, meta_layers=cfg.meta_layers, pretrained=False)
+    opt = make_optimizer(model, cfg)
+    assert type(opt) is torch.optim.SGD
+    for g in opt.param_groups:
+        assert (g["lr"], g["momentum"], g["weight_decay"], g["nesterov"], g["dampening"]) == \
+            (1e-3, 0.9, 1e-4, False, 0), {k: v for k, v in g.items() if k != "params"}
+    in_groups = [id(p) for g in opt.param_groups for p in g["params"]]
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert len(in_groups) == len(set(in_groups)), "a parameter appears in two groups"
+    assert set(in_groups) == trainable and len(trainable) == len(list(model.parameters()))
+
+
+def test_device_data_splits_the_rows_by_fold_in_row_order():
+    """DeviceData.build on the CPU: training rows are flatnonzero(folds != k), validation rows flatnonzero(folds == k),
+    both ascending and disjoint, covering every row; val_ids are the validation images' ids in row order; the
+    arrays keep their values (labels int64, metadata float32)."""
+    from metanet_utils.train import DeviceData
+
+    rng = np.random.default_rng(3)
+    n = 23
+    folds = rng.integers(0, 3, n)
+    labels = rng.integers(0, 7, n)
+    meta = rng.random((n, 5))
+    images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    ids = [f"ISIC_{i:07d}" for i in rng.permutation(10_000)[:n]]
+    for k in range(3):
+        d = DeviceData.build(images, meta, labels, folds, k, ids, torch.device("cpu"))
+        tr, va = d.train_idx.numpy(), d.val_idx.numpy()
+        np.testing.assert_array_equal(tr, [i for i in range(n) if folds[i] != k])
+        np.testing.assert_array_equal(va, [i for i in range(n) if folds[i] == k])
+        assert not set(tr) & set(va) and len(tr) + len(va) == n
+        assert d.val_ids == [ids[i] for i in range(n) if folds[i] == k]
+        assert d.labels.dtype == torch.long and d.meta.dtype == torch.float32
+        np.testing.assert_array_equal(d.labels.numpy(), labels)
+        np.testing.assert_array_equal(d.meta.numpy(), meta.astype(np.float32))
+        np.testing.assert_array_equal(d.images.numpy(), images)
+
+
+def test_a_runs_loss_weights_come_from_its_training_fold_only(real_data_dir, isolated_root):
+    """The class weights a run trains with are n / (k * n_c) over the dx of the images whose saved fold is not
+    the run's fold (counted here from the folds file and the metadata), not those of the whole data set."""
+    from metanet_utils import train as train_mod
+    from metanet_utils.dataset import open_dataset
+
+    ds = open_dataset(real_data_dir, max_images=120)
+    official = pd.read_csv(real_data_dir / "HAM10000_metadata.csv").set_index("image_id")["dx"]
+    for fold in (0, 1):
+        cfg = RunConfig(backbone="test_resnet", fusion="none", meta_features=(), meta_layers=0, n_folds=2, fold=fold,
+                        epochs=1, image_size=40, crop_size=32, batch_size=16, pretrained=False, data_kind=ds.kind,
+                        data_fingerprint=ds.fingerprint)
+        session = train_mod._RunSession(cfg, ds, isolated_root / "runs", torch.device("cpu"), False, None)
+        saved = pd.read_csv(isolated_root / "results" / "folds" / f"{ds.fingerprint}-image-2-s0.csv",
+                            dtype={"image_id": str})
+        train_dx = official.loc[saved.loc[saved["fold"] != fold, "image_id"]].to_numpy()
+        counts = np.array([(train_dx == c.lower()).sum() for c in CLASS_CODES], dtype=float)
+        k = (counts > 0).sum()
+        expected = np.where(counts > 0, len(train_dx) / (k * np.maximum(counts, 1)), 0.0)
+        got = session.criterion.weight.numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+        all_dx = ds.df["dx"].to_numpy()
+        all_counts = np.array([(all_dx == c.lower()).sum() for c in CLASS_CODES], dtype=float)
+        whole = len(all_dx) / ((all_counts > 0).sum() * np.maximum(all_counts, 1))
+        assert not np.allclose(got, whole, rtol=1e-3), "weights of the whole data set would pass too"
+        assert session.data.train_idx.numel() == len(train_dx)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +185,7 @@ def test_validation_loss_is_the_class_weighted_mean_over_the_whole_fold_whatever
         pytest.approx(float(-np.log(probs[np.arange(len(y)), y]).mean()), rel=1e-5)
 
 
-def test_smoke_grid_writes_complete_records(smoke_grid):
+def test_smoke_grid_writes_complete_records_of_every_fusion(smoke_grid):
     root, out = smoke_grid
     runs = sorted(p for p in (root / "results" / "runs").iterdir() if not p.name.startswith("."))
     assert {json.loads((r / "config.json").read_text())["fusion"] for r in runs} == {"none", "concat", "metanet"}
@@ -126,6 +201,67 @@ def test_smoke_grid_writes_complete_records(smoke_grid):
         assert metrics["data_kind"] == "real"
         hist = pd.read_csv(r / "history.csv")
         assert list(hist["epoch"]) == [1]
+
+
+def test_smoke_grid_metrics_equal_sklearn_on_the_saved_predictions_and_labels(smoke_grid):
+    """For every run record of the smoke grid, recomputed independently of the kit:
+    ``mcr`` is sklearn's balanced accuracy of labels.csv's true classes against the argmax of predictions.csv
+    (columns in the official order MEL,NV,BCC,AKIEC,BKL,DF,VASC), each per-class recall is sklearn's recall, and
+    the confusion matrix is sklearn's."""
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, recall_score
+
+    order = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]  # ISIC 2018 Task 3, written out
+    assert list(CLASS_CODES) == order
+    root, _ = smoke_grid
+    runs = sorted(p for p in (root / "results" / "runs").iterdir() if not p.name.startswith("."))
+    assert len(runs) == 4
+    for r in runs:
+        pred = pd.read_csv(r / "predictions.csv")
+        labels = pd.read_csv(r / "labels.csv")
+        assert list(labels.columns) == ["image", "dx"]
+        assert list(pred["image"]) == list(labels["image"]), r.name  # same images, same order
+        p = pred[order].to_numpy()
+        top2 = np.sort(p, axis=1)[:, -2:]
+        assert (top2[:, 1] - top2[:, 0] > 1e-7).all(), "a near tie: the 8-decimal CSV cannot settle the argmax"
+        y_pred = p.argmax(axis=1)
+        y_true = labels["dx"].map({c.lower(): i for i, c in enumerate(order)}).to_numpy()
+        assert not np.isnan(y_true.astype(float)).any()
+        metrics = json.loads((r / "metrics.json").read_text())
+        assert metrics["mcr"] == pytest.approx(balanced_accuracy_score(y_true, y_pred), abs=1e-12), r.name
+        present = np.unique(y_true)
+        rec = recall_score(y_true, y_pred, labels=present, average=None, zero_division=0)
+        expected = {order[c]: v for c, v in zip(present, rec)}
+        for code in order:
+            if code in expected:
+                assert metrics["per_class_recall"][code] == pytest.approx(expected[code], abs=1e-12), (r.name, code)
+            else:  # a class absent from the validation fold has no recall
+                assert np.isnan(metrics["per_class_recall"][code]), (r.name, code)
+        np.testing.assert_array_equal(np.array(metrics["confusion_matrix"]),
+                                      confusion_matrix(y_true, y_pred, labels=range(7)))
+
+
+def test_smoke_grid_validates_each_run_on_exactly_the_images_of_its_saved_fold(smoke_grid, real_data_dir):
+    """labels.csv of every run holds exactly the images whose saved fold (results/folds/<data>-<scheme>-<n>-s<seed>.csv)
+    equals the run's fold, each with the dx of HAM10000_metadata.csv; the training count is the rest of the
+    saved folds."""
+    root, _ = smoke_grid
+    official = pd.read_csv(real_data_dir / "HAM10000_metadata.csv").set_index("image_id")["dx"]
+    runs = sorted(p for p in (root / "results" / "runs").iterdir() if not p.name.startswith("."))
+    assert runs
+    for r in runs:
+        cfg = json.loads((r / "config.json").read_text())
+        folds_file = (root / "results" / "folds" /
+                      f"{cfg['data_fingerprint']}-{cfg['split_scheme']}-{cfg['n_folds']}-s{cfg['split_seed']}.csv")
+        assert folds_file.is_file(), sorted(p.name for p in (root / "results" / "folds").iterdir())
+        saved = pd.read_csv(folds_file, dtype={"image_id": str})
+        assert saved["image_id"].is_unique and set(saved["fold"]) == set(range(cfg["n_folds"]))
+        in_fold = set(saved.loc[saved["fold"] == cfg["fold"], "image_id"])
+        labels = pd.read_csv(r / "labels.csv", dtype={"image": str})
+        assert labels["image"].is_unique
+        assert set(labels["image"]) == in_fold, r.name
+        np.testing.assert_array_equal(labels["dx"].to_numpy(), official.loc[labels["image"]].to_numpy())
+        metrics = json.loads((r / "metrics.json").read_text())
+        assert metrics["n_val"] == len(in_fold) and metrics["n_train"] == len(saved) - len(in_fold)
 
 
 def test_rerunning_the_grid_trains_nothing(smoke_grid, real_data_dir):
