@@ -23,7 +23,7 @@ def _onehot(pred):
 # --------------------------------------------------------------------------- metrics
 
 
-def test_mcr_hand_example():
+def test_mcr_is_the_mean_of_the_seven_recalls_by_hand():
     y = [0, 0, 0, 0, 1, 1, 2, 3, 4, 5, 6]
     pred = [0, 0, 0, 1, 1, 0, 2, 3, 4, 5, 6]  # MEL 3/4, NV 1/2, the five others 1
     assert ev.mean_class_recall(y, _onehot(pred)) == pytest.approx((0.75 + 0.5 + 5) / 7)
@@ -61,13 +61,13 @@ def test_absent_class_is_nan_and_left_out_of_mcr():
     assert ev.mean_class_recall(y, probs) == pytest.approx((0.5 + 1.0) / 2)
 
 
-def test_labels_in_any_spelling():
+def test_labels_in_any_spelling_or_index_map_to_the_official_order_and_unknown_ones_are_refused():
     assert ev.labels_to_indices(["MEL", "nv", "Bcc", 3, "bkl", "df", "VASC"]).tolist() == list(range(7))
     with pytest.raises(ev.RecordError, match="unknown class label"):
         ev.labels_to_indices(["melanoma"])
 
 
-def test_confusion_rows_true_cols_pred():
+def test_confusion_rows_are_true_classes_and_columns_predictions():
     cm = ev.confusion([0, 0, 1], _onehot([1, 0, 1]))
     assert cm[0, 1] == 1 and cm[0, 0] == 1 and cm[1, 1] == 1 and cm.sum() == 3
 
@@ -115,7 +115,7 @@ def test_score_predictions_refuses_mismatches():
 # --------------------------------------------------------------------------- records
 
 
-def test_load_record_complete(tmp_path):
+def test_load_record_reads_every_file_and_scores_the_predictions(tmp_path):
     out = fake_fold_run(tmp_path, {"backbone": "resnet10t", "fold": 1}, {0: 5, 1: 10, 2: 7})
     rec = ev.load_record(out["path"])
     assert set(rec) >= {"config", "metrics", "predictions", "labels", "history", "manifest", "scores"}
@@ -196,11 +196,44 @@ def test_load_records_source_metrics_and_mismatch_warning(tmp_path):
     assert dfm["mcr"].iloc[0] == 0.5
 
 
-def test_load_records_reads_the_engine_metrics_json(tmp_path):
-    y = [0, 1, 2, 3, 4, 5, 6]
-    d = write_fake_run(tmp_path, {"backbone": "resnet10t"}, probs_for(y, y), y)
+def test_load_records_row_carries_every_metrics_json_and_config_json_value_flattened(tmp_path):
+    """Each value load_records takes from metrics.json equals the file's (read here with json), per-class recall
+    flattened to ``recall_<CODE>`` (null or absent: NaN) with source="metrics"; config.json's settings become
+    columns (lists as tuples, meta_features one string plus a flag per field), and the predictions give
+    ``mcr_predictions``, ``n_val`` and ``n_val_<CODE>``."""
+    y = [0, 0, 1, 1, 1, 2, 3, 4, 5, 6]
+    recall = {"MEL": 0.25, "NV": 0.5, "BCC": 0.125, "AKIEC": None, "BKL": 0.75, "DF": 0.0625}  # VASC absent
+    d = write_fake_run(tmp_path, {"backbone": "resnet10t", "fusion": "metanet", "fold": 3, "n_folds": 5,
+                                  "meta_features": ("localization", "age"), "milestones": (5, 9), "epochs": 12},
+                       probs_for(y, y), y,
+                       metrics={"mcr": 1.0, "per_class_recall": recall, "epochs_done": 11, "wall_time_s": 98.5,
+                                "device": "NVIDIA H100 80GB HBM3", "images_per_s": 1234.5,
+                                "labels_source": "groundtruth csv", "n_train": 8012})
     m = json.loads((d / "metrics.json").read_text())
-    assert m["mcr"] == 1.0 and len(m["confusion_matrix"]) == 7
+    c = json.loads((d / "config.json").read_text())
+    row = ev.load_records(tmp_path, source="metrics").iloc[0]
+    assert row["mcr"] == m["mcr"] == row["mcr_metrics"] == 1.0
+    for code in CLASS_CODES:
+        v = m["per_class_recall"].get(code)
+        assert (math.isnan(row[f"recall_{code}"]) if v is None else row[f"recall_{code}"] == v), code
+    assert math.isnan(row["recall_AKIEC"]) and math.isnan(row["recall_VASC"]) and row["recall_DF"] == 0.0625
+    for key in ("epochs_done", "wall_time_s", "device", "images_per_s", "labels_source", "n_train"):
+        assert row[key] == m[key], key
+    for key, value in c.items():
+        if key not in ("meta_features", "run_id"):
+            assert row[key] == (tuple(value) if isinstance(value, list) else value), key
+    assert row["run_id"] == c["run_id"] == d.name and row["path"] == str(d)
+    assert row["milestones"] == (5, 9) and row["fold"] == 3 and row["epochs"] == 12
+    assert c["meta_features"] == ["localization", "age"]  # as given ...
+    assert row["meta_features"] == "age+localization"  # ... one string in the fixed field order
+    assert (row["meta_age"], row["meta_sex"], row["meta_localization"]) == (True, False, True)
+    # from the predictions whatever the source: every image right, 2 MEL and 3 NV of 10
+    assert row["mcr_predictions"] == 1.0 and row["n_val"] == 10 and row["n_ties"] == 0
+    assert [row[f"n_val_{code}"] for code in CLASS_CODES] == [2, 3, 1, 1, 1, 1, 1]
+    # source="predictions" (the default) scores the predictions instead: here every recall is 1
+    default = ev.load_records(tmp_path).iloc[0]
+    assert [default[f"recall_{code}"] for code in CLASS_CODES] == [1.0] * 7
+    assert default["wall_time_s"] == 98.5  # the other metrics.json fields are the same
 
 
 # --------------------------------------------------------------------------- aggregate
@@ -238,7 +271,7 @@ def test_aggregate_default_never_mixes_settings_and_one_fold_std_is_nan(tmp_path
         ev.aggregate(df, by=["backbone"])
 
 
-def test_filter_records():
+def test_filter_records_keeps_rows_matching_every_setting_given_as_a_value_or_list_and_refuses_an_absent_column():
     df = pd.DataFrame({"fusion": ["none", "concat", "metanet"], "meta_layers": [2, 2, 3]})
     assert ev.filter_records(df, fusion=["none", "metanet"]).index.tolist() == [0, 2]
     assert ev.filter_records(df, fusion="metanet", meta_layers=3).index.tolist() == [2]
@@ -246,7 +279,7 @@ def test_filter_records():
         ev.filter_records(df, backbone="x")
 
 
-def test_record_with_a_tie(tmp_path):
+def test_load_records_counts_a_tied_top_class_as_a_tie_and_a_wrong_prediction(tmp_path):
     y = [0, 0, 1, 2, 3, 4, 5, 6]
     pred = [-1, 0, 1, 2, 3, 4, 5, 6]  # the first MEL image ties with NV
     write_fake_run(tmp_path, {"backbone": "resnet10t"}, probs_for(y, pred), y)

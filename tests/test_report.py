@@ -146,7 +146,7 @@ def test_run_caption_says_what_produced_the_results():
     assert report.shows_mechanics_only(dataclasses.replace(load_profile("paper"), epochs=10), full)
 
 
-def test_validation_class_counts(isolated_root):
+def test_validation_class_counts_are_each_folds_images_per_class_and_the_smallest_recall_step(isolated_root):
     prof, ds = load_profile("smoke"), _dataset()
     counts = report.validation_class_counts(prof, ds)
     assert list(counts.index) == ["NV", "MEL", "BKL", "BCC", "AKIEC", "VASC", "DF"]
@@ -162,7 +162,7 @@ def test_validation_class_counts(isolated_root):
     assert "validation images per fold (42 images in all, 2 folds)" in counts.attrs["note"]
 
 
-def test_tables_without_any_record(isolated_root):
+def test_tables_without_any_record_have_a_row_per_fusion_with_n_0_and_no_mean(isolated_root):
     out = report.write_profile_tables(load_profile("smoke"), dataset=_dataset())
     t1 = pd.read_csv(out / "table1.csv")
     assert t1.shape[0] == 3 and t1["ours_mean"].isna().all() and (t1["n"] == 0).all()
@@ -189,7 +189,7 @@ def test_cli_tables_writes_the_runs_tables_and_refuses_other_data_without_touchi
     assert table1.read_bytes() == before
 
 
-def test_analysis_helpers(smoke):
+def test_fold_table_recall_gain_summed_confusion_and_significance_of_the_profiles_records(smoke):
     prof, ds, runs, ids = smoke
     recs = report.profile_records(prof, ds)
     t1 = report.table1_records(recs)
@@ -281,7 +281,7 @@ def test_paper_vs_code_facts():
     assert list(facts.columns) == ["topic", "paper", "data or authors' code", "this kit"]
 
 
-def test_lesion_leak_comparison(smoke):
+def test_lesion_leak_comparison_is_empty_without_lesion_split_runs_then_gives_the_mcr_drop_per_fusion(smoke):
     prof, ds, runs, ids = smoke
     none = report.lesion_leak_comparison(prof, ds)
     assert none.empty and "Not run" in none.attrs["note"] and "split_scheme" in none.attrs["note"]
@@ -303,7 +303,7 @@ def _executed(path: Path, title: str, text: str, code: str = "secret_input_marke
     nbformat.write(nb, path)
 
 
-def test_write_html_report(smoke, isolated_root):
+def test_html_report_links_the_notebook_pages_in_order_with_tables_and_the_protocol_box(smoke, isolated_root):
     prof, ds, runs, ids = smoke
     report.write_profile_tables(prof, dataset=ds)
     executed = isolated_root / "outputs" / "notebooks"
@@ -330,7 +330,7 @@ def test_write_html_report(smoke, isolated_root):
     assert "hello from 05" in page and "secret_input_marker" not in page  # outputs kept, code hidden
 
 
-def test_protocol_box_of_the_report():
+def test_protocol_box_warns_for_a_demo_cautions_for_a_shorter_schedule_and_is_empty_for_the_paper():
     assert report._protocol_box({}) == "" and report._protocol_box({"protocol_differences": []}) == ""
     demo = report._protocol_box({"caption": "demo profile · x", "protocol_differences": ["3 epochs (the paper: 250)"],
                                  "mechanics_only": True})
@@ -400,7 +400,7 @@ def test_result_figures_from_records_and_from_nothing(smoke, isolated_root):
     assert any(t.get_text() == "SYNTHETIC DATA" for t in figs["t_gain"].texts)
 
 
-def test_cam_grid_titles():
+def test_cam_grid_titles_give_the_true_class_and_each_models_prediction_coloured_by_correctness():
     import matplotlib
 
     matplotlib.use("Agg")

@@ -36,7 +36,7 @@ def _check_stratified(meta: pd.DataFrame, folds: np.ndarray, tol: float) -> None
 
 
 @pytest.mark.parametrize("scheme", ["image", "lesion"])
-def test_folds_cover_and_stratify(meta, image_folds, lesion_folds, scheme):
+def test_folds_cover_every_image_in_near_equal_folds_stratified_by_dx(meta, image_folds, lesion_folds, scheme):
     folds = image_folds if scheme == "image" else lesion_folds
     assert folds.shape == (10015,) and folds.dtype == np.int64
     assert set(folds.tolist()) == {0, 1, 2, 3, 4}
@@ -56,7 +56,7 @@ def test_image_scheme_is_sklearn_stratified_kfold(meta, image_folds):
     np.testing.assert_array_equal(image_folds, ref)
 
 
-def test_deterministic_and_row_order_free(meta, image_folds, lesion_folds):
+def test_folds_depend_on_the_seed_but_not_on_the_row_order(meta, image_folds, lesion_folds):
     np.testing.assert_array_equal(splits.make_folds(meta, 5, "image", 0), image_folds)
     shuffled = meta.sample(frac=1.0, random_state=1)
     pos = meta.index.get_indexer(shuffled.index)
@@ -112,7 +112,7 @@ def test_load_or_make_folds_saves_and_reuses(meta, tmp_path, image_folds):
     assert not list(d.glob(".*tmp*"))
 
 
-def test_load_or_make_folds_mismatch_raises(tmp_path):
+def test_load_or_make_folds_refuses_saved_folds_of_other_images_and_a_path_as_key(tmp_path):
     df = pd.DataFrame({"image_id": [f"I{i}" for i in range(10)], "dx": ["nv", "mel"] * 5})
     splits.load_or_make_folds(df, 2, "image", 0, key="toy", folds_dir=tmp_path)
     other = df.copy()
@@ -125,7 +125,7 @@ def test_load_or_make_folds_mismatch_raises(tmp_path):
         splits.load_or_make_folds(df, 2, "image", 0, key="../evil", folds_dir=tmp_path)
 
 
-def test_load_or_make_folds_default_dir(tmp_path, monkeypatch):
+def test_load_or_make_folds_saves_under_results_folds_by_default(tmp_path, monkeypatch):
     monkeypatch.setenv("METANET_RESULTS_DIR", str(tmp_path / "results"))
     df = pd.DataFrame({"image_id": [f"I{i}" for i in range(6)], "dx": ["nv", "mel"] * 3,
                        "lesion_id": ["a", "a", "b", "c", "d", "e"]})
@@ -133,7 +133,7 @@ def test_load_or_make_folds_default_dir(tmp_path, monkeypatch):
     assert (tmp_path / "results" / "folds" / "k1-lesion-2-s3.csv").is_file()
 
 
-def test_bad_arguments():
+def test_make_folds_refuses_an_unknown_scheme_one_fold_no_lesion_id_and_repeated_image_ids():
     df = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "dx": ["nv", "mel"] * 2})
     with pytest.raises(ValueError, match="scheme"):
         splits.make_folds(df, 2, "patient")
@@ -145,7 +145,7 @@ def test_bad_arguments():
         splits.make_folds(df.assign(image_id=["a", "a", "c", "d"]), 2)
 
 
-def test_class_weights_by_hand(meta, image_folds):
+def test_class_weights_are_n_over_7_times_the_class_count_like_sklearn_balanced(meta, image_folds):
     y = meta["dx"].map(DX_TO_INDEX).to_numpy()[image_folds != 0]
     w = splits.class_weights(y)
     counts = {dx: int((meta["dx"][image_folds != 0] == dx).sum()) for dx in DX_CODES}
@@ -164,7 +164,7 @@ def test_class_weights_by_hand(meta, image_folds):
     assert w.argmin() == DX_TO_INDEX["nv"] and w.argmax() == DX_TO_INDEX["df"]
 
 
-def test_class_weights_small_and_absent():
+def test_class_weights_give_an_absent_class_0_with_a_warning_and_refuse_bad_labels():
     np.testing.assert_allclose(splits.class_weights([0, 0, 0, 1], 2), [4 / 6, 4 / 2])
     with pytest.warns(UserWarning, match="absent"):
         w = splits.class_weights([0, 0, 2], 3)

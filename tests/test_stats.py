@@ -15,7 +15,7 @@ from metanet_utils import stats as ms
 # --------------------------------------------------------------------------- 5 folds, all agreeing
 
 
-def test_min_exact_pvalue_five_pairs():
+def test_min_exact_pvalue_is_2_over_2_to_the_n_two_sided_and_half_of_it_one_sided():
     assert ms.min_exact_pvalue(5) == 0.0625
     assert ms.min_exact_pvalue(5, "greater") == 0.03125
     assert ms.min_exact_pvalue(5, "less") == 0.03125
@@ -123,12 +123,12 @@ def test_floating_noise_is_a_zero():
     assert ms.wilcoxon(a, b, decimals=None).n_zero == 0
 
 
-def test_all_zero_differences():
+def test_all_zero_differences_give_p_1_and_say_so():
     r = ms.wilcoxon([0.5, 0.6], [0.5, 0.6])
     assert r.pvalue == 1.0 and r.n_zero == 2 and "all differences are zero" in r.note
 
 
-def test_bad_arguments():
+def test_wilcoxon_refuses_an_unknown_alternative_or_zero_method_and_unequal_lengths():
     with pytest.raises(ValueError, match="alternative"):
         ms.wilcoxon([1, 2], alternative="bigger")
     with pytest.raises(ValueError, match="zero_method"):
@@ -192,7 +192,7 @@ def test_corrected_ttest_hand_formula():
     assert plain.pvalue == pytest.approx(st.ttest_rel(a, b).pvalue)
 
 
-def test_corrected_ttest_degenerate():
+def test_corrected_ttest_without_variance_is_nan_or_infinite_and_refuses_one_pair():
     assert math.isnan(ms.corrected_ttest([0.0, 0.0, 0.0]).pvalue)
     r = ms.corrected_ttest([0.01, 0.01, 0.01])
     assert r.pvalue == 0.0 and math.isinf(r.statistic)
@@ -203,7 +203,7 @@ def test_corrected_ttest_degenerate():
 # --------------------------------------------------------------------------- Holm
 
 
-def test_holm_hand_example():
+def test_holm_adjusted_p_values_by_hand_are_monotone_capped_at_1_and_keep_nan():
     # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> monotone 0.06
     adj = ms.holm([0.01, 0.04, 0.03, 0.005])
     np.testing.assert_allclose(adj, [0.03, 0.06, 0.06, 0.02])
@@ -216,7 +216,7 @@ def test_holm_hand_example():
 # --------------------------------------------------------------------------- compare
 
 
-def test_compare_table():
+def test_compare_has_a_row_per_backbone_then_pooled_with_wins_exact_approx_ttest_and_holm_p():
     df = _grid({"alexnet": [0.01, 0.02, 0.03, 0.04, 0.05], "vgg19": [0.01, -0.02, 0.03, 0.04, 0.05]})
     df["n_folds"] = 5
     out = ms.compare(df, "metanet", "none")

@@ -208,17 +208,62 @@ def test_auto_decision_is_kept_per_setting_and_reused(tmp_path):
     assert len(json.loads((tmp_path / ".together.json").read_text())) == 1  # a failed probe is not kept
 
 
-def test_auto_probe_trains_copies_of_the_model_together_through_the_grid_loop():
+@pytest.fixture()
+def one_torch_thread():
+    """Tiny CPU models on a busy 2-core machine: one intra-op thread is 10-50x faster than two that contend."""
     import torch
 
-    from metanet_utils.together import measure_together_rate
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
-    cfg = RunConfig(backbone="test_resnet", fusion="metanet", image_size=40, crop_size=32, batch_size=8,
-                    pretrained=False)
-    rate1, peak1 = measure_together_rate(cfg, 1, torch.device("cpu"), batches=2, repeats=1)
-    rate2, _ = measure_together_rate(cfg.replace(fusion="none", meta_features=()), 2, torch.device("cpu"),
-                                     batches=2, repeats=1)
-    assert rate1 > 0 and rate2 > 0 and peak1 == 0
+
+@pytest.mark.parametrize("k, fusion", [(1, "metanet"), (2, "none"), (3, "metanet")])
+def test_auto_probe_trains_k_copies_in_turn_for_a_warm_up_and_each_timed_epoch_and_reports_the_median_rate(
+        k, fusion, monkeypatch, one_torch_thread):
+    """measure_together_rate(cfg, k) builds k models, each with its own step, and trains them through the grid's
+    interleaved loop: one warm-up epoch then ``repeats`` timed epochs of ``batches`` full batches per run, one
+    batch of each run in turn. The rate is k x batches x batch_size images over the median timed epoch (a
+    fake clock here: epochs of 100 (warm-up), 2, 6 and 3 s)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from metanet_utils import step as step_mod
+    from metanet_utils import together
+    from metanet_utils import train as train_mod
+
+    made, calls = [], []  # the steps built; (which step, batch size) per step taken
+
+    class CountingStep(step_mod.TrainStep):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+        def __call__(self, *inputs):
+            calls.append((made.index(self), len(inputs[0])))
+            return super().__call__(*inputs)
+
+    monkeypatch.setattr(step_mod, "TrainStep", CountingStep)
+    together_epochs, real_interleaved = [], train_mod.run_interleaved
+    monkeypatch.setattr(train_mod, "run_interleaved",
+                        lambda epochs, device: together_epochs.append(len(epochs)) or real_interleaved(epochs, device))
+    ticks = iter([0.0, 100.0, 100.0, 102.0, 102.0, 108.0, 108.0, 111.0])  # (start, end) of each epoch
+    monkeypatch.setattr(together, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+
+    meta = {} if fusion == "metanet" else {"meta_features": ()}
+    cfg = RunConfig(backbone="test_resnet", fusion=fusion, image_size=40, crop_size=32, batch_size=8,
+                    pretrained=False, **meta)
+    rate, peak = together.measure_together_rate(cfg, k, torch.device("cpu"), batches=2, repeats=3)
+    assert len(made) == k  # k runs ...
+    assert len({id(st.model) for st in made}) == k and len({id(st.optimizer) for st in made}) == k  # ... apart
+    assert together_epochs == [k] * 4  # trained together: warm-up + 3 timed epochs
+    assert calls == [(i, 8) for _ in range(4 * 2) for i in range(k)]  # 2 full batches per run and epoch, in turn
+    assert [st.stats["eager"] for st in made] == [4 * 2] * k  # the real step ran each of them (no graphs on a CPU)
+    assert rate == pytest.approx(k * 2 * 8 / 3.0) and peak == 0  # median of 2, 6, 3 s; no device memory on a CPU
+    with pytest.raises(StopIteration):  # the clock was read exactly twice per epoch
+        next(ticks)
 
 
 def test_groups_with_a_number_per_backbone_keep_backbones_apart():
