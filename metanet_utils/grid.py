@@ -269,17 +269,17 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
     summary = GridSummary(total=len(runs))
     pending = [r for r in runs if not is_complete(record_dir(r, runs_dir))]
     summary.skipped = [r.run_id for r in runs if r not in pending]
-    progress = resolve_progress(progress, pending)
-    per_epoch, per_run = progress is True or progress == "epochs", progress == "runs"
-    progress = per_epoch or per_run  # from here: whether the grid speaks at all
-    if progress:
+    mode = resolve_progress(progress, pending)
+    per_epoch, per_run = mode is True or mode == "epochs", mode == "runs"
+    speak = per_epoch or per_run  # whether the grid prints its own lines at all
+    if speak:
         at_once = "" if k == 1 else (", runs at once: measured per backbone" if k == "auto" else f", {k} at a time")
         print(f"grid {profile.name}: {len(runs)} runs, {len(summary.skipped)} complete, {len(pending)} to do "
               f"({dataset.kind} data, {len(dataset.df)} images{at_once})", flush=True)
     from .models import ensure_weights
 
-    ensure_weights([r.backbone for r in pending if r.pretrained], weights_dir, progress)  # before any run starts
-    k_of = _together_of(pending, k, dev, runs_dir, dataset, progress)
+    ensure_weights([r.backbone for r in pending if r.pretrained], weights_dir, speak)  # before any run starts
+    k_of = _together_of(pending, k, dev, runs_dir, dataset, speak)
 
     def failed(cfg: RunConfig, e: BaseException, tb: str) -> None:
         log = runs_dir / ".failed" / f"{cfg.run_id}.log"
@@ -341,10 +341,10 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
         if pending:
             if not wait:
                 break
-            if progress:
+            if speak:
                 print(f"waiting for {len(pending)} run(s) trained by other workers ...", flush=True)
             time.sleep(poll_s)
-    if progress:
+    if speak:
         print(summary.format(), flush=True)
     return summary
 

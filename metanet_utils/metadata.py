@@ -549,13 +549,9 @@ def mutual_information(
     return pd.Series(out, name="mi_bits", dtype=np.float64)
 
 
-def _miller_madow_bits(x: np.ndarray, y: np.ndarray) -> float:
+def _miller_madow_bits(kx: int, ky: int, n: int) -> float:
     """``(K_x - 1)(K_y - 1) / (2 N ln 2)``: K the values seen, N the pairs."""
-    n = x.size
-    if n == 0:
-        return float("nan")
-    kx, ky = np.unique(x).size, np.unique(y).size
-    return float((kx - 1) * (ky - 1) / (2.0 * n * math.log(2.0)))
+    return float((kx - 1) * (ky - 1) / (2.0 * n * math.log(2.0))) if n else float("nan")
 
 
 def mutual_information_bias(
@@ -606,8 +602,8 @@ def mutual_information_table(
     rows = {}
     for f, (codes, keep) in fields.items():
         x, yy = codes[keep], y[keep]
-        mi, bias = _mi_bits(x, yy), _miller_madow_bits(x, yy)
         kx, ky = np.unique(x).size, np.unique(yy).size
+        mi, bias = _mi_bits(x, yy), _miller_madow_bits(kx, ky, x.size)
         rows[f] = {"mi_bits": mi, "bias_bits": bias, "mi_corrected_bits": max(mi - bias, 0.0), "n": int(x.size),
                    "values": int(kx), "classes": int(ky), "per_cell": x.size / max(kx * ky, 1)}
     out = pd.DataFrame.from_dict(rows, orient="index",

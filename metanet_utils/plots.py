@@ -638,7 +638,7 @@ def recall_bars(results: Mapping[str, Any], *,
         label = f"{name}: MCR {100 * r['mcr_mean']:.1f} ± {100 * np.nan_to_num(r['mcr_std']):.1f}"
         bars = ax.bar(x + (k - (len(runs) - 1) / 2) * w, np.nan_to_num(mean), w, yerr=std, capsize=2, label=label)
         ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=2)
-    ax.axhline(100 / len(CLASS_CODES), color="0.3", ls="--", lw=1, label=f"chance ({100 / len(CLASS_CODES):.1f})")
+    ax.axhline(_CHANCE, color="0.3", ls="--", lw=1, label=f"chance ({_CHANCE:.1f})")
     ax.set_xticks(x, codes)
     ax.set(ylabel="recall (%)", ylim=(0, 122), title="Per-class recall, mean ± sd over folds")
     ax.set_yticks(range(0, 101, 20))
@@ -663,7 +663,8 @@ FUSION_COLORS: dict[str, str] = {"none": "#8c8c8c", "concat": "#4c72b0", "metane
 FUSION_LABELS: dict[str, str] = {"none": "no metadata", "concat": "concatenation", "metanet": "MetaNet",
                                  "metablock": "Meta-Block"}
 _PAPER_CODES = [c.upper() for c in PAPER_ORDER]  # NV, MEL, BKL, BCC, AKIEC, VASC, DF
-_CHANCE_LABEL = f"chance ({100 / len(CLASS_CODES):.1f} %)"  # the MCR of a constant or random guess
+_CHANCE = 100 / len(CLASS_CODES)  # the MCR (%) of a constant or random guess
+_CHANCE_LABEL = f"chance ({_CHANCE:.1f} %)"
 
 
 def _nan0(a: Any) -> np.ndarray:
@@ -718,14 +719,14 @@ def mcr_bars(table1: pd.DataFrame, *,
     else:
         _empty(ax_o, "no runs yet")
     ax_o.set(title="this run", ylabel="mean class recall (%)", ylim=(0, 105))
-    ax_o.axhline(100 / 7, color="0.4", ls=":", lw=1, label=_CHANCE_LABEL)
+    ax_o.axhline(_CHANCE, color="0.4", ls=":", lw=1, label=_CHANCE_LABEL)
     ax_o.legend(frameon=False, fontsize=8, loc="upper left")
     p = paper_table1().set_index(["backbone", "fusion"])
     _grouped(ax_p, list(PAPER_BACKBONES), fusions,
              {f: [p["mcr_mean"].get((b, f), np.nan) for b in PAPER_BACKBONES] for f in fusions},
              {f: [p["mcr_std"].get((b, f), np.nan) for b in PAPER_BACKBONES] for f in fusions}, hatch="///")
     ax_p.set(title="paper (Table 1)")
-    ax_p.axhline(100 / 7, color="0.4", ls=":", lw=1)
+    ax_p.axhline(_CHANCE, color="0.4", ls=":", lw=1)
     fig.suptitle("Mean class recall by backbone and fusion (mean ± sd over folds)")
     return _finish(fig, save, synthetic, caption)
 
@@ -771,7 +772,7 @@ def learning_curves(records: pd.DataFrame, *, backbone: str | None = None,
             if "val_loss" in h:
                 ax_l.plot(h["epoch"], h["val_loss"], color=c, ls="--", alpha=0.6, **kw)
             ax_m.plot(h["epoch"], 100 * h["val_mcr"], color=c, **kw)
-        ax_m.axhline(100 / 7, color="0.4", ls=":", lw=1, label=_CHANCE_LABEL)
+        ax_m.axhline(_CHANCE, color="0.4", ls=":", lw=1, label=_CHANCE_LABEL)
         ax_m.set_xlabel("epoch")
         ax_m.xaxis.set_major_locator(MaxNLocator(integer=True))
         first = j if first is None else first
@@ -1006,7 +1007,7 @@ def table3_plot(table3: pd.DataFrame, *, records: pd.DataFrame | None = None, me
                         color=["#8c8c8c"] + ["#c44e52"] * (len(x) - 1))
         ax_a.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.1f}" for v in mean], fontsize=7, padding=2)
         ax_a.set_ylim(0, min(105, np.nanmax(mean + _nan0(std)) + 10))
-        ax_a.axhline(100 / len(CLASS_CODES), color="0.4", ls=":", lw=1, label=_CHANCE_LABEL)
+        ax_a.axhline(_CHANCE, color="0.4", ls=":", lw=1, label=_CHANCE_LABEL)
         ax_a.legend(frameon=False, fontsize=8, loc="upper left")
     else:
         _empty(ax_a, "no ablation runs yet")

@@ -433,7 +433,7 @@ def deviations(profile: Any, dataset: Any = None, only: bool = False, *, records
     Returns:
         Columns ``setting, paper, this run, deviates`` (bool), ``note``.
     """
-    from .models import display_name, input_spec
+    from .models import display_name
 
     prof = load_profile_any(profile)
     rows: list[dict[str, Any]] = []
@@ -467,18 +467,10 @@ def deviations(profile: Any, dataset: Any = None, only: bool = False, *, records
         {_canon(b) for b in ours_bb} != {_canon(b) for b in paper_bb}, _substitution_note(ours_bb))
     add("ablation backbone (Tables 2-4)", "SENet154", _safe_display(ablation_backbone(prof)),
         _canon(ablation_backbone(prof)) != _canon("senet154"))
-    sizes = []
-    dev_size = False
-    for b in ours_bb:
-        try:
-            spec = input_spec(b)
-            paper_size = (441, 331) if _canon(b) == _canon("pnasnet5large") else (300, 224)
-            ours = (prof.image_size or spec.resize, prof.crop_size or spec.crop)
-        except Exception:  # noqa: BLE001
-            paper_size, ours = (300, 224), (prof.image_size, prof.crop_size)
-        sizes.append(f"{_safe_display(b)} {ours[0]}->{ours[1]}")
-        dev_size |= tuple(ours) != paper_size
-    add("image size (resize -> crop)", "300 -> 224 (PNASNet 441 -> 331)", "; ".join(sizes), dev_size)
+    sizes = _profile_sizes(prof)
+    add("image size (resize -> crop)", "300 -> 224 (PNASNet 441 -> 331)",
+        "; ".join(f"{_safe_display(b)} {r}->{c}" for b, (r, c) in sizes.items()),
+        any(v != _paper_sizes(b) for b, v in sizes.items()))
     add("pretrained", "ImageNet", "ImageNet (timm / torchvision weights)" if prof.pretrained else
         "no: random initialisation", not prof.pretrained,
         "pinned timm tags closest to 2019 weights (torchvision originals, Cadene's SENet154, TF PNASNet)"

@@ -360,8 +360,6 @@ def build_table1(
     note = table1_paper_note(out)
     if note:
         out.attrs["note"] = note
-        if paper_has_none(out):
-            out.attrs["paper_reference"] = "table1"
     return out
 
 
@@ -643,7 +641,8 @@ def render_markdown(df: pd.DataFrame, caption: bool = True) -> str:
         '| backbone | fusion | ours | n |'
     """
     view = format_table(df)
-    if df.attrs.get("paper_reference") == "table1":  # no paper backbone: the sentence and the paper's own table
+    none_in_paper = paper_has_none(df)
+    if none_in_paper:  # no paper backbone in Table 1: the sentence and the paper's own table
         view = view.drop(columns=[c for c in ("paper_backbone", "paper", "diff") if c in view.columns])
     parts = []
     if caption and df.attrs.get("caption"):
@@ -654,7 +653,7 @@ def render_markdown(df: pd.DataFrame, caption: bool = True) -> str:
                      "a cell without runs shows —.")
     if df.attrs.get("note"):
         parts.append(f"\n{df.attrs['note']}")
-    if df.attrs.get("paper_reference") == "table1":
+    if none_in_paper:
         parts.append("\n**The paper's Table 1** (MCR %, mean ± std over 5 folds):\n")
         parts.append(to_markdown(paper_table1_wide()))
     return "\n".join(parts)
