@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole notebook chain with papermill.
 #   ./run_all.sh [--profile NAME] [--data-dir PATH] [--executor local|slurm] [--from NN] [--only NN ...]
-# Default: the demo profile, on the CPU, offline; real data if found, else synthetic.
+# Default: the demo profile, on the CPU, offline; the full data if found, else the shipped sample data/sample/.
 # Executed notebooks go to outputs/notebooks/, figures to figures/, tables to results/tables/,
 # the report to outputs/report.html.
 set -euo pipefail

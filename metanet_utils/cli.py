@@ -1,7 +1,7 @@
 """Command line: ``python -m metanet_utils ...`` (also installed as ``metanet``).
 
 Commands:
-    data verify|download|synth|prepare   find, fetch, check and cache the data
+    data verify|download|sample|prepare   find, fetch, check and cache the data
     train                                one run of a profile
     grid                                 all runs of a profile (here, several workers, or Slurm)
     weights fetch                        pretrained weights into a folder, for offline machines
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="metanet", description="MetaNet (Li et al., ISBI 2020) reproduction kit")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="find, download, verify, synthesise and cache data")
+    data = sub.add_parser("data", help="find, download, verify, sample and cache data")
     dsub = data.add_subparsers(dest="data_command", required=True)
     v = dsub.add_parser("verify", help="check a data folder: counts vs the paper, missing/extra/broken files")
     _add_data_dir(v)
@@ -51,10 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = dsub.add_parser("download", help="download the official ISIC 2018 Task 3 files and HAM10000 metadata")
     d.add_argument("--dest", type=Path, default=None, help="target folder (default: data/ham10000/)")
     d.add_argument("--metadata-only", action="store_true", help="only the metadata CSV (a few hundred kB)")
-    s = dsub.add_parser("synth", help="write the synthetic dataset (same layout as the real data)")
-    s.add_argument("--dest", type=Path, default=None, help="target folder (default: data/synthetic-<n>-s<seed>/)")
-    s.add_argument("--n", type=int, default=700, help="number of images (default: %(default)s)")
-    s.add_argument("--seed", type=int, default=0)
+    s = dsub.add_parser("sample", help="draw the kit's small sample (data/sample/) from the full HAM10000")
+    s.add_argument("--from", dest="source", type=Path, required=True, help="folder of the full HAM10000")
+    s.add_argument("--dest", type=Path, default=None, help="target folder (default: data/sample/)")
     pr = dsub.add_parser("prepare", help="build the image caches and folds a profile needs")
     _add_data_dir(pr)
     _add_profile(pr)
@@ -80,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restrict to runs whose setting matches, e.g. fusion=metanet fold=0,1")
     g.add_argument("--workers", type=int, default=None, help="worker processes on this machine (default: profile's)")
     g.add_argument("--together", type=_together_arg, default=None, metavar="K",
-                   help="train up to K runs at once in each worker, one CUDA stream each; auto: the number "
-                        "measured fastest per backbone on a GPU (default: profile's runs_together)")
+                   help="train up to K runs at once in each worker, one CUDA stream each (opt-in; "
+                        "default: profile's runs_together, 1)")
     g.add_argument("--executor", choices=["local", "slurm"], default="local")
     g.add_argument("--no-wait", action="store_true", help="do not wait for runs held by other workers / jobs")
     g.add_argument("--device", default=None)
@@ -107,15 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _together_arg(text: str) -> int | str:
-    if text == "auto":
-        return text
+def _together_arg(text: str) -> int:
     try:
         k = int(text)
     except ValueError:
         k = 0
     if k < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; use a whole number >= 1 or auto")
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed; use a whole number >= 1")
     return k
 
 
@@ -221,15 +218,14 @@ def _data(args: argparse.Namespace) -> int:
         download_official(dest, include_images=not args.metadata_only)
         print(f"data in {dest}; check it with: python -m metanet_utils data verify --data-dir {dest}")
         return 0
-    if args.data_command == "synth":
-        from .synthetic import MIN_IMAGES, MIN_PER_CLASS, make_synthetic
+    if args.data_command == "sample":
+        from .data import write_sample
 
-        if args.n < MIN_IMAGES:
-            return _fail(f"--n {args.n} is too small: the synthetic data set has at least {MIN_PER_CLASS} images "
-                         f"of each of the 7 classes; use --n {MIN_IMAGES} or more")
-        dest = args.dest or data_dir() / f"synthetic-{args.n}-s{args.seed}"
-        path = make_synthetic(dest, n_images=args.n, seed=args.seed)
-        print(f"synthetic dataset ({args.n} images, seed {args.seed}) in {path}")
+        if not (args.source / "HAM10000_metadata.csv").is_file():
+            return _fail(f"--from {args.source} does not hold HAM10000_metadata.csv; give the folder of the full HAM10000")
+        dest = args.dest or data_dir() / "sample"
+        keep = write_sample(args.source, dest)
+        print(f"sample of {len(keep)} images ({keep['lesion_id'].nunique()} lesions) in {dest}")
         return 0
     if args.data_command == "prepare":
         from .config import load_profile

@@ -46,8 +46,9 @@ FUSIONS: tuple[str, ...] = ("none", "concat", "metanet", "metablock")
 DEFAULT_META_LAYERS: dict[str, int] = {"none": 0, "concat": 0, "metanet": 2, "metablock": 1}
 SPLIT_SCHEMES: tuple[str, ...] = ("image", "lesion")
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
-DATA_SOURCES: tuple[str, ...] = ("auto", "real", "synthetic")
-CUDA_GRAPHS: tuple[str, ...] = ("auto", "on", "off")
+DATA_SOURCES: tuple[str, ...] = ("auto", "real")  # auto: the full data if found, else the shipped sample
+#: ``cuda_graphs``: replay each training step from a CUDA graph (``on``, GPU only, opt-in) or not (``off``).
+CUDA_GRAPHS: tuple[str, ...] = ("off", "on")
 #: Run settings that change how a step is launched, not what it computes: not part of ``run_id``.
 EXECUTION_ONLY: frozenset[str] = frozenset({"cuda_graphs", "checkpoint_interval_s"})
 
@@ -141,7 +142,7 @@ class RunConfig:
     precision: str = "auto"
     channels_last: str = "auto"
     compile: bool = False
-    cuda_graphs: str = "auto"
+    cuda_graphs: str = "off"
     checkpoint_interval_s: float = 0.0
     deterministic: bool = False
     data_kind: str = "real"
@@ -156,6 +157,8 @@ class RunConfig:
         _check_choice("split_scheme", self.split_scheme, SPLIT_SCHEMES)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("channels_last", self.channels_last, ("auto", "on", "off"))
+        if self.cuda_graphs == "auto":  # config.json of records written before CUDA graphs became opt-in
+            object.__setattr__(self, "cuda_graphs", "off")
         _check_choice("cuda_graphs", self.cuda_graphs, CUDA_GRAPHS)
         _check_meta_features(self.meta_features)
         if not 0 <= self.fold < self.n_folds:
@@ -233,7 +236,6 @@ class Profile:
     name: str
     description: str = ""
     data: str = "auto"
-    synthetic_images: int = 700
     max_images: int | None = None
     backbones: tuple[str, ...] = ("alexnet", "vgg19", "resnet50", "densenet161", "senet154", "pnasnet5large")
     fusions: tuple[str, ...] = ("none", "concat", "metanet")
@@ -255,18 +257,20 @@ class Profile:
     pretrained: bool = True
     precision: str = "auto"
     compile: bool = False
-    cuda_graphs: str = "auto"
+    cuda_graphs: str = "off"
     checkpoint_interval_s: float = 0.0
     deterministic: bool = False
     seed: int = 0
     ablations: Ablations = field(default_factory=Ablations)
     cam_cases: int = 4
     workers: int = 1
-    runs_together: int | str = 1
+    runs_together: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.ablations, dict):
             object.__setattr__(self, "ablations", _from_mapping(Ablations, self.ablations, "ablations"))
+        if isinstance(self.cuda_graphs, bool):  # YAML reads an unquoted on / off as true / false
+            object.__setattr__(self, "cuda_graphs", "on" if self.cuda_graphs else "off")
         _check_types(self)
         for name in ("backbones", "fusions", "milestones"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -299,12 +303,12 @@ class Profile:
         return json.loads(json.dumps(dataclasses.asdict(self), default=list))
 
 
-def check_runs_together(value: Any) -> int | str:
-    """``runs_together``: a whole number >= 1, or ``auto`` (measured per backbone on a GPU, see
-    :mod:`metanet_utils.together`)."""
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+def check_runs_together(value: Any) -> int:
+    """``runs_together``: how many runs one process trains at once (a whole number >= 1; 1, the default,
+    trains one at a time; more is opt-in, see :mod:`metanet_utils.together`)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
-    raise ConfigError(f"runs_together={value!r} is not allowed; use a whole number >= 1 or auto")
+    raise ConfigError(f"runs_together={value!r} is not allowed; use a whole number >= 1")
 
 
 def _from_mapping(cls, mapping: dict[str, Any], where: str):

@@ -8,7 +8,8 @@ as a label source when the HAM10000 metadata file is absent (then age, sex and s
 unknown, and the lesion groupings CSV supplies ``lesion_id`` when present).
 
 Where data is looked for, in order: the ``data_dir`` argument (``--data-dir``),
-``$METANET_DATA_DIR``, ``data/ham10000/``.
+``$METANET_DATA_DIR``, ``data/ham10000/``; the demo and smoke profiles then fall back to the
+shipped sample ``data/sample/`` (real HAM10000 images, downscaled; see its README).
 
 What is refused and what is repaired (every refusal names the file or row and the value):
 
@@ -34,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,6 +45,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .paths import data_dir as default_data_root
+from .paths import sample_dir
 from .constants import CLASS_CODES, DATA_CLASS_COUNTS, DX_CODES, N_IMAGES, N_LESIONS, PAPER_CLASS_COUNTS, SEXES, SITES
 
 __all__ = [
@@ -61,8 +65,10 @@ __all__ = [
     "verify",
     "data_fingerprint",
     "stratified_subsample",
+    "describe",
     "announce",
     "locate_data",
+    "write_sample",
 ]
 
 METADATA_FILE = "HAM10000_metadata.csv"
@@ -84,9 +90,12 @@ class DataError(ValueError):
     """The data is missing or malformed; the message names the file or row and the value."""
 
 
+SAMPLE_MARKER = "sample.json"  # written by :func:`write_sample`: the folder is the kit's small sample
+
+
 @dataclass(frozen=True)
 class DataLocation:
-    """Where the data was found and what it is (``real`` or ``synthetic``)."""
+    """Where the data was found and what it is: ``real`` (the official data or a copy) or ``sample``."""
 
     path: Path
     kind: str
@@ -104,55 +113,44 @@ def _groundtruth_file(d: Path) -> Path | None:
     return None
 
 
-def find_data_dir(data_dir: str | Path | None = None, *, synthetic_fallback: bool = False,
-                  synthetic_images: int = 700, seed: int = 0) -> DataLocation:
+def _located(d: Path, source: str) -> DataLocation:
+    return DataLocation(d.resolve(), "sample" if (d / SAMPLE_MARKER).is_file() else "real", source)
+
+
+def find_data_dir(data_dir: str | Path | None = None, *, sample_fallback: bool = False) -> DataLocation:
     """Locate the data: ``data_dir``, then ``$METANET_DATA_DIR``, then ``data/ham10000/``.
 
-    With ``synthetic_fallback`` (the demo and smoke profiles) and nothing found, the
-    synthetic dataset is written to (or reused from) ``data/synthetic-<n>-s<seed>/``.
+    With ``sample_fallback`` (the demo and smoke profiles) and nothing found there, the
+    shipped sample ``data/sample/`` is used.
 
     Raises:
         DataError: a given folder does not exist or holds no metadata, or nothing was
             found and there is no fallback; the message says how to get the data.
     """
-    from .paths import data_dir as default_data_root
-
     if data_dir is not None:
         d = Path(data_dir).expanduser()
         if not d.is_dir():
             raise DataError(f"--data-dir {d} does not exist; give a folder holding {METADATA_FILE} and the ISIC_*.jpg images")
         if not _has_metadata(d):
             raise DataError(f"--data-dir {d} holds neither {METADATA_FILE} nor {GROUNDTRUTH_FILE}")
-        return DataLocation(d.resolve(), _kind(d), "argument")
+        return _located(d, "argument")
     env = os.environ.get("METANET_DATA_DIR")
     if env:
         d = Path(env).expanduser()
         if not d.is_dir() or not _has_metadata(d):
             raise DataError(f"$METANET_DATA_DIR={env} does not hold {METADATA_FILE}; fix or unset it")
-        return DataLocation(d.resolve(), _kind(d), "METANET_DATA_DIR")
+        return _located(d, "METANET_DATA_DIR")
     d = default_data_root() / "ham10000"
     if d.is_dir() and _has_metadata(d):
-        return DataLocation(d.resolve(), _kind(d), "data/ham10000")
-    if synthetic_fallback:
-        from .synthetic import make_synthetic
-
-        dest = default_data_root() / f"synthetic-{synthetic_images}-s{seed}"
-        path = make_synthetic(dest, n_images=synthetic_images, seed=seed)
-        return DataLocation(Path(path).resolve(), "synthetic", "synthetic fallback (no real data found)")
+        return _located(d, "data/ham10000")
+    sample = sample_dir()
+    if sample_fallback and _has_metadata(sample):
+        return _located(sample, "the shipped sample (no full data found)")
     raise DataError(
         "no HAM10000 data found (looked at --data-dir, $METANET_DATA_DIR and data/ham10000/). "
         "Run `python -m metanet_utils data download` (a 2.6 GB image archive), or download the ISIC 2018 Task 3 training "
         "files and the HAM10000 metadata (Harvard Dataverse doi:10.7910/DVN/DBW86T) by hand into data/ham10000/, "
         "or pass --data-dir PATH.")
-
-
-def _kind(d: Path) -> str:
-    try:
-        from .synthetic import is_synthetic
-
-        return "synthetic" if is_synthetic(d) else "real"
-    except ImportError:  # pragma: no cover
-        return "real"
 
 
 def find_images(data_dir: str | Path) -> dict[str, Path]:
@@ -306,7 +304,7 @@ def _validate(df: pd.DataFrame, source: Path) -> None:
 def _parse_age(df: pd.DataFrame, source: Path) -> pd.Series:
     raw = df["age"]
     text = raw.astype("string").str.strip()
-    age = pd.to_numeric(text, errors="coerce")
+    age = pd.to_numeric(text, errors="coerce").astype(float)  # plain float: a missing age is NaN, never pd.NA
     not_number = age.isna() & text.notna() & ~text.str.lower().isin(["", "nan", "na", "unknown"])
     if not_number.any():
         i = int(np.flatnonzero(not_number.to_numpy())[0])
@@ -381,6 +379,7 @@ class VerifyReport:
     bad_images: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    sample: bool = False  # the kit's shipped sample: its counts are its own, not the official ones
 
     @property
     def ok(self) -> bool:
@@ -399,7 +398,11 @@ class VerifyReport:
     def format(self) -> str:
         lines = [f"Data folder: {self.data_dir}", f"images in metadata: {self.n_images} (official {N_IMAGES}); "
                  f"lesions: {self.n_lesions} (official {N_LESIONS})"]
-        if self.class_counts:
+        if self.sample:
+            lines[1:] = [f"the kit's shipped sample of HAM10000 (a subsample, not the official set): {self.n_images} "
+                         f"images of {self.n_lesions} whole lesions", "class counts (sample / full set):"]
+            lines += [f"  {r.dx:6s} {r.here:5d} / {r.official:5d}" for r in self.counts_table().itertuples()]
+        elif self.class_counts:
             lines.append("class counts (here / paper / official):")
             for r in self.counts_table().itertuples():
                 flag = ("  <- the paper prints %d, the official data has %d (misprint or other label version)"
@@ -427,7 +430,7 @@ def verify(data_dir: str | Path, *, decode: bool = True, workers: int | None = N
     unreadable files.
     """
     data_dir = Path(data_dir)
-    report = VerifyReport(data_dir=data_dir)
+    report = VerifyReport(data_dir=data_dir, sample=(data_dir / SAMPLE_MARKER).is_file())
     try:
         df = load_metadata(data_dir, require_images=False)
     except DataError as e:
@@ -531,27 +534,35 @@ def stratified_subsample(df: pd.DataFrame, n: int | None, seed: int = 0, min_per
     return out.reset_index(drop=True)
 
 
-def announce(data: Any) -> None:
-    """Print where the data comes from; LOUDLY (a box of ``*``) when it is synthetic.
+def describe(data: Any) -> str:
+    """What data this is, in the words every notebook, figure footer and report uses.
+
+    ``the shipped sample: 1095 images at 128x96`` or ``the full set: 10015 images`` (or ``N images`` for a
+    subsample of the full set).
 
     Args:
-        data: a :class:`metanet_utils.data.DataLocation` or a :class:`metanet_utils.dataset.Dataset`.
+        data: a :class:`metanet_utils.dataset.Dataset` (anything with ``kind``, ``df`` and ``data_dir``).
     """
+    n = len(data.df)
+    if data.kind == "sample":
+        drawn = json.loads((Path(data.data_dir) / SAMPLE_MARKER).read_text())
+        size = "x".join(map(str, drawn["size"]))
+        if n == drawn["images"]:
+            return f"the shipped sample of HAM10000: {n} images at {size}"
+        return f"{n} of the shipped sample's {drawn['images']} HAM10000 images at {size}"
+    return f"the full set: {n} images" if n == N_IMAGES else f"HAM10000: {n} of its images"
+
+
+def announce(data: Any) -> None:
+    """Print what data a notebook runs on and where it lies."""
     path = getattr(data, "path", None) or getattr(data, "data_dir", "")
-    n = f" ({len(data.df)} images used by this profile)" if hasattr(data, "df") else ""
-    if data.kind != "synthetic":
-        print(f"Real data: {path}{n}.")
-        return
-    lines = ["SYNTHETIC DATA", "", f"{path}{n}",
-             "procedurally drawn images, NOT HAM10000: the figures are stamped and",
-             "the numbers say nothing about the paper's claims.",
-             "Real data: python -m metanet_utils data download, or --data-dir PATH",
-             "(folder with HAM10000_metadata.csv and the ISIC_*.jpg images)."]
-    width = max(len(s) for s in lines) + 8
-    print("\n".join(["*" * width, *(f"*** {s.ljust(width - 8)} ***" for s in lines), "*" * width]))
+    print(f"Data: {describe(data)} ({path}).")
+    if data.kind == "sample":
+        print("The sample is real (CC BY-NC 4.0, see data/sample/README.md) but small: for the paper's numbers use the "
+              "full set (python -m metanet_utils data download, or --data-dir PATH).")
 
 
-def locate_data(profile: Any, data_dir: str | Path | None = "") -> Any:
+def locate_data(profile: Any, data_dir: str | Path | None = "") -> DataLocation:
     """Find the profile's data; quick / paper (``data: real``) download the official files if none is found.
 
     Args:
@@ -559,33 +570,108 @@ def locate_data(profile: Any, data_dir: str | Path | None = "") -> Any:
         data_dir: a data folder, or empty / None for the default places.
 
     Returns:
-        The :class:`metanet_utils.data.DataLocation`; demo and smoke fall back to the synthetic data.
+        The :class:`DataLocation`; demo and smoke (``data: auto``) fall back to the shipped sample.
 
     Raises:
         DataError: a given folder holds no data, or ``data: real`` and the download failed.
     """
-    from .paths import data_dir as default_root
-
-    if profile.data == "synthetic" and not data_dir:
-        from .synthetic import make_synthetic
-
-        path = make_synthetic(default_root() / f"synthetic-{profile.synthetic_images}-s{profile.seed}",
-                              n_images=profile.synthetic_images, seed=profile.seed)
-        return DataLocation(Path(path).resolve(), "synthetic", "profile asks for synthetic data")
     from .download import download_complete, download_official
 
-    own = default_root() / "ham10000"
+    own = default_data_root() / "ham10000"
     try:
-        found = find_data_dir(data_dir or None, synthetic_fallback=profile.data == "auto",
-                              synthetic_images=profile.synthetic_images, seed=profile.seed)
+        found = find_data_dir(data_dir or None, sample_fallback=profile.data == "auto")
     except DataError:
         if data_dir or profile.data != "real":
             raise
         print(f"No data found: profile {profile.name!r} needs the official HAM10000, downloading it (a 2.6 GB image archive) ...")
     else:
+        if profile.data == "real" and found.kind == "sample":
+            raise DataError(f"{found.path} is the kit's small sample; profile {profile.name!r} needs the full HAM10000: "
+                            "python -m metanet_utils data download, or --data-dir PATH")
         # the kit's own download folder gets its metadata first: an interrupted download is finished here
         if data_dir or profile.data != "real" or found.path != own.resolve() or download_complete(own):
             return found
         print(f"The download into {own} was interrupted: continuing it ...")
     download_official(own)
     return find_data_dir(None)
+
+
+SAMPLE_SIZE = (128, 96)  # width x height of the shipped sample's images (HAM10000's 4:3)
+
+
+def write_sample(src: str | Path, dest: str | Path, *, n: int = 1000, min_per_class: int = 50, seed: int = 0,
+                 size: tuple[int, int] = SAMPLE_SIZE, quality: int = 90) -> pd.DataFrame:
+    """Draw the kit's small sample from the full HAM10000 in ``src`` into ``dest`` (deterministic).
+
+    Whole lesions (every image of a chosen lesion), about ``n`` images with the data's class proportions and at
+    least ``min_per_class`` images per class; images resized to ``size`` (Lanczos) and saved as JPEG; the metadata
+    rows copied byte for byte from the official file, in its order; a README with the licence, attribution and
+    class counts; ``sample.json`` saying how it was drawn. The same ``src`` gives the same bytes.
+
+    Returns:
+        The sample's metadata rows (as :func:`load_metadata` reads them from ``src``).
+    """
+    from PIL import Image
+
+    src, dest = Path(src), Path(dest)
+    df = load_metadata(src)
+    if len(df) != N_IMAGES:
+        raise DataError(f"{src} holds {len(df)} images: draw the sample from the full HAM10000 ({N_IMAGES} images)")
+    keep = stratified_subsample(df, n, seed=seed, min_per_class=min_per_class)
+    ids = set(keep["image_id"])
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob("ISIC_*.jpg"):
+        if old.stem not in ids:
+            old.unlink()
+    lines = (src / METADATA_FILE).read_bytes().splitlines(keepends=True)
+    column = [c.strip().lower() for c in lines[0].decode().split(",")].index("image_id")
+    rows = [ln for ln in lines[1:] if ln.decode().split(",")[column].strip() in ids]
+    (dest / METADATA_FILE).write_bytes(b"".join([lines[0], *rows]))
+    for row in keep.itertuples():
+        with Image.open(row.path) as im:
+            im.convert("RGB").resize(size, Image.Resampling.LANCZOS).save(dest / f"{row.image_id}.jpg", quality=quality)
+    drawn = dict(source_images=N_IMAGES, n_target=n, min_per_class=min_per_class, seed=seed, size=list(size),
+                 jpeg_quality=quality, images=len(keep), lesions=int(keep["lesion_id"].nunique()),
+                 class_counts={dx: int(keep["dx"].eq(dx).sum()) for dx in DX_CODES})
+    (dest / SAMPLE_MARKER).write_text(json.dumps(drawn, indent=1) + "\n")
+    (dest / "README.md").write_text(_sample_readme(drawn))
+    return keep
+
+
+def _sample_readme(d: dict[str, Any]) -> str:
+    counts = "\n".join(f"| {dx} | {d['class_counts'][dx]} | {DATA_CLASS_COUNTS[dx]} |"
+                        for dx in sorted(DATA_CLASS_COUNTS, key=lambda k: -DATA_CLASS_COUNTS[k]))
+    w, h = d["size"]
+    return f"""# A small sample of HAM10000 (real images, downscaled)
+
+This folder is **not** under the kit's MIT licence. It is a subsample of the HAM10000 dataset, licensed
+**CC BY-NC 4.0** (https://creativecommons.org/licenses/by-nc/4.0/): non-commercial use, with attribution.
+
+> HAM10000 Dataset: (c) by ViDIR Group, Department of Dermatology, Medical University of Vienna;
+> https://doi.org/10.1038/sdata.2018.161
+
+Cite: Tschandl P., Rosendahl C., Kittler H. "The HAM10000 dataset, a large collection of multi-source dermatoscopic
+images of common pigmented skin lesions." Sci. Data 5, 180161 (2018); and Codella N. et al. "Skin lesion analysis
+toward melanoma detection 2018: a challenge hosted by the International Skin Imaging Collaboration (ISIC)."
+arXiv:1902.03368 (2019).
+
+## What was changed
+- **Subsampled**: {d['images']} of the {d['source_images']} images ({d['lesions']} whole lesions: every image of a
+  chosen lesion is here), drawn with seed {d['seed']}: per class, lesions in a seeded random order until the class
+  holds its share of about {d['n_target']} images, and at least {d['min_per_class']} images.
+- **Downscaled** to {w}x{h} pixels (Lanczos) and saved as JPEG quality {d['jpeg_quality']}.
+- File names and the rows of `HAM10000_metadata.csv` are exactly as in the official data (same order).
+
+The kit's demo and smoke profiles use this folder when no full copy is found. Its numbers are real but small:
+at most {d['images']} images, so 5-fold results have wide spreads, and a rare class holds about 10 images a fold.
+
+## Class counts
+| dx | here | full set |
+|---|---|---|
+{counts}
+
+## How it was drawn
+`python -m metanet_utils data sample --from DIR` (DIR: the full HAM10000, here the 200x150 copy of the kit's
+developers; `sample.json` records the settings). From the same copy it rebuilds this folder byte for byte; from
+the 600x450 originals the images differ by resampling and JPEG rounding only.
+"""

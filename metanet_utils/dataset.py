@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .constants import DX_TO_INDEX
+from .data import DataError, data_fingerprint, find_data_dir, load_metadata, stratified_subsample
 
 __all__ = ["Dataset", "open_dataset"]
 
@@ -70,31 +71,17 @@ class Dataset:
 
 
 def open_dataset(data_dir: str | Path | None = None, *, max_images: int | None = None, seed: int = 0,
-                 synthetic_fallback: bool = False, synthetic_images: int = 700, data: str = "auto") -> Dataset:
+                 data: str = "auto") -> Dataset:
     """Find, load and (optionally) subsample the data.
 
     Args:
         data_dir: folder of the data; None looks in the default places (see
             :func:`metanet_utils.data.find_data_dir`).
         max_images: keep about this many images (whole lesions, class proportions kept).
-        synthetic_fallback: write/use the synthetic dataset when no real data is found.
-        data: ``auto`` (real if found), ``real`` (refuse synthetic) or ``synthetic`` (always).
+        data: ``auto`` (the full data if found, else the shipped sample) or ``real`` (never the sample).
     """
-    from .data import DataError, data_fingerprint, find_data_dir, load_metadata, stratified_subsample
-
-    if data == "synthetic" and data_dir is None:
-        from .paths import data_dir as default_root
-        from .synthetic import make_synthetic
-
-        path = Path(make_synthetic(default_root() / f"synthetic-{synthetic_images}-s{seed}",
-                                   n_images=synthetic_images, seed=seed))
-        kind = "synthetic"
-    else:
-        loc = find_data_dir(data_dir, synthetic_fallback=synthetic_fallback and data != "real",
-                            synthetic_images=synthetic_images, seed=seed)
-        if data == "real" and loc.kind != "real":
-            raise DataError(f"{loc.path} holds synthetic data, but this profile needs the real HAM10000")
-        path, kind = loc.path, loc.kind
-    df = load_metadata(path)
-    df = stratified_subsample(df, max_images, seed=seed)
-    return Dataset(df=df, data_dir=Path(path), kind=kind, fingerprint=data_fingerprint(df))
+    loc = find_data_dir(data_dir, sample_fallback=data == "auto")
+    if data == "real" and loc.kind == "sample":
+        raise DataError(f"{loc.path} is the kit's small sample, but this profile needs the full HAM10000")
+    df = stratified_subsample(load_metadata(loc.path), max_images, seed=seed)
+    return Dataset(df=df, data_dir=loc.path, kind=loc.kind, fingerprint=data_fingerprint(df))

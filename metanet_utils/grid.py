@@ -33,7 +33,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from .atomic import atomic_write_text
 from .config import ConfigError, Profile, RunConfig
@@ -165,11 +165,10 @@ def filter_runs(runs: list[RunConfig], only: dict[str, list[str]] | None) -> lis
 
 
 def profile_dataset(profile: Profile, data_dir: str | Path | None = None):
-    """Open the data set a profile asks for (real or synthetic fallback, subsampled)."""
+    """Open the data set a profile asks for (the full data, or the shipped sample for demo/smoke; subsampled)."""
     from .dataset import open_dataset
 
-    return open_dataset(data_dir, max_images=profile.max_images, seed=profile.seed, data=profile.data,
-                        synthetic_fallback=profile.data != "real", synthetic_images=profile.synthetic_images)
+    return open_dataset(data_dir, max_images=profile.max_images, seed=profile.seed, data=profile.data)
 
 
 @dataclass
@@ -236,7 +235,7 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
              experiments: Iterable[str] = EXPERIMENTS,
              runs_dir: str | Path | None = None, device: str | None = None, progress: bool | str = True,
              weights_dir: str | Path | None = None, wait: bool = True, poll_s: float = 5.0,
-             together: int | str | None = None) -> GridSummary:
+             together: int | None = None) -> GridSummary:
     """Train the profile's missing runs here, longest first, skipping complete ones.
 
     ``progress``: True or ``"epochs"`` (what the command line uses) prints each run's start and one line per epoch;
@@ -247,21 +246,18 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
     Runs locked by another worker are left to it; with ``wait`` this worker then waits
     for them to finish (and takes one over, resuming its checkpoint, if its worker dies).
     A failing run is logged to ``runs/.failed/<run_id>.log`` and the others go on.
-    ``together`` (default: the profile's ``runs_together``) trains up to that many runs with the same
-    images at once in this process (:func:`metanet_utils.train.train_runs_together`); ``auto``
-    measures the best number per backbone on a GPU (:mod:`metanet_utils.together`; 1 on a CPU).
+    ``together`` (default: the profile's ``runs_together``, 1) trains up to that many runs with the same
+    images at once in this process (opt-in: :func:`metanet_utils.together.train_runs_together`).
     """
     from .cache import CacheError
     from .config import check_runs_together
     from .paths import runs_dir as default_runs_dir
-    from .train import RunBusy, is_complete, pick_device, record_dir, train_run, train_runs_together
+    from .together import train_runs_together
+    from .train import RunBusy, is_complete, record_dir, train_run
 
     resolve_progress(progress, [])  # a bad value is refused before any work
     runs_dir = Path(runs_dir or default_runs_dir())
     k = check_runs_together(together if together is not None else profile.runs_together)
-    dev = pick_device(device)
-    if k == "auto" and dev.type != "cuda":
-        k = 1  # the cores are busy with one run already: nothing to measure
     if k != 1 and profile.deterministic:
         print(f"grid: runs_together={k} ignored: a deterministic profile trains one run at a time", flush=True)
         k = 1
@@ -273,13 +269,12 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
     per_epoch, per_run = mode is True or mode == "epochs", mode == "runs"
     speak = per_epoch or per_run  # whether the grid prints its own lines at all
     if speak:
-        at_once = "" if k == 1 else (", runs at once: measured per backbone" if k == "auto" else f", {k} at a time")
+        at_once = "" if k == 1 else f", {k} at a time"
         print(f"grid {profile.name}: {len(runs)} runs, {len(summary.skipped)} complete, {len(pending)} to do "
               f"({dataset.kind} data, {len(dataset.df)} images{at_once})", flush=True)
     from .models import ensure_weights
 
     ensure_weights([r.backbone for r in pending if r.pretrained], weights_dir, speak)  # before any run starts
-    k_of = _together_of(pending, k, dev, runs_dir, dataset, speak)
 
     def failed(cfg: RunConfig, e: BaseException, tb: str) -> None:
         log = runs_dir / ".failed" / f"{cfg.run_id}.log"
@@ -302,7 +297,7 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
     while pending:
         busy = []
         todo = [c for c in pending if not is_complete(record_dir(c, runs_dir))]
-        for group in _groups(todo, k_of):
+        for group in _groups(todo, k):
             if per_epoch:
                 for cfg in group:
                     print(f"--- run {cfg.run_id} ({runs.index(cfg) + 1}/{len(runs)})", flush=True)
@@ -349,41 +344,20 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
     return summary
 
 
-def _together_of(runs: list[RunConfig], k: int | str, device, runs_dir: Path, dataset,
-                 progress: bool) -> Callable[[RunConfig], int]:
-    """``run -> how many runs to train at once with it``: ``k`` for every run, or with ``auto`` the number
-    measured for its backbone (see :func:`metanet_utils.together.choose_runs_together`)."""
-    if k != "auto":
-        return lambda cfg: int(k)
-    from .together import choose_runs_together
-
-    chosen: dict[str, int] = {}
-    for cfg in runs:  # longest first: the decision for a backbone is made before its first run
-        if cfg.backbone not in chosen:
-            reserve = len(dataset.df) * cfg.image_size ** 2 * 3  # the uint8 image cache, shared by the runs
-            chosen[cfg.backbone] = choose_runs_together(cfg, device, reserve_bytes=reserve, runs_dir=runs_dir,
-                                                        log=print if progress else None).k
-    return lambda cfg: chosen.get(cfg.backbone, 1)
-
-
-def _groups(runs: list[RunConfig], k: int | Callable[[RunConfig], int]) -> list[list[RunConfig]]:
-    """Consecutive groups of up to ``k`` runs (a number, or one per run: ``k(run)``) that can share one
-    image cache (same size and colour correction), in the given order (longest first). With a ``k`` per
-    run, a group holds one backbone only: that is what its number was measured for."""
-    k_of = k if callable(k) else (lambda cfg: int(k))
+def _groups(runs: list[RunConfig], k: int) -> list[list[RunConfig]]:
+    """Consecutive groups of up to ``k`` runs that can share one image cache (same size and colour
+    correction), in the given order (longest first)."""
+    if k <= 1:
+        return [[r] for r in runs]
     open_groups: dict[tuple, list[RunConfig]] = {}
     out: list[list[RunConfig]] = []
     for r in runs:
-        n = max(1, k_of(r))
-        if n == 1:
-            out.append([r])
-            continue
-        key = (r.image_size, r.color_constancy, r.deterministic, r.backbone if callable(k) else None)
+        key = (r.image_size, r.color_constancy, r.deterministic)
         g = open_groups.setdefault(key, [])
         if not g:
             out.append(g)
         g.append(r)
-        if len(g) >= n:
+        if len(g) >= k:
             open_groups[key] = []
     return out
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 __all__ = [
-    "project_root", "configs_dir", "data_dir", "results_dir", "runs_dir", "tables_dir",
+    "project_root", "configs_dir", "data_dir", "sample_dir", "results_dir", "runs_dir", "tables_dir",
     "folds_dir", "cache_dir", "figures_dir", "outputs_dir", "weights_dir",
 ]
 
@@ -43,8 +43,14 @@ def configs_dir() -> Path:
 
 
 def data_dir() -> Path:
-    """Downloads and the synthetic dataset live here (git-ignored)."""
+    """Downloads and caches (git-ignored), and the shipped sample ``data/sample/`` (tracked)."""
     return _sub("data")
+
+
+def sample_dir() -> Path:
+    """The shipped sample of HAM10000: ``data/sample/`` of the project, else of the kit's own checkout."""
+    here = data_dir() / "sample"
+    return here if here.is_dir() else Path(__file__).resolve().parent.parent / "data" / "sample"
 
 
 def results_dir() -> Path:

@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .data import DataError, find_data_dir
+
 __all__ = ["NotebookJob", "plan_jobs", "run_chain", "kernel_arguments", "main", "RUNNING_DIR"]
 
 RUNNING_DIR = ".running"
@@ -201,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     if Path(profile).suffix in (".yaml", ".yml"):  # a file: the notebooks run elsewhere, so pass it absolute
         profile = str(_from_caller(profile))
     try:  # refuse a bad profile before notebook 00 starts
-        _check_backbones(load_profile(profile))
+        prof = load_profile(profile)
+        _check_backbones(prof)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -209,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     if data_dir and not Path(data_dir).is_dir():
         print(f"error: --data-dir {args.data_dir} does not exist ({data_dir})", file=sys.stderr)
         return 2
+    try:
+        loc = find_data_dir(data_dir, sample_fallback=prof.data == "auto")
+        what = "the shipped sample (no full data found)" if loc.kind == "sample" else "HAM10000"
+        print(f"[run_all] profile {prof.name}, data: {what} in {loc.path}", flush=True)
+    except DataError:
+        print(f"[run_all] profile {prof.name}: no data found yet; notebook 00 downloads the official files", flush=True)
     return run_chain(profile, data_dir, args.kernel, only=args.only, start=args.start, executor=args.executor)
 
 

@@ -1,15 +1,15 @@
 """Figures of the notebooks.
 
 Only drawing lives here: the tables the notebooks show beside the figures come from the modules
-that compute them (:mod:`metanet_utils.metadata`, :mod:`metanet_utils.color`, :mod:`metanet_utils.report`),
+that compute them (:mod:`metanet_utils.metadata`, :mod:`metanet_utils.report`),
 and images are read with :func:`metanet_utils.data.read_rgb`.
 
 Every plotting function builds a fresh :class:`matplotlib.figure.Figure` (not through
 ``pyplot``, so a notebook shows it exactly once, as the value of its cell, and nothing
 accumulates in pyplot's figure list), returns it and, given ``save="name"``, writes
-``figures_dir()/name.png`` at 120 dpi (the folder is created). ``synthetic=True`` stamps
-"SYNTHETIC DATA" across the figure (:func:`synthetic_banner`) before it is saved, and ``caption="..."``
-writes a small grey footer under it (:func:`add_caption`: what the figure shows, from which runs).
+``figures_dir()/name.png`` at 120 dpi (the folder is created), and ``caption="..."`` writes a small grey
+footer under it (:func:`add_caption`: what data and runs produced the figure). A figure drawn in a notebook
+cell ends with :func:`finish`, which does the same.
 
 Classes are shown in the paper's order (NV, MEL, BKL, BCC, AKIEC, VASC, DF: largest first,
 as in its Sec. 3.1 and Table 2) with one fixed colour each.
@@ -36,9 +36,8 @@ from .constants import CLASS_CODES, DATA_CLASS_COUNTS, META_FIELDS, PAPER_CLASS_
 from .data import read_rgb
 
 __all__ = [
-    "PAPER_ORDER", "CLASS_COLORS", "DPI", "save_figure", "synthetic_banner", "add_caption",
+    "PAPER_ORDER", "CLASS_COLORS", "DPI", "save_figure", "finish", "add_caption",
     "class_counts", "age_by_class", "sex_site_by_class", "sample_grid", "images_per_lesion", "lesion_leak_bars",
-    "color_constancy_grid", "color_statistics",
     "metadata_vectors", "mutual_information_bars", "recall_bars",
 ]
 
@@ -48,9 +47,7 @@ CLASS_COLORS: dict[str, str] = dict(zip(PAPER_ORDER, (
     "#4c72b0", "#c44e52", "#dd8452", "#55a868", "#8172b3", "#937860", "#da8bc3")))
 #: Resolution of the saved PNG files.
 DPI = 120
-_BANNER_GID = "synthetic-banner"
 _CAPTION_GID = "figure-caption"
-_P_NAMES = {1.0: "Gray World", 6.0: "Shades of Gray"}
 
 
 # ----------------------------------------------------------------------------- saving and stamping
@@ -71,26 +68,6 @@ def save_figure(fig: Figure, name: str) -> Path:
     fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
     os.replace(tmp, path)
     return path
-
-
-def synthetic_banner(fig: Figure, text: str = "SYNTHETIC DATA") -> Figure:
-    """Stamp ``text`` in large red letters across ``fig`` (once, however often it is called).
-
-    Args:
-        fig: the figure to stamp.
-        text: the words to stamp.
-
-    Returns:
-        The same figure.
-    """
-    if any(t.get_gid() == _BANNER_GID for t in fig.texts):
-        return fig
-    size = max(18.0, min(64.0, 5.5 * fig.get_figwidth(), 11.0 * fig.get_figheight()))
-    fig.text(0.5, 0.5, text, gid=_BANNER_GID, ha="center", va="center", rotation=20, fontsize=size,
-             fontweight="bold", color="red", alpha=0.28, zorder=1000)
-    fig.text(0.005, 0.995, f"{text}: not HAM10000", ha="left", va="top", fontsize=9, color="white",
-             fontweight="bold", bbox={"facecolor": "red", "edgecolor": "none", "pad": 2}, zorder=1000)
-    return fig
 
 
 def _wrap(text: str, width_pt: float, size: float) -> list[str]:
@@ -161,12 +138,17 @@ def add_caption(fig: Figure, caption: str, *, size: float = 8.0) -> Figure:
     return fig
 
 
-def _finish(fig: Figure, save: str | None, synthetic: bool, caption: str | None = None) -> Figure:
-    """Add the caption footer and the SYNTHETIC DATA stamp, save when asked; the figure."""
+def finish(fig: Figure, *, save: str | None = None, caption: str | None = None) -> Figure:
+    """End a figure: its caption footer (what data and runs produced it), saved as ``figures/<save>.png`` when asked.
+
+    Example:
+        >>> from matplotlib.figure import Figure
+        >>> fig = finish(Figure(), caption="demo profile, the shipped sample")
+        >>> [t.get_text() for t in fig.texts]
+        ['demo profile, the shipped sample']
+    """
     if caption:
         add_caption(fig, caption)
-    if synthetic:
-        synthetic_banner(fig)
     if save:
         save_figure(fig, save)
     return fig
@@ -176,15 +158,6 @@ def _classes(dx: pd.Series | Sequence[str]) -> list[str]:
     """The classes present, in the paper's order."""
     present = set(pd.Series(dx).astype(str).str.lower())
     return [c for c in PAPER_ORDER if c in present]
-
-
-def _shrink(arr: np.ndarray, max_side: int) -> np.ndarray:
-    """Shrink an RGB array (keeping its shape) to at most ``max_side`` pixels, for display."""
-    from PIL import Image
-
-    im = Image.fromarray(arr)
-    im.thumbnail((max_side, max_side), Image.BILINEAR)
-    return np.asarray(im)
 
 
 def _bare(ax: Any) -> None:
@@ -208,7 +181,7 @@ def _count_series(counts: Mapping[str, int] | pd.Series | pd.DataFrame) -> pd.Se
 
 def class_counts(counts: Mapping[str, int] | pd.Series | pd.DataFrame,
                  paper: Mapping[str, int] | None = PAPER_CLASS_COUNTS, *, scale: str = "auto", log: bool = False,
-                 title: str | None = None, save: str | None = None, synthetic: bool = False,
+                 title: str | None = None, save: str | None = None,
                  caption: str | None = None) -> Figure:
     """Bar chart of the images per class, here beside the paper's (Sec. 3.1).
 
@@ -221,7 +194,6 @@ def class_counts(counts: Mapping[str, int] | pd.Series | pd.DataFrame,
         log: logarithmic y axis (the classes span two orders of magnitude).
         title: figure title (default says what is compared).
         save: file name (without ``.png``) under ``figures/``.
-        synthetic: stamp SYNTHETIC DATA.
         caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
 
     Returns:
@@ -257,18 +229,17 @@ def class_counts(counts: Mapping[str, int] | pd.Series | pd.DataFrame,
     ax.margins(y=0.15)
     ax.legend(loc="center right", frameon=False)
     ax.set_title(title or ("Images per class: here vs the paper" + (" (shares)" if scale == "share" else "")))
-    return _finish(fig, save, synthetic, caption)
+    return finish(fig, save=save, caption=caption)
 
 
 def age_by_class(df: pd.DataFrame, *, bin_width: float = 5.0, save: str | None = None,
-                 synthetic: bool = False, caption: str | None = None) -> Figure:
+                 caption: str | None = None) -> Figure:
     """Age histogram of each class (density), over the histogram of all images.
 
     Args:
         df: one row per image with ``dx`` and ``age`` (NaN = missing).
         bin_width: years per bin (HAM10000's ages are multiples of 5).
         save: file name under ``figures/``.
-        synthetic: stamp SYNTHETIC DATA.
         caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
 
     Returns:
@@ -294,7 +265,7 @@ def age_by_class(df: pd.DataFrame, *, bin_width: float = 5.0, save: str | None =
     fig.supylabel("density")
     axes[0].legend(fontsize=7, frameon=False, loc="upper left")
     fig.suptitle("Age by diagnosis (grey outline: all images)")
-    return _finish(fig, save, synthetic, caption)
+    return finish(fig, save=save, caption=caption)
 
 
 def _crosstab(df: pd.DataFrame, col: str, values: Sequence[str], normalise: bool) -> pd.DataFrame:
@@ -306,14 +277,13 @@ def _crosstab(df: pd.DataFrame, col: str, values: Sequence[str], normalise: bool
 
 
 def sex_site_by_class(df: pd.DataFrame, *, normalise: bool = True, save: str | None = None,
-                      synthetic: bool = False, caption: str | None = None) -> Figure:
+                      caption: str | None = None) -> Figure:
     """Heatmaps of sex and body site by diagnosis.
 
     Args:
         df: one row per image with ``dx``, ``sex`` and ``localization``.
         normalise: show each class's row as % of its images (else counts).
         save: file name under ``figures/``.
-        synthetic: stamp SYNTHETIC DATA.
         caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
 
     Returns:
@@ -338,7 +308,7 @@ def sex_site_by_class(df: pd.DataFrame, *, normalise: bool = True, save: str | N
         ax.set_ylabel("")
         ax.set_title(f"{what}" + (" (% of the class's images)" if normalise else " (images)"))
         ax.tick_params(axis="x", rotation=60)
-    return _finish(fig, save, synthetic, caption)
+    return finish(fig, save=save, caption=caption)
 
 
 def _image_caption(row: Any) -> str:
@@ -348,7 +318,7 @@ def _image_caption(row: Any) -> str:
 
 
 def sample_grid(df: pd.DataFrame, n_per_class: int = 5, *, seed: int = 0, max_side: int = 200,
-                save: str | None = None, synthetic: bool = False, caption: str | None = None) -> Figure:
+                save: str | None = None, caption: str | None = None) -> Figure:
     """Random images of every class: rows are classes, ``n_per_class`` columns, at most one image per lesion.
 
     Args:
@@ -358,7 +328,6 @@ def sample_grid(df: pd.DataFrame, n_per_class: int = 5, *, seed: int = 0, max_si
         seed: random state of the choice.
         max_side: images are shrunk to at most this many pixels for display.
         save: file name under ``figures/``.
-        synthetic: stamp SYNTHETIC DATA.
         caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
 
     Returns:
@@ -379,17 +348,16 @@ def sample_grid(df: pd.DataFrame, n_per_class: int = 5, *, seed: int = 0, max_si
                 ax.set_xlabel(_image_caption(rows[j]), fontsize=7, labelpad=1)
         axes[i, 0].set_ylabel(c.upper(), fontsize=11, color=CLASS_COLORS[c], fontweight="bold")
     fig.suptitle("Sample images per class (caption: age, sex, site)")
-    return _finish(fig, save, synthetic, caption)
+    return finish(fig, save=save, caption=caption)
 
 
 def images_per_lesion(df: pd.DataFrame, *,
-                      save: str | None = None, synthetic: bool = False, caption: str | None = None) -> Figure:
+                      save: str | None = None, caption: str | None = None) -> Figure:
     """How many images each lesion has, and per class the share of images whose lesion has others.
 
     Args:
         df: one row per image with ``lesion_id`` and ``dx``.
         save: file name under ``figures/``.
-        synthetic: stamp SYNTHETIC DATA.
         caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
 
     Returns:
@@ -411,18 +379,17 @@ def images_per_lesion(df: pd.DataFrame, *,
     ax2.axhline(100 * multi.mean(), color="0.3", ls="--", lw=1, label=f"all classes: {100 * multi.mean():.0f}%")
     ax2.set(ylabel="% of images", ylim=(0, 105), title="images whose lesion has other images")
     ax2.legend(frameon=False, fontsize=8)
-    return _finish(fig, save, synthetic, caption)
+    return finish(fig, save=save, caption=caption)
 
 
 def lesion_leak_bars(leaks: Mapping[str, pd.DataFrame], *, save: str | None = None,
-                     synthetic: bool = False, caption: str | None = None) -> Figure:
+                     caption: str | None = None) -> Figure:
     """Per fold, the share of validation images with an image of the same lesion in training.
 
     Args:
         leaks: split scheme name -> :func:`metanet_utils.splits.lesion_leak` frame (index: folds,
             then ``overall``; column ``share``).
         save: file name under ``figures/``.
-        synthetic: stamp SYNTHETIC DATA.
         caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
 
     Returns:
@@ -440,118 +407,14 @@ def lesion_leak_bars(leaks: Mapping[str, pd.DataFrame], *, save: str | None = No
     ax.set(ylabel="% of validation images", ylim=(0, 100),
            title="Validation images with an image of the same lesion in training")
     ax.legend(title="split", frameon=False)
-    return _finish(fig, save, synthetic, caption)
-
-
-# ----------------------------------------------------------------------------- notebook 03: colour constancy
-
-
-def _image_list(images: pd.DataFrame | Sequence[str | Path]) -> list[tuple[str, str]]:
-    """(path, label) pairs from a frame with ``path`` (and ``dx``, ``image_id``) or from paths."""
-    if isinstance(images, pd.DataFrame):
-        if "dx" in images:
-            rank = {c: i for i, c in enumerate(PAPER_ORDER)}
-            images = images.iloc[np.argsort([rank.get(str(d), 99) for d in images["dx"]], kind="stable")]
-        return [(str(r.path), f"{str(getattr(r, 'dx', '')).upper()} {getattr(r, 'image_id', '')}".strip())
-                for r in images.itertuples()]
-    return [(str(p), Path(p).stem) for p in images]
-
-
-def _p_title(p: float) -> str:
-    if math.isinf(p):
-        return "max-RGB (p = inf)"
-    return f"{_P_NAMES.get(float(p), 'Minkowski')} (p = {p:g})"
-
-
-def color_constancy_grid(images: pd.DataFrame | Sequence[str | Path], ps: Sequence[float] = (6,), *,
-                         max_side: int = 220, save: str | None = None, synthetic: bool = False,
-                         caption: str | None = None) -> Figure:
-    """Each image before and after colour constancy with each Minkowski norm ``p``.
-
-    The illuminant is estimated on the full image, then the image is shrunk for display.
-
-    Args:
-        images: a frame with ``path`` (and ``dx``, ``image_id`` for the row labels) or paths.
-        ps: Minkowski norms, one column each (1 Gray World, 6 Shades of Gray, ``np.inf`` max-RGB).
-        max_side: display size.
-        save: file name under ``figures/``.
-        synthetic: stamp SYNTHETIC DATA.
-        caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
-
-    Returns:
-        The figure: ``len(images) x (1 + len(ps))`` axes; corrected panels show the channel gains.
-    """
-    from .color import estimate_illuminant, shades_of_gray
-
-    items = _image_list(images)
-    fig = Figure(figsize=(2.4 * (1 + len(ps)), 2.0 * len(items)), layout="constrained")
-    axes = fig.subplots(len(items), 1 + len(ps), squeeze=False)
-    for i, (path, label) in enumerate(items):
-        img = read_rgb(path)
-        axes[i, 0].imshow(_shrink(img, max_side))
-        axes[i, 0].set_ylabel(label, fontsize=8)
-        for ax, p in zip(axes[i, 1:], ps):
-            gain = 1 / (estimate_illuminant(img, p=p) * math.sqrt(3))
-            ax.imshow(_shrink(shades_of_gray(img, p=p), max_side))
-            ax.set_xlabel("gain R G B = " + " ".join(f"{g:.2f}" for g in gain), fontsize=7, labelpad=1)
-        for ax in axes[i]:
-            _bare(ax)
-    for ax, t in zip(axes[0], ["original", *(_p_title(p) for p in ps)]):
-        ax.set_title(t, fontsize=10)
-    return _finish(fig, save, synthetic, caption)
-
-
-def color_statistics(stats: pd.DataFrame, *,
-                     save: str | None = None, synthetic: bool = False, caption: str | None = None) -> Figure:
-    """Chromaticity of each image's mean colour before and after, and the channel means.
-
-    Args:
-        stats: :func:`metanet_utils.color.color_stats` output.
-        save: file name under ``figures/``.
-        synthetic: stamp SYNTHETIC DATA.
-        caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
-
-    Returns:
-        The figure: three axes (r-g chromaticity before, after, on the same scale; box plots of
-        the mean R, G, B before and after); the gray point r = g = 1/3 is a thin dotted cross under the dots.
-    """
-    from .color import chromaticity_spread
-
-    fig = Figure(figsize=(14, 4.4), layout="constrained")
-    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.2]})
-    spread = chromaticity_spread(stats)
-    lim = [min(stats[[f"{c}_{w}" for c in "rg" for w in ("before", "after")]].min().min(), 0.28) - 0.01,
-           max(stats[[f"{c}_{w}" for c in "rg" for w in ("before", "after")]].max().max(), 0.40) + 0.01]
-    colors = [CLASS_COLORS.get(str(d).lower(), "0.4") for d in stats.get("dx", pd.Series("", index=stats.index))]
-    for ax, when in zip(axes[:2], ("before", "after")):
-        ax.axhline(1 / 3, color="0.3", ls=":", lw=0.8, zorder=0.5)  # the gray point, under the data
-        ax.axvline(1 / 3, color="0.3", ls=":", lw=0.8, zorder=0.5)
-        ax.scatter(stats[f"r_{when}"], stats[f"g_{when}"], s=9, c=colors, alpha=0.7, linewidths=0, zorder=2)
-        s = spread.loc[when]
-        ax.set(xlim=lim, ylim=lim, aspect="equal", xlabel="r = R / (R+G+B)", ylabel="g = G / (R+G+B)",
-               title=f"{when}: sd r {s.sd_r:.3f}, sd g {s.sd_g:.3f}")
-    handles = [axes[0].scatter([], [], color=CLASS_COLORS[c], s=12, label=c.upper()) for c in PAPER_ORDER
-               if c in set(stats.get("dx", pd.Series(dtype=str)).astype(str).str.lower())]
-    if handles:
-        axes[0].legend(handles=handles, fontsize=7, frameon=False, loc="upper right", ncol=2)
-    data = [stats[f"{c}_{w}"] for c in "RGB" for w in ("before", "after")]
-    box = axes[2].boxplot(data, positions=[0.8, 1.2, 1.8, 2.2, 2.8, 3.2], widths=0.3, patch_artist=True,
-                          showfliers=False)
-    for patch, c in zip(box["boxes"], ["#e06666", "#f4cccc", "#6aa84f", "#d9ead3", "#3d85c6", "#cfe2f3"]):
-        patch.set_facecolor(c)
-    axes[2].set_xticks([0.8, 1.2, 1.8, 2.2, 2.8, 3.2], ["R\nbefore", "R\nafter", "G\nbefore", "G\nafter",
-                                                          "B\nbefore", "B\nafter"], fontsize=8)
-    axes[2].set(ylabel="mean value of the image (0-255)", title="channel means per image")
-    fig.suptitle(f"Colour of {len(stats)} images before and after colour constancy "
-                 "(dotted cross = gray, r = g = 1/3)")
-    return _finish(fig, save, synthetic, caption)
+    return finish(fig, save=save, caption=caption)
 
 
 # ----------------------------------------------------------------------------- notebook 02: metadata
 
 
 def metadata_vectors(x: np.ndarray, names: Sequence[str], labels: Sequence[str], *, save: str | None = None,
-                     synthetic: bool = False, caption: str | None = None) -> Figure:
+                     caption: str | None = None) -> Figure:
     """The encoded metadata vectors of a few images as a heatmap (one row per image).
 
     Args:
@@ -559,7 +422,6 @@ def metadata_vectors(x: np.ndarray, names: Sequence[str], labels: Sequence[str],
         names: the ``d`` column names.
         labels: one label per row (e.g. the image ids).
         save: file name under ``figures/``.
-        synthetic: stamp SYNTHETIC DATA.
         caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
 
     Returns:
@@ -576,11 +438,11 @@ def metadata_vectors(x: np.ndarray, names: Sequence[str], labels: Sequence[str],
     ax.tick_params(axis="x", rotation=70)
     ax.tick_params(axis="y", rotation=0)
     ax.set_title(f"The {x.shape[1]}-d metadata vectors (age scaled to [0, 1], sex and site one-hot)")
-    return _finish(fig, save, synthetic, caption)
+    return finish(fig, save=save, caption=caption)
 
 
 def mutual_information_bars(mi: pd.Series | pd.DataFrame, *, h_dx: float | None = None, save: str | None = None,
-                            synthetic: bool = False, caption: str | None = None) -> Figure:
+                            caption: str | None = None) -> Figure:
     """Mutual information of each metadata field with the diagnosis, in bits.
 
     Args:
@@ -588,7 +450,6 @@ def mutual_information_bars(mi: pd.Series | pd.DataFrame, *, h_dx: float | None 
             column per variant (e.g. per dataset or per missing-value rule).
         h_dx: entropy of the diagnosis in bits; bars are then labelled with their share of it.
         save: file name under ``figures/``.
-        synthetic: stamp SYNTHETIC DATA.
         caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
 
     Returns:
@@ -609,11 +470,11 @@ def mutual_information_bars(mi: pd.Series | pd.DataFrame, *, h_dx: float | None 
            title="What each field tells about the diagnosis" + (f" (H(dx) = {h_dx:.2f} bits)" if h_dx else ""))
     if len(frame.columns) > 1:
         ax.legend(frameon=False, fontsize=8)
-    return _finish(fig, save, synthetic, caption)
+    return finish(fig, save=save, caption=caption)
 
 
 def recall_bars(results: Mapping[str, Any], *,
-                save: str | None = None, synthetic: bool = False, caption: str | None = None) -> Figure:
+                save: str | None = None, caption: str | None = None) -> Figure:
     """Per-class recall (mean and standard deviation over folds), as in the paper's Table 2.
 
     Args:
@@ -621,7 +482,6 @@ def recall_bars(results: Mapping[str, Any], *,
             ``recall_mean``, ``recall_std``, ``mcr_mean``, ``mcr_std``), or a mapping of names to such
             results (grouped bars).
         save: file name under ``figures/``.
-        synthetic: stamp SYNTHETIC DATA.
         caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
 
     Returns:
@@ -643,7 +503,7 @@ def recall_bars(results: Mapping[str, Any], *,
     ax.set(ylabel="recall (%)", ylim=(0, 122), title="Per-class recall, mean ± sd over folds")
     ax.set_yticks(range(0, 101, 20))
     ax.legend(frameon=False, fontsize=8, loc="upper center", ncol=min(3, len(runs) + 1))
-    return _finish(fig, save, synthetic, caption)
+    return finish(fig, save=save, caption=caption)
 
 
 # ----------------------------------------------------------------------------- notebooks 05-08: results
@@ -696,7 +556,7 @@ def _grouped(ax: Any, groups: Sequence[str], fusions: Sequence[str], mean: Mappi
 
 
 def mcr_bars(table1: pd.DataFrame, *,
-             save: str | None = None, synthetic: bool = False, caption: str | None = None) -> Figure:
+             save: str | None = None, caption: str | None = None) -> Figure:
     """Table 1 as bars: MCR (mean ± sd over folds) per backbone and fusion, ours (left) beside the paper's
     six backbones (right, hatched). Both panels share the 0-100 % axis.
 
@@ -728,12 +588,12 @@ def mcr_bars(table1: pd.DataFrame, *,
     ax_p.set(title="paper (Table 1)")
     ax_p.axhline(_CHANCE, color="0.4", ls=":", lw=1)
     fig.suptitle("Mean class recall by backbone and fusion (mean ± sd over folds)")
-    return _finish(fig, save, synthetic, caption)
+    return finish(fig, save=save, caption=caption)
 
 
 def learning_curves(records: pd.DataFrame, *, backbone: str | None = None,
                     fusions: Sequence[str] = ("none", "concat", "metanet"), meta_layers: int = 2,
-                    save: str | None = None, synthetic: bool = False, caption: str | None = None) -> Figure:
+                    save: str | None = None, caption: str | None = None) -> Figure:
     """Training loss and validation MCR per epoch (``history.csv``): one column per fusion, one line per
     fold, for the Table 1 runs of one backbone (default: the first in the records).
 
@@ -787,11 +647,11 @@ def learning_curves(records: pd.DataFrame, *, backbone: str | None = None,
         ax_l.legend(frameon=False, fontsize=7)
         ax_m.legend(frameon=False, fontsize=7, loc="upper left")
     fig.suptitle(f"Learning curves, {backbone or 'no runs'}")
-    return _finish(fig, save, synthetic, caption)
+    return finish(fig, save=save, caption=caption)
 
 
 def fold_heatmap(folds: pd.DataFrame, *,
-                 save: str | None = None, synthetic: bool = False, caption: str | None = None) -> Figure:
+                 save: str | None = None, caption: str | None = None) -> Figure:
     """Per-fold MCR (%) as a heat map: rows = backbone / fusion, columns = folds (and mean).
 
     Args:
@@ -802,7 +662,7 @@ def fold_heatmap(folds: pd.DataFrame, *,
     ax = fig.subplots()
     if folds.empty:
         _empty(ax, "no runs yet")
-        return _finish(fig, save, synthetic, caption)
+        return finish(fig, save=save, caption=caption)
     cols = [c for c in folds.columns if c != "std"]
     data = folds[cols].to_numpy(dtype=float)
     finite = data[np.isfinite(data)]
@@ -819,7 +679,7 @@ def fold_heatmap(folds: pd.DataFrame, *,
     ax.axvline(len(cols) - 1.5, color="white", lw=2)
     fig.colorbar(im, ax=ax, label="MCR (%)")
     ax.set_title("MCR of every fold: how much the folds differ")
-    return _finish(fig, save, synthetic, caption)
+    return finish(fig, save=save, caption=caption)
 
 
 # ----------------------------------------------------------------------------- Table 2
@@ -846,7 +706,7 @@ def _per_class(table: pd.DataFrame, col: str, classes: Sequence[str]) -> list[st
 
 
 def recall_heatmap(table2: pd.DataFrame, *,
-                   save: str | None = None, synthetic: bool = False, caption: str | None = None) -> Figure:
+                   save: str | None = None, caption: str | None = None) -> Figure:
     """Per-class recall (%) as two heat maps, class x fusion: ours (left) and the paper's SENet154 (right),
     on one colour scale.
 
@@ -882,11 +742,11 @@ def recall_heatmap(table2: pd.DataFrame, *,
         ax.set_title(title)
     fig.colorbar(im, ax=axes, label="recall (%)", shrink=0.9)
     fig.suptitle("Recall of each class by fusion (mean over folds)")
-    return _finish(fig, save, synthetic, caption)
+    return finish(fig, save=save, caption=caption)
 
 
 def confusion_matrices(matrices: Mapping[str, np.ndarray], *, title: str = "", save: str | None = None,
-                       synthetic: bool = False, caption: str | None = None) -> Figure:
+                       caption: str | None = None) -> Figure:
     """Row-normalised confusion matrices (% of each true class), one panel per fusion.
 
     Args:
@@ -916,11 +776,11 @@ def confusion_matrices(matrices: Mapping[str, np.ndarray], *, title: str = "", s
     if title and not any(w in title.lower() for w in ("pooled", "summed")):
         title = f"{title} (pooled over folds)"
     fig.suptitle(title or "Confusion matrices, summed over folds, rows normalised (diagonal = recall)")
-    return _finish(fig, save, synthetic, caption)
+    return finish(fig, save=save, caption=caption)
 
 
 def metadata_gain_bars(gain: pd.DataFrame, *, backbone: str = "", save: str | None = None,
-                       synthetic: bool = False, caption: str | None = None) -> Figure:
+                       caption: str | None = None) -> Figure:
     """Which classes metadata helps: recall of MetaNet minus the image-only model per class (mean ± sd of the
     per-fold differences), the paper's difference (SENet154) as black diamonds.
 
@@ -933,7 +793,7 @@ def metadata_gain_bars(gain: pd.DataFrame, *, backbone: str = "", save: str | No
     ax = fig.subplots()
     if gain.empty:
         _empty(ax, "no runs yet")
-        return _finish(fig, save, synthetic, caption)
+        return finish(fig, save=save, caption=caption)
     x = np.arange(len(gain))
     mean = gain["mean_diff"].to_numpy(dtype=float)
     colors = [CLASS_COLORS.get(str(c).lower(), "0.5") for c in gain["class"]]
@@ -948,7 +808,7 @@ def metadata_gain_bars(gain: pd.DataFrame, *, backbone: str = "", save: str | No
            title=f"Where metadata helps: recall with MetaNet minus without metadata{where}")
     ax.legend(handles=[ours, paper], frameon=False, fontsize=8)
     ax.margins(y=0.15)
-    return _finish(fig, save, synthetic, caption)
+    return finish(fig, save=save, caption=caption)
 
 
 # ----------------------------------------------------------------------------- Tables 3 and 4
@@ -979,7 +839,7 @@ def _fold_values(table3: pd.DataFrame, records: pd.DataFrame | None, meta_layers
 
 
 def table3_plot(table3: pd.DataFrame, *, records: pd.DataFrame | None = None, meta_layers: int = 2,
-                save: str | None = None, synthetic: bool = False, caption: str | None = None) -> Figure:
+                save: str | None = None, caption: str | None = None) -> Figure:
     """Table 3: MCR with each subset of the metadata. Left: ours (mean ± sd over folds, bars from 0).
     Right: the change against the image-only run, ours beside the paper's (so a different backbone can
     still be compared by trend), with error bars.
@@ -1044,11 +904,11 @@ def table3_plot(table3: pd.DataFrame, *, records: pd.DataFrame | None = None, me
     ax_d.yaxis.label.set_fontsize(8)
     ax_d.legend(frameon=False, fontsize=8)
     fig.suptitle("Table 3: which metadata fields help (MetaNet)")
-    return _finish(fig, save, synthetic, caption)
+    return finish(fig, save=save, caption=caption)
 
 
 def table4_plot(table4: pd.DataFrame, *,
-                save: str | None = None, synthetic: bool = False, caption: str | None = None) -> Figure:
+                save: str | None = None, caption: str | None = None) -> Figure:
     """Table 4: MCR by the number of fully connected layers on the metadata, for MetaNet and concatenation;
     ours (left, mean ± sd) and the paper's SENet154 (right).
 
@@ -1074,7 +934,7 @@ def table4_plot(table4: pd.DataFrame, *,
             _empty(ax, "no ablation runs yet")
         ax.set(title=title, xlabel="fully connected layers on the metadata", ylabel="MCR (%)")
     fig.suptitle("Table 4: depth of the metadata branch")
-    return _finish(fig, save, synthetic, caption)
+    return finish(fig, save=save, caption=caption)
 
 
 # ----------------------------------------------------------------------------- Figure 2
@@ -1097,7 +957,7 @@ def _cam_facts(cams: Sequence[Mapping[str, Any]]) -> tuple[list[tuple[int, int]]
 
 
 def cam_grid(cams: Sequence[Mapping[str, Any]], *, alpha: float = 0.45, cmap: str = "jet", title: str | None = None,
-             save: str | None = None, synthetic: bool = False, caption: str | None = None) -> Figure:
+             save: str | None = None, caption: str | None = None) -> Figure:
     """Figure 2: one row per case, columns = the image, the image-only model's CAM, the concatenation
     model's CAM (where the entries have one), MetaNet's CAM.
 
@@ -1122,7 +982,7 @@ def cam_grid(cams: Sequence[Mapping[str, Any]], *, alpha: float = 0.45, cmap: st
     fig = Figure(figsize=(9, 3.1 * max(n, 1) + 0.4), layout="constrained")
     if n == 0:
         _empty(fig.subplots(), "no cases to show")
-        return _finish(fig, save, synthetic, caption)
+        return finish(fig, save=save, caption=caption)
     fusions = [f for f in ("none", "concat", "metanet") if any(f in c for c in cams)]
     fig.set_size_inches(3 * (len(fusions) + 1) + 0.9, 3.1 * n + 0.9)
     axes = fig.subplots(n, len(fusions) + 1, squeeze=False)
@@ -1157,4 +1017,4 @@ def cam_grid(cams: Sequence[Mapping[str, Any]], *, alpha: float = 0.45, cmap: st
                       color="#c00000", fontsize=9, fontweight="bold")
     cax = axes[0, -1].inset_axes([1.06, 0.0, 0.06, 1.0])  # a child of the panel: fig.axes stays the grid
     fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), cax=cax, label="fraction of the panel's maximum")
-    return _finish(fig, save, synthetic, caption)
+    return finish(fig, save=save, caption=caption)

@@ -38,6 +38,9 @@ import numpy as np
 import pandas as pd
 
 from .constants import DATA_CLASS_COUNTS, META_FIELDS, N_IMAGES, PAPER_CLASS_COUNTS
+from .data import describe
+from .stats import compare, paired_values
+from .tables import paper_table2
 
 __all__ = [
     "load_profile_any",
@@ -119,7 +122,7 @@ def _profile_sizes(prof: Any) -> dict[str, tuple[int, int]]:
 
 def protocol_differences(profile: Any, dataset: Any = None) -> list[str]:
     """How the profile departs from the paper's protocol where it changes what the numbers mean: the data
-    (synthetic, a subsample), pretraining, epochs, image size, folds. Empty for the paper's protocol.
+    (the shipped sample, a subsample), pretraining, epochs, image size, folds. Empty for the paper's protocol.
 
     Example:
         >>> protocol_differences("paper")
@@ -131,8 +134,8 @@ def protocol_differences(profile: Any, dataset: Any = None) -> list[str]:
     out = []
     if dataset is not None:
         n = len(dataset.df)
-        if dataset.kind == "synthetic":
-            out.append(f"synthetic images, not HAM10000 ({n} images)")
+        if dataset.kind == "sample":
+            out.append(f"{describe(dataset)} (the paper: all {N_IMAGES})")
         elif n < N_IMAGES:
             out.append(f"a subsample of {n} of the {N_IMAGES} images")
     if not prof.pretrained:
@@ -152,8 +155,8 @@ def protocol_differences(profile: Any, dataset: Any = None) -> list[str]:
 
 
 def shows_mechanics_only(profile: Any, dataset: Any = None) -> bool:
-    """Whether the profile's numbers can only show how the kit works (the smoke and demo profiles): synthetic
-    data, no pretraining, fewer than 25 epochs, crops under 112 px or fewer than 2000 images
+    """Whether the profile's numbers can only show how the kit works (the smoke and demo profiles): the small
+    sample, no pretraining, fewer than 25 epochs, crops under 112 px or fewer than 2000 images
     (:data:`MECHANICS_ONLY_BELOW`). A profile that merely shortens the schedule (quick: 40 pretrained epochs)
     departs from the paper without being a mere demonstration.
 
@@ -162,7 +165,7 @@ def shows_mechanics_only(profile: Any, dataset: Any = None) -> bool:
         (True, False, False)
     """
     prof = load_profile_any(profile)
-    if dataset is not None and (dataset.kind == "synthetic" or len(dataset.df) < MECHANICS_ONLY_BELOW["images"]):
+    if dataset is not None and (dataset.kind == "sample" or len(dataset.df) < MECHANICS_ONLY_BELOW["images"]):
         return True
     if not prof.pretrained or prof.epochs < MECHANICS_ONLY_BELOW["epochs"]:
         return True
@@ -172,8 +175,8 @@ def shows_mechanics_only(profile: Any, dataset: Any = None) -> bool:
 def run_caption(profile: Any, dataset: Any = None) -> str:
     """One line saying what produced this run's results, for figure footers and the report.
 
-    Example (the demo profile on the test copy's 806-image subsample):
-    ``demo profile · real HAM10000 subsample, 806 images · mobilenetv3_small_100, resnet10t from scratch ·
+    Example (the demo profile on the shipped sample):
+    ``demo profile · the shipped sample of HAM10000: 1095 images at 128x96 · resnet10t from scratch ·
     72 px → 64 px crop · 5 folds × 3 epochs · not the paper's protocol``
 
     Args:
@@ -188,11 +191,7 @@ def run_caption(profile: Any, dataset: Any = None) -> str:
     prof = load_profile_any(profile)
     parts = [f"{prof.name} profile"]
     if dataset is not None:
-        n = len(dataset.df)
-        if dataset.kind == "synthetic":
-            parts.append(f"SYNTHETIC images (not HAM10000), {n} images")
-        else:
-            parts.append(f"real HAM10000{' subsample' if n < N_IMAGES else ''}, {n} images")
+        parts.append(describe(dataset))
     bbs = list(prof.backbones)
     if {_canon(b) for b in bbs} == {_canon(b) for b in PAPER_PROTOCOL["backbones"]}:
         names = "the paper's six backbones"
@@ -384,7 +383,7 @@ def write_profile_tables(profile: Any, data_dir: Any = None, *, dataset: Any = N
     out = Path(out_dir or tables_dir())
     write_tables(tabs, out)
     kinds = sorted(set(records["data_kind"].dropna().astype(str))) if len(records) else []
-    prov = {"profile": prof.name, "data_kind": ds.kind, "run_data_kinds": kinds, "n_images": int(len(ds.df)),
+    prov = {"profile": prof.name, "data": describe(ds), "data_kind": ds.kind, "run_data_kinds": kinds, "n_images": int(len(ds.df)),
             "runs_expected": records.attrs.get("expected"), "runs_found": records.attrs.get("found"),
             "backbones": list(prof.backbones), "ablation_backbone": ablation_backbone(prof),
             "completeness": completeness(records),
@@ -449,12 +448,10 @@ def deviations(profile: Any, dataset: Any = None, only: bool = False, *, records
             True)
     else:
         n = len(dataset.df)
-        synthetic = dataset.kind == "synthetic"
-        what = f"{'SYNTHETIC (procedural images, not HAM10000)' if synthetic else 'real HAM10000'}, {n} images"
-        note = ("numbers say nothing about the paper's claims" if synthetic else
+        note = ("real images, downscaled, too few for the paper's claims" if dataset.kind == "sample" else
                 ("stratified subsample (whole lesions)" if n < N_IMAGES else ""))
-        add("data", f"HAM10000 / ISIC 2018 Task 3 training set, {N_IMAGES} images", what,
-            synthetic or n != N_IMAGES, note)
+        add("data", f"HAM10000 / ISIC 2018 Task 3 training set, {N_IMAGES} images", describe(dataset),
+            n != N_IMAGES, note)
         res = _source_resolution(dataset)
         if res:
             add("source image resolution", "600x450", res, res != "600x450",
@@ -762,9 +759,6 @@ def recall_gain(records: pd.DataFrame, backbone: str, a: str = "metanet", b: str
         One row per class in the paper's order (largest first): ``class, n, mean_diff, std_diff``
         (sample std over folds), ``paper_diff`` (the paper's Table 2, ``a`` - ``b``).
     """
-    from .stats import paired_values
-    from .tables import paper_table2
-
     df = table1_records(records, meta_layers)
     df = df[df["backbone"] == backbone] if len(df) else df
     paper = paper_table2().pivot_table(index="class", columns="fusion", values="recall_mean")
@@ -805,18 +799,10 @@ def significance(records: pd.DataFrame, pairs: Sequence[tuple[str, str]] = (("me
 
     Per backbone and pooled over backbones: exact two-sided, exact one-sided and approximate Wilcoxon
     p-values, the Nadeau-Bengio corrected t-test, their Holm adjustments over backbones, and the smallest
-    exact two-sided p attainable with that many folds. Pairs without runs are left out.
+    exact two-sided p attainable with that many folds. Pairs of fusions without runs are left out.
     """
-    from .stats import compare
-
     df = table1_records(records, meta_layers)
-    parts = []
-    for a, b in pairs:
-        if len(df) and {a, b} <= set(df["fusion"]):
-            try:
-                parts.append(compare(df, a, b))
-            except ValueError:
-                continue
+    parts = [compare(df, a, b) for a, b in pairs if len(df) and {a, b} <= set(df["fusion"])]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
@@ -847,17 +833,6 @@ def _notebook_title(nb: Any, fallback: str) -> str:
                     return line[2:].strip()
             break
     return fallback
-
-
-def _says_synthetic(nb: Any) -> bool:
-    for cell in nb.cells:
-        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
-            text = out.get("text", "")
-            if not text and "data" in out:
-                text = str(out["data"].get("text/plain", ""))
-            if "*** SYNTHETIC DATA" in text:
-                return True
-    return False
 
 
 def _headline_table(tables: Path) -> str:
@@ -907,8 +882,7 @@ def _protocol_box(prov: dict[str, Any]) -> str:
             f"setting; compare them with care.{line}{listed}</div>")
 
 
-def write_html_report(executed_dir: str | Path, out_html: str | Path, *, tables_dir: str | Path | None = None,
-                      synthetic: bool | None = None) -> Path:
+def write_html_report(executed_dir: str | Path, out_html: str | Path, *, tables_dir: str | Path | None = None) -> Path:
     """The HTML report: one page per executed notebook (code hidden) and an index page.
 
     Args:
@@ -916,8 +890,6 @@ def write_html_report(executed_dir: str | Path, out_html: str | Path, *, tables_
         out_html: the index page (``outputs/report.html``); the notebook pages go to
             ``<its folder>/report/<notebook>.html``.
         tables_dir: where ``table1.csv`` / ``.md`` and ``provenance.json`` are (default ``results/tables``).
-        synthetic: force the synthetic-data warning on or off; default: on when any notebook printed the
-            synthetic-data banner or the tables' provenance says the runs used synthetic data.
 
     Where the tables' ``provenance.json`` says the profile is not the paper's protocol, a box under the title says
     so with :func:`run_caption` and :func:`protocol_differences` (red for a mere demonstration such as the smoke
@@ -937,10 +909,8 @@ def write_html_report(executed_dir: str | Path, out_html: str | Path, *, tables_
     pages_dir.mkdir(parents=True, exist_ok=True)
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     entries = []
-    any_synthetic = False
     for path in sorted(executed_dir.glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
-        any_synthetic |= _says_synthetic(nb)
         title = _notebook_title(nb, path.stem)
         body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
         page = pages_dir / f"{path.stem}.html"
@@ -952,20 +922,12 @@ def write_html_report(executed_dir: str | Path, out_html: str | Path, *, tables_
             prov = json.loads((tables / "provenance.json").read_text())
         except ValueError:
             prov = {}
-    if prov.get("data_kind") == "synthetic" or "synthetic" in prov.get("run_data_kinds", []):
-        any_synthetic = True
-    if synthetic is not None:
-        any_synthetic = bool(synthetic)
     parts = ["<!doctype html><html><head><meta charset='utf-8'>",
              "<title>MetaNet reproduction report</title>", f"<style>{_CSS}</style></head><body>",
              "<h1>MetaNet reproduction report</h1>",
              "<p class='sub'>Li, Zhuang, Wang, Zhang, Zheng: <i>Fusing metadata and dermoscopy images for skin "
              "disease diagnosis</i>, ISBI 2020. Generated " + html.escape(time.strftime("%Y-%m-%d %H:%M")) +
              (f", profile <b>{html.escape(str(prov['profile']))}</b>" if prov.get("profile") else "") + ".</p>"]
-    if any_synthetic:
-        parts.append("<div class='warn'>SYNTHETIC DATA: these runs used procedurally drawn images, not HAM10000. "
-                     "Every number below shows the mechanics of the kit only and says nothing about the "
-                     "paper's claims.</div>")
     parts.append(_protocol_box(prov))
     parts.append("<h2>Table 1: mean class recall (%), ours beside the paper's</h2>")
     parts.append(_headline_table(tables))
@@ -973,7 +935,7 @@ def write_html_report(executed_dir: str | Path, out_html: str | Path, *, tables_
         runs = prov.get("completeness") or (f"{prov.get('runs_found')} of {prov.get('runs_expected')} runs of "
                                             "the profile complete.")
         parts.append(f"<p class='note'>{html.escape(str(runs))} Data: "
-                     f"{html.escape(str(prov.get('data_kind')))}, {html.escape(str(prov.get('n_images')))} images. "
+                     f"{html.escape(str(prov.get('data') or prov.get('n_images')))}. "
                      "All four tables: <code>results/tables/</code>; every deviation from the paper's protocol: "
                      "the 09 report notebook.</p>")
     parts.append("<h2>Notebooks</h2><ol>")

@@ -1,6 +1,6 @@
 """The notebooks' figures: each function draws the expected axes and bars on a small frame and saves a PNG, and
 the bars of the data figures are the numbers counted again here (numpy, pandas, sklearn) on the real HAM10000
-metadata (the tables shown beside them are tested in test_metadata.py and test_color.py)."""
+metadata (the tables shown beside them are tested in test_metadata.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from metanet_utils import plots  # noqa: E402
-from metanet_utils.color import color_stats  # noqa: E402
+from conftest import ROOT  # noqa: E402
 from metanet_utils.constants import PAPER_CLASS_COUNTS, SITES  # noqa: E402
 from metanet_utils.data import announce, locate_data  # noqa: E402
 from metanet_utils.metadata import encode, example_rows, fit_stats, metadata_baseline, mutual_information  # noqa: E402
@@ -231,15 +231,6 @@ def test_lesion_leak_bars_are_100x_the_share_of_real_validation_images_whose_les
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["image", "by lesion"]
 
 
-def test_color_constancy_grid_has_a_column_per_norm_and_statistics_three_panels_saved(frame, figdir):
-    fig = plots.color_constancy_grid(frame.groupby("dx").head(1).iloc[:3], ps=(1, 6, np.inf), save="03_grid")
-    assert len(fig.axes) == 3 * 4
-    assert [ax.get_title() for ax in fig.axes[:4]][0] == "original"
-    fig = plots.color_statistics(color_stats(frame, n=10), save="03_stats")
-    assert len(fig.axes) == 3
-    assert (figdir / "03_grid.png").is_file() and (figdir / "03_stats.png").is_file()
-
-
 def test_metadata_vectors_mi_and_recall_figures_are_saved_with_one_bar_per_value(frame, figdir):
     rows = example_rows(frame)
     x, names = encode(rows, stats=fit_stats(frame))
@@ -321,53 +312,58 @@ def test_recall_bars_of_a_metadata_baseline_are_its_fold_confusions_recall_avera
     np.testing.assert_allclose(bar_heights(plots.recall_bars(res).axes[0]), np.nan_to_num(expected), rtol=1e-9)
 
 
-def test_synthetic_banner_once_and_saved(frame, figdir):
-    fig = plots.class_counts(frame, synthetic=True, save="00_synthetic")
-    texts = [t.get_text() for t in fig.texts]
-    assert "SYNTHETIC DATA" in texts
-    plots.synthetic_banner(fig)
-    assert [t.get_text() for t in fig.texts].count("SYNTHETIC DATA") == 1
-    assert "SYNTHETIC DATA" not in [t.get_text() for t in plots.class_counts(frame).texts]
-    assert (figdir / "00_synthetic.png").stat().st_size > 1000
+def test_finish_stamps_the_caption_once_and_saves(frame, figdir):
+    fig = plots.finish(plots.class_counts(frame), save="00_finished", caption="smoke profile · the sample")
+    plots.finish(fig, caption="smoke profile · the sample")
+    assert [t.get_gid() for t in fig.texts].count("figure-caption") == 1
+    assert (figdir / "00_finished.png").stat().st_size > 1000
 
 
-def test_announce_is_loud_for_synthetic(capsys, tmp_path):
-    from metanet_utils.data import DataLocation
+def test_announce_names_the_sample_and_the_full_set(capsys):
+    import types
 
-    announce(DataLocation(tmp_path, "synthetic", "fallback"))
+    from metanet_utils.data import SAMPLE_MARKER
+
+    sample = ROOT / "data" / "sample"
+    df = pd.read_csv(sample / "HAM10000_metadata.csv")
+    announce(types.SimpleNamespace(kind="sample", df=df, data_dir=sample))
     out = capsys.readouterr().out
-    assert "SYNTHETIC DATA" in out and out.startswith("***")
-    announce(DataLocation(tmp_path, "real", "argument"))
-    assert capsys.readouterr().out.startswith("Real data")
+    assert out.startswith("Data: the shipped sample of HAM10000: 1095 images at 128x96") and "CC BY-NC 4.0" in out
+    assert (sample / SAMPLE_MARKER).is_file()
+    announce(types.SimpleNamespace(kind="real", df=pd.DataFrame(index=range(10015)), data_dir="/x"))
+    assert capsys.readouterr().out.startswith("Data: the full set: 10015 images")
 
 
-def test_locate_data_falls_back_or_downloads(isolated_root, monkeypatch):
+def test_locate_data_falls_back_to_the_sample_or_downloads(isolated_root, monkeypatch):
+    import shutil
+
     import metanet_utils.download as download
     from metanet_utils.config import load_profile
-    from metanet_utils.synthetic import make_synthetic
+    from metanet_utils.data import DataError
 
     monkeypatch.delenv("METANET_DATA_DIR", raising=False)
-    loc = locate_data(load_profile("smoke", synthetic_images=60), "")
-    assert loc.kind == "synthetic" and loc.path.parent == (isolated_root / "data").resolve()
+    loc = locate_data(load_profile("smoke"), "")  # nothing in this project root: the kit's own data/sample/
+    assert loc.kind == "sample" and loc.path == (ROOT / "data" / "sample").resolve()
     calls = []
 
-    def fake_download(dest, *args, **kwargs):
+    def fake_download(dest, *args, **kwargs):  # quick never uses the sample: it downloads
         calls.append(dest)
-        return make_synthetic(dest, n_images=60)
+        shutil.copytree(ROOT / "data" / "sample", dest, ignore=shutil.ignore_patterns("sample.json"))
+        return dest
 
     monkeypatch.setattr(download, "download_official", fake_download)
+    monkeypatch.setattr(download, "download_complete", lambda dest, *a, **k: True)
     loc = locate_data(load_profile("quick"), "")
-    assert calls == [isolated_root / "data" / "ham10000"] and loc.path == calls[0].resolve()
-    with pytest.raises(Exception, match="does not exist"):
-        locate_data(load_profile("quick"), isolated_root / "nowhere")
-    assert len(calls) == 1
+    assert calls == [isolated_root / "data" / "ham10000"] and loc.path == calls[0].resolve() and loc.kind == "real"
+    with pytest.raises(DataError, match="needs the full HAM10000"):
+        locate_data(load_profile("quick"), str(ROOT / "data" / "sample"))
 
 
 # ----------------------------------------------------------------------------- captions, result figures, CAM grid
 
 
-_LONG = ("Demo run: 806 HAM10000 images, tiny CNNs trained from scratch at 64 px for 3 epochs, 5 folds; "
-         "numbers are far from the paper's and only show that the pipeline runs. ") * 2
+_LONG = ("Demo run: 804 of the shipped sample's 1095 HAM10000 images at 128x96, tiny CNNs trained from scratch at "
+         "64 px for 3 epochs, 5 folds; numbers are far from the paper's and only show that the pipeline runs. ") * 2
 
 
 def _drawn(fig):
@@ -403,10 +399,10 @@ def _assert_clear_footer(fig, caption):
 def test_every_plotting_function_takes_a_caption():
     import inspect
 
-    with_synthetic = [n for n in plots.__all__ if callable(getattr(plots, n))
-                      and "synthetic" in inspect.signature(getattr(plots, n)).parameters]
-    assert len(with_synthetic) >= 20
-    for name in with_synthetic:
+    with_save = [n for n in plots.__all__ if callable(getattr(plots, n))
+                 and "save" in inspect.signature(getattr(plots, n)).parameters]
+    assert len(with_save) >= 15
+    for name in with_save:
         p = inspect.signature(getattr(plots, name)).parameters.get("caption")
         assert p is not None and p.default is None and p.kind == p.KEYWORD_ONLY, name
 
@@ -431,11 +427,10 @@ def test_caption_is_a_wrapped_grey_footer_clear_of_the_axes(frame, figdir):
     assert (bottom < 160).sum() > 50
 
 
-def test_caption_moves_a_supxlabel_above_it_and_works_with_banner_and_colour_bars(frame):
-    fig = plots.age_by_class(frame, caption="Ages of the test frame.", synthetic=True)  # supxlabel "age (years)"
+def test_caption_moves_a_supxlabel_above_it_and_works_with_colour_bars(frame):
+    fig = plots.age_by_class(frame, caption="Ages of the test frame.")  # supxlabel "age (years)"
     _assert_clear_footer(fig, "Ages of the test frame.")
     assert fig._supxlabel.get_text() == "age (years)"
-    assert "SYNTHETIC DATA" in [t.get_text() for t in fig.texts]
     cm = {f: np.diag([5, 3, 2, 2, 1, 1, 1]) + 1 for f in ("none", "metanet")}
     fig = plots.confusion_matrices(cm, caption=_LONG)
     _assert_clear_footer(fig, _LONG)
@@ -560,14 +555,6 @@ def test_confusion_matrices_title_says_pooled_over_folds():
     for title in ("Run A, summed over folds", "Run A, Pooled"):
         assert plots.confusion_matrices(cm, title=title)._suptitle.get_text() == title
     assert "summed over folds" in plots.confusion_matrices(cm)._suptitle.get_text()
-
-
-def test_color_statistics_gray_point_stays_under_the_data(frame):
-    ax = plots.color_statistics(color_stats(frame, n=10)).axes[1]
-    (dots,) = ax.collections
-    gray = [ln for ln in ax.lines if np.allclose(ln.get_xdata(), 1 / 3) or np.allclose(ln.get_ydata(), 1 / 3)]
-    assert len(gray) == 2 and not [ln for ln in ax.lines if ln.get_marker() not in ("None", "", None)]
-    assert all(ln.get_zorder() < dots.get_zorder() and ln.get_linewidth() <= 1 for ln in gray)
 
 
 def test_fusion_labels_name_the_variants_plainly():

@@ -110,6 +110,24 @@ def test_verify_names_the_file_or_row_and_the_value(real_data_dir, tmp_path, nam
     assert any(all(e in ln for e in expect) for ln in lines), (expect, text)
 
 
+@pytest.mark.parametrize("name", names("metadata"))
+def test_every_bad_metadata_case_on_the_full_file_is_one_line_naming_the_row(real_data_dir, tmp_path, name):
+    """The whole official metadata file (10015 rows with its 57 missing ages and its 'unknown' sexes and sites),
+    broken one way: one line naming the row and the value, never a pandas traceback."""
+    import shutil
+
+    from metanet_utils.data import DataError
+
+    d = tmp_path / "d"
+    d.mkdir()
+    shutil.copyfile(real_data_dir / "HAM10000_metadata.csv", d / "HAM10000_metadata.csv")
+    _, expect = apply_case(d, name)
+    with pytest.raises(DataError) as e:
+        load_metadata(d, require_images=False)
+    assert "\n" not in str(e.value) and all(x in str(e.value) for x in expect), (expect, str(e.value))
+    assert any(all(x in ln for x in expect) for ln in verify(d, decode=False).format().splitlines())
+
+
 # --------------------------------------------------------------------------- grid / train / prepare
 
 
@@ -247,8 +265,7 @@ def test_bad_configuration_is_one_line_exit_2_before_any_work(real_data_dir, iso
     (["train", "--profile", "smoke", "--backbone", "test_resnet", "--fusion", "metanet", "--data-dir", "/no/such"],
      "--data-dir /no/such does not exist"),
     (["data", "prepare", "--profile", "smoke", "--data-dir", "/no/such"], "--data-dir /no/such does not exist"),
-    (["data", "synth", "--n", "30"], "--n 30 is too small: the synthetic data set has at least 8 images of each "
-     "of the 7 classes; use --n 56 or more"),
+    (["data", "sample", "--from", "/no/such"], "--from /no/such does not hold HAM10000_metadata.csv"),
 ])
 def test_missing_profile_or_data_folder(isolated_root, capsys, args, expect):
     rc, _, err = run_main(args, capsys)

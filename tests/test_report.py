@@ -8,6 +8,8 @@ import html
 import json
 from pathlib import Path
 
+from conftest import ROOT
+
 import nbformat
 import numpy as np
 import pandas as pd
@@ -120,16 +122,17 @@ def test_completeness_says_the_ablations_come_later(smoke):
 
 def test_run_caption_says_what_produced_the_results():
     smoke = report.run_caption("smoke", _dataset())
-    assert smoke == ("smoke profile · real HAM10000 subsample, 42 images · test_resnet from scratch · "
+    assert smoke == ("smoke profile · HAM10000: 42 of its images · test_resnet from scratch · "
                      "64 px → 56 px crop · 2 folds × 1 epoch · not the paper's protocol")
     assert report.shows_mechanics_only("smoke", _dataset()) and report.shows_mechanics_only("demo")
-    syn = report.run_caption("smoke", dataclasses.replace(_dataset(), kind="synthetic"))
-    assert "SYNTHETIC images (not HAM10000), 42 images" in syn
-    assert "synthetic images, not HAM10000 (42 images)" in report.protocol_differences(
-        "smoke", dataclasses.replace(_dataset(), kind="synthetic"))
+    sample = Dataset(df=pd.DataFrame({"image_id": range(1095)}), data_dir=ROOT / "data" / "sample", kind="sample",
+                     fingerprint="x")
+    assert "· the shipped sample of HAM10000: 1095 images at 128x96 ·" in report.run_caption("smoke", sample)
+    assert ("the shipped sample of HAM10000: 1095 images at 128x96 (the paper: all 10015)"
+            in report.protocol_differences("smoke", sample))
     full = Dataset(df=pd.DataFrame({"image_id": range(10015)}), data_dir=Path("."), kind="real", fingerprint="x")
     paper = report.run_caption("paper", full)
-    assert paper == ("paper profile · real HAM10000, 10015 images · the paper's six backbones ImageNet-pretrained"
+    assert paper == ("paper profile · the full set: 10015 images · the paper's six backbones ImageNet-pretrained"
                      " · 300 px → 224 px crop (pnasnet5large 441 → 331) · 5 folds × 250 epochs"
                      " · the paper's protocol")
     assert report.protocol_differences("paper", full) == [] and not report.shows_mechanics_only("paper", full)
@@ -171,7 +174,7 @@ def test_tables_without_any_record_have_a_row_per_fusion_with_n_0_and_no_mean(is
 def test_cli_tables_writes_the_runs_tables_and_refuses_other_data_without_touching_them(
         isolated_root, real_data_dir, capsys):
     """``tables`` on the data the runs were trained on writes them; on other data (no ``--data-dir``: the
-    synthetic set) it finds none of those runs, says so in one line, exits 2 and leaves the tables as they were."""
+    shipped sample) it finds none of those runs, says so in one line, exits 2 and leaves the tables as they were."""
     from metanet_utils.cli import main
     from metanet_utils.grid import profile_dataset
 
@@ -184,7 +187,7 @@ def test_cli_tables_writes_the_runs_tables_and_refuses_other_data_without_touchi
     assert pd.read_csv(table1)["n"].tolist() == [2, 2, 2]
     assert main(["tables", "--profile", "smoke"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: no complete run of profile 'smoke' on this data (synthetic")
+    assert err.count("\n") == 1 and err.startswith("error: no complete run of profile 'smoke' on this data (sample")
     assert "give the --data-dir the runs were trained on" in err
     assert table1.read_bytes() == before
 
@@ -221,8 +224,8 @@ def test_deviations_of_smoke_and_of_the_paper_profile(isolated_root):
     full = Dataset(df=pd.DataFrame({"image_id": range(10015)}), data_dir=Path("."), kind="real", fingerprint="x")
     paper = report.deviations("paper", full)
     assert set(paper.loc[paper["deviates"], "setting"]) == {"precision"}
-    syn = report.deviations("smoke", dataclasses.replace(_dataset(), kind="synthetic"))
-    assert "SYNTHETIC" in syn.set_index("setting").loc["data", "this run"]
+    assert report.deviations("smoke", _dataset()).set_index("setting").loc["data", "this run"] == \
+        "HAM10000: 42 of its images"
 
 
 def test_deviations_state_the_head_the_augmentation_and_the_measured_lesion_leak(isolated_root, real_data_dir):
@@ -341,19 +344,6 @@ def test_protocol_box_warns_for_a_demo_cautions_for_a_shorter_schedule_and_is_em
     assert "class='caution'" in quick and "how the kit works" not in quick and "40 epochs" in quick
 
 
-def test_html_report_warns_about_synthetic_data(isolated_root):
-    executed = isolated_root / "executed"
-    executed.mkdir()
-    _executed(executed / "01_x.ipynb", "01 · X", "*** SYNTHETIC DATA ***\nprocedural images")
-    out = report.write_html_report(executed, isolated_root / "outputs" / "report.html",
-                                   tables_dir=isolated_root / "nothing")
-    index = out.read_text()
-    assert "SYNTHETIC DATA" in index and "No Table 1 yet" in index
-    quiet = report.write_html_report(executed, isolated_root / "o2" / "report.html", synthetic=False,
-                                     tables_dir=isolated_root / "nothing")
-    assert "SYNTHETIC DATA:" not in quiet.read_text()
-
-
 # ----------------------------------------------------------------------------- the result figures (plots.py)
 
 
@@ -376,7 +366,7 @@ def test_result_figures_from_records_and_from_nothing(smoke, isolated_root):
         "t_recall": plots.recall_heatmap(tabs["table2"], save="t_recall"),
         "t_conf": plots.confusion_matrices({f: report.summed_confusion(recs, "test_resnet", f)
                                             for f in ("none", "concat", "metanet")}, save="t_conf"),
-        "t_gain": plots.metadata_gain_bars(report.recall_gain(recs, "test_resnet"), save="t_gain", synthetic=True),
+        "t_gain": plots.metadata_gain_bars(report.recall_gain(recs, "test_resnet"), save="t_gain"),
         "t_t3": plots.table3_plot(tabs["table3"], save="t_t3"),
         "t_t4": plots.table4_plot(tabs["table4"], save="t_t4"),
         # nothing trained yet: every figure still draws, saying so
@@ -397,7 +387,6 @@ def test_result_figures_from_records_and_from_nothing(smoke, isolated_root):
     assert len(ours.patches) == 3 and len(paper.patches) == 18  # 1 backbone x 3 fusions; the paper's 6 x 3
     assert [round(p.get_height(), 6) for p in ours.patches] == [55.0, 65.0, 75.0]
     assert len(figs["t_conf"].axes) == 4  # three matrices and a colour bar
-    assert any(t.get_text() == "SYNTHETIC DATA" for t in figs["t_gain"].texts)
 
 
 def test_cam_grid_titles_give_the_true_class_and_each_models_prediction_coloured_by_correctness():

@@ -27,7 +27,7 @@ def write_profile(path: Path, **overrides) -> Path:
     """A tiny profile: test_resnet, 2 folds, small images, few real images."""
     import yaml
 
-    base = dict(name=path.stem, data="auto", max_images=120, synthetic_images=120, backbones=["test_resnet"],
+    base = dict(name=path.stem, data="auto", max_images=120, backbones=["test_resnet"],
                 fusions=["metanet"], n_folds=2, folds=[0], epochs=1, image_size=40, crop_size=32, batch_size=16,
                 lr=0.01, pretrained=False, ablations={"table3": False, "table4": False})
     base.update(overrides)
