@@ -1,8 +1,8 @@
-"""Figures of the notebooks.
+"""Figures that several notebooks share, and the helpers every figure ends with.
 
-Only drawing lives here: the tables the notebooks show beside the figures come from the modules
-that compute them (:mod:`metanet_utils.metadata`, :mod:`metanet_utils.report`),
-and images are read with :func:`metanet_utils.data.read_rgb`.
+A figure that one notebook draws is a matplotlib cell in that notebook, ending in :func:`finish`; only drawing
+lives here: the tables the notebooks show beside the figures come from the modules that compute them
+(:mod:`metanet_utils.report`, :mod:`metanet_utils.tables`).
 
 Every plotting function builds a fresh :class:`matplotlib.figure.Figure` (not through
 ``pyplot``, so a notebook shows it exactly once, as the value of its cell, and nothing
@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -32,13 +31,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .constants import CLASS_CODES, DATA_CLASS_COUNTS, META_FIELDS, PAPER_CLASS_COUNTS, PAPER_ORDER, SEXES, SITES
-from .data import read_rgb
+from .constants import CLASS_CODES, DATA_CLASS_COUNTS, META_FIELDS, PAPER_CLASS_COUNTS, PAPER_ORDER
 
 __all__ = [
-    "PAPER_ORDER", "CLASS_COLORS", "DPI", "save_figure", "finish", "add_caption",
-    "class_counts", "age_by_class", "sex_site_by_class", "sample_grid", "images_per_lesion", "lesion_leak_bars",
-    "metadata_vectors", "mutual_information_bars", "recall_bars",
+    "PAPER_ORDER", "CLASS_COLORS", "DPI", "save_figure", "finish", "add_caption", "class_counts",
 ]
 
 #: Diagnosis codes (``dx``) in the paper's order: largest class first.
@@ -154,12 +150,6 @@ def finish(fig: Figure, *, save: str | None = None, caption: str | None = None) 
     return fig
 
 
-def _classes(dx: pd.Series | Sequence[str]) -> list[str]:
-    """The classes present, in the paper's order."""
-    present = set(pd.Series(dx).astype(str).str.lower())
-    return [c for c in PAPER_ORDER if c in present]
-
-
 def _bare(ax: Any) -> None:
     """No ticks, no frame (image panels keep their y label)."""
     ax.set_xticks([])
@@ -168,7 +158,7 @@ def _bare(ax: Any) -> None:
         s.set_visible(False)
 
 
-# ----------------------------------------------------------------------------- notebook 00 / 01: the data
+# ----------------------------------------------------------------------------- notebooks 00 and 01: the classes
 
 
 def _count_series(counts: Mapping[str, int] | pd.Series | pd.DataFrame) -> pd.Series:
@@ -229,280 +219,6 @@ def class_counts(counts: Mapping[str, int] | pd.Series | pd.DataFrame,
     ax.margins(y=0.15)
     ax.legend(loc="center right", frameon=False)
     ax.set_title(title or ("Images per class: here vs the paper" + (" (shares)" if scale == "share" else "")))
-    return finish(fig, save=save, caption=caption)
-
-
-def age_by_class(df: pd.DataFrame, *, bin_width: float = 5.0, save: str | None = None,
-                 caption: str | None = None) -> Figure:
-    """Age histogram of each class (density), over the histogram of all images.
-
-    Args:
-        df: one row per image with ``dx`` and ``age`` (NaN = missing).
-        bin_width: years per bin (HAM10000's ages are multiples of 5).
-        save: file name under ``figures/``.
-        caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
-
-    Returns:
-        The figure: one panel per class present plus one for all images (2 rows).
-    """
-    age = pd.to_numeric(df["age"], errors="coerce").astype(float)
-    dx = df["dx"].astype(str)
-    bins = np.arange(0.0, max(90.0, float(np.nanmax(age)) if age.notna().any() else 90.0) + bin_width, bin_width)
-    classes = _classes(dx)
-    ncols = math.ceil((len(classes) + 1) / 2)
-    fig = Figure(figsize=(3.0 * ncols, 5.2), layout="constrained")
-    axes = fig.subplots(2, ncols, sharex=True, sharey=True, squeeze=False).ravel()
-    every = age.dropna().to_numpy()
-    for ax, c in zip(axes, [*classes, "all"]):
-        a = age[dx == c] if c != "all" else age
-        ax.hist(every, bins=bins, density=True, histtype="step", color="0.55", label="all images")
-        ax.hist(a.dropna(), bins=bins, density=True, alpha=0.8, color=CLASS_COLORS.get(c, "0.3"))
-        mean = f", mean {a.mean():.0f}" if a.notna().any() else ""
-        ax.set_title(f"{c.upper()}: n={len(a)}{mean}\n{int(a.isna().sum())} age(s) missing", fontsize=9)
-    for ax in axes[len(classes) + 1:]:
-        ax.remove()
-    fig.supxlabel("age (years)")
-    fig.supylabel("density")
-    axes[0].legend(fontsize=7, frameon=False, loc="upper left")
-    fig.suptitle("Age by diagnosis (grey outline: all images)")
-    return finish(fig, save=save, caption=caption)
-
-
-def _crosstab(df: pd.DataFrame, col: str, values: Sequence[str], normalise: bool) -> pd.DataFrame:
-    classes = _classes(df["dx"])
-    ct = pd.crosstab(df["dx"].astype(str), df[col].astype(str)).reindex(index=classes, columns=list(values),
-                                                                          fill_value=0)
-    ct.index = [f"{c.upper()} ({int(ct.loc[c].sum())})" for c in classes]
-    return ct.div(ct.sum(axis=1).replace(0, 1), axis=0) * 100 if normalise else ct
-
-
-def sex_site_by_class(df: pd.DataFrame, *, normalise: bool = True, save: str | None = None,
-                      caption: str | None = None) -> Figure:
-    """Heatmaps of sex and body site by diagnosis.
-
-    Args:
-        df: one row per image with ``dx``, ``sex`` and ``localization``.
-        normalise: show each class's row as % of its images (else counts).
-        save: file name under ``figures/``.
-        caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
-
-    Returns:
-        The figure: two heatmap axes (sex, site); sites ordered by overall frequency,
-        ``unknown`` last.
-    """
-    import seaborn as sns
-
-    loc = df["localization"].astype(str)
-    sites = [s for s in loc[loc != "unknown"].value_counts().index if s in SITES]
-    sites += [s for s in SITES if s not in sites] + ["unknown"]
-    fig = Figure(figsize=(17, 4.6), layout="constrained")
-    ax_sex, ax_site = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, len(sites)]})
-    style = {"annot": True, "fmt": ".0f" if normalise else "d", "cbar": False, "cmap": "Blues",
-             "linewidths": 0.5, "annot_kws": {"fontsize": 8}}
-    sns.heatmap(_crosstab(df, "sex", [*SEXES, "unknown"], normalise), ax=ax_sex, vmin=0, **style)
-    sns.heatmap(_crosstab(df, "localization", sites, normalise), ax=ax_site, vmin=0, **style)
-    ax_site.set_yticklabels([])
-    ax_site.tick_params(axis="y", left=False)
-    for ax, what in ((ax_sex, "sex"), (ax_site, "body site")):
-        ax.set_xlabel("")
-        ax.set_ylabel("")
-        ax.set_title(f"{what}" + (" (% of the class's images)" if normalise else " (images)"))
-        ax.tick_params(axis="x", rotation=60)
-    return finish(fig, save=save, caption=caption)
-
-
-def _image_caption(row: Any) -> str:
-    age = "?" if pd.isna(row.age) else f"{row.age:.0f}"
-    sex = {"male": "M", "female": "F"}.get(str(row.sex), "?")
-    return f"{age} {sex} {row.localization}"
-
-
-def sample_grid(df: pd.DataFrame, n_per_class: int = 5, *, seed: int = 0, max_side: int = 200,
-                save: str | None = None, caption: str | None = None) -> Figure:
-    """Random images of every class: rows are classes, ``n_per_class`` columns, at most one image per lesion.
-
-    Args:
-        df: one row per image with ``dx``, ``path`` (image file), ``age``, ``sex``, ``localization`` and
-            optionally ``lesion_id`` (HAM10000 has several images of many lesions: only one of each is shown).
-        n_per_class: images per row (a class with fewer lesions shows one image of each).
-        seed: random state of the choice.
-        max_side: images are shrunk to at most this many pixels for display.
-        save: file name under ``figures/``.
-        caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
-
-    Returns:
-        The figure: ``classes x n_per_class`` axes; each image is captioned with age, sex and site.
-    """
-    classes = _classes(df["dx"])
-    fig = Figure(figsize=(1.9 * n_per_class, 1.6 * len(classes)), layout="constrained")
-    axes = fig.subplots(len(classes), n_per_class, squeeze=False)
-    for i, c in enumerate(classes):
-        sub = df[df["dx"].astype(str) == c].sample(frac=1.0, random_state=seed)
-        if "lesion_id" in sub:  # images without a lesion id count as lesions of their own
-            sub = sub[~(sub["lesion_id"].notna() & sub["lesion_id"].duplicated())]
-        rows = list(sub.head(n_per_class).itertuples())
-        for j, ax in enumerate(axes[i]):
-            _bare(ax)
-            if j < len(rows):
-                ax.imshow(read_rgb(rows[j].path, max_side))
-                ax.set_xlabel(_image_caption(rows[j]), fontsize=7, labelpad=1)
-        axes[i, 0].set_ylabel(c.upper(), fontsize=11, color=CLASS_COLORS[c], fontweight="bold")
-    fig.suptitle("Sample images per class (caption: age, sex, site)")
-    return finish(fig, save=save, caption=caption)
-
-
-def images_per_lesion(df: pd.DataFrame, *,
-                      save: str | None = None, caption: str | None = None) -> Figure:
-    """How many images each lesion has, and per class the share of images whose lesion has others.
-
-    Args:
-        df: one row per image with ``lesion_id`` and ``dx``.
-        save: file name under ``figures/``.
-        caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
-
-    Returns:
-        The figure: two axes (lesions by number of images; % of images with a sibling, per class).
-    """
-    sizes = df.groupby("lesion_id").size()
-    hist = sizes.value_counts().sort_index()
-    multi = df["lesion_id"].map(sizes) > 1
-    classes = _classes(df["dx"])
-    share = (multi.groupby(df["dx"].astype(str)).mean() * 100).reindex(classes)
-    fig = Figure(figsize=(11, 4), layout="constrained")
-    ax1, ax2 = fig.subplots(1, 2)
-    ax1.bar_label(ax1.bar(hist.index.astype(int), hist.to_numpy(), color="#4c72b0"), fontsize=8)
-    ax1.set_xticks(hist.index.astype(int))
-    ax1.set(xlabel="images of the lesion", ylabel="lesions",
-            title=f"{len(sizes)} lesions, {len(df)} images ({len(df) / max(len(sizes), 1):.2f} images per lesion)")
-    bars = ax2.bar([c.upper() for c in classes], share.to_numpy(), color=[CLASS_COLORS[c] for c in classes])
-    ax2.bar_label(bars, fmt="%.0f%%", fontsize=8)
-    ax2.axhline(100 * multi.mean(), color="0.3", ls="--", lw=1, label=f"all classes: {100 * multi.mean():.0f}%")
-    ax2.set(ylabel="% of images", ylim=(0, 105), title="images whose lesion has other images")
-    ax2.legend(frameon=False, fontsize=8)
-    return finish(fig, save=save, caption=caption)
-
-
-def lesion_leak_bars(leaks: Mapping[str, pd.DataFrame], *, save: str | None = None,
-                     caption: str | None = None) -> Figure:
-    """Per fold, the share of validation images with an image of the same lesion in training.
-
-    Args:
-        leaks: split scheme name -> :func:`metanet_utils.splits.lesion_leak` frame (index: folds,
-            then ``overall``; column ``share``).
-        save: file name under ``figures/``.
-        caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
-
-    Returns:
-        The figure: one axes, one bar per (fold or overall) and scheme.
-    """
-    names = list(leaks)
-    index = list(next(iter(leaks.values())).index)
-    x, w = np.arange(len(index)), 0.8 / max(len(names), 1)
-    fig = Figure(figsize=(1.2 * len(index) + 4, 4), layout="constrained")
-    ax = fig.subplots()
-    for k, name in enumerate(names):
-        share = 100 * leaks[name]["share"].reindex(index).fillna(0).to_numpy(dtype=float)
-        ax.bar_label(ax.bar(x + (k - (len(names) - 1) / 2) * w, share, w, label=name), fmt="%.0f%%", fontsize=8)
-    ax.set_xticks(x, [f"fold {i}" if i != "overall" else "all folds" for i in index])
-    ax.set(ylabel="% of validation images", ylim=(0, 100),
-           title="Validation images with an image of the same lesion in training")
-    ax.legend(title="split", frameon=False)
-    return finish(fig, save=save, caption=caption)
-
-
-# ----------------------------------------------------------------------------- notebook 02: metadata
-
-
-def metadata_vectors(x: np.ndarray, names: Sequence[str], labels: Sequence[str], *, save: str | None = None,
-                     caption: str | None = None) -> Figure:
-    """The encoded metadata vectors of a few images as a heatmap (one row per image).
-
-    Args:
-        x: ``(n, d)`` encoded vectors (:func:`metanet_utils.metadata.encode`).
-        names: the ``d`` column names.
-        labels: one label per row (e.g. the image ids).
-        save: file name under ``figures/``.
-        caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
-
-    Returns:
-        The figure: one heatmap axes with the values written in the cells.
-    """
-    import seaborn as sns
-
-    x = np.asarray(x, dtype=float)
-    annot = np.vectorize(lambda v: f"{v:.2f}" if 0 < v < 1 else f"{v:.0f}")(x)
-    fig = Figure(figsize=(0.62 * x.shape[1] + 2.5, 0.5 * x.shape[0] + 2.4), layout="constrained")
-    ax = fig.subplots()
-    sns.heatmap(pd.DataFrame(x, columns=list(names), index=list(labels)), ax=ax, annot=annot, fmt="", cbar=False,
-                cmap="Greens", vmin=0, vmax=1, linewidths=0.5, annot_kws={"fontsize": 8})
-    ax.tick_params(axis="x", rotation=70)
-    ax.tick_params(axis="y", rotation=0)
-    ax.set_title(f"The {x.shape[1]}-d metadata vectors (age scaled to [0, 1], sex and site one-hot)")
-    return finish(fig, save=save, caption=caption)
-
-
-def mutual_information_bars(mi: pd.Series | pd.DataFrame, *, h_dx: float | None = None, save: str | None = None,
-                            caption: str | None = None) -> Figure:
-    """Mutual information of each metadata field with the diagnosis, in bits.
-
-    Args:
-        mi: :func:`metanet_utils.metadata.mutual_information` output, or a frame with one such
-            column per variant (e.g. per dataset or per missing-value rule).
-        h_dx: entropy of the diagnosis in bits; bars are then labelled with their share of it.
-        save: file name under ``figures/``.
-        caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
-
-    Returns:
-        The figure: one axes, one bar per field and column.
-    """
-    frame = mi.to_frame() if isinstance(mi, pd.Series) else mi
-    x, w = np.arange(len(frame.index)), 0.8 / max(len(frame.columns), 1)
-    fig = Figure(figsize=(2.2 * len(frame.index) * max(1, len(frame.columns) / 1.5) + 2, 4), layout="constrained")
-    ax = fig.subplots()
-    for k, col in enumerate(frame.columns):
-        v = frame[col].to_numpy(dtype=float)
-        bars = ax.bar(x + (k - (len(frame.columns) - 1) / 2) * w, v, w, label=str(col))
-        labels = [f"{b:.3f}" + (f"\n({100 * b / h_dx:.0f}% of H)" if h_dx else "") for b in v]
-        ax.bar_label(bars, labels=labels, fontsize=8)
-    ax.set_xticks(x, [str(i) for i in frame.index])
-    ax.margins(y=0.25)
-    ax.set(ylabel="mutual information with dx (bits)",
-           title="What each field tells about the diagnosis" + (f" (H(dx) = {h_dx:.2f} bits)" if h_dx else ""))
-    if len(frame.columns) > 1:
-        ax.legend(frameon=False, fontsize=8)
-    return finish(fig, save=save, caption=caption)
-
-
-def recall_bars(results: Mapping[str, Any], *,
-                save: str | None = None, caption: str | None = None) -> Figure:
-    """Per-class recall (mean and standard deviation over folds), as in the paper's Table 2.
-
-    Args:
-        results: one :func:`metanet_utils.metadata.metadata_baseline` result (a dict with
-            ``recall_mean``, ``recall_std``, ``mcr_mean``, ``mcr_std``), or a mapping of names to such
-            results (grouped bars).
-        save: file name under ``figures/``.
-        caption: a small grey footer under the figure (e.g. what the data are; see :func:`add_caption`).
-
-    Returns:
-        The figure: one axes, 7 bars per result, the chance level (1/7) dashed.
-    """
-    runs = {"metadata only": results} if "recall_mean" in results else dict(results)
-    codes = [c.upper() for c in PAPER_ORDER]
-    x, w = np.arange(len(codes)), 0.8 / max(len(runs), 1)
-    fig = Figure(figsize=(9, 4.2), layout="constrained")
-    ax = fig.subplots()
-    for k, (name, r) in enumerate(runs.items()):
-        mean = np.array([r["recall_mean"].get(c, np.nan) for c in codes], dtype=float) * 100
-        std = np.nan_to_num(np.array([r["recall_std"].get(c, np.nan) for c in codes], dtype=float) * 100)
-        label = f"{name}: MCR {100 * r['mcr_mean']:.1f} ± {100 * np.nan_to_num(r['mcr_std']):.1f}"
-        bars = ax.bar(x + (k - (len(runs) - 1) / 2) * w, np.nan_to_num(mean), w, yerr=std, capsize=2, label=label)
-        ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=2)
-    ax.axhline(_CHANCE, color="0.3", ls="--", lw=1, label=f"chance ({_CHANCE:.1f})")
-    ax.set_xticks(x, codes)
-    ax.set(ylabel="recall (%)", ylim=(0, 122), title="Per-class recall, mean ± sd over folds")
-    ax.set_yticks(range(0, 101, 20))
-    ax.legend(frameon=False, fontsize=8, loc="upper center", ncol=min(3, len(runs) + 1))
     return finish(fig, save=save, caption=caption)
 
 

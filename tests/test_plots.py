@@ -1,6 +1,6 @@
-"""The notebooks' figures: each function draws the expected axes and bars on a small frame and saves a PNG, and
-the bars of the data figures are the numbers counted again here (numpy, pandas, sklearn) on the real HAM10000
-metadata (the tables shown beside them are tested in test_metadata.py)."""
+"""The shared figures and the footer every figure ends with: each function draws the expected axes and bars on a
+small frame and saves a PNG, and the bars of the data figures are the numbers counted again here (pandas) on the
+real HAM10000 metadata. The figures one notebook draws are cells of that notebook, run by test_notebooks_*."""
 
 from __future__ import annotations
 
@@ -13,14 +13,11 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from _frames import tinted_frame  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
 
 from metanet_utils import plots  # noqa: E402
 from conftest import ROOT  # noqa: E402
-from metanet_utils.constants import PAPER_CLASS_COUNTS, SITES  # noqa: E402
+from metanet_utils.constants import PAPER_CLASS_COUNTS  # noqa: E402
 from metanet_utils.data import announce, locate_data  # noqa: E402
-from metanet_utils.metadata import encode, example_rows, fit_stats, metadata_baseline, mutual_information  # noqa: E402
-from metanet_utils.splits import lesion_leak, make_folds  # noqa: E402
 
 
 @pytest.fixture()
@@ -100,216 +97,6 @@ def test_class_counts_auto_scale_is_counts_for_the_papers_total_else_shares_and_
     assert n_bars(plots.class_counts(frame, paper=None).axes[0]) == 7
     with pytest.raises(ValueError, match="scale"):
         plots.class_counts(frame, scale="bogus")
-
-
-def test_age_by_class_one_panel_per_class_plus_all(frame, figdir):
-    fig = plots.age_by_class(frame, save="01_age")
-    assert len(fig.axes) == 8
-    assert (figdir / "01_age.png").is_file()
-    three = frame[frame["dx"].isin(["nv", "mel", "df"])]
-    assert len(plots.age_by_class(three).axes) == 4
-
-
-def test_age_by_class_panels_are_density_histograms_of_each_real_classes_5_year_bins(real_meta):
-    """Each class's filled bars are the density of its known ages in 5-year bins [0, 5), ..., [85, 90] (counted
-    here by integer division), titled with its images and its missing ages; the last panel is all images."""
-    fig = plots.age_by_class(real_meta)
-    assert len(fig.axes) == 8
-    for ax, c in zip(fig.axes, [*ORDER, "all"]):
-        rows = real_meta if c == "all" else real_meta[real_meta["dx"] == c]
-        ages = rows["age"].dropna().to_numpy()
-        counts = np.bincount(np.minimum(ages // 5, 17).astype(int), minlength=18)  # 85 closes the last bin
-        filled = [p.get_height() for p in ax.patches if isinstance(p, Rectangle)]
-        np.testing.assert_allclose(filled, counts / (len(ages) * 5), rtol=1e-12)
-        n_missing = int(rows["age"].isna().sum())
-        assert ax.get_title() == f"{c.upper()}: n={len(rows)}, mean {ages.mean():.0f}\n{n_missing} age(s) missing"
-    assert fig.axes[0].get_title().startswith("NV: n=6705") and fig.axes[-1].get_title().endswith("57 age(s) missing")
-
-
-def test_sex_site_by_class_two_heatmaps_of_each_class_row_in_percent(frame, figdir):
-    """The cells are, per class (rows in the paper's order), the % of its images of each sex (then unknown) and of
-    each site: counted here row by row from the frame."""
-    fig = plots.sex_site_by_class(frame, save="01_sex_site")
-    assert len(fig.axes) == 2
-    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["female", "male", "unknown"]
-    assert len(fig.axes[1].get_xticklabels()) == 15  # 14 sites + unknown
-    assert (figdir / "01_sex_site.png").is_file()
-    ax_sex, ax_site = fig.axes
-    assert [t.get_text() for t in ax_sex.get_yticklabels()] == [f"{c.upper()} (4)" for c in ORDER]
-    sexes = [[100 * (frame.loc[frame["dx"] == c, "sex"] == s).sum() / 4 for s in ("female", "male", "unknown")]
-             for c in ORDER]
-    np.testing.assert_allclose(ax_sex.collections[0].get_array(), sexes)
-    sites = [t.get_text() for t in ax_site.get_xticklabels()]
-    known = frame.loc[frame["localization"] != "unknown", "localization"]
-    assert sorted(sites[:3]) == ["back", "face", "trunk"] and sites[-1] == "unknown"  # the sites seen first ...
-    assert [int((known == s).sum()) for s in sites[:3]] == sorted((known == s).sum() for s in sites[:3])[::-1]
-    assert sites[3:-1] == sorted(set(SITES) - {"back", "face", "trunk"})  # ... by frequency, then the others
-    cells = [[100 * (frame.loc[frame["dx"] == c, "localization"] == s).sum() / 4 for s in sites] for c in ORDER]
-    np.testing.assert_allclose(ax_site.collections[0].get_array(), cells)
-    np.testing.assert_allclose(np.asarray(ax_site.collections[0].get_array()).sum(axis=1), 100)
-
-
-def test_sample_grid_rows_are_classes(frame, figdir):
-    fig = plots.sample_grid(frame, n_per_class=3, save="01_samples")
-    assert len(fig.axes) == 7 * 3
-    assert sum(len(ax.images) for ax in fig.axes) == 14  # 2 lesions per class: one image of each
-    assert fig.axes[0].get_ylabel() == "NV"
-    assert (figdir / "01_samples.png").is_file()
-    no_lesions = frame.drop(columns="lesion_id")  # without lesion ids every image counts: empty slots stay blank
-    assert sum(len(ax.images) for ax in plots.sample_grid(no_lesions, n_per_class=6).axes) == 28
-
-
-def test_sample_grid_shows_each_lesion_once(frame, monkeypatch):
-    """HAM10000 has several images of many lesions: a class's row shows at most one image per lesion_id
-    (images without a lesion id count as their own lesion)."""
-    shown = []
-    monkeypatch.setattr(plots, "read_rgb", lambda path, *a: shown.append(str(path)) or np.zeros((8, 8, 3), np.uint8))
-    plots.sample_grid(frame, n_per_class=4)
-    lesion = frame.set_index(frame["path"].astype(str))["lesion_id"]
-    assert len(shown) == frame["lesion_id"].nunique() == 14
-    assert lesion[shown].is_unique
-    shown.clear()
-    orphans = frame.assign(lesion_id=np.where(frame.index % 2 == 0, None, frame["lesion_id"]))
-    plots.sample_grid(orphans, n_per_class=4)
-    with_id = orphans.set_index(orphans["path"].astype(str))["lesion_id"][shown].dropna()
-    assert with_id.is_unique and len(shown) > len(with_id)
-
-
-def test_images_per_lesion_and_lesion_leak_figures_are_saved_with_one_bar_per_value(frame, figdir):
-    fig = plots.images_per_lesion(frame, save="01_lesions")
-    assert len(fig.axes) == 2
-    assert n_bars(fig.axes[0]) == 1  # every lesion has 2 images
-    assert n_bars(fig.axes[1]) == 7
-    leaks = {s: lesion_leak(frame, make_folds(frame, 2, s)) for s in ("image", "lesion")}
-    fig = plots.lesion_leak_bars(leaks, save="01_leak")
-    assert n_bars(fig.axes[0]) == 3 * 2  # (2 folds + all) x 2 schemes
-    assert (figdir / "01_lesions.png").is_file() and (figdir / "01_leak.png").is_file()
-
-
-def test_images_per_lesion_bars_count_real_lesions_by_size_and_each_classs_images_with_a_sibling(real_meta):
-    """Left: lesions with 1, 2, ... images; right: per class, % of its images whose lesion has another image;
-    the dashed line: the same % over all images. Counted here with collections.Counter."""
-    from collections import Counter
-
-    fig = plots.images_per_lesion(real_meta)
-    ax1, ax2 = fig.axes
-    per_lesion = Counter(real_meta["lesion_id"])
-    by_size = Counter(per_lesion.values())
-    sizes = sorted(by_size)
-    assert [p.get_x() + p.get_width() / 2 for p in ax1.patches] == sizes
-    np.testing.assert_array_equal(bar_heights(ax1), [by_size[k] for k in sizes])
-    assert sum(k * by_size[k] for k in sizes) == 10015 and sum(by_size.values()) == 7470
-    assert ax1.get_title() == "7470 lesions, 10015 images (1.34 images per lesion)"
-    sibling = np.array([per_lesion[lid] > 1 for lid in real_meta["lesion_id"]])
-    dx = real_meta["dx"].to_numpy()
-    np.testing.assert_allclose(bar_heights(ax2), [100 * sibling[dx == c].mean() for c in ORDER], rtol=1e-12)
-    (line,) = ax2.lines
-    assert line.get_ydata()[0] == pytest.approx(100 * sibling.mean())
-
-
-def test_lesion_leak_bars_are_100x_the_share_of_real_validation_images_whose_lesion_is_in_training(real_meta):
-    """Per fold, then pooled over the folds: the share of validation images with a training image of their
-    lesion, recounted here with sets, for the image-level split (it leaks) and a lesion-grouped one (it cannot)."""
-    image_folds = make_folds(real_meta, 5, "image")
-    grouped = pd.factorize(real_meta["lesion_id"])[0] % 5  # every lesion in one fold, by construction
-    leaks = {"image": lesion_leak(real_meta, image_folds), "by lesion": lesion_leak(real_meta, grouped)}
-    ax = plots.lesion_leak_bars(leaks).axes[0]
-    lesion = real_meta["lesion_id"].to_numpy()
-    leaked = np.zeros(len(lesion), dtype=bool)
-    expected = []
-    for f in range(5):
-        val = image_folds == f
-        in_train = set(lesion[~val])
-        leaked[val] = [lid in in_train for lid in lesion[val]]
-        expected.append(100 * leaked[val].mean())
-    expected.append(100 * leaked.mean())  # each image is validated once: pooled = mean over all images
-    np.testing.assert_allclose(bar_heights(ax, 0), expected, rtol=1e-12)
-    assert 36 <= expected[-1] <= 42  # the image-level split leaks 38-40 % (cf. test_splits)
-    np.testing.assert_array_equal(bar_heights(ax, 1), np.zeros(6))
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["fold 0", "fold 1", "fold 2", "fold 3", "fold 4",
-                                                            "all folds"]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["image", "by lesion"]
-
-
-def test_metadata_vectors_mi_and_recall_figures_are_saved_with_one_bar_per_value(frame, figdir):
-    rows = example_rows(frame)
-    x, names = encode(rows, stats=fit_stats(frame))
-    fig = plots.metadata_vectors(x, names, rows["image_id"], save="02_vectors")
-    assert len(fig.axes) == 1 and len(fig.axes[0].get_xticklabels()) == 17
-    mi = mutual_information(frame)
-    assert n_bars(plots.mutual_information_bars(mi, h_dx=2.8, save="02_mi").axes[0]) == 3
-    both = pd.DataFrame({"a": mi, "b": mi / 2})
-    assert n_bars(plots.mutual_information_bars(both).axes[0]) == 6
-    res = metadata_baseline(frame, make_folds(frame, 2, "image"))
-    fig = plots.recall_bars(res, save="02_recall")
-    assert n_bars(fig.axes[0]) == 7
-    assert n_bars(plots.recall_bars({"all": res, "again": res}).axes[0]) == 14
-    for name in ("02_vectors", "02_mi", "02_recall"):
-        assert (figdir / f"{name}.png").is_file()
-
-
-def _mi_bits_sklearn(dx: pd.Series, field: pd.Series) -> float:
-    from sklearn.metrics import mutual_info_score
-
-    return mutual_info_score(dx.astype(str), field.astype(str)) / np.log(2)
-
-
-def test_mutual_information_bars_are_the_real_fields_mi_in_bits_labelled_with_their_share_of_h_dx(real_meta):
-    """Bars: I(field; dx) in bits on the real metadata (ages in 5-year bins; missing / unknown a value of its
-    own for the first column, left out for the second), from sklearn's mutual_info_score in nats / ln 2; labels:
-    the value and its % of H(dx), H from scipy."""
-    from scipy.stats import entropy
-
-    fields = {"age": np.floor(real_meta["age"] / 5).fillna(-1),
-              "sex": real_meta["sex"], "localization": real_meta["localization"]}
-    missing = {"age": real_meta["age"].isna(), "sex": real_meta["sex"] == "unknown",
-               "localization": real_meta["localization"] == "unknown"}
-    as_value = [_mi_bits_sklearn(real_meta["dx"], v) for v in fields.values()]
-    dropped = [_mi_bits_sklearn(real_meta["dx"][~missing[f]], v[~missing[f]]) for f, v in fields.items()]
-    h_dx = entropy(real_meta["dx"].value_counts().to_numpy(), base=2)
-    assert h_dx == pytest.approx(1.63, abs=0.01)  # the module docstring's figure
-    mi = pd.DataFrame({"category": mutual_information(real_meta), "drop": mutual_information(real_meta,
-                                                                                             missing="drop")})
-    ax = plots.mutual_information_bars(mi, h_dx=h_dx).axes[0]
-    np.testing.assert_allclose(bar_heights(ax, 0), as_value, rtol=1e-9)
-    np.testing.assert_allclose(bar_heights(ax, 1), dropped, rtol=1e-9)
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["age", "sex", "localization"]
-    labels = [t.get_text() for t in ax.texts]
-    assert labels[:3] == [f"{v:.3f}\n({100 * v / h_dx:.0f}% of H)" for v in as_value]
-    assert ax.get_title().endswith(f"(H(dx) = {h_dx:.2f} bits)")
-
-
-def test_recall_bars_are_100x_the_mean_recall_in_the_papers_order_with_100x_sd_error_bars():
-    """A hand-made result (distinct recalls, official class order in the dict): bars are 100 x recall_mean in the
-    paper's order (NV first), error bars 100 x recall_std, a NaN a bar of 0 without an error bar."""
-    res = {"recall_mean": {"MEL": 0.40, "NV": 0.90, "BCC": 0.55, "AKIEC": 0.35, "BKL": 0.30, "DF": np.nan,
-                           "VASC": 0.80},
-           "recall_std": {"MEL": 0.05, "NV": 0.02, "BCC": 0.10, "AKIEC": 0.07, "BKL": 0.04, "DF": np.nan,
-                          "VASC": np.nan},
-           "mcr_mean": 0.55, "mcr_std": 0.03}
-    ax = plots.recall_bars(res).axes[0]
-    np.testing.assert_allclose(bar_heights(ax), [90, 40, 30, 55, 35, 80, 0], rtol=1e-12)
-    np.testing.assert_allclose(_err_halves(ax, 0), [2, 5, 4, 10, 7, 0, 0], rtol=1e-9, atol=1e-12)
-    legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert "metadata only: MCR 55.0 ± 3.0" in legend and f"chance ({100 / 7:.1f})" in legend
-    # two results: two groups side by side, each with its own values
-    other = {**res, "recall_mean": {k: 1 - v for k, v in res["recall_mean"].items()}}
-    ax = plots.recall_bars({"a": res, "b": other}).axes[0]
-    np.testing.assert_allclose(bar_heights(ax, 1), [10, 60, 70, 45, 65, 20, 0], rtol=1e-9)
-    xs = [[p.get_x() + p.get_width() / 2 for p in c.patches] for c in ax.containers if hasattr(c, "patches")]
-    np.testing.assert_allclose(np.array(xs[1]) - np.array(xs[0]), 0.4)
-
-
-def test_recall_bars_of_a_metadata_baseline_are_its_fold_confusions_recall_averaged(frame):
-    """On a baseline result: 100 x (per fold diag / row sums of its confusion matrix, NaN for an absent class,
-    averaged over the folds), in the paper's order."""
-    res = metadata_baseline(frame, make_folds(frame, 2, "image"))
-    cms = np.array(res["confusion"], dtype=float)  # folds x 7 x 7, official order
-    with np.errstate(invalid="ignore"):
-        recall = np.nanmean(np.diagonal(cms, axis1=1, axis2=2) / cms.sum(axis=2), axis=0)
-    official = ["mel", "nv", "bcc", "akiec", "bkl", "df", "vasc"]
-    expected = [100 * recall[official.index(c)] for c in ORDER]
-    np.testing.assert_allclose(bar_heights(plots.recall_bars(res).axes[0]), np.nan_to_num(expected), rtol=1e-9)
 
 
 def test_finish_stamps_the_caption_once_and_saves(frame, figdir):
@@ -401,25 +188,34 @@ def test_every_plotting_function_takes_a_caption():
 
     with_save = [n for n in plots.__all__ if callable(getattr(plots, n))
                  and "save" in inspect.signature(getattr(plots, n)).parameters]
-    assert len(with_save) >= 15
+    assert "class_counts" in with_save
     for name in with_save:
         p = inspect.signature(getattr(plots, name)).parameters.get("caption")
         assert p is not None and p.default is None and p.kind == p.KEYWORD_ONLY, name
 
 
-def test_caption_is_a_wrapped_grey_footer_clear_of_the_axes(frame, figdir):
-    fig = plots.sex_site_by_class(frame, caption=_LONG, save="01_caption")  # rotated tick labels at the bottom
+def _heatmaps(**finish) -> Figure:
+    """Two heat maps with long tick labels rotated at the bottom, in a constrained layout (as notebook 01 draws)."""
+    fig = Figure(figsize=(9, 3), layout="constrained")
+    for ax in fig.subplots(1, 2):
+        ax.imshow(np.arange(21).reshape(3, 7))
+        ax.set_xticks(range(7), [f"lower extremity {i}" for i in range(7)], rotation=60)
+    return plots.finish(fig, **finish)
+
+
+def test_caption_is_a_wrapped_grey_footer_clear_of_the_axes(figdir):
+    fig = _heatmaps(caption=_LONG, save="01_caption")  # rotated tick labels at the bottom
     ext = _assert_clear_footer(fig, _LONG)
     text = _footer(fig)
     assert text.get_text().count("\n") >= 1 and ext.width <= fig.bbox.width  # wrapped to the figure's width
     assert text.get_fontsize() <= 9 and matplotlib.colors.to_rgb(text.get_color())[0] == pytest.approx(0.4)
-    no_caption = plots.sex_site_by_class(frame)
+    no_caption = _heatmaps()
     assert fig.get_figheight() > no_caption.get_figheight()  # room added, the panels keep their size
     assert not [t for t in no_caption.texts if t.get_gid() == "figure-caption"]
     # saved with the figure: the PNG is taller by the footer, whose grey text is in its bottom rows
     from PIL import Image
 
-    plots.sex_site_by_class(frame, save="01_plain")
+    _heatmaps(save="01_plain")
     with_png = np.asarray(Image.open(figdir / "01_caption.png").convert("L"))
     plain_png = np.asarray(Image.open(figdir / "01_plain.png").convert("L"))
     assert with_png.shape[0] > plain_png.shape[0] + 20
@@ -427,8 +223,12 @@ def test_caption_is_a_wrapped_grey_footer_clear_of_the_axes(frame, figdir):
     assert (bottom < 160).sum() > 50
 
 
-def test_caption_moves_a_supxlabel_above_it_and_works_with_colour_bars(frame):
-    fig = plots.age_by_class(frame, caption="Ages of the test frame.")  # supxlabel "age (years)"
+def test_caption_moves_a_supxlabel_above_it_and_works_with_colour_bars():
+    fig = Figure(figsize=(8, 4), layout="constrained")  # panels sharing one x label, as notebook 01's ages
+    for ax in fig.subplots(2, 4, sharex=True, sharey=True).ravel():
+        ax.hist(np.arange(0, 90, 5), bins=np.arange(0, 95, 5), density=True)
+    fig.supxlabel("age (years)")
+    plots.add_caption(fig, "Ages of the test frame.")
     _assert_clear_footer(fig, "Ages of the test frame.")
     assert fig._supxlabel.get_text() == "age (years)"
     cm = {f: np.diag([5, 3, 2, 2, 1, 1, 1]) + 1 for f in ("none", "metanet")}
