@@ -23,6 +23,9 @@ from .dataset import Dataset
 from .grid import profile_dataset
 from .report import run_caption
 
+# tqdm in a kernel without ipywidgets falls back to plain progress lines; its warning says nothing to a student
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 
 class Setup(NamedTuple):
     prof: Profile
@@ -32,7 +35,6 @@ class Setup(NamedTuple):
 
 def setup(profile: str, data_dir: str = "") -> Setup:
     """Profile, data set and figure caption of a notebook; inline figures in Jupyter."""
-    warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: plain progress
     shell = get_ipython()
     if shell is not None and shell.__class__.__name__ != "TerminalInteractiveShell":
         shell.run_line_magic("matplotlib", "inline")  # run_all.sh sets MPLBACKEND=Agg for the library's figures
