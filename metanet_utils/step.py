@@ -1,10 +1,13 @@
-"""One SGD training step, run eagerly or replayed from a CUDA graph.
+"""One SGD training step, run eagerly or replayed from a CUDA graph (opt-in: ``cuda_graphs: on``).
 
 At the paper's batch of 32 a GPU training step is launch-bound: ResNet50's forward, backward
 and optimizer step are about a thousand small kernels, and the Python that launches them takes
 longer than the GPU needs to run them. A CUDA graph records the whole step once (forward, loss,
 backward, SGD update) and replays it with one launch per step, so the GPU, not Python, sets the
 pace. The numbers are those of the eager step: the same kernels run in the same order.
+
+Replay is opt-in (``cuda_graphs: on`` in a profile; the default ``off`` runs eager steps) until a dated
+GPU record in ``bench/results/`` shows it correct and faster. This module depends on torch only.
 
 What a graph demands, and how :class:`TrainStep` meets it:
 
@@ -51,26 +54,20 @@ import torch.nn as nn
 __all__ = ["TrainStep", "cuda_graphs_wanted"]
 
 
-def cuda_graphs_wanted(setting: str, device: torch.device, deterministic: bool = False, compiled: bool = False) -> bool:
-    """Resolve a ``cuda_graphs`` setting (``auto`` / ``on`` / ``off``) for a device.
-
-    ``auto`` means on for a CUDA device, unless the run is deterministic (graphs are fine, but the
-    deterministic mode is about reproducing the eager reference exactly) or compiled
-    (``torch.compile`` makes its own graphs). ``on`` without a CUDA device is refused.
+def cuda_graphs_wanted(setting: str, device: torch.device) -> bool:
+    """Resolve a ``cuda_graphs`` setting: ``off`` (the default: eager steps) or ``on`` (capture and replay;
+    opt-in until a dated GPU record in ``bench/results/`` shows it correct and faster). ``on`` needs a
+    CUDA device.
 
     Example:
-        >>> cuda_graphs_wanted("auto", torch.device("cpu"))
+        >>> cuda_graphs_wanted("off", torch.device("cpu"))
         False
     """
-    if setting not in ("auto", "on", "off"):
-        raise ValueError(f"cuda_graphs={setting!r} is not allowed; choose auto, on or off")
-    if setting == "off":
-        return False
-    if setting == "on":
-        if device.type != "cuda":
-            raise ValueError(f"cuda_graphs='on' needs a CUDA device, not {device.type!r}; use 'auto' or 'off'")
-        return True
-    return device.type == "cuda" and not deterministic and not compiled
+    if setting not in ("off", "on"):
+        raise ValueError(f"cuda_graphs={setting!r} is not allowed; choose off or on")
+    if setting == "on" and device.type != "cuda":
+        raise ValueError(f"cuda_graphs='on' needs a CUDA device, not {device.type!r}; use 'off'")
+    return setting == "on"
 
 
 class _CudaGraphs:
@@ -127,7 +124,7 @@ class TrainStep:
         optimizer: stepped once per call.
         batch_size: the size that is captured and replayed; other sizes run eagerly.
         amp_dtype: autocast dtype (``None``: fp32).
-        cuda_graph: capture and replay the step (CUDA only; see :func:`cuda_graphs_wanted`).
+        cuda_graph: capture and replay the step (CUDA only; off by default, see :func:`cuda_graphs_wanted`).
         warmup: eager steps on full batches before the capture (at least 1).
 
     Called as ``step(x, meta, y)``, or, after :meth:`set_prepare`, as ``step(*inputs)`` where the

@@ -47,6 +47,7 @@ from .atomic import FileLock, LockHeld, atomic_write_json, atomic_write_text, at
 from .augment import BatchAugment
 from .config import RunConfig
 from .constants import CLASS_CODES, DX_CODES
+from .evaluate import RECORD_FILES, is_complete  # the record format lives with the code that reads it
 from .step import TrainStep, cuda_graphs_wanted
 
 __all__ = [
@@ -63,16 +64,11 @@ __all__ = [
     "make_scheduler",
     "iter_train_epoch",
     "EpochIter",
-    "run_interleaved",
     "train_one_epoch",
     "evaluate_model",
     "train_run",
-    "train_runs_together",
     "RunBusy",
 ]
-
-RECORD_FILES = ("config.json", "history.csv", "metrics.json", "predictions.csv", "labels.csv", "checkpoint.pt")
-
 
 class RunBusy(RuntimeError):
     """Another worker is training this run right now."""
@@ -85,23 +81,6 @@ def record_dir(cfg: RunConfig | str, runs_dir: str | Path | None = None) -> Path
 
     run_id = cfg if isinstance(cfg, str) else cfg.run_id
     return Path(runs_dir or default_runs_dir()) / run_id
-
-
-def is_complete(run_dir: str | Path) -> bool:
-    """True when the record folder exists and its manifest matches every file (sizes)."""
-    run_dir = Path(run_dir)
-    man = run_dir / "manifest.json"
-    if not man.is_file():
-        return False
-    try:
-        files = json.loads(man.read_text())["files"]
-    except (OSError, ValueError, KeyError):
-        return False
-    for name in RECORD_FILES:
-        p = run_dir / name
-        if name not in files or not p.is_file() or p.stat().st_size != files[name]["bytes"]:
-            return False
-    return True
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
@@ -221,7 +200,7 @@ def iter_train_epoch(model: nn.Module, data: DeviceData, augment: BatchAugment, 
     """:func:`train_one_epoch` as a generator: yields after each batch is queued, returns the epoch's row.
 
     Several runs trained together interleave their batches through these generators (see
-    :func:`train_runs_together`); device work goes to whatever CUDA stream is current at each ``next``.
+    :mod:`metanet_utils.together`); device work goes to whatever CUDA stream is current at each ``next``.
     """
     model.train()
     if step is None:
@@ -385,96 +364,6 @@ def train_run(cfg: RunConfig, dataset, runs_dir: str | Path | None = None, devic
             lk.release()
 
 
-def train_runs_together(cfgs: list[RunConfig], dataset, runs_dir: str | Path | None = None,
-                        device: str | None = None, progress: bool = True,
-                        weights_dir: str | Path | None = None) -> dict[str, dict[str, Any] | BaseException]:
-    """Train several runs at once in this process, their batches interleaved, one CUDA stream each.
-
-    At the paper's batch of 32 one run leaves a large GPU partly idle; folds or variants trained
-    together fill it (their kernels overlap on separate streams) and share one copy of the image
-    cache in GPU memory. Each run keeps everything of its own: model, optimizer, schedule, shuffle
-    and augmentation streams, checkpoint every epoch, record. Its numbers are those of the run
-    trained alone, except where a model draws from the global random generator (dropout: AlexNet and
-    VGG), whose draws now interleave; a deterministic run is therefore trained alone.
-
-    Returns run_id -> ``metrics.json`` content, or the exception that stopped that run
-    (:class:`RunBusy` where another worker holds it). Complete runs are read back, not trained.
-    """
-    from .paths import runs_dir as default_runs_dir
-
-    runs_dir = Path(runs_dir or default_runs_dir())
-    dev = pick_device(device)
-    out: dict[str, dict[str, Any] | BaseException] = {}
-    locks: list[FileLock] = []
-    sessions: list[_RunSession] = []
-    shared: dict[tuple, torch.Tensor] = {}
-    try:
-        for cfg in cfgs:
-            final = runs_dir / cfg.run_id
-            if cfg.run_id in out:
-                continue
-            if is_complete(final):
-                out[cfg.run_id] = read_metrics(final)
-                continue
-            if cfg.deterministic and len(cfgs) > 1:
-                out[cfg.run_id] = ValueError("a deterministic run is trained alone (train_run), not together")
-                continue
-            try:
-                _check_fingerprint(cfg, dataset)
-                lk = FileLock(runs_dir / ".locks" / f"{cfg.run_id}.lock", blocking=False)
-                try:
-                    lk.acquire()
-                except LockHeld:
-                    raise RunBusy(f"run {cfg.run_id} is being trained by another worker") from None
-                locks.append(lk)
-                if is_complete(final):
-                    out[cfg.run_id] = read_metrics(final)
-                    continue
-                _remove_leftovers(runs_dir, cfg.run_id)
-                sessions.append(_RunSession(cfg, dataset, runs_dir, dev, progress, weights_dir, shared=shared,
-                                            together=True))
-            except Exception as e:  # noqa: BLE001 - one bad run must not stop the others
-                out[cfg.run_id] = e
-        if progress and len(sessions) > 1:
-            _log(f"[together] training {len(sessions)} runs at once on {_device_name(dev)}: "
-                 + ", ".join(x.cfg.run_id for x in sessions))
-        active = [x for x in sessions if not x.done]
-        def fail(x: _RunSession, e: BaseException) -> None:
-            x.failed = e
-            out[x.cfg.run_id] = e
-            _log(f"!!! run {x.cfg.run_id} failed: {type(e).__name__}: {e}")
-
-        while active:
-            epochs = {x: x.run_epoch_iter() for x in active}
-            ended: dict[_RunSession, dict[str, float]] = {}
-            while epochs:
-                for x in list(epochs):
-                    try:
-                        if not epochs[x].advance():
-                            ended[x] = epochs.pop(x).result
-                    except Exception as e:  # noqa: BLE001
-                        epochs.pop(x, None)
-                        fail(x, e)
-            # evaluate once every run's epoch is over: an evaluation in between would stall the others
-            # and count in their epoch times
-            for x, row in ended.items():
-                try:
-                    x.end_epoch(row)
-                except Exception as e:  # noqa: BLE001
-                    fail(x, e)
-            active = [x for x in active if not x.done and x.failed is None]
-        for x in sessions:
-            if x.failed is None:
-                try:
-                    out[x.cfg.run_id] = x.finish()
-                except Exception as e:  # noqa: BLE001
-                    out[x.cfg.run_id] = e
-    finally:
-        for lk in locks:
-            lk.release()
-    return out
-
-
 def _check_fingerprint(cfg: RunConfig, dataset) -> None:
     if cfg.data_fingerprint and cfg.data_fingerprint != dataset.fingerprint:
         raise ValueError(f"run {cfg.run_id} was configured for data {cfg.data_fingerprint}, "
@@ -513,24 +402,9 @@ class EpochIter:
         return self.result
 
 
-def run_interleaved(epochs: list[EpochIter], device: torch.device) -> None:
-    """Run several epochs to their end, one batch of each in turn (runs trained together); each
-    ``EpochIter`` queues its work on its own stream, the current stream then waits for all of them."""
-    cur = torch.cuda.current_stream(device) if device.type == "cuda" else None
-    for it in epochs:
-        if it.stream is not None:
-            it.stream.wait_stream(cur)
-    live = list(epochs)
-    while live:
-        live = [it for it in live if it.advance()]
-    for it in epochs:
-        if it.stream is not None:
-            cur.wait_stream(it.stream)
-
-
 class _RunSession:
     """Everything of one run while it trains: data on the device, model, optimizer, schedule, step,
-    history and checkpoint. ``train_run`` drives one; ``train_runs_together`` several."""
+    history and checkpoint. ``train_run`` drives one; :mod:`metanet_utils.together` several."""
 
     def __init__(self, cfg: RunConfig, dataset, runs_dir: Path, device: torch.device, progress: bool,
                  weights_dir, shared: dict | None = None, together: bool = False) -> None:
@@ -595,7 +469,7 @@ class _RunSession:
         log_event(runs_dir, cfg.run_id, f"resume@{self.epoch}" if self.epoch else "start")
         self.train_model = torch.compile(model) if cfg.compile else model
         self.step = TrainStep(self.train_model, self.criterion, self.optimizer, cfg.batch_size, self.amp_dtype,
-                              cuda_graph=cuda_graphs_wanted(cfg.cuda_graphs, device, cfg.deterministic, cfg.compile))
+                              cuda_graph=cuda_graphs_wanted(cfg.cuda_graphs, device))
         self.stream = torch.cuda.Stream(device) if together and device.type == "cuda" else None
         self.probs: np.ndarray | None = None
         self._bar = None

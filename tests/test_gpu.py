@@ -5,8 +5,10 @@
 * batched augmentation gives the same images on CUDA as on the CPU for the same random parameters;
 * the device-resident image cache: upload, training and evaluation straight from device memory;
 * evaluation in bf16 agrees with fp32;
-* a training step replayed from a CUDA graph computes what the eager step computes, and a whole
-  run with CUDA graphs (captured again at the lr milestone) matches its eager twin.
+* the opt-in fast paths (off by default until a dated GPU record shows them correct and faster): a
+  training step replayed from a CUDA graph computes what the eager step computes, a whole run with CUDA
+  graphs (captured again at the lr milestone) matches its eager twin, and runs trained together (one
+  CUDA stream each, eager or with graphs) match the runs trained alone.
 
 Every test skips without CUDA. ``METANET_GPU_TESTS_ON_CPU=1`` runs them on the CPU instead (slowly;
 only to check the tests themselves on a machine without a GPU).
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -37,14 +38,11 @@ def dev() -> torch.device:
 
 
 @pytest.fixture()
-def small_dataset(isolated_root):
-    """About 300 images: the real HAM10000 copy if there is one (see conftest), else the synthetic set."""
+def small_dataset(isolated_root, real_data_dir):
+    """About 300 real images (the HAM10000 copy of conftest's ``real_data_dir``)."""
     from metanet_utils.dataset import open_dataset
 
-    shared = Path(os.environ.get("METANET_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "ham10000"))
-    if (shared / "HAM10000_metadata.csv").is_file():
-        return open_dataset(shared, max_images=300)
-    return open_dataset(None, data="synthetic", synthetic_images=300)
+    return open_dataset(real_data_dir, max_images=300)
 
 
 def _fixed_rand(seed: int):
@@ -94,6 +92,7 @@ def test_train_run_bf16_channels_last_writes_a_complete_record(dev, small_datase
     assert m["epochs_done"] == 2
     assert m["precision"] == "bfloat16"
     assert m["channels_last"] is (dev.type == "cuda")
+    assert m["execution"]["cuda_graphs"] is False and m["execution"]["trained_together"] is False  # the default
     if dev.type == "cuda":
         assert torch.cuda.get_device_name(dev) in m["device"]
     assert 0.0 <= m["mcr"] <= 1.0 and m["images_per_s"] > 0
@@ -322,22 +321,25 @@ def test_train_run_with_cuda_graphs_records_replays_and_matches_an_eager_run(dev
     assert float(np.abs(p_g - p_e).max()) < 5e-2
 
 
-def test_runs_trained_together_on_streams_match_runs_trained_alone(dev, small_dataset, tmp_path):
-    """Two folds trained at once (one CUDA stream and one CUDA graph each, one shared image cache)
-    give the records of the two folds trained one after the other."""
+@pytest.mark.parametrize("graphs", ["off", "on"], ids=["eager", "cuda-graphs"])
+def test_runs_trained_together_on_streams_match_runs_trained_alone(dev, small_dataset, tmp_path, graphs):
+    """Two folds trained at once (one CUDA stream each, eager or one CUDA graph each, one shared image
+    cache) give the records of the two folds trained one after the other."""
     from metanet_utils.config import RunConfig
-    from metanet_utils.train import is_complete, record_dir, train_run, train_runs_together
+    from metanet_utils.together import train_runs_together
+    from metanet_utils.train import is_complete, record_dir, train_run
 
     _needs_cuda(dev)
     ds = small_dataset
     cfgs = [RunConfig(backbone="test_resnet", fusion="metanet", n_folds=2, fold=f, epochs=2, milestones=(1,),
                       image_size=64, crop_size=56, batch_size=32, lr=0.01, pretrained=False, precision="fp32",
-                      data_kind=ds.kind, data_fingerprint=ds.fingerprint) for f in (0, 1)]
+                      cuda_graphs=graphs, data_kind=ds.kind, data_fingerprint=ds.fingerprint) for f in (0, 1)]
     out = train_runs_together(cfgs, ds, runs_dir=tmp_path / "together", device=str(dev), progress=False)
     for c in cfgs:
         m = out[c.run_id]
         assert isinstance(m, dict), m
-        assert m["execution"]["trained_together"] is True and m["execution"]["cuda_graphs"] is True, m["execution"]
+        ex = m["execution"]
+        assert ex["trained_together"] is True and ex["cuda_graphs"] is (graphs == "on"), ex
         train_run(c, ds, runs_dir=tmp_path / "alone", device=str(dev), progress=False)
         t, a = record_dir(c, tmp_path / "together"), record_dir(c, tmp_path / "alone")
         assert is_complete(t) and is_complete(a)
@@ -376,22 +378,3 @@ def test_the_training_loop_never_waits_for_the_gpu(dev, graphs):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert step.stats["replayed"] >= (5 if graphs else 0), step.stats
-
-
-def test_auto_together_probe_measures_copies_trained_together_on_the_device(dev, tmp_path):
-    """``runs_together: auto`` on the device: 1 and 2 copies of a small model trained together (graphs and
-    streams as in the grid), their rates and peak memory, and a kept decision."""
-    from metanet_utils.config import RunConfig
-    from metanet_utils.together import choose_runs_together, measure_together_rate
-
-    cfg = RunConfig(backbone="test_resnet", fusion="metanet", image_size=72, crop_size=64, batch_size=32,
-                    pretrained=False)
-    lines = []
-    c = choose_runs_together(cfg, dev, max_k=2, runs_dir=tmp_path, measure_on_cpu=True, log=lines.append,
-                             measure=lambda c_, k, d: measure_together_rate(c_, k, d, batches=6, repeats=2))
-    assert c.k in (1, 2) and set(c.rates) <= {1, 2} and 1 in c.rates and all(r > 0 for r in c.rates.values())
-    if dev.type == "cuda":
-        assert c.peak_bytes[1] > 0
-    assert lines and lines[0].startswith("[together] test_resnet: ")
-    again = choose_runs_together(cfg, dev, runs_dir=tmp_path, measure_on_cpu=True, log=None)
-    assert again.cached and again.k == c.k

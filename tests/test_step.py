@@ -1,4 +1,4 @@
-"""The training step (metanet_utils.step): eager, and the CUDA-graph bookkeeping.
+"""The training step (metanet_utils.step): eager, and the CUDA-graph bookkeeping (opt-in: cuda_graphs: on).
 
 The real CUDA graph is exercised by tests/test_gpu.py. Here the graph back end is replaced by one
 that records the captured function and calls it again on every replay, which has the same
@@ -140,50 +140,52 @@ def test_a_capture_broken_midway_is_reported_by_what_broke_it():
     assert step.failure == "RuntimeError: CUDA error: operation not permitted when stream is capturing"
 
 
-def test_cuda_graphs_setting_resolves_per_device_and_mode():
+def test_cuda_graphs_are_off_unless_asked_for_and_on_needs_a_gpu():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert cuda_graphs_wanted("auto", cuda) is True
-    assert cuda_graphs_wanted("auto", cpu) is False
-    assert cuda_graphs_wanted("auto", cuda, deterministic=True) is False
-    assert cuda_graphs_wanted("auto", cuda, compiled=True) is False
-    assert cuda_graphs_wanted("off", cuda) is False
-    assert cuda_graphs_wanted("on", cuda, deterministic=True) is True
+    assert RunConfig(backbone="resnet50").cuda_graphs == "off" and Profile(name="x").cuda_graphs == "off"
+    assert cuda_graphs_wanted("off", cuda) is False and cuda_graphs_wanted("off", cpu) is False
+    assert cuda_graphs_wanted("on", cuda) is True
     with pytest.raises(ValueError, match="needs a CUDA device"):
         cuda_graphs_wanted("on", cpu)
-    with pytest.raises(ValueError, match="auto, on or off"):
-        cuda_graphs_wanted("yes", cuda)
+    with pytest.raises(ValueError, match="choose off or on"):
+        cuda_graphs_wanted("auto", cuda)
 
 
 def test_cuda_graphs_is_recorded_but_does_not_change_the_run_id():
     base = RunConfig(backbone="resnet50")
     # run ids of records written before the setting existed stay valid
     assert base.run_id == "resnet50-metanet-age+sex+loc-k2-f0-87997e7b03"
-    assert base.replace(cuda_graphs="off").run_id == base.run_id
-    assert base.replace(cuda_graphs="off").to_dict()["cuda_graphs"] == "off"
+    assert base.replace(cuda_graphs="on").run_id == base.run_id
+    assert base.replace(cuda_graphs="on").to_dict()["cuda_graphs"] == "on"
     assert base.replace(precision="fp32").run_id != base.run_id  # settings that change numbers still count
+    # a record's config.json from before graphs became opt-in ("auto") reads back as the eager default
+    old = RunConfig.from_dict({**base.to_dict(), "cuda_graphs": "auto"})
+    assert old.cuda_graphs == "off" and old.run_id == base.run_id
     with pytest.raises(ConfigError, match="cuda_graphs"):
         RunConfig(backbone="resnet50", cuda_graphs="always")
-    with pytest.raises(ConfigError, match="cuda_graphs"):
-        Profile(name="x", cuda_graphs="maybe")
+    for bad in ("maybe", "auto"):  # a profile says on or off
+        with pytest.raises(ConfigError, match="cuda_graphs"):
+            Profile(name="x", cuda_graphs=bad)
 
 
 def test_the_grid_passes_the_profile_setting_to_every_run():
     from types import SimpleNamespace
 
-    from metanet_utils.config import load_profile
+    from metanet_utils.config import list_profiles, load_profile
     from metanet_utils.grid import enumerate_runs
 
-    prof = load_profile("smoke", cuda_graphs="off")
+    prof = load_profile("smoke", cuda_graphs="on")
     runs = enumerate_runs(prof, SimpleNamespace(kind="real", fingerprint="x"))
-    assert runs and {r.cuda_graphs for r in runs} == {"off"}
-    assert load_profile("paper").cuda_graphs == "auto"
+    assert runs and {r.cuda_graphs for r in runs} == {"on"}
+    for name in list_profiles():  # opt-in: no shipped profile turns graphs on
+        assert load_profile(name).cuda_graphs == "off", name
 
 
-def test_train_run_refuses_cuda_graphs_on_without_a_gpu(isolated_root):
+def test_train_run_refuses_cuda_graphs_on_without_a_gpu(isolated_root, real_data_dir):
     from metanet_utils.dataset import open_dataset
     from metanet_utils.train import train_run
 
-    ds = open_dataset(None, data="synthetic", synthetic_images=60)
+    ds = open_dataset(real_data_dir, max_images=60)
     cfg = RunConfig(backbone="test_resnet", fusion="none", meta_features=(), meta_layers=0, n_folds=2, epochs=1,
                     image_size=40, crop_size=32, pretrained=False, cuda_graphs="on",
                     data_kind=ds.kind, data_fingerprint=ds.fingerprint)

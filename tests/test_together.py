@@ -1,4 +1,4 @@
-"""Several runs trained together in one process (metanet_utils.train.train_runs_together, grid --together).
+"""Several runs trained together in one process (metanet_utils.together, grid --together K): opt-in.
 
 On the CPU there are no streams, but the interleaving, the shared image cache, the per-run state and
 records are the same code as on a GPU; the numbers of a run trained together must be those of the
@@ -12,31 +12,33 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from metanet_utils.atomic import FileLock
-from metanet_utils.config import RunConfig, load_profile
+from metanet_utils.config import ConfigError, Profile, RunConfig, list_profiles, load_profile
 from metanet_utils.grid import _groups, run_grid
-from metanet_utils.train import RunBusy, is_complete, record_dir, train_run, train_runs_together
+from metanet_utils.together import run_interleaved, train_runs_together
+from metanet_utils.train import EpochIter, RunBusy, is_complete, record_dir, train_run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny CPU models on a busy 2-core machine: one intra-op thread is many times faster than two that contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
-def small_ds(tmp_path_factory):
-    import os
-
+def small_ds(tmp_path_factory, real_data_dir):
+    """140 real images; their image cache in a folder of this module's own."""
     from metanet_utils.dataset import open_dataset
 
-    root = tmp_path_factory.mktemp("together")
-    old = {k: os.environ.get(k) for k in ("METANET_CACHE_DIR", "METANET_RESULTS_DIR")}
-    os.environ["METANET_CACHE_DIR"] = str(root / "cache")
-    os.environ["METANET_RESULTS_DIR"] = str(root / "results")
-    try:
-        yield open_dataset(None, data="synthetic", synthetic_images=140)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    mp = pytest.MonkeyPatch()
+    mp.setenv("METANET_CACHE_DIR", str(tmp_path_factory.mktemp("together") / "cache"))
+    yield open_dataset(real_data_dir, max_images=140)
+    mp.undo()
 
 
 def _cfg(ds, **kw) -> RunConfig:
@@ -123,189 +125,56 @@ def test_grid_together_trains_every_run_once(small_ds, tmp_path):
         run_grid(prof, small_ds, runs_dir=tmp_path, device="cpu", progress=False, together=0)
 
 
-# --------------------------------------------------------------------------- runs_together: auto
+# --------------------------------------------------------------------------- opt-in
 
-def _fake_measure(rates: dict[int, float], peaks: dict[int, int] | None = None, fail_at: int | None = None,
-                  error: Exception | None = None):
-    calls = []
-
-    def measure(cfg, k, device):
-        calls.append(k)
-        if k == fail_at:
-            raise error
-        return rates[k], (peaks or {}).get(k, 0)
-    return measure, calls
+def test_runs_together_is_one_unless_a_profile_or_the_command_asks_for_more():
+    assert Profile(name="x").runs_together == 1
+    for name in list_profiles():
+        assert load_profile(name).runs_together == 1, name
+    assert load_profile("smoke", runs_together=3).runs_together == 3
 
 
-def test_auto_on_a_cpu_trains_one_run_at_a_time_without_measuring():
-    import torch
-
-    from metanet_utils.together import choose_runs_together
-
-    measure, calls = _fake_measure({})
-    c = choose_runs_together(RunConfig(backbone="test_resnet"), torch.device("cpu"), measure=measure)
-    assert c.k == 1 and calls == [] and "cpu" in c.reason
-    c = choose_runs_together(RunConfig(backbone="test_resnet", deterministic=True), torch.device("cpu"),
-                             measure=measure, measure_on_cpu=True)
-    assert c.k == 1 and calls == [] and "deterministic" in c.reason
-
-
-def test_auto_adds_runs_while_each_raises_the_total_by_ten_percent():
-    import torch
-
-    from metanet_utils.together import choose_runs_together
-
-    measure, calls = _fake_measure({1: 100.0, 2: 150.0, 3: 160.0, 4: 400.0})
-    c = choose_runs_together(RunConfig(backbone="test_resnet"), torch.device("cpu"), measure=measure,
-                             measure_on_cpu=True, log=None)
-    assert (c.k, calls) == (2, [1, 2, 3])  # 3 gains 7 % over 2: the search stops there
-    assert c.rates == {1: 100.0, 2: 150.0, 3: 160.0} and "3 runs gain less than 10 % over 2" in c.reason
-    measure, calls = _fake_measure({1: 100.0, 2: 105.0})
-    assert choose_runs_together(RunConfig(backbone="test_resnet"), torch.device("cpu"), measure=measure,
-                                measure_on_cpu=True, log=None).k == 1
-
-
-def test_auto_stops_where_memory_runs_out_or_would_not_hold_the_image_cache():
-    import torch
-
-    from metanet_utils.together import choose_runs_together
-
-    cfg, cpu, gib = RunConfig(backbone="test_resnet"), torch.device("cpu"), 2 ** 30
-    rates = {1: 100.0, 2: 200.0, 3: 300.0, 4: 400.0}
-    measure, calls = _fake_measure(rates, fail_at=3, error=torch.cuda.OutOfMemoryError("CUDA out of memory"))
-    c = choose_runs_together(cfg, cpu, measure=measure, measure_on_cpu=True, log=None)
-    assert (c.k, calls) == (2, [1, 2, 3]) and c.reason == "3 runs ran out of memory"
-    measure, calls = _fake_measure(rates, peaks={k: 30 * gib * k for k in rates})
-    c = choose_runs_together(cfg, cpu, measure=measure, measure_on_cpu=True, log=None, reserve_bytes=5 * gib,
-                             total_bytes=80 * gib)
-    assert (c.k, calls) == (2, [1, 2, 3]) and "95.0 GiB of 80.0" in c.reason  # 3 x 30 + 5 > 90 % of 80
-    measure, calls = _fake_measure(rates, fail_at=1, error=RuntimeError("no kernel image"))
-    c = choose_runs_together(cfg, cpu, measure=measure, measure_on_cpu=True, log=None)
-    assert c.k == 1 and "the probe failed (RuntimeError: no kernel image)" in c.reason
-
-
-def test_auto_decision_is_kept_per_setting_and_reused(tmp_path):
-    import torch
-
-    from metanet_utils.together import choose_runs_together
-
-    cfg, cpu = RunConfig(backbone="test_resnet"), torch.device("cpu")
-    measure, calls = _fake_measure({1: 100.0, 2: 150.0, 3: 160.0})
-    first = choose_runs_together(cfg, cpu, measure=measure, measure_on_cpu=True, runs_dir=tmp_path, log=None)
-    again = choose_runs_together(cfg, cpu, measure=measure, measure_on_cpu=True, runs_dir=tmp_path, log=None)
-    assert calls == [1, 2, 3] and again.cached and (again.k, again.rates) == (first.k, first.rates)
-    other, calls2 = _fake_measure({1: 100.0, 2: 101.0})  # another batch size is another decision
-    assert choose_runs_together(cfg.replace(batch_size=64), cpu, measure=other, measure_on_cpu=True,
-                                runs_dir=tmp_path, log=None).k == 1 and calls2 == [1, 2]
-    assert len(json.loads((tmp_path / ".together.json").read_text())) == 2
-    (tmp_path / ".together.json").write_text("{damaged")
-    measure3, calls3 = _fake_measure({1: 100.0, 2: 150.0, 3: 160.0})
-    assert choose_runs_together(cfg, cpu, measure=measure3, measure_on_cpu=True, runs_dir=tmp_path,
-                                log=None).k == 2 and calls3 == [1, 2, 3]
-    failing, _ = _fake_measure({}, fail_at=1, error=RuntimeError("busy"))
-    choose_runs_together(cfg.replace(batch_size=8), cpu, measure=failing, measure_on_cpu=True, runs_dir=tmp_path,
-                         log=None)
-    assert len(json.loads((tmp_path / ".together.json").read_text())) == 1  # a failed probe is not kept
-
-
-@pytest.fixture()
-def one_torch_thread():
-    """Tiny CPU models on a busy 2-core machine: one intra-op thread is 10-50x faster than two that contend."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.mark.parametrize("k, fusion", [(1, "metanet"), (2, "none"), (3, "metanet")])
-def test_auto_probe_trains_k_copies_in_turn_for_a_warm_up_and_each_timed_epoch_and_reports_the_median_rate(
-        k, fusion, monkeypatch, one_torch_thread):
-    """measure_together_rate(cfg, k) builds k models, each with its own step, and trains them through the grid's
-    interleaved loop: one warm-up epoch then ``repeats`` timed epochs of ``batches`` full batches per run, one
-    batch of each run in turn. The rate is k x batches x batch_size images over the median timed epoch (a
-    fake clock here: epochs of 100 (warm-up), 2, 6 and 3 s)."""
-    from types import SimpleNamespace
-
-    import torch
-
-    from metanet_utils import step as step_mod
-    from metanet_utils import together
-    from metanet_utils import train as train_mod
-
-    made, calls = [], []  # the steps built; (which step, batch size) per step taken
-
-    class CountingStep(step_mod.TrainStep):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-        def __call__(self, *inputs):
-            calls.append((made.index(self), len(inputs[0])))
-            return super().__call__(*inputs)
-
-    monkeypatch.setattr(step_mod, "TrainStep", CountingStep)
-    together_epochs, real_interleaved = [], train_mod.run_interleaved
-    monkeypatch.setattr(train_mod, "run_interleaved",
-                        lambda epochs, device: together_epochs.append(len(epochs)) or real_interleaved(epochs, device))
-    ticks = iter([0.0, 100.0, 100.0, 102.0, 102.0, 108.0, 108.0, 111.0])  # (start, end) of each epoch
-    monkeypatch.setattr(together, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
-
-    meta = {} if fusion == "metanet" else {"meta_features": ()}
-    cfg = RunConfig(backbone="test_resnet", fusion=fusion, image_size=40, crop_size=32, batch_size=8,
-                    pretrained=False, **meta)
-    rate, peak = together.measure_together_rate(cfg, k, torch.device("cpu"), batches=2, repeats=3)
-    assert len(made) == k  # k runs ...
-    assert len({id(st.model) for st in made}) == k and len({id(st.optimizer) for st in made}) == k  # ... apart
-    assert together_epochs == [k] * 4  # trained together: warm-up + 3 timed epochs
-    assert calls == [(i, 8) for _ in range(4 * 2) for i in range(k)]  # 2 full batches per run and epoch, in turn
-    assert [st.stats["eager"] for st in made] == [4 * 2] * k  # the real step ran each of them (no graphs on a CPU)
-    assert rate == pytest.approx(k * 2 * 8 / 3.0) and peak == 0  # median of 2, 6, 3 s; no device memory on a CPU
-    with pytest.raises(StopIteration):  # the clock was read exactly twice per epoch
-        next(ticks)
-
-
-def test_groups_with_a_number_per_backbone_keep_backbones_apart():
-    def r(bb, fold):
-        return RunConfig(backbone=bb, image_size=64, crop_size=32, fold=fold, pretrained=False)
-
-    runs = [r("big", 0), r("small", 0), r("big", 1), r("small", 1), r("small", 2), r("big", 2)]
-    groups = _groups(runs, lambda c: {"big": 1, "small": 2}[c.backbone])
-    assert [[(c.backbone, c.fold) for c in g] for g in groups] == [
-        [("big", 0)], [("small", 0), ("small", 1)], [("big", 1)], [("small", 2)], [("big", 2)]]
-
-
-def test_grid_with_auto_on_a_cpu_trains_one_run_at_a_time(small_ds, tmp_path, capsys):
-    prof = load_profile("smoke", backbones=["test_resnet"], fusions=["none", "metanet"], n_folds=2, folds=[0],
-                        epochs=1, image_size=40, crop_size=32, batch_size=16, runs_together="auto",
-                        ablations={"table3": False, "table4": False})
-    s = run_grid(prof, small_ds, runs_dir=tmp_path, device="cpu", progress=True)
-    assert not s.failed and len(s.trained) == 2
-    out = capsys.readouterr().out
-    assert "at a time" not in out and "at once" not in out and "[together]" not in out
-    assert not [rid for rid in s.trained
-                if json.loads((tmp_path / rid / "metrics.json").read_text())["execution"]["trained_together"]]
-    assert not (tmp_path / ".together.json").exists()
-
-
-@pytest.mark.parametrize("value", ["two", 0, True, 1.5])
-def test_runs_together_must_be_a_whole_number_or_auto(value):
-    from metanet_utils.config import ConfigError
-
-    with pytest.raises(ConfigError, match="runs_together=.* is not allowed; use a whole number >= 1 or auto"):
+@pytest.mark.parametrize("value", ["auto", "two", 0, True, 1.5])
+def test_runs_together_must_be_a_whole_number_of_at_least_one(value):
+    with pytest.raises(ConfigError, match="runs_together=.* is not allowed; .*whole number"):
         load_profile("smoke", runs_together=value)
-    assert load_profile("smoke", runs_together="auto").runs_together == "auto"
 
 
-def test_grid_command_takes_together_auto_or_a_number():
+def test_grid_command_takes_together_as_a_number_only():
     from metanet_utils.cli import build_parser
 
     parse = build_parser().parse_args
-    assert parse(["grid", "--profile", "smoke", "--together", "auto"]).together == "auto"
     assert parse(["grid", "--profile", "smoke", "--together", "3"]).together == 3
-    with pytest.raises(SystemExit):
-        parse(["grid", "--profile", "smoke", "--together", "two"])
+    assert parse(["grid", "--profile", "smoke"]).together is None  # the profile's runs_together
+    for bad in ("auto", "two", "0"):
+        with pytest.raises(SystemExit):
+            parse(["grid", "--profile", "smoke", "--together", bad])
+
+
+def test_the_grid_trains_one_run_at_a_time_by_default(small_ds, tmp_path, capsys):
+    prof = load_profile("smoke", backbones=["test_resnet"], fusions=["none", "metanet"], n_folds=2, folds=[0],
+                        epochs=1, image_size=40, crop_size=32, batch_size=16,
+                        ablations={"table3": False, "table4": False})
+    s = run_grid(prof, small_ds, runs_dir=tmp_path, device="cpu", progress=True)
+    assert not s.failed and len(s.trained) == 2
+    assert "at a time" not in capsys.readouterr().out
+    assert not [rid for rid in s.trained
+                if json.loads((tmp_path / rid / "metrics.json").read_text())["execution"]["trained_together"]]
+
+
+def test_run_interleaved_takes_one_batch_of_each_epoch_in_turn_to_their_ends():
+    seen = []
+
+    def epoch(name: str, n: int):
+        for b in range(n):
+            seen.append(f"{name}{b}")
+            yield b
+        return {"batches": n}
+
+    its = [EpochIter(epoch("a", 3)), EpochIter(epoch("b", 1)), EpochIter(epoch("c", 2))]
+    run_interleaved(its, torch.device("cpu"))
+    assert seen == ["a0", "b0", "c0", "a1", "c1", "a2"]
+    assert [it.result for it in its] == [{"batches": 3}, {"batches": 1}, {"batches": 2}]
 
 
 def test_runs_together_evaluate_only_after_every_run_has_ended_its_epoch(small_ds, tmp_path, monkeypatch):
