@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(g)
     g.add_argument("--only", nargs="*", default=[], metavar="KEY=VALUE",
                    help="restrict to runs whose setting matches, e.g. fusion=metanet fold=0,1")
-    g.add_argument("--workers", type=int, default=None, help="worker processes on this machine (default: profile's)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="worker processes on this machine (default: profile's); with Slurm, jobs running at once")
     g.add_argument("--together", type=_together_arg, default=None, metavar="K",
                    help="train up to K runs at once in each worker, one CUDA stream each (opt-in; "
                         "default: profile's runs_together, 1)")
@@ -88,11 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--list", action="store_true", help="only list the runs and whether they are complete")
     g.add_argument("--partition", default=None, help="Slurm partition")
     g.add_argument("--gpus-per-job", type=int, default=None,
-                   help="GPUs per Slurm job; 0 for a CPU partition (default: $METANET_SLURM_GPUS, else 1)")
-    g.add_argument("--max-parallel", type=int, default=None, help="Slurm array: jobs running at once")
-    g.add_argument("--time", type=int, default=None, help="Slurm time limit per job, minutes")
+                   help="GPUs per Slurm job; 0 for a CPU partition (default: gpus in $METANET_SLURM, else 1)")
     g.add_argument("--slurm-option", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="extra Slurm settings passed to submitit (slurm_additional_parameters)")
+                   help="Slurm job settings, e.g. time=720 (minutes, default 1440) mem=64G cpus-per-task=8")
 
     w = sub.add_parser("weights", help="pretrained weights for machines without internet")
     wsub = w.add_subparsers(dest="weights_command", required=True)
@@ -125,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     from .cache import CacheError
     from .config import ConfigError
     from .data import DataError
-    from .download import DownloadError
+    from .ops.download import DownloadError
     from .models import WeightsUnavailable
 
     args = build_parser().parse_args(argv)
@@ -212,14 +211,14 @@ def _data(args: argparse.Namespace) -> int:
         print(report.format())
         return 0 if report.ok else 1
     if args.data_command == "download":
-        from .download import download_official
+        from .ops.download import download_official
 
         dest = args.dest or data_dir() / "ham10000"
         download_official(dest, include_images=not args.metadata_only)
         print(f"data in {dest}; check it with: python -m metanet_utils data verify --data-dir {dest}")
         return 0
     if args.data_command == "sample":
-        from .data import write_sample
+        from .ops.sample import write_sample
 
         if not (args.source / "HAM10000_metadata.csv").is_file():
             return _fail(f"--from {args.source} does not hold HAM10000_metadata.csv; give the folder of the full HAM10000")

@@ -67,8 +67,6 @@ __all__ = [
     "stratified_subsample",
     "describe",
     "announce",
-    "locate_data",
-    "write_sample",
 ]
 
 METADATA_FILE = "HAM10000_metadata.csv"
@@ -90,7 +88,7 @@ class DataError(ValueError):
     """The data is missing or malformed; the message names the file or row and the value."""
 
 
-SAMPLE_MARKER = "sample.json"  # written by :func:`write_sample`: the folder is the kit's small sample
+SAMPLE_MARKER = "sample.json"  # written by `metanet data sample`: the folder is the kit's small sample
 
 
 @dataclass(frozen=True)
@@ -560,118 +558,3 @@ def announce(data: Any) -> None:
     if data.kind == "sample":
         print("The sample is real (CC BY-NC 4.0, see data/sample/README.md) but small: for the paper's numbers use the "
               "full set (python -m metanet_utils data download, or --data-dir PATH).")
-
-
-def locate_data(profile: Any, data_dir: str | Path | None = "") -> DataLocation:
-    """Find the profile's data; quick / paper (``data: real``) download the official files if none is found.
-
-    Args:
-        profile: a :class:`metanet_utils.config.Profile`.
-        data_dir: a data folder, or empty / None for the default places.
-
-    Returns:
-        The :class:`DataLocation`; demo and smoke (``data: auto``) fall back to the shipped sample.
-
-    Raises:
-        DataError: a given folder holds no data, or ``data: real`` and the download failed.
-    """
-    from .download import download_complete, download_official
-
-    own = default_data_root() / "ham10000"
-    try:
-        found = find_data_dir(data_dir or None, sample_fallback=profile.data == "auto")
-    except DataError:
-        if data_dir or profile.data != "real":
-            raise
-        print(f"No data found: profile {profile.name!r} needs the official HAM10000, downloading it (a 2.6 GB image archive) ...")
-    else:
-        if profile.data == "real" and found.kind == "sample":
-            raise DataError(f"{found.path} is the kit's small sample; profile {profile.name!r} needs the full HAM10000: "
-                            "python -m metanet_utils data download, or --data-dir PATH")
-        # the kit's own download folder gets its metadata first: an interrupted download is finished here
-        if data_dir or profile.data != "real" or found.path != own.resolve() or download_complete(own):
-            return found
-        print(f"The download into {own} was interrupted: continuing it ...")
-    download_official(own)
-    return find_data_dir(None)
-
-
-SAMPLE_SIZE = (128, 96)  # width x height of the shipped sample's images (HAM10000's 4:3)
-
-
-def write_sample(src: str | Path, dest: str | Path, *, n: int = 1000, min_per_class: int = 50, seed: int = 0,
-                 size: tuple[int, int] = SAMPLE_SIZE, quality: int = 90) -> pd.DataFrame:
-    """Draw the kit's small sample from the full HAM10000 in ``src`` into ``dest`` (deterministic).
-
-    Whole lesions (every image of a chosen lesion), about ``n`` images with the data's class proportions and at
-    least ``min_per_class`` images per class; images resized to ``size`` (Lanczos) and saved as JPEG; the metadata
-    rows copied byte for byte from the official file, in its order; a README with the licence, attribution and
-    class counts; ``sample.json`` saying how it was drawn. The same ``src`` gives the same bytes.
-
-    Returns:
-        The sample's metadata rows (as :func:`load_metadata` reads them from ``src``).
-    """
-    from PIL import Image
-
-    src, dest = Path(src), Path(dest)
-    df = load_metadata(src)
-    if len(df) != N_IMAGES:
-        raise DataError(f"{src} holds {len(df)} images: draw the sample from the full HAM10000 ({N_IMAGES} images)")
-    keep = stratified_subsample(df, n, seed=seed, min_per_class=min_per_class)
-    ids = set(keep["image_id"])
-    dest.mkdir(parents=True, exist_ok=True)
-    for old in dest.glob("ISIC_*.jpg"):
-        if old.stem not in ids:
-            old.unlink()
-    lines = (src / METADATA_FILE).read_bytes().splitlines(keepends=True)
-    column = [c.strip().lower() for c in lines[0].decode().split(",")].index("image_id")
-    rows = [ln for ln in lines[1:] if ln.decode().split(",")[column].strip() in ids]
-    (dest / METADATA_FILE).write_bytes(b"".join([lines[0], *rows]))
-    for row in keep.itertuples():
-        with Image.open(row.path) as im:
-            im.convert("RGB").resize(size, Image.Resampling.LANCZOS).save(dest / f"{row.image_id}.jpg", quality=quality)
-    drawn = dict(source_images=N_IMAGES, n_target=n, min_per_class=min_per_class, seed=seed, size=list(size),
-                 jpeg_quality=quality, images=len(keep), lesions=int(keep["lesion_id"].nunique()),
-                 class_counts={dx: int(keep["dx"].eq(dx).sum()) for dx in DX_CODES})
-    (dest / SAMPLE_MARKER).write_text(json.dumps(drawn, indent=1) + "\n")
-    (dest / "README.md").write_text(_sample_readme(drawn))
-    return keep
-
-
-def _sample_readme(d: dict[str, Any]) -> str:
-    counts = "\n".join(f"| {dx} | {d['class_counts'][dx]} | {DATA_CLASS_COUNTS[dx]} |"
-                        for dx in sorted(DATA_CLASS_COUNTS, key=lambda k: -DATA_CLASS_COUNTS[k]))
-    w, h = d["size"]
-    return f"""# A small sample of HAM10000 (real images, downscaled)
-
-This folder is **not** under the kit's MIT licence. It is a subsample of the HAM10000 dataset, licensed
-**CC BY-NC 4.0** (https://creativecommons.org/licenses/by-nc/4.0/): non-commercial use, with attribution.
-
-> HAM10000 Dataset: (c) by ViDIR Group, Department of Dermatology, Medical University of Vienna;
-> https://doi.org/10.1038/sdata.2018.161
-
-Cite: Tschandl P., Rosendahl C., Kittler H. "The HAM10000 dataset, a large collection of multi-source dermatoscopic
-images of common pigmented skin lesions." Sci. Data 5, 180161 (2018); and Codella N. et al. "Skin lesion analysis
-toward melanoma detection 2018: a challenge hosted by the International Skin Imaging Collaboration (ISIC)."
-arXiv:1902.03368 (2019).
-
-## What was changed
-- **Subsampled**: {d['images']} of the {d['source_images']} images ({d['lesions']} whole lesions: every image of a
-  chosen lesion is here), drawn with seed {d['seed']}: per class, lesions in a seeded random order until the class
-  holds its share of about {d['n_target']} images, and at least {d['min_per_class']} images.
-- **Downscaled** to {w}x{h} pixels (Lanczos) and saved as JPEG quality {d['jpeg_quality']}.
-- File names and the rows of `HAM10000_metadata.csv` are exactly as in the official data (same order).
-
-The kit's demo and smoke profiles use this folder when no full copy is found. Its numbers are real but small:
-at most {d['images']} images, so 5-fold results have wide spreads, and a rare class holds about 10 images a fold.
-
-## Class counts
-| dx | here | full set |
-|---|---|---|
-{counts}
-
-## How it was drawn
-`python -m metanet_utils data sample --from DIR` (DIR: the full HAM10000, here the 200x150 copy of the kit's
-developers; `sample.json` records the settings). From the same copy it rebuilds this folder byte for byte; from
-the 600x450 originals the images differ by resampling and JPEG rounding only.
-"""

@@ -1,4 +1,4 @@
-"""Offline tests of metanet_utils.download against a local HTTP server on 127.0.0.1.
+"""Offline tests of metanet_utils.ops.download against a local HTTP server on 127.0.0.1.
 
 The server serves small stand-ins made here (a zip of three ISIC_*.jpg, the ground-truth zip,
 CSVs, a Dataverse API answer) and misbehaves on request: cuts the first transfer halfway,
@@ -21,8 +21,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from metanet_utils import download as dl
-from metanet_utils.download import DownloadError, UnsafeArchiveError, download_complete, download_file, \
+from metanet_utils.ops import download as dl
+from metanet_utils.ops.download import DownloadError, UnsafeArchiveError, download_complete, download_file, \
     download_official, safe_extract
 
 pytestmark = [pytest.mark.timeout(60),
@@ -258,7 +258,7 @@ def test_the_quick_profile_continues_an_interrupted_download(server, monkeypatch
     """The metadata arrives first, so a download killed during the image zip leaves a folder that looks like
     data; it is marked incomplete, and the quick profile's data step continues it (resuming the .part)."""
     from metanet_utils.config import load_profile
-    from metanet_utils.data import locate_data
+    from metanet_utils.ops.download import locate_data
 
     monkeypatch.setenv("METANET_ROOT", str(tmp_path))
     monkeypatch.delenv("METANET_DATA_DIR", raising=False)

@@ -17,7 +17,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from metanet_utils import plots  # noqa: E402
 from conftest import ROOT  # noqa: E402
 from metanet_utils.constants import PAPER_CLASS_COUNTS  # noqa: E402
-from metanet_utils.data import announce, locate_data  # noqa: E402
+from metanet_utils.data import announce  # noqa: E402
+from metanet_utils.ops.download import locate_data  # noqa: E402
 
 
 @pytest.fixture()
@@ -124,7 +125,7 @@ def test_announce_names_the_sample_and_the_full_set(capsys):
 def test_locate_data_falls_back_to_the_sample_or_downloads(isolated_root, monkeypatch):
     import shutil
 
-    import metanet_utils.download as download
+    import metanet_utils.ops.download as download
     from metanet_utils.config import load_profile
     from metanet_utils.data import DataError
 
@@ -231,8 +232,13 @@ def test_caption_moves_a_supxlabel_above_it_and_works_with_colour_bars():
     plots.add_caption(fig, "Ages of the test frame.")
     _assert_clear_footer(fig, "Ages of the test frame.")
     assert fig._supxlabel.get_text() == "age (years)"
-    cm = {f: np.diag([5, 3, 2, 2, 1, 1, 1]) + 1 for f in ("none", "metanet")}
-    fig = plots.confusion_matrices(cm, caption=_LONG)
+    fig = Figure(figsize=(9.6, 4.4), layout="constrained")  # two heat maps and a colour bar, as notebook 06's
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax in axes:
+        im = ax.imshow(np.diag([5, 3, 2, 2, 1, 1, 1]) + 1, cmap="Blues")
+        ax.set_xlabel("predicted")
+    fig.colorbar(im, ax=list(axes), label="% of the true class", shrink=0.9)
+    plots.add_caption(fig, _LONG)
     _assert_clear_footer(fig, _LONG)
     assert len(fig.axes) == 3  # two matrices and the colour bar: the caption adds no axes
 
@@ -289,105 +295,6 @@ def test_mcr_bars_chance_is_in_the_legend_not_on_a_bar():
     assert len(ax.patches) == 3
 
 
-def _ablation_records() -> pd.DataFrame:
-    rows = []
-    for fusion, meta, values in (("none", "none", [20, 25, 30]), ("metanet", "age", [22, 26, 34]),
-                                 ("metanet", "age+sex+localization", [21, 29, 29])):
-        for fold, v in enumerate(values):
-            rows.append({"backbone": "test_resnet", "fusion": fusion, "meta_features": meta,
-                         "meta_layers": 0 if fusion == "none" else 2, "fold": fold, "n_folds": 3, "mcr": v / 100})
-    return pd.DataFrame(rows)
-
-
-def _err_halves(ax, container_index: int) -> np.ndarray:
-    """Half lengths of the error bars of the ``container_index``-th bar group of ``ax``."""
-    bars = [c for c in ax.containers if hasattr(c, "errorbar")][container_index]
-    segs = bars.errorbar.lines[2][0].get_segments()
-    return np.array([abs(s[1][1] - s[0][1]) / 2 for s in segs])
-
-
-def test_table3_plot_bars_from_zero_and_changes_with_error_bars():
-    from metanet_utils.tables import build_table3
-
-    recs = _ablation_records()
-    t3 = build_table3(recs, "test_resnet")
-    fig = plots.table3_plot(t3)
-    ax_a, ax_d = fig.axes
-    assert ax_a.get_ylim()[0] == 0  # bars start at 0
-    sd = t3["ours_std"].to_numpy()
-    ours = _err_halves(ax_d, 0)  # unpaired: sqrt(sd_row^2 + sd_none^2); none for the reference and empty rows
-    expected = np.r_[0, np.nan_to_num(np.sqrt(sd[1:] ** 2 + sd[0] ** 2))]
-    assert np.count_nonzero(expected) == 2
-    np.testing.assert_allclose(ours, expected, rtol=1e-6)
-    assert "not paired" in ax_d.get_ylabel()
-    psd = t3["paper_std"].to_numpy()
-    np.testing.assert_allclose(_err_halves(ax_d, 1), np.r_[0, np.sqrt(psd[1:] ** 2 + psd[0] ** 2)], rtol=1e-6)
-    # with the records: the sd of the per-fold differences, paired by fold (much smaller here)
-    paired = plots.table3_plot(t3, records=recs, meta_layers=2).axes[1]
-    np.testing.assert_allclose(_err_halves(paired, 0)[[0, 1, 7]],
-                               [0, np.std([2, 1, 4], ddof=1), np.std([1, 4, -1], ddof=1)], rtol=1e-6)
-    assert "paired by fold" in paired.get_ylabel()
-    heights = [p.get_height() for p in [c for c in paired.containers if hasattr(c, "patches")][0].patches]
-    assert heights[1] == pytest.approx(np.mean([2, 1, 4])) and heights[7] == pytest.approx(np.mean([1, 4, -1]))
-    # records that are not the table's runs (another fold's values): back to the unpaired bars
-    other = recs.assign(mcr=recs["mcr"] + 0.01 * (recs["fold"] == 0))
-    assert "not paired" in plots.table3_plot(t3, records=other).axes[1].get_ylabel()
-
-
-def test_recall_heatmap_rows_carry_the_images_per_class_and_columns_the_folds():
-    from metanet_utils.tables import build_table2
-
-    t2 = build_table2(pd.DataFrame(), "test_resnet")
-    left, right = plots.recall_heatmap(t2).axes[:2]
-    assert [t.get_text() for t in right.get_yticklabels()][:2] == ["NV (6705)", "MEL (1113)"]  # the paper's
-    assert [t.get_text() for t in left.get_yticklabels()][:2] == ["NV", "MEL"]  # ours: not in the frame
-    counts = {"NV": 536, "MEL": 91, "BKL": 88, "BCC": 42, "AKIEC": 26, "VASC": 12, "DF": 11}
-    t2 = t2.assign(n_images=t2["class"].map(counts), n=5)
-    left = plots.recall_heatmap(t2).axes[0]
-    assert [t.get_text() for t in left.get_yticklabels()][-1] == "DF (11)"
-    assert left.get_ylabel() == "class (validation images)"
-    assert [t.get_text() for t in left.get_xticklabels()][0] == "no metadata\n(5 folds)"
-
-
-def test_confusion_matrices_title_says_pooled_over_folds():
-    cm = {"none": np.eye(7) + 1}
-    assert plots.confusion_matrices(cm, title="Run A")._suptitle.get_text() == "Run A (pooled over folds)"
-    for title in ("Run A, summed over folds", "Run A, Pooled"):
-        assert plots.confusion_matrices(cm, title=title)._suptitle.get_text() == title
-    assert "summed over folds" in plots.confusion_matrices(cm)._suptitle.get_text()
-
-
 def test_fusion_labels_name_the_variants_plainly():
     assert plots.FUSION_LABELS["metanet"] == "MetaNet"
     assert not any("ours" in v for v in plots.FUSION_LABELS.values())
-
-
-def _cam_entry(hw: int, case: str = "", backbone: str | None = "test_resnet") -> dict:
-    def fusion(pred, ok):
-        e = {"cam": np.arange(hw * hw, dtype=float).reshape(hw, hw), "pred": pred, "p_pred": 0.6, "target": pred,
-             "correct": ok}
-        return e | ({"backbone": backbone} if backbone else {})
-
-    return {"image": "ISIC_1", "true": "DF", "case": case, "picture": np.zeros((48, 48, 3), np.uint8),
-            "none": fusion("NV", False), "metanet": fusion("DF", True)}
-
-
-def test_cam_grid_says_the_map_size_backbone_and_scale():
-    from metanet_utils import cam
-
-    fig = plots.cam_grid([_cam_entry(2, cam.CASE_BOTH_RIGHT), _cam_entry(2, cam.CASE_META_HELPS)],
-                         title="Figure 2", caption="CAMs of the demo run")
-    title = fig._suptitle.get_text()
-    assert title.startswith("Figure 2\n")  # the caller's title, then the facts
-    assert "CAM from 2x2 feature maps of test_resnet" in title and "red = evidence for the mapped class" in title
-    assert "coarse: feature maps of 2x2, upsampled" in fig._supxlabel.get_text()
-    assert fig._supxlabel.get_color() != "black"
-    assert len(fig.axes) == 6  # the colour bar is a child of a panel: the grid's axes are unchanged
-    (cax,) = [c for ax in fig.axes for c in ax.child_axes]
-    assert cax.get_ylabel() == "fraction of the panel's maximum" and cax.get_ylim() == (0.0, 1.0)
-    assert fig.axes[0].get_title().startswith("image-only and MetaNet right\n")
-    assert fig.axes[3].get_title().startswith("image-only wrong, MetaNet right\n")
-    _assert_clear_footer(fig, "CAMs of the demo run")
-    fine = plots.cam_grid([_cam_entry(7, backbone=None)])
-    assert fine._supxlabel is None  # 7 x 7 (a 224 crop): no warning
-    assert "CAM from 7x7 feature maps; red = evidence for the mapped class" in fine._suptitle.get_text()

@@ -13,7 +13,7 @@ from its API). Every step resumes or is atomic. The layout is the one
         ISIC2018_Task3_Training_Input/ISIC_*.jpg
 
 Example:
-    >>> from metanet_utils.download import download_official
+    >>> from metanet_utils.ops.download import download_official
     >>> download_official("data/ham10000")  # doctest: +SKIP
 """
 
@@ -33,8 +33,11 @@ import requests
 from filelock import FileLock
 from tqdm.auto import tqdm
 
+from ..data import DataError, DataLocation, find_data_dir
+from ..paths import data_dir as default_data_root
+
 __all__ = ["DownloadError", "UnsafeArchiveError", "MANUAL_HELP", "ISIC_BASE_URLS", "ISIC_FILES",
-           "download_file", "safe_extract", "dataverse_file", "download_official", "download_complete"]
+           "download_file", "safe_extract", "dataverse_file", "download_official", "download_complete", "locate_data"]
 
 #: Where the ISIC 2018 challenge files are served, tried in this order: the current ISIC archive
 #: address, then the older challenge-data address (the one most papers cite).
@@ -259,3 +262,35 @@ def download_complete(dest_dir: str | Path) -> bool:
     """
     dest = Path(dest_dir)
     return (dest / METADATA_FILE).is_file() and not (dest / INCOMPLETE).exists()
+
+
+def locate_data(profile, data_dir: str | Path | None = "") -> DataLocation:
+    """Find the profile's data; quick / paper (``data: real``) download the official files if none is found.
+
+    Args:
+        profile: a :class:`metanet_utils.config.Profile`.
+        data_dir: a data folder, or empty / None for the default places.
+
+    Returns:
+        The :class:`DataLocation`; demo and smoke (``data: auto``) fall back to the shipped sample.
+
+    Raises:
+        DataError: a given folder holds no data, or ``data: real`` and the download failed.
+    """
+    own = default_data_root() / "ham10000"
+    try:
+        found = find_data_dir(data_dir or None, sample_fallback=profile.data == "auto")
+    except DataError:
+        if data_dir or profile.data != "real":
+            raise
+        print(f"No data found: profile {profile.name!r} needs the official HAM10000, downloading it (a 2.6 GB image archive) ...")
+    else:
+        if profile.data == "real" and found.kind == "sample":
+            raise DataError(f"{found.path} is the kit's small sample; profile {profile.name!r} needs the full HAM10000: "
+                            "python -m metanet_utils data download, or --data-dir PATH")
+        # the kit's own download folder gets its metadata first: an interrupted download is finished here
+        if data_dir or profile.data != "real" or found.path != own.resolve() or download_complete(own):
+            return found
+        print(f"The download into {own} was interrupted: continuing it ...")
+    download_official(own)
+    return find_data_dir(None)
