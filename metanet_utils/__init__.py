@@ -1,8 +1,14 @@
-"""MetaNet reproduction kit: library behind the notebooks.
+"""MetaNet reproduction kit: the library behind the notebooks.
 
-Li, Zhuang, Wang, Zhang, Zheng, "Fusing metadata and dermoscopy images for skin
-disease diagnosis", ISBI 2020. Importing this package has no side effects; the
-heavy modules (models, train, ...) are imported on demand.
+Li, Zhuang, Wang, Zhang, Zheng, "Fusing metadata and dermoscopy images for skin disease diagnosis", ISBI 2020.
+The teaching path (what the notebooks import) is this folder, one module per idea of the paper; the machine room
+(grid runner, GPU fast paths, download, Slurm, CLI, pipeline) is :mod:`metanet_utils.ops`.
 """
+
+import warnings
+
+# tqdm in a Jupyter kernel without ipywidgets prints plain progress lines; its "IProgress not found" warning
+# (raised by tqdm.auto, which timm's hub and the downloader import) says nothing a student can act on
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 __version__ = "0.1.0"

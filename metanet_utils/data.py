@@ -44,10 +44,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
+from .constants import CLASS_CODES, DATA_CLASS_COUNTS, DX_CODES, N_IMAGES, N_LESIONS, PAPER_CLASS_COUNTS, SEXES, SITES
 from .paths import data_dir as default_data_root
 from .paths import sample_dir
-from .constants import CLASS_CODES, DATA_CLASS_COUNTS, DX_CODES, N_IMAGES, N_LESIONS, PAPER_CLASS_COUNTS, SEXES, SITES
 
 __all__ = [
     "DataError",
@@ -325,8 +326,6 @@ def read_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
         path: the image file.
         max_side: None keeps the full size.
     """
-    from PIL import Image
-
     with Image.open(path) as im:
         im = im.convert("RGB")
         if max_side:
@@ -341,8 +340,6 @@ def check_image(path: str | Path) -> str | None:
 
 def _inspect_image(path: str | Path) -> tuple[str | None, str | None]:
     """``(problem or None, colour mode or None)`` of one fully decoded image."""
-    from PIL import Image
-
     path = Path(path)
     try:
         size = path.stat().st_size

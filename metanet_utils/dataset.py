@@ -19,9 +19,12 @@ import numpy as np
 import pandas as pd
 
 from .constants import DX_TO_INDEX
+from .cache import build_cache
+from .metadata import encode
+from .splits import load_or_make_folds
 from .data import DataError, data_fingerprint, find_data_dir, load_metadata, stratified_subsample
 
-__all__ = ["Dataset", "open_dataset"]
+__all__ = ["Dataset", "open_dataset", "profile_dataset"]
 
 
 @dataclass
@@ -47,8 +50,6 @@ class Dataset:
         """``N x size x size x 3`` uint8 (memory-mapped from the on-disk cache)."""
         key = (size, color_constancy)
         if key not in self._images:
-            from .cache import build_cache
-
             self._images[key] = build_cache(self.df, size, color_constancy, fingerprint=self.fingerprint,
                                             progress=progress)
         return self._images[key]
@@ -57,16 +58,12 @@ class Dataset:
         """Fold index per row, saved once per data set and scheme under ``results/folds``."""
         key = (n_folds, scheme, seed)
         if key not in self._folds:
-            from .splits import load_or_make_folds
-
             self._folds[key] = load_or_make_folds(self.df, n_folds=n_folds, scheme=scheme, seed=seed,
                                                   key=self.fingerprint)
         return self._folds[key]
 
     def meta(self, features: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
         """The encoded metadata (paper's rules, statistics of the whole data set)."""
-        from .metadata import encode
-
         return encode(self.df, features=tuple(features))
 
 
@@ -85,3 +82,9 @@ def open_dataset(data_dir: str | Path | None = None, *, max_images: int | None =
         raise DataError(f"{loc.path} is the kit's small sample, but this profile needs the full HAM10000")
     df = stratified_subsample(load_metadata(loc.path), max_images, seed=seed)
     return Dataset(df=df, data_dir=loc.path, kind=loc.kind, fingerprint=data_fingerprint(df))
+
+
+def profile_dataset(profile, data_dir: str | Path | None = None) -> Dataset:
+    """The data set a profile trains on: its data (the full set, or the shipped sample for ``data: auto``),
+    subsampled to its ``max_images`` (whole lesions, same seed: every notebook opens the same images)."""
+    return open_dataset(data_dir, max_images=profile.max_images, seed=profile.seed, data=profile.data)

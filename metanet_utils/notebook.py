@@ -12,19 +12,14 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple
 
 from IPython import get_ipython
 
 from .config import Profile, load_profile
 from .data import announce
-from .dataset import Dataset
-from .grid import profile_dataset
+from .dataset import Dataset, profile_dataset
 from .report import run_caption
-
-# tqdm in a kernel without ipywidgets falls back to plain progress lines; its warning says nothing to a student
-warnings.filterwarnings("ignore", message="IProgress not found")
 
 
 class Setup(NamedTuple):

@@ -68,10 +68,13 @@ class _GatedHead(nn.Module):
 
 
 def _norm(a):
-    """ReLU, then scale each map to max 1 (as pytorch-grad-cam's scale_cam_image, with its epsilon)."""
+    """ReLU, then min-max scaling of each map with pytorch-grad-cam's epsilon, twice as it does (once per layer,
+    once after aggregating the layers)."""
     a = np.maximum(np.asarray(a, dtype=np.float64), 0)
-    a = a - a.min(axis=(-2, -1), keepdims=True)
-    return a / (1e-7 + a.max(axis=(-2, -1), keepdims=True))
+    for _ in range(2):
+        a = a - a.min(axis=(-2, -1), keepdims=True)
+        a = a / (1e-7 + a.max(axis=(-2, -1), keepdims=True))
+    return a
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +107,9 @@ def test_cam_equals_gradcam_on_the_model(fusion, inputs):
     """Grad-CAM hooked on the backbone of the real model (metadata fixed) = our CAM on the maps the head
     pools, up to a positive factor, for the predicted class and for every class. For metanet the gate
     enters Grad-CAM's channel weights (d logit / d F_k = w_ck g_k / hw), so the ungated maps give the
-    gated CAM."""
-    x, meta = inputs
-    model = _model(fusion)
+    gated CAM. In float64: a map whose positive maximum is tiny is otherwise all float32 rounding."""
+    x, meta = (t.double() for t in inputs)
+    model = _model(fusion).double()
     wrapper = _FixedMeta(model, meta)
     pred = cam.class_activation_map(model, x, meta if fusion != "none" else None)
     targets = [pred.classes] + [np.full(len(x), c) for c in range(7)]
@@ -116,22 +119,22 @@ def test_cam_equals_gradcam_on_the_model(fusion, inputs):
         assert ours.cams.shape[-2:] == (4, 4)
         theirs = _gradcam(wrapper, model.backbone, x, classes, ours.cams.shape[-2:])
         assert theirs.shape == ours.cams.shape
-        assert np.abs(_norm(ours.cams) - theirs).max() < 1e-4
+        assert np.abs(_norm(ours.cams / ours.cams[0].size) - theirs).max() < 1e-5  # Grad-CAM = CAM / (h w)
         positive += int((ours.cams.max(axis=(1, 2)) > 0).sum())
     assert positive >= 6  # real comparisons, not only 0 == 0
 
 
 def test_metanet_cam_equals_gradcam_on_the_gated_maps(inputs):
-    """The brief's construction: a wrapper whose hooked module outputs the gated maps F * g."""
-    x, meta = inputs
-    model = _model("metanet", seed=1)
+    """The brief's construction: a wrapper whose hooked module outputs the gated maps F * g (float64)."""
+    x, meta = (t.double() for t in inputs)
+    model = _model("metanet", seed=1).double()
     wrapper = _GatedHead(model, meta).eval()
     with torch.no_grad():
         torch.testing.assert_close(wrapper(x), model(x, meta), rtol=1e-5, atol=1e-5)
     for shift in range(3):
         ours = cam.class_activation_map(model, x, meta, target=[(i + shift) % 7 for i in range(3)])
         theirs = _gradcam(wrapper, wrapper.maps, x, ours.classes, ours.cams.shape[-2:])
-        assert np.abs(_norm(ours.cams) - theirs).max() < 1e-4
+        assert np.abs(_norm(ours.cams / ours.cams[0].size) - theirs).max() < 1e-5  # Grad-CAM = CAM / (h w)
 
 
 def test_metanet_cam_is_the_gated_map_not_the_ungated_one(inputs):
@@ -139,7 +142,8 @@ def test_metanet_cam_is_the_gated_map_not_the_ungated_one(inputs):
     model = _model("metanet")
     gated = cam.cam_maps(model, x, meta)
     with torch.no_grad():
-        plain = torch.einsum("kc,bchw->bkhw", model.classifier_weight_for_cam(), model.forward_features(x))
+        feats = model.forward_features(x)
+        plain = torch.einsum("kc,bchw->bkhw", model.head.weight[:, : feats.shape[1]], feats)
     assert not torch.allclose(gated, plain)
 
 
@@ -167,18 +171,12 @@ def test_target_by_code_or_index_and_refusals_of_wrong_count_or_missing_metadata
         cam.cam_maps(model, x, None)
 
 
-def test_normalise_cam_relu_then_divide_by_the_max_or_min_max():
+def test_normalise_cam_clips_negative_evidence_then_divides_each_map_by_its_max():
     c = np.array([[-1.0, 0.0], [1.0, 3.0]])
-    n = cam.normalise_cam(c)
-    np.testing.assert_allclose(n, [[0, 0], [1 / 3, 1]], atol=1e-7)
+    np.testing.assert_allclose(cam.normalise_cam(c), [[0, 0], [1 / 3, 1]], atol=1e-7)
     assert cam.normalise_cam(-np.ones((2, 2))).max() == 0  # no positive evidence: all zero, no NaN
-    # without ReLU, min-max: (c - min) / (max - min), each map of a stack on its own
-    stack = np.stack([c, 2 * c + 1])
-    mm = cam.normalise_cam(stack, relu=False, minmax=True)
-    for k in range(2):
-        np.testing.assert_allclose(mm[k], (stack[k] - stack[k].min()) / (stack[k].max() - stack[k].min()), atol=1e-7)
-    # ReLU then min-max: (relu(c) - 0) / 3
-    np.testing.assert_allclose(cam.normalise_cam(c, minmax=True), np.maximum(c, 0) / 3, atol=1e-7)
+    stack = cam.normalise_cam(np.stack([c, 2 * c]))  # each map of a stack on its own
+    np.testing.assert_allclose(stack, [[[0, 0], [1 / 3, 1]]] * 2, atol=1e-7)
 
 
 def _bilinear_half_pixel(a: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
@@ -284,23 +282,25 @@ def test_pair_cams_entries_have_feature_size_maps_targets_and_optional_concat(tm
     dn, _ = _save_run(tmp_path, "none", ds, seed=1)
     dm, _ = _save_run(tmp_path, "metanet", ds, seed=2)
     ids = ds.image_ids[:3]
-    out = cam.pair_cams(dn, dm, ids, ds)
+    out = cam.pair_cams({"none": dn, "metanet": dm}, ids, ds)
     assert [o["image"] for o in out] == ids and [o["true"] for o in out] == ["MEL", "NV", "BCC"]
     for o in out:
         assert o["picture"].shape == (64, 64, 3) and o["picture"].dtype == np.uint8
         for f in ("none", "metanet"):
             assert o[f]["cam"].shape == (2, 2)
             assert o[f]["target"] == o[f]["pred"] and 0 < o[f]["p_pred"] <= 1
-            assert o[f]["backbone"] == "test_resnet" and o[f]["crop"] == 64  # for the figure's title
+            assert o[f]["backbone"] == "test_resnet"  # for the figure's title
     assert "concat" not in out[0]
     dc, _ = _save_run(tmp_path, "concat", ds, seed=4)  # all three variants
-    three = cam.pair_cams(dn, dm, ids, ds, run_concat=dc)
+    three = cam.pair_cams({"none": dn, "concat": dc, "metanet": dm}, ids, ds)
     assert three[0]["concat"]["cam"].shape == (2, 2)
     for a, b in zip(out, three):  # the other two maps are unchanged by the third
         np.testing.assert_array_equal(a["metanet"]["cam"], b["metanet"]["cam"])
-    true_maps = cam.pair_cams(dn, dm, ids, ds, target="true")
+    true_maps = cam.pair_cams({"none": dn, "metanet": dm}, ids, ds, target="true")
     assert [o["metanet"]["target"] for o in true_maps] == ["MEL", "NV", "BCC"]
-    assert cam.pair_cams(dn, dm, [], ds) == []
+    assert cam.pair_cams({"none": dn, "metanet": dm}, [], ds) == []
+    with pytest.raises(ValueError, match="target"):
+        cam.pair_cams({"none": dn}, ids, ds, target="best")
 
 
 def test_run_inputs_and_pair_cams_use_each_ids_cached_centre_crop_metadata_row_and_model_output(tmp_path):
@@ -349,11 +349,11 @@ def test_run_inputs_and_pair_cams_use_each_ids_cached_centre_crop_metadata_row_a
                  "metanet": torch.softmax(model_meta(x_ref, meta_ref), 1).numpy()}
         maps = {"none": cam.cam_maps(model_none, x_ref).numpy(),
                 "metanet": cam.cam_maps(model_meta, x_ref, meta_ref).numpy()}
-    out = cam.pair_cams(dn, dm, ids, ds)
+    out = cam.pair_cams({"none": dn, "metanet": dm}, ids, ds)
     assert [o["image"] for o in out] == ids
     for k, o in enumerate(out):
         y = pos[k] % 7  # _fake_dataset: dx of row i is DX_CODES[i % 7]
-        assert o["true"] == CLASS_CODES[y] and o["dx"] == DX_CODES[y] == ds.df["dx"].iloc[pos[k]]
+        assert o["true"] == CLASS_CODES[y] and DX_CODES[y] == ds.df["dx"].iloc[pos[k]]
         np.testing.assert_array_equal(o["picture"], crops[k])
         for f in ("none", "metanet"):
             pred = int(probs[f][k].argmax())
@@ -365,60 +365,76 @@ def test_run_inputs_and_pair_cams_use_each_ids_cached_centre_crop_metadata_row_a
     assert not np.allclose(probs["none"], probs["metanet"])  # two different models were compared
 
 
-def _preds(images, classes, p):
-    rows = []
-    for img, c, q in zip(images, classes, p):
-        row = np.full(7, (1 - q) / 6)
-        row[c] = q
-        rows.append([img, *row])
-    return pd.DataFrame(rows, columns=["image", *CLASS_CODES])
+def _probs(classes, p):
+    """Rows of probabilities with ``p`` on the given class and the rest spread evenly."""
+    rows = np.full((len(classes), 7), 0.0)
+    for r, (c, q) in enumerate(zip(classes, p)):
+        rows[r] = (1 - q) / 6
+        rows[r, c] = q
+    return rows
 
 
-def test_pick_cases_both_right_and_metadata_helps():
-    imgs = [f"I{i}" for i in range(8)]
-    y = [0, 1, 1, 5, 5, 6, 2, 3]  # MEL NV NV DF DF VASC BCC AKIEC
-    labels = pd.DataFrame({"image": imgs, "dx": [DX_CODES[c] for c in y]})
-    # none: right on 0, 1, 2, 6; wrong elsewhere. metanet: right on 0, 1, 3, 4, 5, 6; wrong on 2, 7.
-    none = _preds(imgs, [0, 1, 1, 1, 1, 1, 2, 1], [0.9, 0.8, 0.7, 0.6, 0.5, 0.6, 0.5, 0.6])
-    meta = _preds(imgs, [0, 1, 0, 5, 5, 6, 2, 1], [0.8, 0.95, 0.5, 0.9, 0.6, 0.7, 0.9, 0.6])
-    cases = cam.pick_cases(none, meta, labels, n=2)
-    both = cases[cases.case == cam.CASE_BOTH_RIGHT]
-    helps = cases[cases.case == cam.CASE_META_HELPS]
-    assert cases.attrs["available"] == {cam.CASE_BOTH_RIGHT: 3, cam.CASE_META_HELPS: 3}
-    # both right: I0 (min p .8), I1 (.8), I6 (.5); one per class first -> I0 (MEL) and I1 (NV), not I6
-    assert sorted(both.image) == ["I0", "I1"]
-    # metadata helps: I3 (DF, gain ~.9-.07), I4 (DF), I5 (VASC); class-diverse -> I3 and I5
-    assert helps.image.tolist() == ["I3", "I5"]
-    assert (helps.pred_none != helps.true).all() and (helps.pred_metanet == helps.true).all()
-    assert set(cases.columns) >= {"p_true_none", "p_true_metanet", "run_none", "run_metanet"}
-
-
-def test_case_keys_are_stable_and_their_labels_name_the_models():
-    """The ``case`` values are keys (records, notebooks compare with the constants); figures show labels."""
-    assert (cam.CASE_BOTH_RIGHT, cam.CASE_META_HELPS) == ("both right", "none wrong, metanet right")
-    assert cam.case_label(cam.CASE_BOTH_RIGHT) == "image-only and MetaNet right"
-    assert cam.case_label(cam.CASE_META_HELPS) == "image-only wrong, MetaNet right"
-    assert set(cam.CASE_LABELS) == {cam.CASE_BOTH_RIGHT, cam.CASE_META_HELPS}
-    assert cam.case_label("something else") == "something else"
-
-
-def test_pick_cases_reads_record_folders_and_handles_no_helps_and_no_images(tmp_path):
+def _pairs(tmp_path, none, metanet, y, images=None, fold=0):
+    """Write an image-only and a MetaNet record of one fold; return :func:`cam.paired_runs` of the folder."""
     from _records import write_fake_run
 
-    from metanet_utils.evaluate import load_record
+    from metanet_utils.evaluate import load_records
+
+    base = dict(backbone="test_resnet", n_folds=2, fold=fold, epochs=1)
+    write_fake_run(tmp_path, {**base, "fusion": "none", "meta_features": (), "meta_layers": 0}, none, y, images)
+    write_fake_run(tmp_path, {**base, "fusion": "metanet"}, metanet, y, images)
+    return cam.paired_runs(load_records(tmp_path))
+
+
+def test_pick_cases_both_right_and_metadata_helps_ranked_with_classes_in_turn(tmp_path):
+    imgs = [f"ISIC_{i:07d}" for i in range(8)]
+    y = [0, 1, 1, 5, 5, 6, 2, 3]  # MEL NV NV DF DF VASC BCC AKIEC
+    # none: right on 0, 1, 2, 6; wrong elsewhere. metanet: right on 0, 1, 3, 4, 5, 6; wrong on 2, 7.
+    none = _probs([0, 1, 1, 1, 1, 1, 2, 1], [0.9, 0.8, 0.7, 0.6, 0.5, 0.6, 0.5, 0.6])
+    meta = _probs([0, 1, 0, 5, 5, 6, 2, 1], [0.8, 0.95, 0.5, 0.9, 0.6, 0.7, 0.9, 0.6])
+    cases, available, n_images = cam.pick_cases(_pairs(tmp_path, none, meta, y, imgs), n=2)
+    assert available == {cam.CASE_BOTH_RIGHT: 3, cam.CASE_META_HELPS: 3} and n_images == 8
+    both = cases[cases.case == "image-only and MetaNet right"]
+    helps = cases[cases.case == "image-only wrong, MetaNet right"]
+    # both right: I0 (min p .8), I1 (.8), I6 (.5); one per class first -> I0 (MEL) and I1 (NV), not I6
+    assert sorted(both.image) == [imgs[0], imgs[1]]
+    assert both.p_true_none.tolist() == pytest.approx([0.9, 0.8]) and both.true.tolist() == ["MEL", "NV"]
+    # metadata helps: I3 (DF, gain .9 - .08), I4 (DF), I5 (VASC); class-diverse -> I3 and I5
+    assert helps.image.tolist() == [imgs[3], imgs[5]]
+    assert (helps.pred_none != helps.true).all() and (helps.pred_metanet == helps.true).all()
+    assert helps.p_true_metanet.tolist() == pytest.approx([0.9, 0.7])
+    assert cases.run_concat.isna().all() and cases.run_none.str.contains("-none-").all()
+
+
+def test_pick_cases_counts_a_tie_as_wrong_and_handles_no_helps_and_no_pairs(tmp_path):
+    from _records import probs_for
 
     y = [0, 1, 2, 3, 4, 5, 6]
-    base = dict(backbone="test_resnet", n_folds=2, fold=0, epochs=1)
-    rn = write_fake_run(tmp_path, {**base, "fusion": "none", "meta_features": (), "meta_layers": 0},
-                        np.eye(7)[[1] * 7], y)  # always NV: right only on NV
-    rm = write_fake_run(tmp_path, {**base, "fusion": "metanet"}, np.eye(7)[y], y)  # all right
-    cases = cam.pick_cases(load_record(rn), rm, n=10)
-    assert (cases.case == cam.CASE_BOTH_RIGHT).sum() == 1 and (cases.case == cam.CASE_META_HELPS).sum() == 6
-    assert set(cases.run_none) == {str(rn)} and set(cases.run_metanet) == {str(rm)}
-    none_right = cam.pick_cases(rm, rm, n=3)  # never wrong: no "metadata helps" case, no crash
-    assert (none_right.case == cam.CASE_META_HELPS).sum() == 0
-    empty = cam.pick_cases([], [], labels={"a": "mel"}, n=3)
-    assert empty.empty and empty.attrs["n_images"] == 0
+    none = probs_for(y, [0, -1, 1, 1, 1, 1, 1])  # right on MEL, a tie on NV (wrong by the ISIC rule)
+    cases, available, _ = cam.pick_cases(_pairs(tmp_path, none, np.eye(7)[y], y), n=10)
+    assert available == {cam.CASE_BOTH_RIGHT: 1, cam.CASE_META_HELPS: 6}
+    assert cases.loc[cases.image == "ISIC_0000001", "pred_none"].tolist() == ["tie"]
+    never_wrong = cam.pick_cases(_pairs(tmp_path / "b", np.eye(7)[y], np.eye(7)[y], y), n=3)
+    assert never_wrong.available[cam.CASE_META_HELPS] == 0 and len(never_wrong.cases) == 3
+    empty = cam.pick_cases(cam.paired_runs(pd.DataFrame()), n=3)
+    assert empty.cases.empty and empty.n_images == 0
+
+
+def test_cams_for_cases_maps_each_picked_image_with_its_folds_runs_in_the_rows_order(tmp_path):
+    ds = _fake_dataset()
+    dn, _ = _save_run(tmp_path, "none", ds, seed=1)
+    dm, _ = _save_run(tmp_path, "metanet", ds, seed=2)
+    dc, _ = _save_run(tmp_path, "concat", ds, seed=4)
+    ids = [ds.image_ids[4], ds.image_ids[1]]
+    cases = pd.DataFrame({"case": [cam.CASE_META_HELPS, cam.CASE_BOTH_RIGHT], "image": ids,
+                          "run_none": str(dn), "run_metanet": str(dm), "run_concat": [str(dc), str(dc)]})
+    out = cam.cams_for_cases(cases, ds)
+    assert [o["image"] for o in out] == ids and [o["case"] for o in out] == cases.case.tolist()
+    direct = cam.pair_cams({"none": dn, "concat": dc, "metanet": dm}, ids, ds)
+    for a, b in zip(out, direct):
+        for f in ("none", "concat", "metanet"):
+            np.testing.assert_array_equal(a[f]["cam"], b[f]["cam"])
+    assert "concat" not in cam.cams_for_cases(cases.assign(run_concat=np.nan), ds)[0]
 
 
 def test_paired_runs_pairs_each_fold_with_its_table1_metanet_and_concat_runs(tmp_path):
@@ -437,13 +453,13 @@ def test_paired_runs_pairs_each_fold_with_its_table1_metanet_and_concat_runs(tmp
                   {c: 6 for c in range(7)})
     recs = load_records(tmp_path)
     pairs = cam.paired_runs(recs)
-    assert pairs["fold"].tolist() == [0, 1]
+    assert pairs["fold"].tolist() == [0, 1] and pairs["run_concat"].isna().all()
     assert all("-k2-" in p and "age+sex+loc" in p for p in pairs["run_metanet"])
     assert cam.paired_runs(recs, meta_layers=3)["run_metanet"].str.contains("-k3-").all()
-    assert cam.paired_runs(pd.DataFrame()).empty
-    # with_concat: the fold's Table 1 concatenation run (raw metadata, all fields), where there is one
+    assert cam.paired_runs(recs, backbone="resnet50").empty and cam.paired_runs(pd.DataFrame()).empty
+    # the fold's Table 1 concatenation run (raw metadata, all fields), where there is one
     fake_fold_run(tmp_path, {**base, "fold": 1, "fusion": "concat", "meta_layers": 0}, {c: 6 for c in range(7)})
     fake_fold_run(tmp_path, {**base, "fold": 0, "fusion": "concat", "meta_layers": 2}, {c: 6 for c in range(7)})
-    with_cat = cam.paired_runs(load_records(tmp_path), with_concat=True)
+    with_cat = cam.paired_runs(load_records(tmp_path))
     assert with_cat["run_concat"].isna().tolist() == [True, False]  # fold 0 has only a k=2 (Table 4) concat
     assert "concat" in with_cat["run_concat"].iloc[1] and "-k0-" in with_cat["run_concat"].iloc[1]
