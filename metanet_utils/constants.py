@@ -6,6 +6,8 @@ used for logits, predictions files and every table.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 __all__ = [
     "CLASS_CODES",
     "DX_CODES",
@@ -19,6 +21,10 @@ __all__ = [
     "DATA_CLASS_COUNTS",
     "N_IMAGES",
     "N_LESIONS",
+    "PaperBackbone",
+    "BACKBONES",
+    "Protocol",
+    "PAPER_PROTOCOL",
 ]
 
 #: Official ISIC 2018 Task 3 class codes, in the official column order.
@@ -52,3 +58,47 @@ N_LESIONS = 7470
 
 #: Class codes in the paper's order of presentation: largest class first.
 PAPER_ORDER: tuple[str, ...] = tuple(sorted(PAPER_CLASS_COUNTS, key=lambda k: -PAPER_CLASS_COUNTS[k]))
+
+
+class PaperBackbone(NamedTuple):
+    """One of the paper's six backbones."""
+
+    paper_name: str  #: the paper's spelling (Table 1)
+    model: str  #: what the kit builds: torchvision's AlexNet, else a timm name pinned to the weights of 2019
+    resize: int  #: images resized to resize x resize (Sec. 3.1) ...
+    crop: int  #: ... then cropped to crop x crop
+    channels: int  #: C, the channels of the last convolutional feature maps (the width of MetaNet's gate)
+
+
+#: The paper's six backbones, by the short names profiles use, in the paper's order. The timm tags are the weights
+#: a 2019 PyTorch user had: torchvision's for VGG19 / ResNet50 / DenseNet161, Cadene's SENet154 port, the TF
+#: PNASNet-5-Large release.
+BACKBONES: dict[str, PaperBackbone] = {
+    "alexnet": PaperBackbone("AlexNet", "alexnet", 300, 224, 256),
+    "vgg19": PaperBackbone("VGG19", "vgg19.tv_in1k", 300, 224, 512),
+    "resnet50": PaperBackbone("ResNet50", "resnet50.tv_in1k", 300, 224, 2048),
+    "densenet161": PaperBackbone("DenseNet161", "densenet161.tv_in1k", 300, 224, 2208),
+    "senet154": PaperBackbone("SENet154", "legacy_senet154.in1k", 300, 224, 2048),
+    "pnasnet5large": PaperBackbone("PNASNet-5", "pnasnet5large.tf_in1k", 441, 331, 4320),
+}
+
+
+class Protocol(NamedTuple):
+    """The paper's training and evaluation protocol (Sec. 3.1-3.5), named as a profile's keys (configs/*.yaml)."""
+
+    backbones: tuple[str, ...] = tuple(BACKBONES)
+    fusions: tuple[str, ...] = ("none", "concat", "metanet")  #: no metadata, concatenation, MetaNet's gate
+    n_folds: int = 5
+    epochs: int = 250
+    milestones: tuple[int, ...] = (50, 120, 200)  #: lr x lr_gamma at these epochs
+    lr_gamma: float = 0.1
+    lr: float = 1e-3
+    batch_size: int = 32
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    meta_layers: int = 2  #: MetaNet's fully connected layers on the metadata (Table 4's best)
+    ablation_backbone: str = "senet154"  #: the backbone of Tables 2-4
+
+
+#: The paper's protocol: what every deviation of a profile is measured against.
+PAPER_PROTOCOL = Protocol()
