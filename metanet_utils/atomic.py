@@ -1,23 +1,26 @@
-"""Crash-safe file writing and locking.
+"""Crash-safe files and locks: a reader sees the old complete file or the new one, never half of one.
 
-Every file the kit writes goes through here: data is written to a temporary file in
-the same folder, flushed and fsync'ed, then renamed over the target, so a reader sees
-either the old complete file or the new complete file, never half of one. Folders
-(run records) are staged the same way and renamed into place.
+A file is written to a temporary name in the same folder, fsync'ed, then renamed over the target
+(``os.replace`` is atomic); a folder (a run record) is staged the same way. Locks are ``filelock``'s
+``flock`` locks, freed by the kernel when their process dies, so a killed worker leaves no stale lock.
 
 Example:
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
-    >>> atomic_write_text(d / "a.txt", "hello")
-    >>> (d / "a.txt").read_text()
-    'hello'
+    >>> atomic_write_json(d / "m.json", {"mcr": float("nan")})
+    >>> (d / "m.json").read_text()
+    '{\\n  "mcr": null\\n}\\n'
+    >>> with FileLock(d / "run.lock"):
+    ...     try:
+    ...         FileLock(d / "run.lock", blocking=False).acquire()
+    ...     except LockHeld:
+    ...         print("held by another worker")
+    held by another worker
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import math
 import os
@@ -27,96 +30,65 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-__all__ = [
-    "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_write_with",
-    "fsync_dir", "staged_dir", "FileLock", "LockHeld",
-]
+import filelock
+
+__all__ = ["atomic_write_with", "atomic_write_text", "atomic_write_json", "staged_dir", "FileLock", "LockHeld"]
 
 
-def fsync_dir(path: str | Path) -> None:
-    """Make a rename inside ``path`` durable."""
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    except OSError:
+    except OSError:  # some filesystems cannot fsync a folder
         pass
     finally:
         os.close(fd)
 
 
 def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)``, then atomically move ``tmp_path`` to ``path``.
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
 
-    If ``write`` raises (disk full, interrupted), the temporary file is removed and
-    ``path`` keeps its previous content.
+    If ``write`` raises (a full disk, a kill), the temporary file goes and ``path`` keeps its old content.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        _fsync(tmp)
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        _fsync(path.parent)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    atomic_write_with(path, lambda tmp: tmp.write_bytes(data))
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_with(path, lambda tmp: tmp.write_bytes(text.encode("utf-8")))
+
+
+def _plain(o: Any) -> Any:
+    """Strict JSON values: numpy to Python, tuples and sets to lists, paths to text, NaN and infinity to None."""
+    if hasattr(o, "tolist"):  # numpy scalars and arrays
+        o = o.tolist()
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple, set)):
+        return [_plain(v) for v in o]
+    return str(o) if isinstance(o, Path) else o
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Strict JSON (what every reader accepts): NaN and infinity, e.g. the recall of a class that is
-    absent from a validation fold, are written as ``null``."""
-    atomic_write_text(path, json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default,
-                                       allow_nan=False) + "\n")
-
-
-def _finite(o: Any) -> Any:
-    if isinstance(o, float):  # numpy's float64 too
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    if type(o).__module__ == "numpy":
-        return _finite(_json_default(o))
-    return o
-
-
-def _json_default(o: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    """Strict JSON, which every reader accepts: a NaN (the recall of a class absent from a fold) is ``null``."""
+    atomic_write_text(path, json.dumps(_plain(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 @contextlib.contextmanager
 def staged_dir(final: str | Path) -> Iterator[Path]:
-    """Build a folder under a temporary name, then rename it to ``final`` in one step.
+    """Build a folder under a temporary name, then rename it to ``final`` in one step (replacing an old one).
 
-    If ``final`` already exists it is replaced (the old one is removed after the new one
-    is in place). On an exception the staging folder is removed and ``final`` is untouched.
+    On an exception the staging folder is removed and ``final`` is untouched.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -125,64 +97,39 @@ def staged_dir(final: str | Path) -> Iterator[Path]:
         yield stage
         for p in stage.rglob("*"):
             if p.is_file():
-                with open(p, "rb") as fh:
-                    os.fsync(fh.fileno())
-        old = None
+                _fsync(p)
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
         if final.exists():
-            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(final, old)
         os.replace(stage, final)
-        fsync_dir(final.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _fsync(final.parent)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
 
 
 class LockHeld(RuntimeError):
-    """Another process holds the lock."""
+    """Another process (or another lock object) holds the lock."""
 
 
 class FileLock:
-    """An exclusive advisory lock on ``path`` (``fcntl.flock``), released when the
-    process dies, so a killed worker never leaves a stale lock behind.
-
-    Works across processes on one machine and on shared filesystems that support
-    ``flock`` (NFSv4, Lustre, BeeGFS with flock enabled).
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> p = pathlib.Path(tempfile.mkdtemp()) / "run.lock"
-        >>> with FileLock(p, blocking=False):
-        ...     pass
-    """
+    """An exclusive lock on ``path`` (``filelock.FileLock``); ``blocking=False`` raises :class:`LockHeld`
+    at once instead of waiting. Works across processes and machines on filesystems with ``flock``."""
 
     def __init__(self, path: str | Path, blocking: bool = True) -> None:
-        self.path = Path(path)
-        self.blocking = blocking
-        self._fd: int | None = None
+        self.path, self.blocking = Path(path), blocking
+        self._lock = filelock.FileLock(str(self.path))
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, 0o644)
-        flags = fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB)
         try:
-            fcntl.flock(fd, flags)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise LockHeld(f"{self.path} is held by another worker") from None
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {os.uname().nodename}\n".encode())
-        self._fd = fd
+            self._lock.acquire(timeout=-1 if self.blocking else 0)
+        except filelock.Timeout:
+            raise LockHeld(f"{self.path} is held by another worker") from None
 
     def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        self._lock.release()
 
     def __enter__(self) -> "FileLock":
         self.acquire()

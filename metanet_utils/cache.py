@@ -1,22 +1,18 @@
-"""The uint8 image cache: decode, colour-correct and resize every image once.
+"""The uint8 image cache: every image decoded, colour-corrected and resized once.
 
-Images are decoded in parallel, optionally colour-corrected with Shades of Gray
-(before resizing, as in the paper), resized to a square ``size x size`` (a plain
-resize, as the paper's 600x450 -> 300x300) and stored as one ``N x size x size x 3``
-uint8 ``.npy`` file keyed by (data fingerprint, size, colour constancy). The array is
-written under a temporary name and renamed; a JSON sidecar written after it lists the
-image ids and the file size, and a cache is used only when both agree, so an
-interrupted build is never read as complete. Before writing, the free disk is checked
-(the message says how much is needed) and the file's space is reserved, so a full disk
-stops the build with a message instead of a crash; temporary files of an interrupted
-build are removed by the next one. A file that is not a readable JPEG stops the build,
-naming it, and nothing is written.
+Each image is decoded to RGB, corrected with Shades of Gray (:func:`metanet_utils.color.shades_of_gray`, before
+resizing, as in the paper), resized to ``size x size`` (PIL bilinear, aspect not kept, as the paper's 600x450 ->
+300x300) and stored in one ``N x size x size x 3`` uint8 ``.npy`` file named by :func:`cache_key` and memory-mapped
+afterwards. One process builds it, under a lock; the array is written under a temporary name and renamed, then a
+JSON sidecar lists its image ids and size in bytes: a cache is read only when both agree, so an interrupted build
+is never taken as complete. A full disk or an unreadable image stops the build with one line and leaves nothing.
 
 Example:
-    >>> from metanet_utils.cache import build_cache                      # doctest: +SKIP
-    >>> arr = build_cache(df, size=64, color_constancy=True)             # doctest: +SKIP
-    >>> arr.shape                                                         # doctest: +SKIP
-    (10015, 64, 64, 3)
+    >>> import tempfile
+    >>> from metanet_utils.data import load_metadata
+    >>> df = load_metadata(paths.sample_dir()).head(4)  # the shipped sample's first four images
+    >>> build_cache(df, size=32, color_constancy=True, cache_dir=tempfile.mkdtemp(), progress=False).shape
+    (4, 32, 32, 3)
 """
 
 from __future__ import annotations
@@ -31,68 +27,63 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
 
+from . import paths
 from .atomic import FileLock, atomic_write_json, atomic_write_with
+from .color import shades_of_gray
+from .data import _has_metadata, check_image, data_fingerprint, read_rgb
 
-__all__ = ["CACHE_VERSION", "cache_key", "load_image", "build_cache", "CacheError"]
+__all__ = ["CACHE_VERSION", "CacheError", "cache_key", "load_image", "build_cache"]
 
 CACHE_VERSION = 1
 
 
 class CacheError(RuntimeError):
-    """The cache cannot be built (disk space, unreadable image)."""
+    """The cache cannot be built (disk space, an unreadable image)."""
 
 
 def cache_key(fingerprint: str, size: int, color_constancy: bool, p: float = 6.0) -> str:
+    """The cache's file name: the data's fingerprint, the size, the correction and a hash of all of them."""
     blob = json.dumps([CACHE_VERSION, fingerprint, int(size), bool(color_constancy), float(p)]).encode()
     return f"{fingerprint}-{size}px-{'sog' if color_constancy else 'raw'}-{hashlib.sha1(blob).hexdigest()[:8]}"
 
 
 def load_image(path: str | Path, size: int, color_constancy: bool = True, p: float = 6.0) -> np.ndarray:
-    """Decode one image to RGB uint8, Shades of Gray (optional), resize to ``size x size``.
-
-    Grayscale, RGBA and CMYK JPEGs are converted to RGB (the alpha channel is dropped).
-    """
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        arr = np.asarray(im)
+    """One image as the cache holds it: RGB uint8, Shades of Gray (optional), then resized to ``size x size``."""
+    img = read_rgb(path)  # grayscale, RGBA and CMYK JPEGs become RGB
     if color_constancy:
-        from .color import shades_of_gray
+        img = shades_of_gray(img, p=p)
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
-        arr = shades_of_gray(arr, p=p)
-    out = Image.fromarray(arr).resize((size, size), Image.BILINEAR)
-    return np.asarray(out, dtype=np.uint8)
+
+def _checked_image(path: str, size: int, color_constancy: bool, p: float) -> np.ndarray:
+    """:func:`load_image`, or a :class:`CacheError` naming the file, what is wrong with it and what to run."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(3) != b"\xff\xd8\xff":
+                raise ValueError("not a JPEG")
+        return load_image(path, size, color_constancy, p)
+    except Exception as e:  # noqa: BLE001 - PIL raises many types
+        why = check_image(path) or f"{type(e).__name__}: {e}"
+        folder = next((d for d in (Path(path).parent, Path(path).parent.parent) if _has_metadata(d)), Path(path).parent)
+        raise CacheError(f"image {path} {why}; `python -m metanet_utils data verify --data-dir {folder}` "
+                         "lists every broken file") from None
 
 
 def _size(nbytes: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if nbytes < 1000 or unit == "GB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+    """``512 B``, ``21.6 kB``, ``3.2 GB``."""
+    for unit in ("B", "kB", "MB"):
+        if nbytes < 1000:
+            return f"{nbytes:.0f} B" if unit == "B" else f"{nbytes:.1f} {unit}"
         nbytes /= 1000
-    return ""  # pragma: no cover
-
-
-def _data_folder(image: str | Path) -> Path:
-    """The data folder (the one with the metadata) of an image file, for messages."""
-    from .data import _has_metadata
-
-    image = Path(image)
-    for d in (image.parent, image.parent.parent):
-        if _has_metadata(d):
-            return d
-    return image.parent
-
-
-def _is_jpeg(path: str | Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(3) == b"\xff\xd8\xff"
+    return f"{nbytes:.1f} GB"
 
 
 def _reserve(path: Path, no_space: str) -> None:
-    """Allocate the file's blocks now: a full disk is then an error here, not a crash
-    (SIGBUS) when the memory map is written."""
+    """Allocate the file's blocks now: a full disk is then this error, not a crash (SIGBUS) when the memory map
+    is written."""
     if not hasattr(os, "posix_fallocate"):  # pragma: no cover - macOS
         return
     fd = os.open(path, os.O_RDWR)
@@ -107,86 +98,60 @@ def _reserve(path: Path, no_space: str) -> None:
         os.close(fd)
 
 
-def _sidecar(path: Path) -> Path:
-    return path.with_suffix(".json")
-
-
 def _valid(path: Path, image_ids: list[str]) -> bool:
-    side = _sidecar(path)
-    if not (path.is_file() and side.is_file()):
-        return False
+    """True when the array and its sidecar are both there and agree (ids, size in bytes)."""
     try:
-        info = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError):
+        info = json.loads(path.with_suffix(".json").read_text())
+        return info.get("image_ids") == image_ids and info.get("nbytes") == path.stat().st_size
+    except (OSError, ValueError, AttributeError):  # missing, half-written or not an object
         return False
-    return info.get("image_ids") == image_ids and info.get("nbytes") == path.stat().st_size
 
 
 def build_cache(df: pd.DataFrame, size: int, color_constancy: bool = True, *, fingerprint: str | None = None,
                 cache_dir: str | Path | None = None, workers: int | None = None, progress: bool = True,
                 p: float = 6.0) -> np.ndarray:
-    """Return the ``len(df) x size x size x 3`` uint8 array of the images of ``df`` (in order),
-    building it on first use and memory-mapping it afterwards.
+    """The ``len(df) x size x size x 3`` uint8 images of ``df``'s rows (column ``path``), in order: built on
+    first use, memory-mapped afterwards.
 
     Raises:
-        CacheError: not enough free disk (the message says how much is needed), or an
-            image cannot be decoded (the message names it).
+        CacheError: not enough free disk (the message says how much is needed), or an image that cannot be
+            decoded (the message names it).
     """
-    from .data import check_image, data_fingerprint
-    from .paths import cache_dir as default_cache_dir
-
-    fingerprint = fingerprint or data_fingerprint(df)
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_dir = Path(cache_dir or paths.cache_dir())
     cache_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = fingerprint or data_fingerprint(df)
     path = cache_dir / f"{cache_key(fingerprint, size, color_constancy, p)}.npy"
-    ids = [str(i) for i in df["image_id"]]
+    ids, files = [str(i) for i in df["image_id"]], [str(f) for f in df["path"]]
     if _valid(path, ids):
         return np.load(path, mmap_mode="r")
     with FileLock(path.with_suffix(".lock")):
-        if _valid(path, ids):  # another process built it while we waited
+        if _valid(path, ids):  # built by another process while this one waited
             return np.load(path, mmap_mode="r")
-        for stale in cache_dir.glob(f".{path.name}.tmp-*"):  # left by a killed build (we hold the lock)
+        for stale in cache_dir.glob(f".{path.name}.tmp-*"):  # left by a killed build
             stale.unlink(missing_ok=True)
-        n = len(df)
-        needed = n * size * size * 3 + 4096
-        free = shutil.disk_usage(cache_dir).free
-        no_space = (f"not enough free disk for the image cache in {cache_dir}: needs {_size(needed * 1.1)}, "
+        needed, free = (len(ids) * size * size * 3 + 4096) * 1.1, shutil.disk_usage(cache_dir).free
+        no_space = (f"not enough free disk for the image cache in {cache_dir}: needs {_size(needed)}, "
                     f"{_size(free)} free; free space or set METANET_CACHE_DIR to another disk")
-        if free < needed * 1.1:
+        if free < needed:
             raise CacheError(no_space)
-        paths = list(df["path"])
-
-        def one(i: int) -> np.ndarray:
-            try:
-                if not _is_jpeg(paths[i]):
-                    raise ValueError("not a JPEG")
-                return load_image(paths[i], size, color_constancy, p)
-            except Exception as e:  # noqa: BLE001
-                why = check_image(paths[i]) or f"{type(e).__name__}: {e}"
-                raise CacheError(f"image {paths[i]} {why}; `python -m metanet_utils data verify --data-dir "
-                                 f"{_data_folder(paths[i])}` lists every broken file") from None
 
         def write(tmp: Path) -> None:
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(ids), size, size, 3))
             _reserve(tmp, no_space)
-            ex = ThreadPoolExecutor(max_workers=workers or max(1, os.cpu_count() or 1))
+            pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
             try:
-                it = ex.map(one, range(n))
-                if progress:
-                    from tqdm.auto import tqdm
-
-                    it = tqdm(it, total=n, desc=f"image cache {size}px{' +SoG' if color_constancy else ''}",
-                              unit="img", mininterval=1.0)
-                for i, img in enumerate(it):
+                images = pool.map(lambda f: _checked_image(f, size, color_constancy, p), files)
+                for i, img in enumerate(tqdm(images, total=len(ids), disable=not progress, unit="img",
+                                             desc=f"image cache {size}px{' +SoG' if color_constancy else ''}",
+                                             mininterval=1.0)):
                     arr[i] = img
             finally:  # on an error, do not decode the rest first
-                ex.shutdown(wait=True, cancel_futures=True)
+                pool.shutdown(wait=True, cancel_futures=True)
             arr.flush()
-            del arr
 
-        _sidecar(path).unlink(missing_ok=True)  # the sidecar marks a complete array: never beside another one
+        path.with_suffix(".json").unlink(missing_ok=True)  # the sidecar marks a complete array: never another's
         atomic_write_with(path, write)
-        atomic_write_json(_sidecar(path), {"image_ids": ids, "nbytes": path.stat().st_size, "size": size,
-                                           "color_constancy": color_constancy, "p": p, "fingerprint": fingerprint,
-                                           "version": CACHE_VERSION})
+        atomic_write_json(path.with_suffix(".json"), {
+            "image_ids": ids, "nbytes": path.stat().st_size, "size": size, "color_constancy": color_constancy,
+            "p": p, "fingerprint": fingerprint, "version": CACHE_VERSION})
     return np.load(path, mmap_mode="r")

@@ -1,8 +1,12 @@
-"""Where the kit reads and writes: one place for every folder of DESIGN.md's layout.
+"""Where the kit reads and writes: the folders of DESIGN.md's layout, in one place.
 
-The project root is ``$METANET_ROOT`` if set, else the nearest folder above the current
-directory holding ``configs/`` and ``pyproject.toml`` (so notebooks run from
-``notebooks/`` find it), else the current directory.
+The project root is ``$METANET_ROOT`` if set, else the nearest folder above the current one holding ``configs/``
+and ``pyproject.toml`` (so notebooks run from ``notebooks/`` find it), else the kit's own checkout, else the
+current folder. ``$METANET_RESULTS_DIR``, ``$METANET_CACHE_DIR`` and ``$METANET_FIGURES_DIR`` move those folders.
+
+Example:
+    >>> runs_dir().relative_to(results_dir()).as_posix()
+    'runs'
 """
 
 from __future__ import annotations
@@ -10,51 +14,42 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = [
-    "project_root", "configs_dir", "data_dir", "sample_dir", "results_dir", "runs_dir", "tables_dir",
-    "folds_dir", "cache_dir", "figures_dir", "outputs_dir", "weights_dir",
-]
+__all__ = ["project_root", "configs_dir", "data_dir", "sample_dir", "results_dir", "runs_dir", "tables_dir",
+           "folds_dir", "cache_dir", "figures_dir", "outputs_dir"]
+
+_KIT = Path(__file__).resolve().parent.parent  # the checkout the package was installed from
 
 
 def project_root() -> Path:
-    env = os.environ.get("METANET_ROOT")
-    if env:
-        return Path(env).resolve()
+    if os.environ.get("METANET_ROOT"):
+        return Path(os.environ["METANET_ROOT"]).resolve()
     here = Path.cwd().resolve()
-    for d in (here, *here.parents):
+    for d in (here, *here.parents, _KIT):
         if (d / "configs").is_dir() and (d / "pyproject.toml").is_file():
             return d
-    pkg_root = Path(__file__).resolve().parent.parent
-    if (pkg_root / "configs").is_dir():
-        return pkg_root
     return here
 
 
-def _sub(*parts: str, env: str | None = None) -> Path:
-    if env and os.environ.get(env):
-        return Path(os.environ[env]).resolve()
-    return project_root().joinpath(*parts)
+def _folder(*parts: str, env: str | None = None) -> Path:
+    return Path(os.environ[env]).resolve() if env and os.environ.get(env) else project_root().joinpath(*parts)
 
 
 def configs_dir() -> Path:
-    pkg_configs = Path(__file__).resolve().parent.parent / "configs"
-    root_configs = project_root() / "configs"
-    return root_configs if root_configs.is_dir() else pkg_configs
+    return project_root() / "configs" if (project_root() / "configs").is_dir() else _KIT / "configs"
 
 
 def data_dir() -> Path:
     """Downloads and caches (git-ignored), and the shipped sample ``data/sample/`` (tracked)."""
-    return _sub("data")
+    return _folder("data")
 
 
 def sample_dir() -> Path:
     """The shipped sample of HAM10000: ``data/sample/`` of the project, else of the kit's own checkout."""
-    here = data_dir() / "sample"
-    return here if here.is_dir() else Path(__file__).resolve().parent.parent / "data" / "sample"
+    return data_dir() / "sample" if (data_dir() / "sample").is_dir() else _KIT / "data" / "sample"
 
 
 def results_dir() -> Path:
-    return _sub("results", env="METANET_RESULTS_DIR")
+    return _folder("results", env="METANET_RESULTS_DIR")
 
 
 def runs_dir() -> Path:
@@ -70,18 +65,12 @@ def folds_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    return _sub("data", "cache", env="METANET_CACHE_DIR")
+    return _folder("data", "cache", env="METANET_CACHE_DIR")
 
 
 def figures_dir() -> Path:
-    return _sub("figures", env="METANET_FIGURES_DIR")
+    return _folder("figures", env="METANET_FIGURES_DIR")
 
 
 def outputs_dir() -> Path:
-    return _sub("outputs")
-
-
-def weights_dir() -> Path | None:
-    """Folder of pre-fetched pretrained weights (``$METANET_WEIGHTS_DIR``), or None."""
-    env = os.environ.get("METANET_WEIGHTS_DIR")
-    return Path(env) if env else None
+    return _folder("outputs")

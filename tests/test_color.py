@@ -249,6 +249,7 @@ def test_cache_with_and_without_colour_constancy_are_separate_files_with_the_doc
                                                                                                 tmp_path):
     """build_cache stores row i of the frame as image i, keyed by (fingerprint, size, colour constancy, p): the
     corrected and the plain cache are two files with different keys and different contents."""
+    import hashlib
     import json
 
     from metanet_utils.cache import build_cache, cache_key
@@ -262,7 +263,12 @@ def test_cache_with_and_without_colour_constancy_are_separate_files_with_the_doc
         assert np.abs(sog[i].astype(int) - _reference_cache_image(path, 32, True).astype(int)).max() <= 1
     assert np.abs(sog.astype(int) - raw.astype(int)).mean() > 5  # the correction shows
     k_sog, k_raw = cache_key("fp-test", 32, True), cache_key("fp-test", 32, False)
-    assert k_sog != k_raw
+    assert (k_sog, k_raw) == ("fp-test-32px-sog-e76338ef", "fp-test-32px-raw-492fd0b5")  # names of existing caches
+    # byte for byte the files the kit wrote before its cache was rewritten (sha256 of each .npy)
+    pinned = {k_sog: "df5753183d960de84b4a7175f16bf598bd7164daac78bde1064a0b4f0a62ad9a",
+              k_raw: "ee5f683d983f5a7a487574ea378cfdf6034c0416aec48bd3e19167ee9b1c4122"}
+    for key, digest in pinned.items():
+        assert hashlib.sha256((tmp_path / f"{key}.npy").read_bytes()).hexdigest() == digest, key
     assert {p.name for p in tmp_path.glob("*.npy")} == {f"{k_sog}.npy", f"{k_raw}.npy"}
     for key, cc in ((k_sog, True), (k_raw, False)):
         side = json.loads((tmp_path / f"{key}.json").read_text())

@@ -77,3 +77,49 @@ def test_profile_yaml_keys_are_exactly_the_dataclass_fields():
     for name in list_profiles():
         raw = yaml.safe_load((configs_dir() / f"{name}.yaml").read_text())
         assert set(raw) <= fields, name
+
+
+def test_run_ids_of_existing_records_stay_the_same():
+    """Ids computed by the kit before `compile` and `class_weighted_loss` were dropped (pinned from that code): the
+    same config is the same run, and a record's config.json holding them at their only value reads back to it."""
+    pinned = {
+        "resnet50-metanet-age+sex+loc-k2-f2-67b0beb5d3": RunConfig(backbone="resnet50", fusion="metanet", fold=2),
+        "test_resnet-concat-age+sex-k0-f1-59cf01a39e": RunConfig(
+            backbone="test_resnet", fusion="concat", meta_features=("age", "sex"), n_folds=2, fold=1, epochs=3,
+            image_size=64, crop_size=56, lr=0.01, pretrained=False, deterministic=True, data_kind="sample",
+            data_fingerprint="ham10000-abc123"),
+        "timm_vit_small-none-nometa-k0-f0-c53cd695ab": RunConfig(
+            backbone="timm/vit.small", fusion="none", meta_features=(), split_scheme="lesion", cuda_graphs="on",
+            checkpoint_interval_s=60),
+    }
+    for run_id, cfg in pinned.items():
+        assert cfg.run_id == run_id
+        old_record = {**cfg.to_dict(), "compile": False, "class_weighted_loss": True, "run_id": run_id}
+        assert RunConfig.from_dict(old_record) == cfg
+    with pytest.raises(ConfigError, match="compile=True is no longer a setting"):
+        RunConfig.from_dict({**cfg.to_dict(), "compile": True})
+    with pytest.raises(ConfigError, match=r"unknown run setting\(s\) \['epoch'\]; allowed: .*epochs"):
+        RunConfig.from_dict({**cfg.to_dict(), "epoch": 3})
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("epochs", "ten", "epochs='ten' is not allowed; it must be a whole number"),
+    ("epochs", True, "epochs=True is not allowed; it must be a whole number"),
+    ("backbones", "resnet50", "backbones='resnet50' is not allowed; it must be a list, e.g. [resnet50]"),
+    ("folds", [0, "a"], "folds=[0, 'a'] is not allowed; it must be a list of whole numbers"),
+    ("pretrained", 1, "pretrained=1 is not allowed; it must be true or false"),
+    ("lr", "fast", "lr='fast' is not allowed; it must be a number"),
+    ("ablations", {"table5": True}, "unknown key(s) ['table5'] in ablations; allowed: backbone, meta_layers,"),
+    ("workers", 0, "workers=0 is not allowed; it must be 1 or more"),
+])
+def test_profile_values_of_the_wrong_type_are_refused_in_one_line(key, value, message):
+    with pytest.raises(ConfigError) as e:
+        Profile(name="x", **{key: value})
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_yaml_reads_1e_4_as_text_and_on_off_as_booleans_the_profile_takes_what_was_meant(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("weight_decay: 1e-4\ncuda_graphs: on\n")
+    prof = load_profile(p)
+    assert prof.weight_decay == 1e-4 and prof.cuda_graphs == "on" and prof.name == "mine"
