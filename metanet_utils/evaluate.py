@@ -1,185 +1,134 @@
-"""Scoring of run records: mean class recall (MCR), per-class recall, confusion matrices,
-and their aggregation over cross-validation folds.
+"""Scoring and run records: mean class recall (MCR), per-class recall, confusion matrices, and the records of
+``results/runs`` read into one frame.
 
-Conventions (the paper specifies neither the tie rule nor the kind of standard deviation: the kit takes
-the ISIC 2018 Task 3 scorer's argmax and tie rule, and chooses the sample std):
-
-* The predicted class of an image is the argmax of its probabilities. A row whose maximum
-  is shared by two or more classes (a *tie*) predicts nothing, as in the ISIC scorer: it counts as wrong
-  for its true class and appears in no column of the 7x7 confusion matrix (ask
-  ``confusion(..., include_ties=True)`` for an 8th "tie" column).
-* Recall of a class = correct / all images of that class (ties included in the denominator).
-* MCR = the mean of the per-class recalls over the classes present in ``y_true``
-  (= balanced accuracy; a class absent from a small validation fold has recall NaN and is
-  left out of the mean, as scikit-learn's ``balanced_accuracy_score`` does).
-* Over folds: mean and *sample* standard deviation (``ddof=1``, the kit's choice: the paper reports a
-  standard deviation over 5 folds without saying which). One fold gives std NaN, never 0.
+* The predicted class is the argmax of the probabilities; a row whose maximum two or more classes share (a tie)
+  predicts nothing: wrong for its true class, in no confusion column (the ISIC 2018 Task 3 scorer's rule).
+* MCR = the mean recall over the classes present in ``y_true`` (balanced accuracy; a class absent from a small
+  fold has recall NaN and is left out).
+* A record is complete when its ``manifest.json`` lists every file of :data:`RECORD_FILES` at its size
+  (:func:`is_complete`: the trainer, the grid and the analysis share this one definition).
 
 Example:
-    >>> import numpy as np
     >>> y = np.array([0, 0, 1, 2, 3, 4, 5, 6])
-    >>> probs = np.eye(7)[[0, 1, 1, 2, 3, 4, 5, 6]]
-    >>> round(mean_class_recall(y, probs), 4)   # MEL 1/2, the six others 1
+    >>> round(mean_class_recall(y, np.eye(7)[[0, 1, 1, 2, 3, 4, 5, 6]]), 4)   # MEL 1/2, the six others 1
     0.9286
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .config import EXECUTION_ONLY
-from .constants import CLASS_CODES, DX_CODES, META_FIELDS
+from .config import EXECUTION_ONLY, RunConfig
+from .constants import CLASS_CODES, META_FIELDS
+from .paths import runs_dir as default_runs_dir
 
 __all__ = [
-    "RECORD_FILES",
-    "RecordError",
-    "IncompleteRecordError",
-    "labels_to_indices",
-    "predicted_classes",
-    "mean_class_recall",
-    "per_class_recall",
-    "confusion",
-    "score_predictions",
-    "load_record",
-    "load_records",
-    "filter_records",
-    "aggregate",
-    "setting_columns",
-    "RECALL_COLUMNS",
-    "SUPPORT_COLUMNS",
+    "RECORD_FILES", "RECALL_COLUMNS", "SUPPORT_COLUMNS", "RecordError", "IncompleteRecordError",
+    "labels_to_indices", "predicted_classes", "confusion", "per_class_recall", "mean_class_recall",
+    "score_predictions", "is_complete", "load_record", "load_records", "meta_key", "setting_columns",
 ]
 
-#: Files every complete run record holds (``results/runs/<run_id>/``).
-RECORD_FILES: tuple[str, ...] = (
-    "config.json", "history.csv", "metrics.json", "predictions.csv", "labels.csv", "manifest.json",
-)
-#: Columns of per-class recall in :func:`load_records` frames, in the official class order.
+#: The files of a complete run record (``results/runs/<run_id>/``), each listed with its size in ``manifest.json``.
+RECORD_FILES: tuple[str, ...] = ("config.json", "history.csv", "metrics.json", "predictions.csv", "labels.csv",
+                                 "checkpoint.pt")
+#: Per-class recall columns of :func:`load_records` frames, in the official class order.
 RECALL_COLUMNS: tuple[str, ...] = tuple(f"recall_{c}" for c in CLASS_CODES)
-#: Columns of a records frame with the validation images of each class (``n_val_MEL`` ...).
+#: Validation images of each class in a run (``n_val_MEL`` ...).
 SUPPORT_COLUMNS: tuple[str, ...] = tuple(f"n_val_{c}" for c in CLASS_CODES)
+#: The settings of a run: its config's fields but the fold and how it was launched (not part of ``run_id``).
+SETTINGS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(RunConfig)) - {"fold"} - EXECUTION_ONLY
 
 _N = len(CLASS_CODES)
-_CODE_INDEX = {c: i for i, c in enumerate(CLASS_CODES)}
-_DX_INDEX = {d: i for i, d in enumerate(DX_CODES)}
-# Columns that belong to one fold's run rather than to the setting it evaluates.
-_RUN_ONLY = ("run_id", "fold", "path")
+_INDEX = {c: i for i, c in enumerate(CLASS_CODES)}
 
 
 class RecordError(ValueError):
-    """A run record (or predictions / labels) is not usable; the message says why."""
+    """A run record, a predictions file or labels are not usable; the message says why."""
 
 
 class IncompleteRecordError(RecordError):
-    """A run record folder lacks some of :data:`RECORD_FILES`."""
+    """A run record folder is missing, half-written or damaged."""
 
 
 # --------------------------------------------------------------------------- scoring
 
 
 def labels_to_indices(labels: Iterable[Any]) -> np.ndarray:
-    """Class indices (official order) from class codes, ``dx`` codes or indices.
+    """Class indices (official order) from class codes, ``dx`` codes (any case) or indices.
 
     Example:
         >>> labels_to_indices(["MEL", "nv", "vasc", 2]).tolist()
         [0, 1, 6, 2]
     """
-    if isinstance(labels, np.ndarray) and np.issubdtype(labels.dtype, np.integer):
-        arr = labels.astype(np.int64).ravel()
-        if arr.size and (arr.min() < 0 or arr.max() >= _N):
-            raise RecordError(f"class indices must lie in 0..{_N - 1}; got {arr.min()}..{arr.max()}")
-        return arr
     out = []
     for v in labels:
-        if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-            i = int(v)
-            if not 0 <= i < _N:
-                raise RecordError(f"class index {i} is out of range; allowed: 0..{_N - 1}")
-            out.append(i)
-            continue
-        s = str(v).strip()
-        if s.upper() in _CODE_INDEX:
-            out.append(_CODE_INDEX[s.upper()])
-        elif s.isdigit() and int(s) < _N:
-            out.append(int(s))
-        else:
-            raise RecordError(
-                f"unknown class label {v!r}; allowed: {', '.join(CLASS_CODES)} (any case) or 0..{_N - 1}")
+        s = str(v).strip().upper()
+        i = _INDEX.get(s, int(s) if s.isdigit() else -1)
+        if not 0 <= i < _N:
+            raise RecordError(f"unknown class label {v!r}; allowed: {', '.join(CLASS_CODES)} (any case) or 0..{_N - 1}")
+        out.append(i)
     return np.asarray(out, dtype=np.int64)
 
 
-def predicted_classes(probs: Any, tie_tol: float = 0.0) -> np.ndarray:
-    """Argmax class per row, ``-1`` where the maximum is shared by 2+ classes (a tie).
-
-    ``probs`` may also be 1-D predicted class indices (``-1`` = no prediction); they pass through.
+def predicted_classes(probs: Any) -> np.ndarray:
+    """Argmax class per row, ``-1`` where two or more classes share the maximum (a tie).
 
     Example:
         >>> predicted_classes([[0.5, 0.5, 0, 0, 0, 0, 0], [0.1, 0.9, 0, 0, 0, 0, 0]]).tolist()
         [-1, 1]
     """
-    p = np.asarray(probs)
-    if p.ndim == 1:
-        return p.astype(np.int64)
-    p = p.astype(np.float64)
+    p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != _N:
         raise RecordError(f"probabilities must have shape (n, {_N}); got {p.shape}")
     if not np.isfinite(p).all():
         raise RecordError("probabilities contain NaN or infinity")
-    if p.shape[0] == 0:
-        return np.zeros(0, dtype=np.int64)
-    top = p.max(axis=1, keepdims=True)
-    n_top = (p >= top - tie_tol).sum(axis=1)
-    pred = p.argmax(axis=1).astype(np.int64)
-    pred[n_top > 1] = -1
+    pred = p.argmax(axis=1)
+    pred[(p == p.max(axis=1, keepdims=True)).sum(axis=1) > 1] = -1
     return pred
 
 
-def _y_and_pred(y_true: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
-    y_arr = np.asarray(y_true).ravel()
-    y = labels_to_indices(y_arr if np.issubdtype(y_arr.dtype, np.integer) else y_arr.tolist())
-    pred = predicted_classes(probs)
+def _y_pred(y_true: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
+    y = labels_to_indices(np.asarray(y_true).ravel().tolist())
+    pred = np.asarray(probs).astype(np.int64) if np.ndim(probs) == 1 else predicted_classes(probs)
     if len(y) != len(pred):
-        raise RecordError(f"{len(y)} labels but {len(pred)} prediction rows")
+        raise RecordError(f"{len(y)} labels but {len(pred)} predictions")
     return y, pred
 
 
-def confusion(y_true: Any, probs: Any, include_ties: bool = False) -> np.ndarray:
-    """Confusion matrix, rows = true class, columns = predicted class (official order).
+def confusion(y_true: Any, probs: Any) -> np.ndarray:
+    """7 x 7 confusion matrix: rows the true class, columns the predicted one (tied rows in no column).
 
-    Tied rows (see :func:`predicted_classes`) are left out of the 7 columns; with
-    ``include_ties=True`` they are counted in an 8th column, so row sums equal class counts.
+    ``probs`` may also be predicted class indices (``-1``: a tie).
 
     Example:
-        >>> cm = confusion([0, 1], [[0.5, 0.5, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0, 0]], include_ties=True)
-        >>> cm.shape, int(cm[0, 7]), int(cm[1, 1])
-        ((7, 8), 1, 1)
+        >>> confusion([0, 0, 1], [1, -1, 1])[:2, :2].tolist()
+        [[0, 1], [0, 1]]
     """
-    y, pred = _y_and_pred(y_true, probs)
-    cols = np.where(pred < 0, _N, pred)
-    cm = np.zeros((_N, _N + 1), dtype=np.int64)
-    np.add.at(cm, (y, cols), 1)
-    return cm if include_ties else cm[:, :_N]
+    y, pred = _y_pred(y_true, probs)
+    cm = np.zeros((_N, _N), dtype=np.int64)
+    np.add.at(cm, (y[pred >= 0], pred[pred >= 0]), 1)
+    return cm
 
 
 def per_class_recall(y_true: Any, probs: Any) -> dict[str, float]:
     """Recall of every class by class code; NaN for a class absent from ``y_true``.
 
     Example:
-        >>> r = per_class_recall([0, 0, 1], [[1, 0, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0, 0]])
+        >>> r = per_class_recall([0, 0, 1], [0, 1, 1])
         >>> r["MEL"], r["NV"], r["DF"] != r["DF"]
         (0.5, 1.0, True)
     """
-    cm = confusion(y_true, probs, include_ties=True)
-    support = cm.sum(axis=1)
-    out: dict[str, float] = {}
-    for i, code in enumerate(CLASS_CODES):
-        out[code] = float(cm[i, i] / support[i]) if support[i] > 0 else float("nan")
-    return out
+    y, _ = _y_pred(y_true, probs)
+    support = np.bincount(y, minlength=_N)
+    right = np.diag(confusion(y, probs))
+    return {c: float(right[i] / support[i]) if support[i] else float("nan") for i, c in enumerate(CLASS_CODES)}
 
 
 def mean_class_recall(y_true: Any, probs: Any) -> float:
@@ -189,66 +138,36 @@ def mean_class_recall(y_true: Any, probs: Any) -> float:
         >>> mean_class_recall([0, 1], [[0.6, 0.4, 0, 0, 0, 0, 0], [0.5, 0.5, 0, 0, 0, 0, 0]])
         0.5
     """
-    rec = np.array(list(per_class_recall(y_true, probs).values()), dtype=float)
-    present = ~np.isnan(rec)
-    if not present.any():
-        return float("nan")
-    return float(rec[present].mean())
+    rec = np.array(list(per_class_recall(y_true, probs).values()))
+    return float(np.nanmean(rec)) if np.isfinite(rec).any() else float("nan")
 
 
 def _labels_series(labels: Any) -> pd.Series:
-    """Labels as a Series: index = image, values = class index."""
+    """Class indices by image, from a frame ``image,dx`` or ``image,MEL,...`` (the official one-hot ground truth)
+    or a mapping (or Series) image -> class."""
     if isinstance(labels, pd.DataFrame):
-        df = labels
-        if "image" not in df.columns:
-            raise RecordError(f"labels need an 'image' column; got columns {list(df.columns)}")
-        if "dx" in df.columns:
-            s = pd.Series(labels_to_indices(df["dx"].tolist()), index=df["image"].astype(str).tolist())
-        elif all(c in df.columns for c in CLASS_CODES):  # official one-hot ground truth
-            oh = df[list(CLASS_CODES)].to_numpy(dtype=float)
-            if not np.all(np.isclose(oh.sum(axis=1), 1.0)) or not np.all(np.isin(oh, (0.0, 1.0))):
-                raise RecordError("one-hot labels must hold exactly one 1.0 per row")
-            s = pd.Series(oh.argmax(axis=1), index=df["image"].astype(str).tolist())
-        else:
-            raise RecordError(f"labels need a 'dx' column or the columns {', '.join(CLASS_CODES)}")
-    elif isinstance(labels, pd.Series):
-        s = pd.Series(labels_to_indices(labels.tolist()), index=labels.index.astype(str).tolist())
-    elif isinstance(labels, Mapping):
-        s = pd.Series(labels_to_indices(list(labels.values())), index=[str(k) for k in labels])
-    else:
-        raise RecordError("labels must be a DataFrame (image,dx), a Series indexed by image, or a mapping")
+        if "image" not in labels or not ("dx" in labels or set(CLASS_CODES) <= set(labels.columns)):
+            raise RecordError(f"labels need the columns image,dx or image,{','.join(CLASS_CODES)}; got {list(labels)}")
+        onehot = labels.reindex(columns=CLASS_CODES).to_numpy(dtype=float)
+        if "dx" not in labels and not (np.isin(onehot, (0.0, 1.0)).all() and (onehot.sum(axis=1) == 1).all()):
+            raise RecordError("one-hot labels must hold exactly one 1.0 per row")
+        labels = pd.Series(labels["dx"].to_numpy() if "dx" in labels else onehot.argmax(axis=1),
+                           index=labels["image"].astype(str))
+    s = pd.Series(labels)
+    s = pd.Series(labels_to_indices(s.tolist()), index=s.index.astype(str))
     if s.index.has_duplicates:
-        dup = s.index[s.index.duplicated()].unique()[:5].tolist()
-        raise RecordError(f"labels list some images twice, e.g. {dup}")
-    return s.astype(np.int64)
-
-
-def _check_predictions(pred_df: pd.DataFrame) -> pd.DataFrame:
-    expected = {"image", *CLASS_CODES}
-    cols = set(map(str, pred_df.columns))
-    if cols != expected:
-        missing, extra = sorted(expected - cols), sorted(cols - expected)
-        raise RecordError(
-            f"predictions must have exactly the columns image,{','.join(CLASS_CODES)}; "
-            f"missing {missing}, unexpected {extra}")
-    if pred_df["image"].duplicated().any():
-        dup = pred_df.loc[pred_df["image"].duplicated(), "image"].head(5).tolist()
-        raise RecordError(f"predictions list some images twice, e.g. {dup}")
-    return pred_df
+        raise RecordError(f"labels list some images twice, e.g. {s.index[s.index.duplicated()][:5].tolist()}")
+    return s
 
 
 def score_predictions(pred_df: pd.DataFrame, labels: Any) -> dict[str, Any]:
-    """Score an ISIC-format predictions frame against labels, matched by image.
-
-    Args:
-        pred_df: columns ``image,MEL,NV,BCC,AKIEC,BKL,DF,VASC`` (probabilities).
-        labels: a frame ``image,dx`` (as ``labels.csv``), a one-hot ISIC ground-truth frame,
-            a Series indexed by image, or a mapping image -> class; the two must list the
-            same images.
+    """Score an ISIC-format predictions frame (``image,MEL,NV,BCC,AKIEC,BKL,DF,VASC``, probabilities) against
+    labels of the same images (a frame ``image,dx`` as ``labels.csv``, the official one-hot ground truth, or a
+    mapping image -> class), matched by image.
 
     Returns:
-        ``{"mcr", "per_class_recall": {code: recall}, "confusion_matrix": 7x7 list,
-        "support": {code: n}, "n", "n_ties"}``.
+        ``{"mcr", "per_class_recall": {code: recall}, "confusion_matrix": 7x7 list, "support": {code: n},
+        "n", "n_ties"}``.
 
     Example:
         >>> pred = pd.DataFrame([["a", .9, .1, 0, 0, 0, 0, 0], ["b", .2, .8, 0, 0, 0, 0, 0]],
@@ -256,33 +175,52 @@ def score_predictions(pred_df: pd.DataFrame, labels: Any) -> dict[str, Any]:
         >>> score_predictions(pred, {"a": "mel", "b": "mel"})["mcr"]
         0.5
     """
-    pred_df = _check_predictions(pred_df)
-    lab = _labels_series(labels)
+    if set(map(str, pred_df.columns)) != {"image", *CLASS_CODES}:
+        raise RecordError(f"predictions must have exactly the columns image,{','.join(CLASS_CODES)}; "
+                          f"got {','.join(map(str, pred_df.columns))}")
     images = pred_df["image"].astype(str)
-    missing_lab = sorted(set(images) - set(lab.index))
-    missing_pred = sorted(set(lab.index) - set(images))
-    if missing_lab or missing_pred:
-        raise RecordError(
-            f"predictions and labels disagree on the images: {len(missing_lab)} predicted image(s) "
-            f"without a label (e.g. {missing_lab[:3]}), {len(missing_pred)} labelled image(s) "
-            f"without a prediction (e.g. {missing_pred[:3]})")
-    y = lab.loc[images.tolist()].to_numpy()
-    probs = pred_df[list(CLASS_CODES)].to_numpy(dtype=np.float64)
-    pred = predicted_classes(probs)
-    cm8 = confusion(y, pred, include_ties=True)
-    rec = per_class_recall(y, pred)
-    vals = np.array(list(rec.values()))
-    return {
-        "mcr": float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan"),
-        "per_class_recall": rec,
-        "confusion_matrix": cm8[:, :_N].tolist(),
-        "support": {c: int(n) for c, n in zip(CLASS_CODES, cm8.sum(axis=1))},
-        "n": int(len(y)),
-        "n_ties": int((pred < 0).sum()),
-    }
+    if images.duplicated().any():
+        raise RecordError(f"predictions list some images twice, e.g. {images[images.duplicated()].head(5).tolist()}")
+    lab = _labels_series(labels)
+    no_label, no_pred = sorted(set(images) - set(lab.index)), sorted(set(lab.index) - set(images))
+    if no_label or no_pred:
+        raise RecordError(f"predictions and labels disagree on the images: {len(no_label)} predicted image(s) "
+                          f"without a label (e.g. {no_label[:3]}), {len(no_pred)} labelled image(s) without a "
+                          f"prediction (e.g. {no_pred[:3]})")
+    y = lab.loc[images].to_numpy()
+    pred = predicted_classes(pred_df[list(CLASS_CODES)].to_numpy(dtype=np.float64))
+    recall = per_class_recall(y, pred)
+    vals = np.array(list(recall.values()))
+    return {"mcr": float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan"),
+            "per_class_recall": recall, "confusion_matrix": confusion(y, pred).tolist(),
+            "support": dict(zip(CLASS_CODES, np.bincount(y, minlength=_N).tolist())),
+            "n": int(len(y)), "n_ties": int((pred < 0).sum())}
 
 
 # --------------------------------------------------------------------------- records
+
+
+def _incomplete(run_dir: Path) -> str:
+    """Why ``run_dir`` is not a complete record, or "" when it is."""
+    if not run_dir.is_dir():
+        return "does not exist"
+    try:
+        listed = {n: info["bytes"] for n, info in json.loads((run_dir / "manifest.json").read_text())["files"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "has no readable manifest.json (a half-written record)"
+    bad = [n for n in RECORD_FILES if not (run_dir / n).is_file() or (run_dir / n).stat().st_size != listed.get(n)]
+    return f"is incomplete or damaged after it was written: {', '.join(bad)}" if bad else ""
+
+
+def is_complete(run_dir: str | Path) -> bool:
+    """True when the record folder's ``manifest.json`` lists every file of :data:`RECORD_FILES` at its size.
+
+    Example:
+        >>> import tempfile
+        >>> is_complete(tempfile.mkdtemp())
+        False
+    """
+    return not _incomplete(Path(run_dir))
 
 
 def _read_json(path: Path) -> Any:
@@ -296,281 +234,114 @@ def load_record(run_dir: str | Path) -> dict[str, Any]:
     """Read one complete run record folder.
 
     Returns:
-        ``{"run_id", "path", "config", "metrics", "manifest", "history" (DataFrame),
-        "predictions" (DataFrame), "labels" (DataFrame image,dx), "scores"}`` where
-        ``scores`` is :func:`score_predictions` of the predictions against the labels.
+        ``{"run_id", "path", "config", "metrics", "history" (frame), "predictions" (frame), "labels" (frame
+        ``image,dx``), "scores"}``; ``scores`` is :func:`score_predictions` of the predictions against the labels.
 
     Raises:
-        IncompleteRecordError: the folder lacks some of :data:`RECORD_FILES`.
-        RecordError: a file is malformed or predictions and labels do not match.
-
-    Example:
-        >>> import tempfile
-        >>> try:
-        ...     load_record(tempfile.mkdtemp())
-        ... except IncompleteRecordError as e:
-        ...     print("incomplete")
-        incomplete
+        IncompleteRecordError: the folder is missing, half-written or damaged (see :func:`is_complete`).
+        RecordError: a file is malformed or the predictions and labels do not match.
     """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise IncompleteRecordError(f"run record {run_dir} does not exist")
-    missing = [f for f in RECORD_FILES if not (run_dir / f).is_file()]
-    if missing:
-        raise IncompleteRecordError(
-            f"run record {run_dir} is incomplete: missing {', '.join(missing)} "
-            f"(a complete record holds {', '.join(RECORD_FILES)}); rerun it or delete the folder")
-    config = _read_json(run_dir / "config.json")
-    metrics = _read_json(run_dir / "metrics.json")
-    manifest = _read_json(run_dir / "manifest.json")
-    listed = manifest.get("files") if isinstance(manifest, dict) else None
-    if isinstance(listed, dict):  # the training engine's manifest: sizes of every file, verified on read
-        bad = [n for n, info in listed.items()
-               if not (run_dir / n).is_file() or (run_dir / n).stat().st_size != info.get("bytes")]
-        if bad:
-            raise IncompleteRecordError(f"run record {run_dir} does not match its manifest.json ({', '.join(bad)}): "
-                                        "it was damaged after it was written; rerun it or delete the folder")
-    history = pd.read_csv(run_dir / "history.csv")
+    why = _incomplete(run_dir)
+    if why:
+        raise IncompleteRecordError(f"run record {run_dir} {why}; rerun it or delete the folder")
+    config, metrics = _read_json(run_dir / "config.json"), _read_json(run_dir / "metrics.json")
     predictions = pd.read_csv(run_dir / "predictions.csv", dtype={"image": str})
     labels = pd.read_csv(run_dir / "labels.csv", dtype={"image": str})
     try:
         scores = score_predictions(predictions, labels)
     except RecordError as e:
         raise RecordError(f"run record {run_dir}: {e}") from None
-    return {
-        "run_id": config.get("run_id", metrics.get("run_id", run_dir.name)),
-        "path": str(run_dir),
-        "config": config,
-        "metrics": metrics,
-        "manifest": manifest,
-        "history": history,
-        "predictions": predictions,
-        "labels": labels,
-        "scores": scores,
-    }
+    return {"run_id": config.get("run_id", run_dir.name), "path": str(run_dir), "config": config, "metrics": metrics,
+            "history": pd.read_csv(run_dir / "history.csv"), "predictions": predictions, "labels": labels,
+            "scores": scores}
 
 
-def _cell(v: Any) -> Any:
-    """Config values as hashable DataFrame cells (lists -> tuples, dicts -> JSON)."""
-    if isinstance(v, list):
-        return tuple(_cell(x) for x in v)
-    if isinstance(v, dict):
-        return json.dumps(v, sort_keys=True)
-    return v
+def meta_key(features: Iterable[str] | str) -> str:
+    """Metadata fields as one string in the fixed order (``"age+sex+localization"``; ``"none"`` for no field).
+
+    Example:
+        >>> meta_key(["localization", "age"]), meta_key("sex+age"), meta_key(())
+        ('age+localization', 'age+sex', 'none')
+    """
+    got = set(features.split("+") if isinstance(features, str) else features)
+    return "+".join(f for f in META_FIELDS if f in got) or "none"
 
 
 def _float(v: Any) -> float:
     return float("nan") if v is None else float(v)
 
 
-def _meta_key(features: Iterable[str]) -> str:
-    fs = set(features)
-    return "+".join(f for f in META_FIELDS if f in fs) or "none"
-
-
-def _record_row(rec: dict[str, Any], source: str) -> dict[str, Any]:
-    cfg = rec["config"]
+def _record_row(rec: dict[str, Any]) -> dict[str, Any]:
+    """One frame row: the config's settings, the scores of the predictions, then metrics.json's values."""
     row: dict[str, Any] = {"run_id": rec["run_id"]}
-    for k, v in cfg.items():
-        if k != "run_id":
-            row[k] = _cell(v)
-    feats = cfg.get("meta_features", list(META_FIELDS))
-    row["meta_features"] = _meta_key(feats)
-    for f in META_FIELDS:
-        row[f"meta_{f}"] = f in feats
-    m = rec["metrics"]
+    for k, v in rec["config"].items():  # lists as tuples: hashable cells
+        row[k] = tuple(v) if isinstance(v, list) else json.dumps(v, sort_keys=True) if isinstance(v, dict) else v
+    feats = rec["config"].get("meta_features", META_FIELDS)
+    row["meta_features"] = meta_key(feats)
+    row.update({f"meta_{f}": f in feats for f in META_FIELDS})
     s = rec["scores"]
-    if source == "predictions":
-        row["mcr"] = s["mcr"]
-        rec_by_code = s["per_class_recall"]
-    else:
-        row["mcr"] = _float(m.get("mcr"))
-        rec_by_code = m.get("per_class_recall", {})
-    for c in CLASS_CODES:
-        row[f"recall_{c}"] = _float(rec_by_code.get(c))
-    row["mcr_metrics"] = _float(m.get("mcr"))
-    row["mcr_predictions"] = s["mcr"]
-    row["n_val"] = s["n"]
-    for c in CLASS_CODES:  # validation images of each class (from the labels, whatever ``source``)
-        row[f"n_val_{c}"] = int(s["support"].get(c, 0))
-    row["n_ties"] = s["n_ties"]
-    for k in ("epochs_done", "wall_time_s", "device", "images_per_s", "labels_source"):
-        row[k] = m.get(k)
-    row["n_train"] = m.get("n_train")
-    row["path"] = rec["path"]
+    row["mcr"] = s["mcr"]
+    row.update({f"recall_{c}": s["per_class_recall"][c] for c in CLASS_CODES})
+    row.update({f"n_val_{c}": s["support"][c] for c in CLASS_CODES})
+    row.update(n_val=s["n"], n_ties=s["n_ties"], path=rec["path"], mcr_metrics=_float(rec["metrics"].get("mcr")))
+    for k, v in rec["metrics"].items():  # a name the config or the scores already use: "<name>_metrics"
+        if k not in ("run_id", "mcr") and not isinstance(v, (list, dict)):
+            row[k if k not in row else f"{k}_metrics"] = v
     return row
 
 
-_BASE_COLUMNS = [
-    "run_id", "backbone", "fusion", "meta_features", "meta_layers", "fold", "n_folds",
-    "split_scheme", "data_kind", "mcr", *RECALL_COLUMNS,
-]
+def load_records(runs_dir: str | Path | None = None, run_ids: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per complete run record of ``runs_dir`` (default ``results/runs``), or of the ``run_ids`` given
+    (each must be complete): its settings, MCR and per-class recall (fractions) scored from ``predictions.csv``
+    against ``labels.csv``, and the values of its ``metrics.json``. An incomplete record is skipped with a warning.
 
-
-def load_records(
-    runs_dir: str | Path | None = None,
-    run_ids: Sequence[str] | None = None,
-    *,
-    source: str = "predictions",
-    on_incomplete: str = "warn",
-) -> pd.DataFrame:
-    """One row per run record: its config, MCR and per-class recall (fractions 0..1).
-
-    Args:
-        runs_dir: folder of run records; default :func:`metanet_utils.paths.runs_dir`.
-        run_ids: only these runs (each must exist and be complete); default every record.
-        source: ``"predictions"`` (default) scores ``predictions.csv`` against ``labels.csv``
-            with the tie rule of this module; ``"metrics"`` takes ``metrics.json`` as written
-            by the training engine. Both values are kept (``mcr_predictions``, ``mcr_metrics``).
-        on_incomplete: when scanning, what to do with an incomplete folder:
-            ``"warn"`` (skip it, with a warning), ``"skip"`` or ``"raise"``.
-
-    ``meta_features`` becomes one string in the fixed field order (``"age+sex+localization"``,
-    ``"none"`` for no metadata), with boolean columns ``meta_age``, ``meta_sex``,
-    ``meta_localization``; list settings become tuples. ``n_val_<CODE>`` (:data:`SUPPORT_COLUMNS`)
-    counts the run's validation images of each class.
+    ``meta_features`` becomes one string (:func:`meta_key`) with a flag per field (``meta_age`` ...); ``n_val_<CODE>``
+    counts the validation images of each class. A ``metrics.json`` value whose name the config or the scores use
+    gets the suffix ``_metrics`` (``precision_metrics``: what the run computed in; ``mcr_metrics``: the trainer's
+    MCR, with a warning where it differs from the scored one).
 
     Example:
         >>> import tempfile
         >>> load_records(tempfile.mkdtemp()).empty
         True
     """
-    if source not in ("predictions", "metrics"):
-        raise ValueError(f"source={source!r} is not allowed; choose 'predictions' or 'metrics'")
-    if on_incomplete not in ("warn", "skip", "raise"):
-        raise ValueError(f"on_incomplete={on_incomplete!r} is not allowed; choose 'warn', 'skip' or 'raise'")
-    if runs_dir is None:
-        from .paths import runs_dir as _runs_dir
-
-        runs_dir = _runs_dir()
-    runs_dir = Path(runs_dir)
-    rows: list[dict[str, Any]] = []
+    runs_dir = Path(runs_dir or default_runs_dir())
     if run_ids is not None:
-        for rid in run_ids:
-            rows.append(_record_row(load_record(runs_dir / rid), source))
-    elif runs_dir.is_dir():
-        skipped = []
-        for d in sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        rows = [_record_row(load_record(runs_dir / rid)) for rid in run_ids]
+    else:
+        rows, skipped = [], []
+        folders = sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if runs_dir.is_dir() else []
+        for d in folders:
             try:
-                rows.append(_record_row(load_record(d), source))
+                rows.append(_record_row(load_record(d)))
             except IncompleteRecordError:
-                if on_incomplete == "raise":
-                    raise
                 skipped.append(d.name)
-        if skipped and on_incomplete == "warn":
+        if skipped:
             warnings.warn(f"skipped {len(skipped)} incomplete run record(s) in {runs_dir}: "
                           f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", stacklevel=2)
     df = pd.DataFrame(rows)
-    for c in _BASE_COLUMNS:
-        if c not in df.columns:
+    for c in ("run_id", "backbone", "fusion", "meta_features", "meta_layers", "fold", "n_folds", "mcr",
+              *RECALL_COLUMNS):
+        if c not in df:
             df[c] = pd.Series(dtype=float if c.startswith(("mcr", "recall_")) else object)
     if len(df):
-        diff = (df["mcr_metrics"] - df["mcr_predictions"]).abs()
-        bad = df.loc[diff > 1e-6, "run_id"].tolist()
+        bad = df.loc[(df["mcr_metrics"] - df["mcr"]).abs() > 1e-6, "run_id"].tolist()
         if bad:
-            warnings.warn(f"{len(bad)} run(s) report an MCR in metrics.json that differs from the one "
-                          f"scored from predictions.csv (e.g. {bad[:3]}); column 'mcr' uses {source}",
-                          stacklevel=2)
-        df = df.sort_values([c for c in ("backbone", "fusion", "meta_features", "meta_layers", "fold")
-                             if c in df.columns], kind="stable").reset_index(drop=True)
-    return df
+            warnings.warn(f"{len(bad)} run(s) report an MCR in metrics.json that differs from the one scored from "
+                          f"predictions.csv (e.g. {bad[:3]}); 'mcr' is the scored one", stacklevel=2)
+        df = df.sort_values(["backbone", "fusion", "meta_features", "meta_layers", "fold"], kind="stable")
+    return df.reset_index(drop=True)
 
 
-def filter_records(records: pd.DataFrame, **criteria: Any) -> pd.DataFrame:
-    """Rows whose columns equal the given values (a list/tuple/set value means "one of").
-
-    Example:
-        >>> df = pd.DataFrame({"fusion": ["none", "metanet"], "mcr": [0.5, 0.6]})
-        >>> filter_records(df, fusion="metanet")["mcr"].tolist()
-        [0.6]
-    """
-    mask = pd.Series(True, index=records.index)
-    for col, want in criteria.items():
-        if col not in records.columns:
-            raise KeyError(f"records have no column {col!r}; columns: {', '.join(map(str, records.columns))}")
-        holds_tuples = records[col].map(lambda v: isinstance(v, tuple)).any()
-        if isinstance(want, (list, set, frozenset)) or (isinstance(want, tuple) and not holds_tuples):
-            mask &= records[col].isin(list(want))
-        else:
-            mask &= records[col].map(lambda v, w=want: v == w).astype(bool)
-    return records.loc[mask]
-
-
-_OUTCOME_COLUMNS = frozenset({
-    "mcr", "mcr_metrics", "mcr_predictions", "n_val", "n_train", "n_ties", "epochs_done", "wall_time_s",
-    "device", "images_per_s", "labels_source", *RECALL_COLUMNS, *SUPPORT_COLUMNS,
-    *(f"meta_{f}" for f in META_FIELDS),
-})
-
-
-def setting_columns(records_df: pd.DataFrame) -> list[str]:
-    """The columns of a records frame that describe a setting: all but the run's own
-    (``run_id``, ``fold``, ``path``), its outcomes (MCR, recall, timings), derived flags and the
-    execution-only settings (:data:`~metanet_utils.config.EXECUTION_ONLY`: CUDA graphs, checkpoint
-    interval), which are not part of ``run_id`` either: the folds of one grid may differ in them.
-
-    Runs that agree on these columns differ only in the fold and may be averaged.
+def setting_columns(records: pd.DataFrame) -> list[str]:
+    """The columns of a records frame that are settings (:data:`SETTINGS`): runs that agree on them differ only
+    in the fold and may be averaged. Outcomes, the fold, and launch settings (CUDA graphs, checkpoint interval,
+    not part of ``run_id``) are not settings.
 
     Example:
         >>> setting_columns(pd.DataFrame(columns=["run_id", "backbone", "fold", "mcr", "epochs", "cuda_graphs"]))
         ['backbone', 'epochs']
     """
-    return [c for c in records_df.columns
-            if c not in _RUN_ONLY and c not in _OUTCOME_COLUMNS and c not in EXECUTION_ONLY]
-
-
-def aggregate(
-    records_df: pd.DataFrame,
-    by: Sequence[str] | None = None,
-    values: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """Mean, sample standard deviation (``ddof=1``) and number of folds per group.
-
-    Args:
-        records_df: one row per run, as :func:`load_records` returns.
-        by: grouping columns; default every setting except the fold (so runs that differ
-            in anything but the fold are never averaged together).
-        values: columns to summarise; default ``mcr`` and the ``recall_<CODE>`` columns.
-
-    Returns:
-        One row per group: the ``by`` columns, ``n`` (folds), ``folds`` (e.g. ``"0,1,2,3,4"``),
-        ``n_expected`` (the runs' ``n_folds`` when known) and ``<value>_mean``, ``<value>_std``.
-        A group with one fold has std NaN. The same fold twice in a group raises.
-
-    Example:
-        >>> df = pd.DataFrame({"fusion": ["none"] * 3, "fold": [0, 1, 2], "mcr": [0.7, 0.8, 0.9]})
-        >>> out = aggregate(df, by=["fusion"], values=["mcr"])
-        >>> float(round(out.loc[0, "mcr_mean"], 3)), float(round(out.loc[0, "mcr_std"], 3)), int(out.loc[0, "n"])
-        (0.8, 0.1, 3)
-    """
-    if values is None:
-        values = [c for c in ("mcr", *RECALL_COLUMNS) if c in records_df.columns]
-    values = list(values)
-    by = setting_columns(records_df) if by is None else list(by)
-    out_cols = [*by, "n", "folds", "n_expected", *(f"{v}_{s}" for v in values for s in ("mean", "std"))]
-    if records_df.empty:
-        return pd.DataFrame(columns=out_cols)
-    rows = []
-    for key, g in records_df.groupby(by, dropna=False, sort=True) if by else [((), records_df)]:
-        key = key if isinstance(key, tuple) else (key,)
-        row: dict[str, Any] = dict(zip(by, key))
-        if "fold" in g.columns:
-            folds = g["fold"].tolist()
-            if len(set(folds)) != len(folds):
-                raise ValueError(
-                    f"group {row} holds the same fold more than once (folds {sorted(folds)}); "
-                    f"add the column that tells these runs apart to by=")
-            row["folds"] = ",".join(str(int(f)) for f in sorted(folds))
-        else:
-            row["folds"] = ""
-        row["n"] = int(len(g))
-        row["n_expected"] = (float(g["n_folds"].max()) if "n_folds" in g.columns
-                             and g["n_folds"].notna().any() else float("nan"))
-        for v in values:
-            x = pd.to_numeric(g[v], errors="coerce").to_numpy(dtype=float)
-            x = x[~np.isnan(x)]
-            row[f"{v}_mean"] = float(x.mean()) if len(x) else float("nan")
-            row[f"{v}_std"] = float(x.std(ddof=1)) if len(x) > 1 else float("nan")
-        rows.append(row)
-    return pd.DataFrame(rows, columns=out_cols)
-
+    return [c for c in records.columns if c in SETTINGS]

@@ -27,11 +27,18 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.layout_engine import ConstrainedLayoutEngine, TightLayoutEngine
+from matplotlib.textpath import text_to_path
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from .constants import CLASS_CODES, DATA_CLASS_COUNTS, PAPER_CLASS_COUNTS, PAPER_ORDER
+from .constants import BACKBONES, CLASS_CODES, DATA_CLASS_COUNTS, PAPER_CLASS_COUNTS, PAPER_ORDER
+from .paths import figures_dir
+from .tables import paper_table1, table1_records
 
 __all__ = [
     "PAPER_ORDER", "CLASS_COLORS", "DPI", "save_figure", "finish", "add_caption", "class_counts",
@@ -56,8 +63,6 @@ def save_figure(fig: Figure, name: str) -> Path:
         fig: the figure.
         name: file name without ``.png`` (prefix it with the notebook number, e.g. ``00_class_counts``).
     """
-    from .paths import figures_dir
-
     path = figures_dir() / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
@@ -68,9 +73,6 @@ def save_figure(fig: Figure, name: str) -> Path:
 
 def _wrap(text: str, width_pt: float, size: float) -> list[str]:
     """Greedy word wrap of ``text`` to lines at most ``width_pt`` points wide (measured in the default font)."""
-    from matplotlib.font_manager import FontProperties
-    from matplotlib.textpath import text_to_path
-
     prop = FontProperties(size=size)
     lines: list[str] = []
     for para in str(text).splitlines() or [""]:
@@ -101,8 +103,6 @@ def add_caption(fig: Figure, caption: str, *, size: float = 8.0) -> Figure:
     Returns:
         The same figure; the footer is the text with gid ``"figure-caption"`` in ``fig.texts``.
     """
-    from matplotlib.layout_engine import ConstrainedLayoutEngine, TightLayoutEngine
-
     if not caption or any(t.get_gid() == _CAPTION_GID for t in fig.texts):
         return fig
     w, h = fig.get_size_inches()
@@ -139,6 +139,10 @@ def finish(fig: Figure, *, save: str | None = None, caption: str | None = None) 
 
     Example:
         >>> from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.layout_engine import ConstrainedLayoutEngine, TightLayoutEngine
+from matplotlib.textpath import text_to_path
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
         >>> fig = finish(Figure(), caption="demo profile, the shipped sample")
         >>> [t.get_text() for t in fig.texts]
         ['demo profile, the shipped sample']
@@ -275,8 +279,7 @@ def mcr_bars(table1: pd.DataFrame, *,
     Args:
         table1: :func:`~metanet_utils.tables.build_table1` frame.
     """
-    from .tables import PAPER_BACKBONES, paper_table1
-
+    paper_backbones = [b.paper_name for b in BACKBONES.values()]
     fusions = [f for f in ("none", "concat", "metanet") if f in set(table1.get("fusion", []))] or \
         ["none", "concat", "metanet"]
     fig = Figure(figsize=(12, 4.4), layout="constrained")
@@ -294,9 +297,9 @@ def mcr_bars(table1: pd.DataFrame, *,
     ax_o.axhline(_CHANCE, color="0.4", ls=":", lw=1, label=_CHANCE_LABEL)
     ax_o.legend(frameon=False, fontsize=8, loc="upper left")
     p = paper_table1().set_index(["backbone", "fusion"])
-    _grouped(ax_p, list(PAPER_BACKBONES), fusions,
-             {f: [p["mcr_mean"].get((b, f), np.nan) for b in PAPER_BACKBONES] for f in fusions},
-             {f: [p["mcr_std"].get((b, f), np.nan) for b in PAPER_BACKBONES] for f in fusions}, hatch="///")
+    _grouped(ax_p, paper_backbones, fusions,
+             {f: [p["mcr_mean"].get((b, f), np.nan) for b in paper_backbones] for f in fusions},
+             {f: [p["mcr_std"].get((b, f), np.nan) for b in paper_backbones] for f in fusions}, hatch="///")
     ax_p.set(title="paper (Table 1)")
     ax_p.axhline(_CHANCE, color="0.4", ls=":", lw=1)
     fig.suptitle("Mean class recall by backbone and fusion (mean ± sd over folds)")
@@ -312,9 +315,7 @@ def learning_curves(records: pd.DataFrame, *, backbone: str | None = None,
     The loss row has one logarithmic axis (validation spikes of a few epochs would otherwise flatten the
     training curves); the MCR row marks chance (100/7 %) in its legend.
     """
-    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-    from .report import table1_records
 
     df = table1_records(records, meta_layers)
     if backbone is None and len(df):
@@ -322,7 +323,7 @@ def learning_curves(records: pd.DataFrame, *, backbone: str | None = None,
     df = df[df["backbone"] == backbone] if len(df) else df
     fig = Figure(figsize=(4 * len(fusions), 5.6), layout="constrained")
     axes = fig.subplots(2, len(fusions), sharex=True, sharey="row", squeeze=False)
-    cmap = __import__("matplotlib").colormaps["viridis"]
+    cmap = matplotlib.colormaps["viridis"]
     first = None  # the first column with runs: it carries the axis labels and legends
     for j, f in enumerate(fusions):
         runs = df[df["fusion"] == f].sort_values("fold") if len(df) else df

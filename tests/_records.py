@@ -106,6 +106,7 @@ def write_fake_run(
         lines.append(img + "," + ",".join(repr(float(v)) for v in row))
     files["predictions.csv"] = "\n".join(lines) + "\n"
     files["labels.csv"] = "image,dx\n" + "".join(f"{img},{CODES[t].lower()}\n" for img, t in zip(images, y))
+    files["checkpoint.pt"] = ""  # the trainer keeps its last checkpoint in the record
     files["manifest.json"] = json.dumps({"run_id": run_id, "files": {  # the training engine's format
         n: {"bytes": len(t.encode())} for n, t in files.items() if n not in omit}})
     for name, text in files.items():

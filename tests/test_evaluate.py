@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 
 import numpy as np
 import pandas as pd
@@ -47,10 +46,8 @@ def test_tie_counts_as_wrong_even_if_true_class_is_among_the_tied():
     assert ev.predicted_classes(probs).tolist() == [-1, 0, 1]
     assert ev.per_class_recall(y, probs)["MEL"] == 0.5
     assert ev.mean_class_recall(y, probs) == pytest.approx(0.75)
-    cm = ev.confusion(y, probs)
-    assert cm.shape == (7, 7) and cm[0].sum() == 1 and cm[0, 0] == 1
-    cm8 = ev.confusion(y, probs, include_ties=True)
-    assert cm8.shape == (7, 8) and cm8[0, 7] == 1 and cm8.sum() == 3
+    cm = ev.confusion(y, probs)  # the tied row sits in no column
+    assert cm.shape == (7, 7) and cm[0].sum() == 1 and cm[0, 0] == 1 and cm.sum() == 2
 
 
 def test_absent_class_is_nan_and_left_out_of_mcr():
@@ -118,12 +115,28 @@ def test_score_predictions_refuses_mismatches():
 def test_load_record_reads_every_file_and_scores_the_predictions(tmp_path):
     out = fake_fold_run(tmp_path, {"backbone": "resnet10t", "fold": 1}, {0: 5, 1: 10, 2: 7})
     rec = ev.load_record(out["path"])
-    assert set(rec) >= {"config", "metrics", "predictions", "labels", "history", "manifest", "scores"}
+    assert set(rec) >= {"config", "metrics", "predictions", "labels", "history", "scores"}
     assert rec["config"]["backbone"] == "resnet10t"
     assert rec["scores"]["mcr"] == pytest.approx(out["mcr"])
     row = ev.load_records(tmp_path).iloc[0]
     assert row["n_val"] == 70 and row["n_train"] == 280 and row["n_ties"] == 0
     assert list(rec["predictions"].columns) == ["image", *CLASS_CODES]
+
+
+def test_a_complete_record_is_one_definition_shared_with_the_trainer(tmp_path):
+    """train.is_complete is evaluate.is_complete: a manifest listing every file of RECORD_FILES at its size."""
+    from metanet_utils import train
+
+    assert train.is_complete is ev.is_complete and train.RECORD_FILES is ev.RECORD_FILES
+    y = [0, 1]
+    d = write_fake_run(tmp_path, {"backbone": "resnet10t"}, probs_for(y, y), y)
+    assert ev.is_complete(d) and "checkpoint.pt" in json.loads((d / "manifest.json").read_text())["files"]
+    (d / "checkpoint.pt").unlink()  # a record without the trainer's checkpoint is not complete
+    assert not ev.is_complete(d)
+    with pytest.raises(ev.IncompleteRecordError, match="checkpoint.pt"):
+        ev.load_record(d)
+    (d / "manifest.json").write_text("{")  # half-written
+    assert not ev.is_complete(d) and not ev.is_complete(tmp_path / "absent")
 
 
 @pytest.mark.parametrize("missing", ["predictions.csv", "labels.csv", "config.json", "metrics.json"])
@@ -173,9 +186,7 @@ def test_load_records_skips_incomplete_with_warning(tmp_path):
     with pytest.warns(UserWarning, match="incomplete"):
         df = ev.load_records(tmp_path)
     assert len(df) == 1
-    with pytest.raises(ev.IncompleteRecordError):
-        ev.load_records(tmp_path, on_incomplete="raise")
-    with pytest.raises(ev.IncompleteRecordError):
+    with pytest.raises(ev.IncompleteRecordError):  # asked for by id: it must be complete
         ev.load_records(tmp_path, run_ids=[bad.name])
 
 
@@ -185,40 +196,34 @@ def test_load_records_empty_folder_has_columns(tmp_path):
     assert ev.load_records(tmp_path / "absent").empty
 
 
-def test_load_records_source_metrics_and_mismatch_warning(tmp_path):
+def test_load_records_scores_the_predictions_and_warns_where_metrics_json_says_otherwise(tmp_path):
     y = [0, 1, 2, 3, 4, 5, 6]
     write_fake_run(tmp_path, {"backbone": "resnet10t"}, probs_for(y, y), y, metrics={"mcr": 0.5})
     with pytest.warns(UserWarning, match="differs"):
         df = ev.load_records(tmp_path)
     assert df["mcr"].iloc[0] == pytest.approx(1.0) and df["mcr_metrics"].iloc[0] == 0.5
-    with pytest.warns(UserWarning, match="differs"):
-        dfm = ev.load_records(tmp_path, source="metrics")
-    assert dfm["mcr"].iloc[0] == 0.5
 
 
 def test_load_records_row_carries_every_metrics_json_and_config_json_value_flattened(tmp_path):
-    """Each value load_records takes from metrics.json equals the file's (read here with json), per-class recall
-    flattened to ``recall_<CODE>`` (null or absent: NaN) with source="metrics"; config.json's settings become
-    columns (lists as tuples, meta_features one string plus a flag per field), and the predictions give
-    ``mcr_predictions``, ``n_val`` and ``n_val_<CODE>``."""
+    """Each scalar of metrics.json is a column (under ``<name>_metrics`` where the config or the scores use the
+    name: ``precision_metrics`` is what the run computed in, ``precision`` the setting), config.json's settings
+    are columns (lists as tuples, meta_features one string plus a flag per field), and the scores of the
+    predictions give ``mcr``, ``recall_<CODE>``, ``n_val`` and ``n_val_<CODE>``."""
     y = [0, 0, 1, 1, 1, 2, 3, 4, 5, 6]
-    recall = {"MEL": 0.25, "NV": 0.5, "BCC": 0.125, "AKIEC": None, "BKL": 0.75, "DF": 0.0625}  # VASC absent
+    pred = [0, 1, 1, 1, 0, 2, 3, 4, 5, 6]  # MEL 1/2, NV 2/3
     d = write_fake_run(tmp_path, {"backbone": "resnet10t", "fusion": "metanet", "fold": 3, "n_folds": 5,
                                   "meta_features": ("localization", "age"), "milestones": (5, 9), "epochs": 12},
-                       probs_for(y, y), y,
-                       metrics={"mcr": 1.0, "per_class_recall": recall, "epochs_done": 11, "wall_time_s": 98.5,
-                                "device": "NVIDIA H100 80GB HBM3", "images_per_s": 1234.5,
-                                "labels_source": "groundtruth csv", "n_train": 8012})
+                       probs_for(y, pred), y,
+                       metrics={"epochs_done": 11, "wall_time_s": 98.5, "device": "NVIDIA H100 80GB HBM3",
+                                "images_per_s": 1234.5, "labels_source": "groundtruth csv", "n_train": 8012,
+                                "precision": "bfloat16"})
     m = json.loads((d / "metrics.json").read_text())
     c = json.loads((d / "config.json").read_text())
-    row = ev.load_records(tmp_path, source="metrics").iloc[0]
-    assert row["mcr"] == m["mcr"] == row["mcr_metrics"] == 1.0
-    for code in CLASS_CODES:
-        v = m["per_class_recall"].get(code)
-        assert (math.isnan(row[f"recall_{code}"]) if v is None else row[f"recall_{code}"] == v), code
-    assert math.isnan(row["recall_AKIEC"]) and math.isnan(row["recall_VASC"]) and row["recall_DF"] == 0.0625
+    row = ev.load_records(tmp_path).iloc[0]
     for key in ("epochs_done", "wall_time_s", "device", "images_per_s", "labels_source", "n_train"):
         assert row[key] == m[key], key
+    assert row["precision_metrics"] == "bfloat16" and row["precision"] == c["precision"] == "auto"
+    assert row["mcr_metrics"] == m["mcr"] and row["n_val_metrics"] == m["n_val"]
     for key, value in c.items():
         if key not in ("meta_features", "run_id"):
             assert row[key] == (tuple(value) if isinstance(value, list) else value), key
@@ -227,56 +232,11 @@ def test_load_records_row_carries_every_metrics_json_and_config_json_value_flatt
     assert c["meta_features"] == ["localization", "age"]  # as given ...
     assert row["meta_features"] == "age+localization"  # ... one string in the fixed field order
     assert (row["meta_age"], row["meta_sex"], row["meta_localization"]) == (True, False, True)
-    # from the predictions whatever the source: every image right, 2 MEL and 3 NV of 10
-    assert row["mcr_predictions"] == 1.0 and row["n_val"] == 10 and row["n_ties"] == 0
+    assert [row[f"recall_{code}"] for code in CLASS_CODES] == pytest.approx([0.5, 2 / 3, 1, 1, 1, 1, 1])
+    assert row["mcr"] == pytest.approx((0.5 + 2 / 3 + 5) / 7) and row["n_val"] == 10 and row["n_ties"] == 0
     assert [row[f"n_val_{code}"] for code in CLASS_CODES] == [2, 3, 1, 1, 1, 1, 1]
-    # source="predictions" (the default) scores the predictions instead: here every recall is 1
-    default = ev.load_records(tmp_path).iloc[0]
-    assert [default[f"recall_{code}"] for code in CLASS_CODES] == [1.0] * 7
-    assert default["wall_time_s"] == 98.5  # the other metrics.json fields are the same
-
-
-# --------------------------------------------------------------------------- aggregate
-
-
-def test_aggregate_mean_sample_std_and_n(tmp_path):
-    mcrs = {}
-    for fold in range(5):
-        for fusion in ("none", "metanet"):
-            r = fake_fold_run(tmp_path, {"backbone": "resnet10t", "fusion": fusion, "fold": fold},
-                              {c: (3 * fold + c + (fusion == "metanet")) % 11 for c in range(7)})
-            mcrs.setdefault(fusion, []).append(r["mcr"])
-    df = ev.load_records(tmp_path)
-    agg = ev.aggregate(df, by=["backbone", "fusion"])
-    assert len(agg) == 2
-    for fusion, vals in mcrs.items():
-        row = agg[agg.fusion == fusion].iloc[0]
-        assert row["n"] == 5 and row["folds"] == "0,1,2,3,4" and row["n_expected"] == 5
-        assert row["mcr_mean"] == pytest.approx(statistics.mean(vals))
-        assert row["mcr_std"] == pytest.approx(statistics.stdev(vals))  # ddof=1
-    # default grouping: every setting but the fold
-    agg2 = ev.aggregate(df)
-    assert len(agg2) == 2 and set(agg2["n"]) == {5}
-    assert "fold" not in agg2.columns and "run_id" not in agg2.columns
-
-
-def test_aggregate_default_never_mixes_settings_and_one_fold_std_is_nan(tmp_path):
-    fake_fold_run(tmp_path, {"backbone": "resnet10t", "fold": 0, "epochs": 1}, {0: 1})
-    fake_fold_run(tmp_path, {"backbone": "resnet10t", "fold": 0, "epochs": 2}, {0: 2})
-    df = ev.load_records(tmp_path)
-    agg = ev.aggregate(df)
-    assert len(agg) == 2 and set(agg["n"]) == {1}
-    assert agg["mcr_std"].isna().all()
-    with pytest.raises(ValueError, match="same fold"):
-        ev.aggregate(df, by=["backbone"])
-
-
-def test_filter_records_keeps_rows_matching_every_setting_given_as_a_value_or_list_and_refuses_an_absent_column():
-    df = pd.DataFrame({"fusion": ["none", "concat", "metanet"], "meta_layers": [2, 2, 3]})
-    assert ev.filter_records(df, fusion=["none", "metanet"]).index.tolist() == [0, 2]
-    assert ev.filter_records(df, fusion="metanet", meta_layers=3).index.tolist() == [2]
-    with pytest.raises(KeyError):
-        ev.filter_records(df, backbone="x")
+    assert set(ev.setting_columns(ev.load_records(tmp_path))) <= ev.SETTINGS  # outcomes are not settings
+    assert "precision_metrics" not in ev.SETTINGS and "fold" not in ev.SETTINGS
 
 
 def test_load_records_counts_a_tied_top_class_as_a_tie_and_a_wrong_prediction(tmp_path):

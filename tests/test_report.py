@@ -4,7 +4,6 @@ paper-vs-code facts, the lesion-leak comparison, the analysis helpers and the HT
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
 from pathlib import Path
 
@@ -80,20 +79,20 @@ def test_write_profile_tables_reads_only_the_profiles_runs(smoke, isolated_root)
     assert "75.00 ± 7.07" in (out / "table1.md").read_text()
 
 
-def test_profile_records_counts_missing_runs(smoke):
+def test_completeness_counts_the_profiles_runs_and_profile_records_reads_the_complete_ones(smoke):
     prof, ds, runs, ids = smoke
     import shutil
 
     shutil.rmtree(runs / ids[0])  # a Table 1 run
-    recs = report.profile_records(prof, ds)
     t1 = len(enumerate_runs(prof, ds, ("table1",)))
-    assert recs.attrs == {"expected": len(ids), "found": len(ids) - 1, "table1_expected": t1,
-                          "table1_found": t1 - 1, "ablations_expected": len(ids) - t1,
-                          "ablations_found": len(ids) - t1, "profile": "smoke", "ablation_tables": "Tables 3 and 4"}
-    assert len(recs) == len(ids) - 1
-    assert report.completeness(recs) == (f"Profile 'smoke': Table 1: {t1 - 1} of {t1} runs complete (notebook 04 "
-                                         f"trains them); ablations (Tables 3 and 4): {len(ids) - t1} of "
-                                         f"{len(ids) - t1} complete.")
+    done = report.completeness(prof, ds)
+    assert (done.table1, done.ablations) == ((t1 - 1, t1), (len(ids) - t1, len(ids) - t1))
+    assert (done.profile, done.ablation_tables) == ("smoke", "Tables 3 and 4")
+    assert sorted(done.run_ids) == sorted(ids[1:])
+    recs = report.profile_records(prof, ds)
+    assert sorted(recs["run_id"]) == sorted(ids[1:])
+    assert str(done) == (f"Profile 'smoke': Table 1: {t1 - 1} of {t1} runs complete (notebook 04 trains them); "
+                         f"ablations (Tables 3 and 4): {len(ids) - t1} of {len(ids) - t1} complete.")
 
 
 def test_completeness_says_the_ablations_come_later(smoke):
@@ -106,18 +105,13 @@ def test_completeness_says_the_ablations_come_later(smoke):
     assert len(table1) == 6 and len(ablations) == 26  # Table 4's MetaNet k=2 run is Table 1's: counted there
     for rid in ablations:
         shutil.rmtree(runs / rid)
-    recs = report.profile_records(prof, ds)
-    assert report.completeness(recs) == ("Profile 'smoke': Table 1: 6 of 6 runs complete; ablations (Tables 3 "
-                                         "and 4): 0 of 26, trained in notebook 07.")
+    assert str(report.completeness(prof, ds)) == ("Profile 'smoke': Table 1: 6 of 6 runs complete; ablations "
+                                                  "(Tables 3 and 4): 0 of 26, trained in notebook 07.")
     shutil.rmtree(runs / ids[0])
     shutil.rmtree(runs / ids[1])
-    fewer = report.completeness(report.profile_records(prof, ds))
-    assert "Table 1: 4 of 6 runs complete (notebook 04 trains them)" in fewer
-    only_t1 = report.profile_records(prof, ds, experiments=("table1",))
-    assert report.completeness(only_t1).endswith("; ablation runs not counted here.")
+    assert "Table 1: 4 of 6 runs complete (notebook 04 trains them)" in str(report.completeness(prof, ds))
     plain = dataclasses.replace(prof, ablations=dataclasses.replace(prof.ablations, table3=False, table4=False))
-    assert report.completeness(report.profile_records(plain, ds)).endswith("; no ablation runs in this profile.")
-    assert report.completeness(pd.DataFrame({"a": [1, 2]})) == "2 of 2 runs complete."
+    assert str(report.completeness(plain, ds)).endswith("; no ablation runs in this profile.")
 
 
 def test_run_caption_says_what_produced_the_results():
@@ -128,7 +122,7 @@ def test_run_caption_says_what_produced_the_results():
     sample = Dataset(df=pd.DataFrame({"image_id": range(1095)}), data_dir=ROOT / "data" / "sample", kind="sample",
                      fingerprint="x")
     assert "· the shipped sample of HAM10000: 1095 images at 128x96 ·" in report.run_caption("smoke", sample)
-    assert ("the shipped sample of HAM10000: 1095 images at 128x96 (the paper: all 10015)"
+    assert ("the shipped sample of HAM10000: 1095 images at 128x96 (the paper: all 10015 images of HAM10000)"
             in report.protocol_differences("smoke", sample))
     full = Dataset(df=pd.DataFrame({"image_id": range(10015)}), data_dir=Path("."), kind="real", fingerprint="x")
     paper = report.run_caption("paper", full)
@@ -139,10 +133,10 @@ def test_run_caption_says_what_produced_the_results():
     # quick: pretrained, full data, the paper's sizes, a shorter schedule: not the protocol, not a mere demo
     quick = load_profile("quick")
     assert report.run_caption(quick, full).endswith("5 folds × 40 epochs · not the paper's protocol")
-    assert report.protocol_differences(quick, full) == ["40 epochs (the paper: 250)"]
+    assert report.protocol_differences(quick, full) == ["40 epochs (the paper: 250 epochs)"]
     assert not report.shows_mechanics_only(quick, full)
     for change, word in ((dict(pretrained=False), "from scratch"), (dict(epochs=10), "10 epochs"),
-                         (dict(image_size=128, crop_size=96), "96 px crops"), (dict(folds=(0,)), "1 of 5 folds")):
+                         (dict(image_size=128, crop_size=96), "-> 96"), (dict(folds=(0,)), "1 of 5 folds")):
         p = dataclasses.replace(load_profile("paper"), **change)
         assert any(word in d for d in report.protocol_differences(p, full)), change
         assert report.run_caption(p, full).endswith("· not the paper's protocol"), change
@@ -151,7 +145,7 @@ def test_run_caption_says_what_produced_the_results():
 
 def test_validation_class_counts_are_each_folds_images_per_class_and_the_smallest_recall_step(isolated_root):
     prof, ds = load_profile("smoke"), _dataset()
-    counts = report.validation_class_counts(prof, ds)
+    counts, note = report.validation_class_counts(prof, ds)
     assert list(counts.index) == ["NV", "MEL", "BKL", "BCC", "AKIEC", "VASC", "DF"]
     assert list(counts.columns) == ["fold 0", "fold 1", "recall step (points)"]
     folds = ds.folds(prof.n_folds, prof.split_scheme, prof.split_seed)
@@ -162,7 +156,7 @@ def test_validation_class_counts_are_each_folds_images_per_class_and_the_smalles
     assert counts.iloc[:, :2].to_numpy().sum() == len(ds.df)
     smallest = counts.iloc[:, :2].min(axis=1)
     assert counts["recall step (points)"].tolist() == [round(100 / m, 1) for m in smallest]
-    assert "validation images per fold (42 images in all, 2 folds)" in counts.attrs["note"]
+    assert "validation images per fold (42 images in all, 2 folds)" in note
 
 
 def test_tables_without_any_record_have_a_row_per_fusion_with_n_0_and_no_mean(isolated_root):
@@ -216,10 +210,12 @@ def test_deviations_of_smoke_and_of_the_paper_profile(isolated_root):
     dev = report.deviations("smoke", _dataset())
     assert {"setting", "paper", "this run", "deviates", "note"} <= set(dev.columns)
     flagged = set(dev.loc[dev["deviates"], "setting"])
-    assert {"data", "backbones", "pretrained", "epochs", "cross-validation folds", "image size (resize -> crop)",
-            "ablation backbone (Tables 2-4)", "optimiser"} <= flagged
+    assert {"data", "backbones", "pretrained", "epochs", "n_folds", "image_size -> crop_size",
+            "ablations.backbone (Tables 2-4)", "lr"} <= flagged
+    assert "momentum" not in flagged and "weight_decay" not in flagged  # smoke keeps the paper's 0.9 and 1e-4
+    row = dev.set_index("setting").loc["lr"]
+    assert (row["paper"], row["this run"]) == ("0.001", "0.01")
     assert "test_resnet" in dev.set_index("setting").loc["backbones", "note"]
-    assert set(report.deviations("smoke", _dataset(), only=True)["setting"]) == flagged
     # the paper profile on the full data deviates only where the kit cannot know the paper's setting
     full = Dataset(df=pd.DataFrame({"image_id": range(10015)}), data_dir=Path("."), kind="real", fingerprint="x")
     paper = report.deviations("paper", full)
@@ -238,13 +234,14 @@ def test_deviations_state_the_head_the_augmentation_and_the_measured_lesion_leak
     assert not dev.loc[["classifier head", "augmentation"], "deviates"].any()
     assert "global average pooling + one linear layer" in dev.loc["classifier head", "this run"]
     assert "rotation ± 30°" in dev.loc["augmentation", "this run"]
+    assert not dev.loc[["lr", "milestones", "batch_size", "meta_layers", "n_folds", "epochs"], "deviates"].any()
     folds = ds.folds(5, "image", 0)
     shares = []
     for f in range(5):
         train_lesions = set(ds.df["lesion_id"][folds != f])
         shares.append(100 * ds.df["lesion_id"][folds == f].isin(train_lesions).mean())
-    assert f"let {min(shares):.0f}-{max(shares):.0f} % (this data set)" in dev.loc["split", "note"]
-    assert "(full HAM10000, seed 0)" in report.deviations("paper").set_index("setting").loc["split", "note"]
+    assert f"lets {min(shares):.0f}-{max(shares):.0f} % (this data set)" in dev.loc["split_scheme", "note"]
+    assert "(full HAM10000, seed 0)" in report.deviations("paper").set_index("setting").loc["split_scheme", "note"]
 
 
 def test_deviations_precision_and_device_from_the_run_records(isolated_root):
@@ -281,16 +278,23 @@ def test_paper_vs_code_facts():
     for needle in ("1099", "142", "1x1", "254", "fold 1 only", "Nesterov", "0.668", "38-40", "0.0625",
                    "pool(F * g) = g * pool(F)"):
         assert needle in text, needle
+    # the authors' trainer: its new layers at 10x the base learning rate through a second SGD parameter group
+    row = facts.set_index("topic").loc["learning rate of the new layers"]
+    assert "10x the base learning rate" in row["data or authors' code"]
+    assert "second SGD parameter group" in row["data or authors' code"] and "Nesterov" in row["data or authors' code"]
+    assert "one learning rate" in row["this kit"]
     assert list(facts.columns) == ["topic", "paper", "data or authors' code", "this kit"]
 
 
 def test_lesion_leak_comparison_is_empty_without_lesion_split_runs_then_gives_the_mcr_drop_per_fusion(smoke):
     prof, ds, runs, ids = smoke
     none = report.lesion_leak_comparison(prof, ds)
-    assert none.empty and "Not run" in none.attrs["note"] and "split_scheme" in none.attrs["note"]
-    assert none.attrs["leak_share"]["lesion"] == 0.0 and none.attrs["leak_share"]["image"] > 0
+    assert none.table.empty and "Not run" in none.note and "split_scheme" in none.note
+    assert none.share["lesion"] == 0.0 and none.share["image"] > 0
     _fill(runs, prof, ds, offset=2, scheme="lesion")  # lesion-grouped folds: 2 of 10 fewer right per class
-    both = report.lesion_leak_comparison(prof, ds)
+    leak = report.lesion_leak_comparison(prof, ds)
+    assert leak.note.startswith("image-level folds: 6/6 runs, lesion-grouped folds: 6/6 runs")
+    both = leak.table
     assert both["fusion"].tolist() == ["none", "concat", "metanet"]
     assert both["image_mean"].round(6).tolist() == [55.0, 65.0, 75.0]
     assert both["lesion_mean"].round(6).tolist() == [35.0, 45.0, 55.0]
@@ -300,7 +304,10 @@ def test_lesion_leak_comparison_is_empty_without_lesion_split_runs_then_gives_th
 
 def _executed(path: Path, title: str, text: str, code: str = "secret_input_marker = 1") -> None:
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}\n\nSome words."), nbformat.v4.new_code_cell(code)]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}\n\nThe variance factor $1/k + n_{{test}}/n_{{train}}$ and\n"
+                                              "$$ e_c = \\Big( \\frac{1}{N} \\sum_x I_c(x)^p \\Big)^{1/p} $$\n\n"
+                                              "A price: `$5` in code."),
+                nbformat.v4.new_code_cell(code)]
     nb.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
     nb.cells[1].execution_count = 1
     nbformat.write(nb, path)
@@ -323,7 +330,7 @@ def test_html_report_links_the_notebook_pages_in_order_with_tables_and_the_proto
     assert "SYNTHETIC" not in index
     # smoke is not the paper's protocol: a box says so, with the caption of the run
     assert "NOT THE PAPER'S PROTOCOL: these numbers show how the kit works" in index
-    assert html.escape(report.run_caption(prof, ds)) in index
+    assert report.run_caption(prof, ds) in index  # (the page is written with its apostrophes plain)
     assert "from scratch (the paper: ImageNet-pretrained)" in index
     # test_resnet is no backbone of the paper: a sentence and the paper's own Table 1, not a column of dashes
     assert "The paper used none of these backbones" in index and "85.44 ± 1.09" in index
@@ -333,15 +340,38 @@ def test_html_report_links_the_notebook_pages_in_order_with_tables_and_the_proto
     assert "hello from 05" in page and "secret_input_marker" not in page  # outputs kept, code hidden
 
 
+def test_html_pages_read_right_offline_no_script_from_the_network_and_the_math_as_mathml(isolated_root):
+    """Opened without network (a classroom, a cluster), a page needs nothing from a CDN: no script or style is
+    loaded from http(s), and the math is MathML the browser draws itself, not raw $...$ for MathJax."""
+    import re
+
+    executed = isolated_root / "outputs" / "notebooks"
+    executed.mkdir(parents=True)
+    _executed(executed / "05_table1.ipynb", "05 · Table 1", "hello")
+    out = report.write_html_report(executed, isolated_root / "outputs" / "report.html")
+    for page in (out, isolated_root / "outputs" / "report" / "05_table1.html"):
+        text = page.read_text()
+        assert not re.search(r"<script[^>]+src=", text), page  # no script file at all, local or remote
+        assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", text), page
+        assert not re.search(r"@import|url\(\s*['\"]?(?:https?:)?//", text), page
+    page = (isolated_root / "outputs" / "report" / "05_table1.html").read_text()
+    assert "$1/k" not in page and "n_{test}" not in page and "\\frac" not in page  # no TeX left for a script
+    assert page.count("<math") == 2 and re.search(r'<math [^>]*display="block"', page)
+    inline = page[page.index("<math"):page.index("</math>")]
+    assert "<mfrac>" not in inline and "<msub><mi>n</mi><mrow><mi>t</mi><mi>e</mi><mi>s</mi><mi>t</mi>" in inline
+    assert "<mfrac><mrow><mn>1</mn></mrow><mrow><mi>N</mi></mrow></mfrac>" in page  # the display formula's 1/N
+    assert "<code>$5</code>" in page  # a dollar in code stays text
+
+
 def test_protocol_box_warns_for_a_demo_cautions_for_a_shorter_schedule_and_is_empty_for_the_paper():
     assert report._protocol_box({}) == "" and report._protocol_box({"protocol_differences": []}) == ""
     demo = report._protocol_box({"caption": "demo profile · x", "protocol_differences": ["3 epochs (the paper: 250)"],
                                  "mechanics_only": True})
-    assert "class='warn'" in demo and "how the kit works, not the paper's results" in demo
+    assert "#c00" in demo and "how the kit works, not the paper's results" in demo
     assert "demo profile · x" in demo and "3 epochs (the paper: 250)" in demo
     quick = report._protocol_box({"caption": "quick", "protocol_differences": ["40 epochs (the paper: 250)"],
                                   "mechanics_only": False})
-    assert "class='caution'" in quick and "how the kit works" not in quick and "40 epochs" in quick
+    assert "#c80" in quick and "#c00" not in quick and "how the kit works" not in quick and "40 epochs" in quick
 
 
 # ----------------------------------------------------------------------------- the result figures (plots.py)
@@ -363,21 +393,10 @@ def test_result_figures_from_records_and_from_nothing(smoke, isolated_root):
         "t_mcr": plots.mcr_bars(tabs["table1"], save="t_mcr"),
         "t_curves": plots.learning_curves(recs, save="t_curves"),
         "t_folds": plots.fold_heatmap(report.fold_table(recs), save="t_folds"),
-        "t_recall": plots.recall_heatmap(tabs["table2"], save="t_recall"),
-        "t_conf": plots.confusion_matrices({f: report.summed_confusion(recs, "test_resnet", f)
-                                            for f in ("none", "concat", "metanet")}, save="t_conf"),
-        "t_gain": plots.metadata_gain_bars(report.recall_gain(recs, "test_resnet"), save="t_gain"),
-        "t_t3": plots.table3_plot(tabs["table3"], save="t_t3"),
-        "t_t4": plots.table4_plot(tabs["table4"], save="t_t4"),
         # nothing trained yet: every figure still draws, saying so
         "e_mcr": plots.mcr_bars(empty["table1"], save="e_mcr"),
         "e_curves": plots.learning_curves(recs.iloc[:0], save="e_curves"),
         "e_folds": plots.fold_heatmap(report.fold_table(recs.iloc[:0]), save="e_folds"),
-        "e_recall": plots.recall_heatmap(empty["table2"], save="e_recall"),
-        "e_conf": plots.confusion_matrices({}, save="e_conf"),
-        "e_t3": plots.table3_plot(empty["table3"], save="e_t3"),
-        "e_t4": plots.table4_plot(empty["table4"], save="e_t4"),
-        "e_cam": plots.cam_grid([], save="e_cam"),
     }
     for name, fig in figs.items():
         assert isinstance(fig, Figure)
@@ -386,40 +405,3 @@ def test_result_figures_from_records_and_from_nothing(smoke, isolated_root):
     ours, paper = figs["t_mcr"].axes[:2]
     assert len(ours.patches) == 3 and len(paper.patches) == 18  # 1 backbone x 3 fusions; the paper's 6 x 3
     assert [round(p.get_height(), 6) for p in ours.patches] == [55.0, 65.0, 75.0]
-    assert len(figs["t_conf"].axes) == 4  # three matrices and a colour bar
-
-
-def test_cam_grid_titles_give_the_true_class_and_each_models_prediction_coloured_by_correctness():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from metanet_utils import plots
-
-    entry = {"image": "ISIC_1", "true": "DF", "case": "none wrong, metanet right",
-             "picture": np.zeros((32, 32, 3), np.uint8),
-             "none": {"cam": np.eye(2), "pred": "NV", "p_pred": 0.6, "target": "NV", "correct": False},
-             "metanet": {"cam": np.eye(2)[::-1], "pred": "DF", "p_pred": 0.7, "target": "DF", "correct": True}}
-    fig = plots.cam_grid([entry, entry])
-    axes = fig.axes
-    assert len(axes) == 6
-    assert "true: DF" in axes[0].get_title() and "pred NV" in axes[1].get_title() and "pred DF" in axes[2].get_title()
-    assert axes[1].title.get_color() != axes[2].title.get_color()  # wrong in red, right in green
-
-
-def test_cam_grid_draws_the_concatenation_model_between_the_two_where_it_has_a_map():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from metanet_utils import plots
-
-    def fusion(pred, ok):
-        return {"cam": np.eye(2), "pred": pred, "p_pred": 0.6, "target": pred, "correct": ok}
-
-    three = {"image": "ISIC_1", "true": "DF", "picture": np.zeros((32, 32, 3), np.uint8),
-             "none": fusion("NV", False), "concat": fusion("BKL", False), "metanet": fusion("DF", True)}
-    two = {k: v for k, v in three.items() if k != "concat"} | {"image": "ISIC_2"}
-    fig = plots.cam_grid([three, two])
-    titles = [ax.get_title() for ax in fig.axes]
-    assert len(fig.axes) == 8
-    assert titles[1].startswith("no metadata") and titles[2].startswith("concatenation") and "pred BKL" in titles[2]
-    assert titles[3].startswith("MetaNet") and "no concatenation run" in fig.axes[6].texts[0].get_text()
