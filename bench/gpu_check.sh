@@ -212,7 +212,7 @@ profile = yaml.safe_load(profile_path.read_text())
 rows = []
 try:
     from metanet_utils.evaluate import load_records
-    rec = load_records(runs, source="predictions", on_incomplete="skip")
+    rec = load_records(runs)  # scores predictions.csv against labels.csv; skips incomplete records
     for _, r in rec.iterrows():
         rows.append({"run_id": r["run_id"], "fusion": r["fusion"], "fold": int(r["fold"]), "mcr": float(r["mcr"]),
                      "mcr_metrics": float(r["mcr_metrics"]), "path": r["path"]})

@@ -222,12 +222,14 @@ def measure_kit(models: list[nn.Module], data, augment, cfg, criterion: nn.Modul
     Several models are trained together as :mod:`metanet_utils.together` does (one CUDA stream each, their
     batches interleaved, one image cache); the img/s is then the sum over the runs."""
     from metanet_utils.step import TrainStep
-    from metanet_utils.together import run_interleaved
-    from metanet_utils.train import EpochIter, iter_train_epoch, make_optimizer
+    from metanet_utils.together import EpochIter, run_interleaved
+    from metanet_utils.train import iter_train_epoch, make_optimizer, prepare_batch
 
     dev, bs = s.device, cfg.batch_size
     opts = [make_optimizer(m, cfg) for m in models]
     steps = [TrainStep(m, criterion, o, bs, amp_dtype, cuda_graph=cuda_graph) for m, o in zip(models, opts)]
+    for st in steps:  # each call's data differs in its training order only: the same cache tensors
+        st.set_prepare(prepare_batch(data, augment, channels_last))
     streams = [torch.cuda.Stream(dev) if dev.type == "cuda" and len(models) > 1 else None for _ in models]
     epoch = [0]
 
@@ -277,13 +279,13 @@ def measure_ceiling(model: nn.Module, batch: int, crop: int, meta_dim: int, crit
 
 def measure_eval(model: nn.Module, data, augment, s: Settings, amp_dtype, channels_last: bool,
                  batch: int = 128) -> dict[str, Any]:
-    """The kit's evaluation pass (:func:`metanet_utils.train.evaluate_model`), ``n`` batches of ``batch``."""
-    from metanet_utils.train import evaluate_model
+    """The kit's evaluation pass (:func:`metanet_utils.train.evaluate`), ``n`` batches of ``batch``."""
+    from metanet_utils.train import evaluate
 
     def run(n: int) -> float:
         d = dataclasses.replace(data, val_idx=torch.arange(n * batch, device=data.meta.device) % data.images.shape[0])
         with Timer(s.device) as t:
-            evaluate_model(model, d, augment, s.device, amp_dtype, channels_last, batch_size=batch)
+            evaluate(model, d, augment, s.device, amp_dtype, channels_last, batch_size=batch)
         return t.seconds
 
     return _timed_repeats(run, batch, dataclasses.replace(s, warmup_steps=2, min_steps=1, max_steps=64))

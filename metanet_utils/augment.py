@@ -1,15 +1,17 @@
-"""Batched augmentation on whatever device the images are on (no CPU data loader).
+"""The training batches, made on the device: the uint8 image cache held in device memory (:class:`DeviceData`)
+and its batched augmentation (:class:`BatchAugment`); no CPU data loader.
 
 The paper's training augmentation (random crop 224 from 300, horizontal and vertical
 flips, random rotation, brightness/contrast/saturation jitter) is done for a whole
 batch at once with per-sample random parameters: crop, flips and rotation are one
 affine transform per sample, applied by a single ``grid_sample``; the colour jitter is
 per-sample arithmetic. Evaluation is a centre crop. Input is the uint8 cache layout
-``B x S x S x 3``; output is normalised float ``B x 3 x crop x crop``.
+``B x H x W x 3``; output is normalised float ``B x 3 x crop x crop``.
 
-:meth:`BatchAugment.draw` draws every per-sample parameter in one call on the device, and
-:meth:`BatchAugment.apply` applies given parameters; constants live on the device, so a batch costs
-a few dozen small kernels and never blocks the CPU.
+:meth:`BatchAugment.draw` draws every per-sample parameter in one call on the device and
+:meth:`BatchAugment.apply` applies them; constants live on the device, so a batch costs a
+few dozen small kernels and never blocks the CPU. :func:`prepare_batch` gathers a batch from
+the cache and augments it: what one training step reads.
 
 Example:
     >>> import torch
@@ -23,11 +25,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BatchAugment", "center_crop"]
+__all__ = ["BatchAugment", "center_crop", "DeviceData", "prepare_batch"]
 
 
 def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
@@ -61,60 +65,45 @@ class BatchAugment:
     hflip: bool = True
     vflip: bool = True
 
+    #: The columns of :meth:`draw`'s parameter matrix, one row per sample.
+    PARAMS = ("angle", "fx", "fy", "tx", "ty", "brightness", "contrast", "saturation")
     _constants: dict = field(default_factory=dict, init=False, repr=False, compare=False)
-
-    # ------------------------------------------------------------------ constants on the device
 
     def _const(self, name: str, values, device: torch.device, shape: tuple[int, ...]) -> torch.Tensor:
         """A small constant tensor, made once per device: a tensor built from Python numbers on a GPU is
         a blocking host-to-device copy, which would stall the CPU until the GPU has finished all queued
         work, every batch."""
         key = (name, device, shape, tuple(values))
-        t = self._constants.get(key)
-        if t is None:
-            t = self._constants[key] = torch.tensor(values, dtype=torch.float32).view(shape).to(device)
-        return t
+        if key not in self._constants:
+            self._constants[key] = torch.tensor(values, dtype=torch.float32).view(shape).to(device)
+        return self._constants[key]
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         scale = self._const("scale", [1.0 / s for s in self.std], x.device, (1, 3, 1, 1))
         bias = self._const("bias", [-m / s for m, s in zip(self.mean, self.std)], x.device, (1, 3, 1, 1))
-        return torch.addcmul(bias, x, scale)  # (x - mean) / std in one kernel
+        return torch.addcmul(bias, x, scale).contiguous()  # (x - mean) / std in one kernel
 
-    @staticmethod
-    def _check_batch(x: torch.Tensor) -> None:
+    def _to_float(self, x: torch.Tensor) -> torch.Tensor:
+        """Check a uint8 ``B x H x W x 3`` batch and turn it into float NCHW in 0..1."""
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected a uint8 batch B x H x W x 3, got {tuple(x.shape)} {x.dtype}")
+        self._check_crop(x.shape[1], x.shape[2])
+        return x.permute(0, 3, 1, 2).float().div_(255.0)
 
     def _check_crop(self, h: int, w: int) -> None:
         if self.crop > h or self.crop > w:
             raise ValueError(f"crop {self.crop} is larger than the cached image {h}x{w}")
 
-    @classmethod
-    def _to_float(cls, x: torch.Tensor) -> torch.Tensor:
-        cls._check_batch(x)
-        return x.permute(0, 3, 1, 2).float().div_(255.0)
-
-    # ------------------------------------------------------------------ random parameters
-
-    PARAMS = ("angle", "fx", "fy", "tx", "ty", "brightness", "contrast", "saturation")
-
     def draw(self, b: int, h: int, w: int, device: torch.device | str,
-             generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+             generator: torch.Generator | None = None) -> torch.Tensor:
         """Per-sample random parameters for ``b`` images of ``h x w``, drawn in one call on ``device``.
 
-        Returns tensors of length ``b``: ``angle`` (radians, uniform in +-rotation), ``fx``/``fy``
-        (-1 mirrors, 1 keeps; probability 0.5 each when enabled), ``tx``/``ty`` (crop centre offset in
-        normalised coordinates, uniform, the crop window stays inside the image), ``brightness``,
-        ``contrast``, ``saturation`` (factors uniform in 1 +- strength). They are the columns of
-        :meth:`draw_matrix`.
+        Returns a ``b x 8`` tensor, columns in :attr:`PARAMS` order: ``angle`` (radians, uniform in
+        +-rotation), ``fx``/``fy`` (-1 mirrors, 1 keeps; probability 0.5 each when enabled), ``tx``/``ty``
+        (crop centre offset in normalised coordinates, uniform, the crop window stays inside the image),
+        ``brightness``, ``contrast``, ``saturation`` (factors uniform in 1 +- strength). A training epoch
+        draws all its batches' parameters at once and slices them.
         """
-        m = self.draw_matrix(b, h, w, device, generator)
-        return {name: m[:, i] for i, name in enumerate(self.PARAMS)}
-
-    def draw_matrix(self, b: int, h: int, w: int, device: torch.device | str,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-        """The parameters of :meth:`draw` as one ``b x 8`` tensor, columns in :attr:`PARAMS` order
-        (a training epoch draws all its batches' parameters at once and slices them)."""
         self._check_crop(h, w)
         device = torch.device(device)
         r = torch.rand(b, 8, device=device, generator=generator)
@@ -127,39 +116,78 @@ class BatchAugment:
         u[:, 1:3] = 1.0 - 2.0 * ((u[:, 1:3] < 0.5) * flip_on)  # -1 mirrors
         return u
 
-    # ------------------------------------------------------------------ the transform
-
-    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """Warp (crop, flips, rotation: one ``grid_sample``), colour-jitter and normalise a uint8 batch
-        with the given per-sample parameters (:meth:`draw`'s dict or :meth:`draw_matrix`'s tensor)."""
-        if isinstance(params, torch.Tensor):
-            params = {name: params[:, i] for i, name in enumerate(self.PARAMS)}
-        img = self._to_float(x)
+        with the given per-sample parameters (rows of :meth:`draw`)."""
+        return self._warp_and_jitter(self._to_float(x), params)
+
+    def _warp_and_jitter(self, img: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         b, _, h, w = img.shape
-        self._check_crop(h, w)
-        dev = img.device
-        angle = params["angle"]
+        angle, fx, fy, tx, ty, bright, contrast, sat = params.unbind(1)
         c, s = torch.cos(angle), torch.sin(angle)
         # output pixel -> source pixel: scale to the crop, rotate, mirror, shift
         rot = torch.stack([c, -s, s, c], dim=1).view(b, 2, 2)
-        flips = torch.stack([params["fx"], params["fy"]], dim=1).view(b, 1, 2)
-        k = self._const("k", [self.crop / w, self.crop / h], dev, (1, 2, 1))
-        theta = torch.cat([rot * flips * k, torch.stack([params["tx"], params["ty"]], dim=1).view(b, 2, 1)], dim=2)
+        flips = torch.stack([fx, fy], dim=1).view(b, 1, 2)
+        k = self._const("k", [self.crop / w, self.crop / h], img.device, (1, 2, 1))
+        theta = torch.cat([rot * flips * k, torch.stack([tx, ty], dim=1).view(b, 2, 1)], dim=2)
         grid = F.affine_grid(theta, (b, 3, self.crop, self.crop), align_corners=False)
         out = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
         # colour jitter, per sample (torchvision's definitions: blend with black, the mean gray, the grayscale)
-        weights = self._const("gray", [0.299, 0.587, 0.114], dev, (1, 3, 1, 1))
-        out = out.mul_(params["brightness"].view(b, 1, 1, 1)).clamp_(0, 1)
+        weights = self._const("gray", [0.299, 0.587, 0.114], img.device, (1, 3, 1, 1))
+        out = out.mul_(bright.view(b, 1, 1, 1)).clamp_(0, 1)
         mean_gray = (out * weights).sum(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True)
-        out = torch.lerp(mean_gray, out, params["contrast"].view(b, 1, 1, 1)).clamp_(0, 1)
+        out = torch.lerp(mean_gray, out, contrast.view(b, 1, 1, 1)).clamp_(0, 1)
         gray = (out * weights).sum(dim=1, keepdim=True)
-        out = torch.lerp(gray, out, params["saturation"].view(b, 1, 1, 1)).clamp_(0, 1)
-        return self._normalise(out).contiguous()
+        out = torch.lerp(gray, out, sat.view(b, 1, 1, 1)).clamp_(0, 1)
+        return self._normalise(out)
 
     def __call__(self, x: torch.Tensor, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Augment (``train``) or centre-crop a uint8 ``B x S x S x 3`` batch; returns float NCHW."""
+        """Augment (``train``) or centre-crop a uint8 ``B x H x W x 3`` batch; returns float NCHW."""
+        img = self._to_float(x)
         if not train:
-            return self._normalise(center_crop(self._to_float(x), self.crop)).contiguous()
-        self._check_batch(x)
-        return self.apply(x, self.draw_matrix(x.shape[0], x.shape[1], x.shape[2], x.device, generator))
+            return self._normalise(center_crop(img, self.crop))
+        return self._warp_and_jitter(img, self.draw(x.shape[0], x.shape[1], x.shape[2], x.device, generator))
+
+
+@dataclass
+class DeviceData:
+    """Images (uint8 NHWC), metadata and labels of the data set where training runs, and one fold's rows."""
+
+    images: torch.Tensor
+    meta: torch.Tensor
+    labels: torch.Tensor
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+    val_ids: list[str]
+
+    @classmethod
+    def build(cls, images: np.ndarray, meta: np.ndarray, labels: np.ndarray, folds: np.ndarray, fold: int,
+              image_ids: list[str], device: torch.device, resident: torch.Tensor | None = None) -> "DeviceData":
+        """Upload the arrays; rows with ``folds == fold`` validate. ``resident``: the image tensor already on
+        ``device`` (runs trained together share one copy of the cache)."""
+        if resident is not None:
+            imgs = resident
+        elif device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(device)
+            if images.nbytes > 0.9 * free:
+                raise MemoryError(f"the image cache needs {images.nbytes / 2**30:.1f} GiB of GPU memory, "
+                                  f"{free / 2**30:.1f} GiB free: use a smaller image_size or a larger GPU")
+            imgs = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True)
+        else:  # read the memory-mapped cache into RAM once
+            imgs = torch.from_numpy(np.array(images, copy=True))
+        val = folds == fold
+        return cls(imgs, torch.as_tensor(np.array(meta), dtype=torch.float32, device=device),
+                   torch.as_tensor(np.array(labels), dtype=torch.long, device=device),
+                   torch.as_tensor(np.flatnonzero(~val), device=device),
+                   torch.as_tensor(np.flatnonzero(val), device=device), [image_ids[i] for i in np.flatnonzero(val)])
+
+
+def prepare_batch(data: DeviceData, augment: BatchAugment, channels_last: bool = False) -> Callable:
+    """``prepare(idx, params) -> (x, meta, y)``: the cache rows ``idx`` augmented with ``params`` (rows of
+    :meth:`BatchAugment.draw`), their metadata and labels, all on the device."""
+    def prepare(idx: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = augment.apply(data.images[idx], params)
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        return x, data.meta[idx], data.labels[idx]
+    return prepare

@@ -1,26 +1,18 @@
-"""The grid of a profile: enumerate its runs, skip finished ones, train the rest.
+"""The grid of a profile: its runs (Table 1 and the ablations of Tables 3 and 4, paper Sec. 3), trained here.
 
-Runs of a profile (paper Sec. 3):
-
-* Table 1: every backbone x fusion x fold (``concat`` on the raw 17-d metadata,
-  ``metanet`` with ``meta_layers`` fully connected layers);
-* Table 3 (``ablations.table3``): ``metanet`` on the ablation backbone with each
-  non-empty subset of age / sex / localization (the empty subset is ``none``);
-* Table 4 (``ablations.table4``): ``metanet`` and ``concat`` on the ablation backbone
-  with 1..4 fully connected layers for the metadata.
-
-Each run is identified by its config (``run_id``), so the same run enumerated by two
-tables is trained once. Runs are trained longest first; a lock per run keeps two
-workers (processes, machines, Slurm jobs) from training the same run, and a run
-interrupted anywhere resumes from its last checkpoint.
+Table 1 is every backbone x fusion x fold (``concat`` on the raw 17-d metadata, ``metanet`` with ``meta_layers``
+fully connected layers); Table 3 (``ablations.table3``) ``metanet`` on the ablation backbone with each non-empty
+subset of age / sex / localization (the empty subset is ``none``); Table 4 (``ablations.table4``) ``metanet`` and
+``concat`` there with 1..4 layers. A run is its config (``run_id``): one enumerated by two tables trains once.
+:func:`run_grid` trains the missing runs longest first; a lock per run keeps workers (processes, machines, Slurm
+jobs) off each other's runs, and a run interrupted anywhere resumes from its last checkpoint.
 
 Example:
-    >>> from metanet_utils.config import load_profile                 # doctest: +SKIP
-    >>> from metanet_utils.dataset import open_dataset                # doctest: +SKIP
-    >>> prof = load_profile("smoke")                                  # doctest: +SKIP
-    >>> ds = open_dataset("../shared/ham10000", max_images=prof.max_images)   # doctest: +SKIP
-    >>> len(enumerate_runs(prof, ds))                                 # doctest: +SKIP
-    6
+    >>> from metanet_utils.config import load_profile
+    >>> from types import SimpleNamespace
+    >>> runs = enumerate_runs(load_profile("smoke"), SimpleNamespace(kind="real", fingerprint="doc"))
+    >>> len(runs), sorted({r.fusion for r in runs})
+    (32, ['concat', 'metanet', 'none'])
 """
 
 from __future__ import annotations
@@ -33,26 +25,39 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
+
+import pandas as pd
 
 from .atomic import atomic_write_text
-from .config import ConfigError, Profile, RunConfig
+from .cache import CacheError
+from .config import ConfigError, Profile, RunConfig, check_runs_together
 from .constants import META_FIELDS
+from .dataset import profile_dataset
+from .models import ensure_weights, input_spec
+from .paths import runs_dir as default_runs_dir
+from .step import graph_step
+from .together import train_runs_together
+from .train import RunBusy, is_complete, record_dir, train_run
 
-__all__ = ["EXPERIMENTS", "PROGRESS_MODES", "SHORT_RUN_EPOCHS", "resolve_progress", "run_config", "enumerate_runs", "filter_runs", "parse_only",
-           "estimated_cost", "GridSummary", "run_grid",
-           "profile_dataset", "status_table"]
+__all__ = ["EXPERIMENTS", "SHORT_RUN_EPOCHS", "run_config", "enumerate_runs", "estimated_cost", "parse_only",
+           "filter_runs", "profile_dataset", "status_table", "resolve_progress", "GridSummary", "run_grid",
+           "step_for", "spawn_workers"]
 
+EXPERIMENTS: tuple[str, ...] = ("table1", "table3", "table4")
+#: ``progress="auto"`` prints a line per run when no run has more epochs than this, else a line per epoch.
+SHORT_RUN_EPOCHS = 10
 #: Forward GMACs at 224 px (331 px for PNASNet), for ordering runs longest first.
 _GMACS = {"alexnet": 0.71, "vgg19": 19.63, "resnet50": 4.11, "densenet161": 7.79, "senet154": 20.77,
           "legacy_senet154": 20.77, "pnasnet5large": 25.04}
 
 
+# --------------------------------------------------------------------------- the runs of a profile
+
 def _sizes(profile: Profile, backbone: str) -> tuple[int, int]:
+    """(resize, crop) of a backbone's runs: the profile's, else the backbone's own (300/224, PNASNet 441/331)."""
     if profile.image_size is not None and profile.crop_size is not None:
         return profile.image_size, profile.crop_size
-    from .models import input_spec
-
     spec = input_spec(backbone)
     return profile.image_size or spec.resize, profile.crop_size or spec.crop
 
@@ -64,9 +69,8 @@ def _base(profile: Profile, dataset, backbone: str) -> RunConfig:
         color_constancy=profile.color_constancy, image_size=resize, crop_size=crop, epochs=profile.epochs,
         milestones=profile.milestones, lr_gamma=profile.lr_gamma, batch_size=profile.batch_size, lr=profile.lr,
         momentum=profile.momentum, weight_decay=profile.weight_decay, pretrained=profile.pretrained, seed=profile.seed,
-        precision=profile.precision, compile=profile.compile, cuda_graphs=profile.cuda_graphs,
-        checkpoint_interval_s=profile.checkpoint_interval_s,
-        deterministic=profile.deterministic,
+        precision=profile.precision, cuda_graphs=profile.cuda_graphs,
+        checkpoint_interval_s=profile.checkpoint_interval_s, deterministic=profile.deterministic,
         data_kind=dataset.kind, data_fingerprint=dataset.fingerprint, meta_layers=profile.meta_layers)
 
 
@@ -90,49 +94,35 @@ def run_config(profile: Profile, dataset, backbone: str, fusion: str, fold: int 
     return _variant(base, fusion, tuple(features), meta_layers)
 
 
-EXPERIMENTS: tuple[str, ...] = ("table1", "table3", "table4")
-
-
 def enumerate_runs(profile: Profile, dataset, experiments: Iterable[str] = EXPERIMENTS) -> list[RunConfig]:
     """Every run the profile asks for (Table 1, then the ablations), without duplicates.
 
     ``experiments`` restricts to some of ``table1``, ``table3``, ``table4``.
     """
     experiments = tuple(experiments)
-    unknown = set(experiments) - set(EXPERIMENTS)
-    if unknown:
+    if unknown := set(experiments) - set(EXPERIMENTS):
         raise ConfigError(f"unknown experiment(s) {sorted(unknown)}; allowed: {', '.join(EXPERIMENTS)}")
     runs: list[RunConfig] = []
     for backbone in (profile.backbones if "table1" in experiments else ()):
         base = _base(profile, dataset, backbone)
-        for fusion, fold in itertools.product(profile.fusions, profile.fold_indices):
-            runs.append(_variant(base.replace(fold=fold), fusion))
+        runs += [_variant(base.replace(fold=fold), fusion)
+                 for fusion, fold in itertools.product(profile.fusions, profile.fold_indices)]
     abl = profile.ablations
     do3, do4 = abl.table3 and "table3" in experiments, abl.table4 and "table4" in experiments
-    if do3 or do4:
-        backbone = abl.backbone or profile.backbones[-1]
-        base = _base(profile, dataset, backbone)
-        for fold in profile.fold_indices:
-            b = base.replace(fold=fold)
-            if do3:
-                runs.append(_variant(b, "none"))
-                for r in (1, 2, 3):
-                    for subset in itertools.combinations(META_FIELDS, r):
-                        runs.append(_variant(b, "metanet", subset))
-            if do4:
-                for k in abl.meta_layers:
-                    runs.append(_variant(b, "metanet", META_FIELDS, k))
-                    runs.append(_variant(b, "concat", META_FIELDS, k))
-    seen: dict[str, RunConfig] = {}
-    for r in runs:
-        seen.setdefault(r.run_id, r)
-    return list(seen.values())
+    base = _base(profile, dataset, abl.backbone or profile.backbones[-1]) if do3 or do4 else None
+    for fold in profile.fold_indices if base is not None else ():
+        b = base.replace(fold=fold)
+        if do3:
+            runs += [_variant(b, "none")] + [_variant(b, "metanet", subset) for r in (1, 2, 3)
+                                             for subset in itertools.combinations(META_FIELDS, r)]
+        for k in abl.meta_layers if do4 else ():
+            runs += [_variant(b, "metanet", META_FIELDS, k), _variant(b, "concat", META_FIELDS, k)]
+    return list({r.run_id: r for r in runs}.values())  # each run once, where it first appears
 
 
 def estimated_cost(cfg: RunConfig) -> float:
     """Relative cost of a run (GMACs x pixels x epochs), for longest-first ordering."""
-    g = _GMACS.get(cfg.backbone.split(".")[0], 1.0)
-    return g * (cfg.crop_size / 224) ** 2 * cfg.epochs
+    return _GMACS.get(cfg.backbone.split(".")[0], 1.0) * (cfg.crop_size / 224) ** 2 * cfg.epochs
 
 
 def parse_only(items: Iterable[str]) -> dict[str, list[str]]:
@@ -150,111 +140,73 @@ def parse_only(items: Iterable[str]) -> dict[str, list[str]]:
 
 
 def filter_runs(runs: list[RunConfig], only: dict[str, list[str]] | None) -> list[RunConfig]:
-    if not only:
-        return runs
-
-    def match(r: RunConfig) -> bool:
-        for k, values in only.items():
-            v = getattr(r, k)
-            text = "+".join(v) if isinstance(v, tuple) else str(v)
-            if text not in values and str(v) not in values:
-                return False
-        return True
-
-    return [r for r in runs if match(r)]
+    """The runs whose every ``only`` setting is one of its values (tuples written ``a+b``)."""
+    def text(v: Any) -> str:
+        return "+".join(v) if isinstance(v, tuple) else str(v)
+    return [r for r in runs if all(text(getattr(r, k)) in vals for k, vals in (only or {}).items())]
 
 
-def profile_dataset(profile: Profile, data_dir: str | Path | None = None):
-    """Open the data set a profile asks for (the full data, or the shipped sample for demo/smoke; subsampled)."""
-    from .dataset import open_dataset
-
-    return open_dataset(data_dir, max_images=profile.max_images, seed=profile.seed, data=profile.data)
-
-
-@dataclass
-class GridSummary:
-    trained: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    total: int = 0
-
-    def format(self) -> str:
-        lines = [f"grid: {self.total} runs; trained now {len(self.trained)}, already complete {len(self.skipped)}, "
-                 f"failed {len(self.failed)}"]
-        for rid, log in self.failed.items():
-            lines.append(f"  FAILED {rid}: see {log}")
-        return "\n".join(lines)
-
-
-def status_table(runs: list[RunConfig], runs_dir: str | Path | None = None):
+def status_table(runs: list[RunConfig], runs_dir: str | Path | None = None) -> pd.DataFrame:
     """One row per run: its settings and whether its record is complete."""
-    import pandas as pd
-
-    from .train import is_complete, record_dir
-
     return pd.DataFrame([{"run_id": r.run_id, "backbone": r.backbone, "fusion": r.fusion,
                           "meta": "+".join(r.meta_features), "k": r.meta_layers, "fold": r.fold,
                           "complete": is_complete(record_dir(r, runs_dir))} for r in runs])
 
 
-#: What ``run_grid(progress=...)`` accepts: True / ``"epochs"`` (a line per epoch), ``"runs"`` (a line per
-#: finished run), ``"auto"`` (``"runs"`` for short runs, else ``"epochs"``: see :func:`resolve_progress`),
-#: False (nothing but failures).
-PROGRESS_MODES: tuple = (True, False, "epochs", "runs", "auto")
+# --------------------------------------------------------------------------- training them
 
-#: ``progress="auto"`` prints a line per run when no run has more epochs than this, else a line per epoch.
-SHORT_RUN_EPOCHS = 10
-
-
-def resolve_progress(progress: bool | str, runs: Iterable[RunConfig]) -> bool | str:
-    """What ``progress`` means for these runs: ``"auto"`` becomes ``"runs"`` when every run has at most
-    :data:`SHORT_RUN_EPOCHS` epochs (the smoke and demo profiles: a run takes seconds), else ``"epochs"``
-    (quick and paper: a run takes hours, and its epoch lines are the only sign of life); other values
-    are returned as they are, after a check.
+def resolve_progress(progress: bool | str, runs: Iterable[RunConfig]) -> str | None:
+    """What ``run_grid`` prints: ``"epochs"`` (also True: each run's start and a line per epoch), ``"runs"`` (a
+    line per finished run), None (False: failures only). ``"auto"`` is ``"runs"`` when no run has more than
+    :data:`SHORT_RUN_EPOCHS` epochs (smoke, demo: seconds a run), else ``"epochs"`` (quick, paper: hours a run,
+    and its epoch lines are the only sign of life).
 
     Example:
         >>> resolve_progress("auto", [RunConfig(backbone="test_resnet", epochs=3)])
         'runs'
-        >>> resolve_progress("auto", [RunConfig(backbone="senet154", epochs=250)])
-        'epochs'
     """
-    if not any(progress is m or (isinstance(m, str) and progress == m) for m in PROGRESS_MODES):
-        raise ValueError(f"progress={progress!r} is not allowed; use True, False, 'epochs', 'runs' or 'auto'")
+    modes = {True: "epochs", "epochs": "epochs", "runs": "runs", False: None}
     if progress == "auto":
         return "runs" if all(r.epochs <= SHORT_RUN_EPOCHS for r in runs) else "epochs"
-    return progress
+    if not isinstance(progress, (bool, str)) or progress not in modes:
+        raise ValueError(f"progress={progress!r} is not allowed; use True, False, 'epochs', 'runs' or 'auto'")
+    return modes[progress]
 
 
-def _run_label(cfg: RunConfig) -> str:
-    """``mobilenetv3_small_100 metanet age+sex k=2 fold 3`` (``none``: backbone, fusion and fold only)."""
-    meta = f" {'+'.join(cfg.meta_features)} k={cfg.meta_layers}" if cfg.fusion != "none" else ""
-    return f"{cfg.backbone} {cfg.fusion}{meta} fold {cfg.fold}"
+def step_for(cfg: RunConfig) -> Callable | None:
+    """The ``make_step`` :func:`~metanet_utils.train.train_run` gets for ``cfg``: the CUDA-graph step for
+    ``cuda_graphs: on`` (opt-in, GPU only), else None (the eager step)."""
+    return graph_step if cfg.cuda_graphs == "on" else None
+
+
+@dataclass
+class GridSummary:
+    """What a grid did: how many runs it has, which it trained, found complete, or saw fail (with their logs)."""
+
+    total: int = 0
+    trained: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def format(self) -> str:
+        return "\n".join([f"grid: {self.total} runs; trained now {len(self.trained)}, already complete "
+                          f"{len(self.skipped)}, failed {len(self.failed)}",
+                          *(f"  FAILED {rid}: see {log}" for rid, log in self.failed.items())])
 
 
 def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = None,
-             experiments: Iterable[str] = EXPERIMENTS,
-             runs_dir: str | Path | None = None, device: str | None = None, progress: bool | str = True,
-             weights_dir: str | Path | None = None, wait: bool = True, poll_s: float = 5.0,
-             together: int | None = None) -> GridSummary:
+             experiments: Iterable[str] = EXPERIMENTS, runs_dir: str | Path | None = None, device: str | None = None,
+             progress: bool | str = True, weights_dir: str | Path | None = None, wait: bool = True,
+             poll_s: float = 5.0, together: int | None = None) -> GridSummary:
     """Train the profile's missing runs here, longest first, skipping complete ones.
 
-    ``progress``: True or ``"epochs"`` (what the command line uses) prints each run's start and one line per epoch;
-    ``"runs"`` one line per run as it finishes (``[3/65] resnet10t metanet age k=2 fold 0: MCR 21.4 % (5 s)``),
-    besides the grid's first and last line; ``"auto"`` the one or the other (:func:`resolve_progress`); False
-    prints failures only.
-
-    Runs locked by another worker are left to it; with ``wait`` this worker then waits
-    for them to finish (and takes one over, resuming its checkpoint, if its worker dies).
-    A failing run is logged to ``runs/.failed/<run_id>.log`` and the others go on.
-    ``together`` (default: the profile's ``runs_together``, 1) trains up to that many runs with the same
-    images at once in this process (opt-in: :func:`metanet_utils.together.train_runs_together`).
+    ``progress``: see :func:`resolve_progress` (True: a line per epoch, ``"runs"``: a line per finished run such as
+    ``[3/65] resnet10t metanet age k=2 fold 0: MCR 21.4 % (5 s)``, ``"auto"``, False: failures only). Runs locked by
+    another worker are left to it; with ``wait`` this worker then waits for them (and takes one over, resuming its
+    checkpoint, if its worker dies). A failing run is logged to ``runs/.failed/<run_id>.log`` and the others go on.
+    ``together`` (default: the profile's ``runs_together``, 1) trains up to that many runs with the same images at
+    once in this process (opt-in: :func:`metanet_utils.together.train_runs_together`).
     """
-    from .cache import CacheError
-    from .config import check_runs_together
-    from .paths import runs_dir as default_runs_dir
-    from .together import train_runs_together
-    from .train import RunBusy, is_complete, record_dir, train_run
-
     resolve_progress(progress, [])  # a bad value is refused before any work
     runs_dir = Path(runs_dir or default_runs_dir())
     k = check_runs_together(together if together is not None else profile.runs_together)
@@ -262,93 +214,79 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
         print(f"grid: runs_together={k} ignored: a deterministic profile trains one run at a time", flush=True)
         k = 1
     runs = sorted(filter_runs(enumerate_runs(profile, dataset, experiments), only), key=estimated_cost, reverse=True)
-    summary = GridSummary(total=len(runs))
     pending = [r for r in runs if not is_complete(record_dir(r, runs_dir))]
-    summary.skipped = [r.run_id for r in runs if r not in pending]
+    summary = GridSummary(total=len(runs), skipped=[r.run_id for r in runs if r not in pending])
     mode = resolve_progress(progress, pending)
-    per_epoch, per_run = mode is True or mode == "epochs", mode == "runs"
-    speak = per_epoch or per_run  # whether the grid prints its own lines at all
-    if speak:
-        at_once = "" if k == 1 else f", {k} at a time"
+    if mode:
         print(f"grid {profile.name}: {len(runs)} runs, {len(summary.skipped)} complete, {len(pending)} to do "
-              f"({dataset.kind} data, {len(dataset.df)} images{at_once})", flush=True)
-    from .models import ensure_weights
-
-    ensure_weights([r.backbone for r in pending if r.pretrained], weights_dir, speak)  # before any run starts
-
-    def failed(cfg: RunConfig, e: BaseException, tb: str) -> None:
-        log = runs_dir / ".failed" / f"{cfg.run_id}.log"
-        atomic_write_text(log, f"{cfg.to_dict()}\n\n{tb}")
-        summary.failed[cfg.run_id] = str(log)
-        print(f"!!! run {cfg.run_id} failed: {type(e).__name__}: {e} (log: {log})", flush=True)
-
-    n_todo = len(pending)
-
-    def trained(cfg: RunConfig, metrics: dict[str, Any] | None = None) -> None:
-        summary.trained.append(cfg.run_id)
-        (runs_dir / ".failed" / f"{cfg.run_id}.log").unlink(missing_ok=True)
-        if per_run:
-            m = metrics or {}
-            mcr = f"MCR {100 * m['mcr']:.1f} %" if isinstance(m.get("mcr"), (int, float)) else "done"
-            took = f" ({m['wall_time_s']:.0f} s)" if isinstance(m.get("wall_time_s"), (int, float)) else ""
-            done = len(summary.trained) + len(summary.failed)
-            print(f"[{done:>{len(str(n_todo))}}/{n_todo}] {_run_label(cfg)}: {mcr}{took}", flush=True)
-
+              f"({dataset.kind} data, {len(dataset.df)} images{'' if k == 1 else f', {k} at a time'})", flush=True)
+    ensure_weights([r.backbone for r in pending if r.pretrained], weights_dir, mode is not None)  # before any run
+    todo = len(pending)
     while pending:
         busy = []
-        todo = [c for c in pending if not is_complete(record_dir(c, runs_dir))]
-        for group in _groups(todo, k):
-            if per_epoch:
-                for cfg in group:
-                    print(f"--- run {cfg.run_id} ({runs.index(cfg) + 1}/{len(runs)})", flush=True)
-            if len(group) > 1:
-                try:
-                    results = train_runs_together(group, dataset, runs_dir=runs_dir, device=device,
-                                                  progress=per_epoch, weights_dir=weights_dir)
-                except (KeyboardInterrupt, CacheError):
-                    raise
-                for cfg in group:
-                    res = results.get(cfg.run_id)
-                    if isinstance(res, RunBusy):
-                        busy.append(cfg)
-                    elif isinstance(res, (KeyboardInterrupt, CacheError)):
-                        raise res
-                    elif isinstance(res, BaseException):
-                        failed(cfg, res, "".join(traceback.format_exception(type(res), res, res.__traceback__)))
-                    elif res is not None:
-                        trained(cfg, res)
-                continue
-            cfg = group[0]
-            try:
-                m = train_run(cfg, dataset, runs_dir=runs_dir, device=device, progress=per_epoch,
-                              weights_dir=weights_dir)
-                if m.get("interrupted"):
+        for group in _groups([c for c in pending if not is_complete(record_dir(c, runs_dir))], k):
+            results = _train_group(group, dataset, runs_dir, device, weights_dir, mode, summary, todo)
+            for cfg in group:
+                if isinstance(res := results.get(cfg.run_id), RunBusy):
                     busy.append(cfg)
-                else:
-                    trained(cfg, m)
-            except RunBusy:
-                busy.append(cfg)
-            except (KeyboardInterrupt, CacheError):  # a bad image or a full disk stops every run: say it once
-                raise
-            except Exception as e:  # noqa: BLE001 - one failing run must not stop the others
-                failed(cfg, e, traceback.format_exc())
+                elif isinstance(res, BaseException):
+                    _failed(summary, runs_dir, cfg, res)
+                elif res is not None:
+                    _trained(summary, runs_dir, cfg, res, mode, todo)
         pending = busy
+        if pending and not wait:
+            break
         if pending:
-            if not wait:
-                break
-            if speak:
+            if mode:
                 print(f"waiting for {len(pending)} run(s) trained by other workers ...", flush=True)
             time.sleep(poll_s)
-    if speak:
+    if mode:
         print(summary.format(), flush=True)
     return summary
+
+
+def _train_group(group: list[RunConfig], dataset, runs_dir: Path, device, weights_dir, mode: str | None,
+                 summary: GridSummary, todo: int) -> dict[str, Any]:
+    """Train one run, or several together: run_id -> metrics or the exception that stopped it. A bad image or a
+    full disk (:class:`CacheError`) stops every run, and an interrupt stops the grid: both are raised."""
+    if mode == "epochs":
+        for i, cfg in enumerate(group, start=len(summary.trained) + len(summary.failed) + 1):
+            print(f"--- run {cfg.run_id} ({i}/{todo})", flush=True)
+    kw = dict(runs_dir=runs_dir, device=device, progress=mode == "epochs", weights_dir=weights_dir)
+    try:
+        if len(group) > 1:
+            results = train_runs_together(group, dataset, **kw)
+        else:
+            results = {group[0].run_id: train_run(group[0], dataset, make_step=step_for(group[0]), **kw)}
+    except Exception as e:  # noqa: BLE001 - one failing run must not stop the others
+        results = {group[0].run_id: e}
+    for res in results.values():
+        if isinstance(res, CacheError):
+            raise res
+    return results
+
+
+def _failed(summary: GridSummary, runs_dir: Path, cfg: RunConfig, e: BaseException) -> None:
+    log = runs_dir / ".failed" / f"{cfg.run_id}.log"
+    atomic_write_text(log, f"{cfg.to_dict()}\n\n{''.join(traceback.format_exception(type(e), e, e.__traceback__))}")
+    summary.failed[cfg.run_id] = str(log)
+    print(f"!!! run {cfg.run_id} failed: {type(e).__name__}: {e} (log: {log})", flush=True)
+
+
+def _trained(summary: GridSummary, runs_dir: Path, cfg: RunConfig, m: dict[str, Any], mode: str | None,
+             todo: int) -> None:
+    summary.trained.append(cfg.run_id)
+    (runs_dir / ".failed" / f"{cfg.run_id}.log").unlink(missing_ok=True)
+    if mode == "runs":  # ``mobilenetv3_small_100 metanet age+sex k=2 fold 3`` (none: no metadata)
+        meta = f" {'+'.join(cfg.meta_features)} k={cfg.meta_layers}" if cfg.fusion != "none" else ""
+        done = len(summary.trained) + len(summary.failed)
+        print(f"[{done:>{len(str(todo))}}/{todo}] {cfg.backbone} {cfg.fusion}{meta} fold {cfg.fold}: "
+              f"MCR {100 * m['mcr']:.1f} % ({m['wall_time_s']:.0f} s)", flush=True)
 
 
 def _groups(runs: list[RunConfig], k: int) -> list[list[RunConfig]]:
     """Consecutive groups of up to ``k`` runs that can share one image cache (same size and colour
     correction), in the given order (longest first)."""
-    if k <= 1:
-        return [[r] for r in runs]
     open_groups: dict[tuple, list[RunConfig]] = {}
     out: list[list[RunConfig]] = []
     for r in runs:
@@ -367,4 +305,3 @@ def spawn_workers(n: int, argv: list[str]) -> int:
     procs = [subprocess.Popen([sys.executable, "-m", "metanet_utils", *argv], env={**os.environ,
                               "METANET_WORKER": str(i)}) for i in range(n)]
     return max(p.wait() for p in procs)
-

@@ -7,7 +7,8 @@ backward, SGD update) and replays it with one launch per step, so the GPU, not P
 pace. The numbers are those of the eager step: the same kernels run in the same order.
 
 Replay is opt-in (``cuda_graphs: on`` in a profile; the default ``off`` runs eager steps) until a dated
-GPU record in ``bench/results/`` shows it correct and faster. This module depends on torch only.
+GPU record in ``bench/results/`` shows it correct and faster. This module depends on torch only; the
+grid hands :func:`graph_step` to ``train_run`` as its ``make_step``.
 
 What a graph demands, and how :class:`TrainStep` meets it:
 
@@ -51,7 +52,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-__all__ = ["TrainStep", "cuda_graphs_wanted"]
+__all__ = ["TrainStep", "cuda_graphs_wanted", "graph_step"]
 
 
 def cuda_graphs_wanted(setting: str, device: torch.device) -> bool:
@@ -68,6 +69,17 @@ def cuda_graphs_wanted(setting: str, device: torch.device) -> bool:
     if setting == "on" and device.type != "cuda":
         raise ValueError(f"cuda_graphs='on' needs a CUDA device, not {device.type!r}; use 'off'")
     return setting == "on"
+
+
+def graph_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, prepare: Callable,
+               batch_size: int, amp_dtype: torch.dtype | None = None) -> "TrainStep":
+    """The ``make_step`` that :func:`metanet_utils.train.train_run` takes for ``cuda_graphs: on``: the step of
+    :func:`~metanet_utils.train.sgd_step` (same arguments, same numbers), captured once with its ``prepare``
+    (gather and augment from the device cache) and replayed. Refused off a CUDA device."""
+    cuda_graphs_wanted("on", next(model.parameters()).device)
+    step = TrainStep(model, criterion, optimizer, batch_size, amp_dtype, cuda_graph=True)
+    step.set_prepare(prepare)
+    return step
 
 
 class _CudaGraphs:

@@ -7,7 +7,8 @@ augmentation streams, checkpoint, record. The default is one run at a time (``ru
 dated GPU record in ``bench/results/`` shows runs trained together correct and faster
 (``bench/throughput.py --together K`` measures them).
 
-This module builds on :mod:`metanet_utils.train` and nothing builds on it but the grid.
+Built on the public pieces of :mod:`metanet_utils.train` (:class:`~metanet_utils.train.Run`, its lock and its
+epoch generator); nothing builds on it but the grid.
 
 Example:
     >>> from metanet_utils.dataset import open_dataset                                  # doctest: +SKIP
@@ -20,118 +21,43 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from .atomic import FileLock, LockHeld
 from .config import RunConfig
 from .paths import runs_dir as default_runs_dir
-from .train import (EpochIter, RunBusy, _check_fingerprint, _device_name, _log, _remove_leftovers, _RunSession,
-                    is_complete, pick_device, read_metrics)
+from .step import graph_step
+from .train import Run, is_complete, iter_train_epoch, pick_device, read_metrics, run_lock
 
-__all__ = ["train_runs_together", "run_interleaved"]
-
-
-def train_runs_together(cfgs: list[RunConfig], dataset, runs_dir: str | Path | None = None,
-                        device: str | None = None, progress: bool = True,
-                        weights_dir: str | Path | None = None) -> dict[str, dict[str, Any] | BaseException]:
-    """Train several runs at once in this process, one batch of each in turn, one CUDA stream each.
-
-    A run's numbers are those of the run trained alone, except where a model draws from the global
-    random generator (dropout: AlexNet and VGG), whose draws now interleave; a deterministic run is
-    therefore trained alone.
-
-    Returns run_id -> ``metrics.json`` content, or the exception that stopped that run
-    (:class:`~metanet_utils.train.RunBusy` where another worker holds it). Complete runs are read back.
-    """
-    runs_dir = Path(runs_dir or default_runs_dir())
-    dev = pick_device(device)
-    out: dict[str, dict[str, Any] | BaseException] = {}
-    locks: list[FileLock] = []
-    try:
-        sessions = _open_sessions(cfgs, dataset, runs_dir, dev, progress, weights_dir, out, locks)
-        if progress and len(sessions) > 1:
-            _log(f"[together] training {len(sessions)} runs at once on {_device_name(dev)}: "
-                 + ", ".join(x.cfg.run_id for x in sessions))
-        _train_epochs(sessions, out)
-        for x in sessions:
-            if x.failed is None:
-                try:
-                    out[x.cfg.run_id] = x.finish()
-                except Exception as e:  # noqa: BLE001 - one bad run must not stop the others
-                    out[x.cfg.run_id] = e
-    finally:
-        for lk in locks:
-            lk.release()
-    return out
+__all__ = ["train_runs_together", "EpochIter", "run_interleaved"]
 
 
-def _open_sessions(cfgs: list[RunConfig], dataset, runs_dir: Path, dev: torch.device, progress: bool,
-                   weights_dir, out: dict, locks: list[FileLock]) -> list[_RunSession]:
-    """Lock and open every run not complete yet (one image cache shared by all); what stops a run goes to ``out``."""
-    sessions: list[_RunSession] = []
-    shared: dict[tuple, torch.Tensor] = {}
-    for cfg in {c.run_id: c for c in cfgs}.values():  # each run once, in order
-        final = runs_dir / cfg.run_id
-        if is_complete(final):
-            out[cfg.run_id] = read_metrics(final)
-            continue
-        if cfg.deterministic and len(cfgs) > 1:
-            out[cfg.run_id] = ValueError("a deterministic run is trained alone (train_run), not together")
-            continue
-        try:
-            _check_fingerprint(cfg, dataset)
-            lk = FileLock(runs_dir / ".locks" / f"{cfg.run_id}.lock", blocking=False)
+class EpochIter:
+    """One epoch of one run (an :func:`~metanet_utils.train.iter_train_epoch` generator), advanced a batch at a
+    time, its device work queued on ``stream`` (a CUDA stream of its own; None: the current one)."""
+
+    def __init__(self, gen: Iterator[int], stream: torch.cuda.Stream | None = None) -> None:
+        self.gen, self.stream, self.result, self.error = gen, stream, None, None
+
+    def advance(self) -> bool:
+        """Queue the next batch; False once the epoch is over (``result`` set) or has failed (``error`` set)."""
+        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
             try:
-                lk.acquire()
-            except LockHeld:
-                raise RunBusy(f"run {cfg.run_id} is being trained by another worker") from None
-            locks.append(lk)
-            if is_complete(final):  # finished by another worker before we got the lock
-                out[cfg.run_id] = read_metrics(final)
-                continue
-            _remove_leftovers(runs_dir, cfg.run_id)
-            sessions.append(_RunSession(cfg, dataset, runs_dir, dev, progress, weights_dir, shared=shared,
-                                        together=True))
-        except Exception as e:  # noqa: BLE001 - one bad run must not stop the others
-            out[cfg.run_id] = e
-    return sessions
-
-
-def _train_epochs(sessions: list[_RunSession], out: dict) -> None:
-    """Every session's epochs, one batch of each in turn. A run is evaluated once every run's epoch is over:
-    an evaluation between the others' last batches would stall them and count in their epoch times."""
-
-    def fail(x: _RunSession, e: BaseException) -> None:
-        x.failed = e
-        out[x.cfg.run_id] = e
-        _log(f"!!! run {x.cfg.run_id} failed: {type(e).__name__}: {e}")
-
-    active = [x for x in sessions if not x.done]
-    while active:
-        epochs = {x: x.run_epoch_iter() for x in active}
-        ended: dict[_RunSession, dict[str, float]] = {}
-        while epochs:
-            for x in list(epochs):
-                try:
-                    if not epochs[x].advance():
-                        ended[x] = epochs.pop(x).result
-                except Exception as e:  # noqa: BLE001
-                    epochs.pop(x, None)
-                    fail(x, e)
-        for x, row in ended.items():
-            try:
-                x.end_epoch(row)
-            except Exception as e:  # noqa: BLE001
-                fail(x, e)
-        active = [x for x in active if not x.done and x.failed is None]
+                next(self.gen)
+                return True
+            except StopIteration as done:
+                self.result = done.value
+            except Exception as e:  # noqa: BLE001 - one failing run must not stop the others
+                self.error = e
+            return False
 
 
 def run_interleaved(epochs: list[EpochIter], device: torch.device) -> None:
-    """Run several epochs to their end, one batch of each in turn; each ``EpochIter`` queues its work on its
-    own stream, and the current stream then waits for all of them (``bench/throughput.py --together``)."""
+    """Run several epochs to their end, one batch of each in turn. Each run's stream first waits for what the
+    current stream queued (uploads, evaluations), and the current stream then waits for all of them."""
     cur = torch.cuda.current_stream(device) if device.type == "cuda" else None
     for it in epochs:
         if it.stream is not None:
@@ -142,3 +68,72 @@ def run_interleaved(epochs: list[EpochIter], device: torch.device) -> None:
     for it in epochs:
         if it.stream is not None:
             cur.wait_stream(it.stream)
+
+
+def train_runs_together(cfgs: list[RunConfig], dataset, runs_dir: str | Path | None = None,
+                        device: str | None = None, progress: bool = True,
+                        weights_dir: str | Path | None = None) -> dict[str, dict[str, Any] | BaseException]:
+    """Train several runs at once in this process, one batch of each in turn, one CUDA stream each.
+
+    A run's numbers are those of the run trained alone, except where a model draws from the global
+    random generator (dropout: AlexNet and VGG), whose draws now interleave; a deterministic run is
+    therefore trained alone. ``cuda_graphs: on`` runs replay their steps from CUDA graphs.
+
+    Returns run_id -> ``metrics.json`` content, or the exception that stopped that run
+    (:class:`~metanet_utils.train.RunBusy` where another worker holds it). Complete runs are read back.
+    """
+    runs_dir, dev = Path(runs_dir or default_runs_dir()), pick_device(device)
+    out: dict[str, dict[str, Any] | BaseException] = {}
+    with contextlib.ExitStack() as locks:
+        runs = _open_runs(cfgs, dataset, runs_dir, dev, progress, weights_dir, out, locks)
+        if progress and len(runs) > 1:
+            print(f"[together] training {len(runs)} runs at once on {dev}: "
+                  + ", ".join(r.cfg.run_id for r in runs), flush=True)
+        streams = {r: torch.cuda.Stream(dev) if dev.type == "cuda" else None for r in runs}
+        active = [r for r in runs if r.epoch < r.cfg.epochs]
+        while active:
+            its = {r: EpochIter(iter_train_epoch(r.model, r.data, r.augment, r.criterion, r.optimizer, r.cfg, r.epoch,
+                                                 dev, r.amp_dtype, r.channels_last, r.step), streams[r])
+                   for r in active}
+            run_interleaved(list(its.values()), dev)
+            for r, it in its.items():  # evaluations once every epoch has ended: one between the others' last
+                try:                   # batches would stall them and count in their epoch times
+                    if it.error is not None:
+                        raise it.error
+                    r.end_epoch(it.result)
+                except Exception as e:  # noqa: BLE001 - one failing run must not stop the others
+                    out[r.cfg.run_id] = e
+            active = [r for r in active if r.epoch < r.cfg.epochs and r.cfg.run_id not in out]
+        for r in runs:
+            if r.cfg.run_id not in out:
+                try:
+                    out[r.cfg.run_id] = r.write_record(trained_together=True)
+                except Exception as e:  # noqa: BLE001
+                    out[r.cfg.run_id] = e
+    return out
+
+
+def _open_runs(cfgs: list[RunConfig], dataset, runs_dir: Path, dev: torch.device, progress: bool, weights_dir,
+               out: dict, locks: contextlib.ExitStack) -> list[Run]:
+    """Lock and open every run not complete yet (one image cache shared by all); what stops a run goes to ``out``."""
+    runs: list[Run] = []
+    shared: dict[tuple, torch.Tensor] = {}
+    for cfg in {c.run_id: c for c in cfgs}.values():  # each run once, in order
+        final, key = runs_dir / cfg.run_id, (cfg.image_size, cfg.color_constancy)
+        if is_complete(final):
+            out[cfg.run_id] = read_metrics(final)
+            continue
+        if cfg.deterministic and len(cfgs) > 1:
+            out[cfg.run_id] = ValueError("a deterministic run is trained alone (train_run), not together")
+            continue
+        try:
+            locks.enter_context(run_lock(runs_dir, cfg.run_id))
+            if is_complete(final):  # finished by another worker before we got the lock
+                out[cfg.run_id] = read_metrics(final)
+                continue
+            runs.append(Run(cfg, dataset, runs_dir, dev, progress, weights_dir,
+                            graph_step if cfg.cuda_graphs == "on" else None, images=shared.get(key)))
+            shared.setdefault(key, runs[-1].data.images)
+        except Exception as e:  # noqa: BLE001 - one bad run must not stop the others
+            out[cfg.run_id] = e
+    return runs

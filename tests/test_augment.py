@@ -72,10 +72,12 @@ def test_crop_larger_than_the_image_or_non_uint8_batch_is_refused():
 
 
 def _params(b, **kw):
+    """A ``b x 8`` parameter matrix (columns BatchAugment.PARAMS): the identity, with ``kw`` replaced."""
     base = {"angle": 0.0, "fx": 1.0, "fy": 1.0, "tx": 0.0, "ty": 0.0, "brightness": 1.0, "contrast": 1.0,
             "saturation": 1.0}
     base.update(kw)
-    return {k: (v if isinstance(v, torch.Tensor) else torch.full((b,), float(v))) for k, v in base.items()}
+    assert tuple(base) == BatchAugment.PARAMS
+    return torch.stack([v if isinstance(v, torch.Tensor) else torch.full((b,), float(v)) for v in base.values()], 1)
 
 
 def test_a_quarter_turn_equals_rot90():
@@ -106,7 +108,9 @@ def test_colour_jitter_matches_torchvision_functional():
 
 def test_drawn_parameters_follow_the_configured_ranges():
     aug = BatchAugment(crop=24, rotation=30, brightness=0.2, contrast=0.1, saturation=0.3, vflip=False)
-    p = aug.draw(4000, 32, 40, "cpu", torch.Generator().manual_seed(0))
+    m = aug.draw(4000, 32, 40, "cpu", torch.Generator().manual_seed(0))
+    assert m.shape == (4000, 8)
+    p = dict(zip(BatchAugment.PARAMS, m.unbind(1)))
     assert float(p["angle"].abs().max()) <= 30 * torch.pi / 180 and float(p["angle"].abs().max()) > 29 * torch.pi / 180
     assert set(p["fx"].unique().tolist()) == {-1.0, 1.0} and set(p["fy"].unique().tolist()) == {1.0}
     assert abs(float((p["fx"] < 0).float().mean()) - 0.5) < 0.05

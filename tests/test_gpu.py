@@ -175,7 +175,7 @@ def _tiny(dev, channels_last=False):
 def test_device_resident_cache_trains_and_evaluates_from_device_memory(dev, monkeypatch):
     from metanet_utils.augment import BatchAugment
     from metanet_utils.config import RunConfig
-    from metanet_utils.train import DeviceData, autocast_dtype, evaluate_model, train_one_epoch
+    from metanet_utils.train import DeviceData, autocast_dtype, evaluate, train_one_epoch
 
     images, meta, labels, folds = _cache_arrays()
     data = DeviceData.build(images, meta, labels, folds, 0, [f"ISIC_{i:07d}" for i in range(len(labels))], dev)
@@ -197,7 +197,7 @@ def test_device_resident_cache_trains_and_evaluates_from_device_memory(dev, monk
     rows = [train_one_epoch(model, data, aug, crit, opt, cfg, e, dev, amp, cl) for e in range(3)]
     for r in rows:
         assert np.isfinite(r["train_loss"]) and r["images_per_s"] > 0 and r["epoch_time_s"] > 0
-    probs, val_loss = evaluate_model(model, data, aug, dev, amp, cl, criterion=crit)
+    probs, val_loss = evaluate(model, data, aug, dev, amp, cl, criterion=crit)
     assert probs.shape == (len(data.val_idx), 7) and np.isfinite(val_loss)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
 
@@ -214,7 +214,7 @@ def test_evaluation_in_bf16_agrees_with_fp32(dev):
     from metanet_utils.augment import BatchAugment
     from metanet_utils.config import RunConfig
     from metanet_utils.evaluate import mean_class_recall
-    from metanet_utils.train import DeviceData, evaluate_model, train_one_epoch
+    from metanet_utils.train import DeviceData, evaluate, train_one_epoch
 
     images, meta, labels, folds = _cache_arrays(n=210)
     data = DeviceData.build(images, meta, labels, folds, 0, [str(i) for i in range(len(labels))], dev)
@@ -225,12 +225,12 @@ def test_evaluation_in_bf16_agrees_with_fp32(dev):
     for e in range(4):  # a few epochs in fp32, so that predictions are confident enough to compare
         train_one_epoch(model, data, aug, nn.CrossEntropyLoss(), opt, cfg, e, dev, None, False)
 
-    p32, _ = evaluate_model(model, data, aug, dev, None, False)
-    results = {"bf16": evaluate_model(model, data, aug, dev, torch.bfloat16, False)[0]}
+    p32, _ = evaluate(model, data, aug, dev, None, False)
+    results = {"bf16": evaluate(model, data, aug, dev, torch.bfloat16, False)[0]}
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-        results["bf16+channels_last"] = evaluate_model(model, data, aug, dev, torch.bfloat16, True)[0]
-        results["fp32+channels_last"] = evaluate_model(model, data, aug, dev, None, True)[0]
+        results["bf16+channels_last"] = evaluate(model, data, aug, dev, torch.bfloat16, True)[0]
+        results["fp32+channels_last"] = evaluate(model, data, aug, dev, None, True)[0]
     y = labels[folds == 0]
     for name, p in results.items():
         assert p.shape == p32.shape
@@ -295,6 +295,7 @@ def test_train_run_with_cuda_graphs_records_replays_and_matches_an_eager_run(dev
     import shutil
 
     from metanet_utils.config import RunConfig
+    from metanet_utils.step import graph_step
     from metanet_utils.train import record_dir, train_run
 
     _needs_cuda(dev)
@@ -302,7 +303,7 @@ def test_train_run_with_cuda_graphs_records_replays_and_matches_an_eager_run(dev
     base = RunConfig(backbone="test_resnet", fusion="metanet", n_folds=2, fold=0, epochs=2, milestones=(1,),
                      image_size=64, crop_size=56, batch_size=32, lr=0.01, pretrained=False, precision="fp32",
                      data_kind=ds.kind, data_fingerprint=ds.fingerprint)
-    m_graph = train_run(base.replace(cuda_graphs="on"), ds, device=str(dev), progress=False)
+    m_graph = train_run(base.replace(cuda_graphs="on"), ds, device=str(dev), progress=False, make_step=graph_step)
     ex = m_graph["execution"]
     assert ex["cuda_graphs"] is True and ex["cuda_graphs_failure"] is None, ex
     assert ex["captures"] == 2 and ex["replayed"] > 0  # captured again after the lr milestone
@@ -312,7 +313,7 @@ def test_train_run_with_cuda_graphs_records_replays_and_matches_an_eager_run(dev
     graph_copy = run.with_name(run.name + "-graph")
     shutil.move(str(run), str(graph_copy))
     m_eager = train_run(base.replace(cuda_graphs="off"), ds, device=str(dev), progress=False)
-    assert m_eager["execution"]["cuda_graphs"] is False and m_eager["execution"]["replayed"] == 0
+    assert m_eager["execution"] == {"cuda_graphs": False, "trained_together": False}  # the eager step
     # same seeds and batches; cuDNN autotuning may pick other (TF32) kernels in the two runs
     h_g, h_e = pd.read_csv(graph_copy / "history.csv"), pd.read_csv(run / "history.csv")
     np.testing.assert_allclose(h_g["train_loss"], h_e["train_loss"], rtol=2e-2)
@@ -357,7 +358,7 @@ def test_the_training_loop_never_waits_for_the_gpu(dev, graphs):
     from metanet_utils.augment import BatchAugment
     from metanet_utils.config import RunConfig
     from metanet_utils.step import TrainStep
-    from metanet_utils.train import DeviceData, iter_train_epoch
+    from metanet_utils.train import DeviceData, iter_train_epoch, prepare_batch
 
     _needs_cuda(dev)
     images, meta, labels, folds = _cache_arrays(n=400)
@@ -365,10 +366,11 @@ def test_the_training_loop_never_waits_for_the_gpu(dev, graphs):
     model = _tiny(dev, channels_last=True)
     crit = nn.CrossEntropyLoss(weight=torch.linspace(0.5, 2, 7, device=dev))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    aug = BatchAugment(crop=40, mean=(0.5,) * 3, std=(0.25,) * 3)
     step = TrainStep(model, crit, opt, 16, torch.bfloat16, cuda_graph=graphs)
+    step.set_prepare(prepare_batch(data, aug, True))
     cfg = RunConfig(backbone="test_resnet", batch_size=16, image_size=48, crop_size=40, pretrained=False)
-    it = iter_train_epoch(model, data, BatchAugment(crop=40, mean=(0.5,) * 3, std=(0.25,) * 3), crit, opt, cfg, 0, dev,
-                          torch.bfloat16, True, step=step)
+    it = iter_train_epoch(model, data, aug, crit, opt, cfg, 0, dev, torch.bfloat16, True, step=step)
     for _ in range(6):  # warm-up and capture synchronise on purpose
         next(it)
     torch.cuda.set_sync_debug_mode("error")

@@ -33,7 +33,7 @@ def _record(runs_dir: Path, cfg: RunConfig, state: str) -> None:
     if state == "absent":
         return
     y = list(range(7))
-    d = write_fake_run(runs_dir, cfg.to_dict(), probs_for(y, y), y)  # a manifest without the checkpoint
+    d = write_fake_run(runs_dir, cfg.to_dict(), probs_for(y, y), y, omit=["checkpoint.pt"])  # no checkpoint
     if state == "no checkpoint":
         return
     (d / "checkpoint.pt").write_bytes(b"\0" * 64)
@@ -98,15 +98,13 @@ def test_run_grid_trains_the_missing_runs_longest_first_by_estimated_cost(isolat
     """run_grid hands its runs to train_run in decreasing cost, the cost recomputed here by hand (same crop and
     epochs for all, so the backbones' GMACs decide: vgg19, resnet50, test_resnet (1), alexnet); runs of equal cost
     keep the enumeration order (fusion, then fold), and a complete record is skipped."""
-    from metanet_utils import train
-
     trained = []
 
     def fake_train_run(cfg, dataset, **kwargs):
         trained.append(cfg)
         return {"mcr": 0.5, "wall_time_s": 1.0}
 
-    monkeypatch.setattr(train, "train_run", fake_train_run)
+    monkeypatch.setattr(grid, "train_run", fake_train_run)
     prof = load_profile("smoke", backbones=["test_resnet", "alexnet", "vgg19", "resnet50"], fusions=["none", "metanet"],
                         ablations={"table3": False, "table4": False}, runs_together=1)
     ds = _dataset()
@@ -127,3 +125,43 @@ def test_run_grid_trains_the_missing_runs_longest_first_by_estimated_cost(isolat
         for k in (0, 1) if (b, f, k) != ("resnet50", "metanet", 0)]
     assert summary.trained == [r.run_id for r in trained]
     assert math.isclose(by_hand(trained[0]), 19.63 * (56 / 224) ** 2 * 1)
+
+
+def test_run_grid_waits_for_busy_runs_logs_failures_and_stops_on_a_cache_error(isolated_root, monkeypatch, capsys):
+    """A run another worker holds (RunBusy) is tried again after ``poll_s`` with ``wait`` and left with
+    ``wait=False``; a failing run is logged to ``runs/.failed/<run_id>.log`` while the others go on (the log goes
+    once it trains); a bad image or a full disk (CacheError) stops the grid at once."""
+    from metanet_utils.cache import CacheError
+    from metanet_utils.train import RunBusy
+
+    prof = load_profile("smoke", fusions=["none", "metanet"], folds=[0], ablations={"table3": False, "table4": False})
+    runs_dir = isolated_root / "results" / "runs"
+    none, metanet = grid.enumerate_runs(prof, _dataset())
+    calls, behaviour = [], {}
+
+    def fake_train_run(cfg, dataset, **kwargs):
+        calls.append(cfg.run_id)
+        outcome = behaviour[cfg.run_id].pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return {"mcr": 0.5, "wall_time_s": 1.0}
+
+    monkeypatch.setattr(grid, "train_run", fake_train_run)
+    behaviour.update({none.run_id: [RunBusy("held"), "ok"], metanet.run_id: [ValueError("bad run")]})
+    s = grid.run_grid(prof, _dataset(), runs_dir=runs_dir, device="cpu", progress=True, poll_s=0)
+    assert s.trained == [none.run_id] and list(s.failed) == [metanet.run_id]
+    assert calls == [none.run_id, metanet.run_id, none.run_id]  # the busy run again, after the others
+    log = runs_dir / ".failed" / f"{metanet.run_id}.log"
+    assert s.failed[metanet.run_id] == str(log) and "ValueError: bad run" in log.read_text()
+    out = capsys.readouterr().out
+    assert "waiting for 1 run(s) trained by other workers" in out and f"!!! run {metanet.run_id} failed" in out
+
+    calls.clear()
+    behaviour.update({none.run_id: [RunBusy("held")], metanet.run_id: ["ok"]})
+    s = grid.run_grid(prof, _dataset(), runs_dir=runs_dir, device="cpu", progress=False, wait=False)
+    assert calls == [none.run_id, metanet.run_id] and s.trained == [metanet.run_id] and not s.failed
+    assert not log.exists()  # trained since: its failure log is gone
+
+    behaviour.update({none.run_id: [CacheError("not enough free disk")], metanet.run_id: ["ok"]})
+    with pytest.raises(CacheError, match="free disk"):
+        grid.run_grid(prof, _dataset(), runs_dir=runs_dir, device="cpu", progress=False)

@@ -20,6 +20,15 @@ from metanet_utils.step import TrainStep, cuda_graphs_wanted
 from _graphs import RecordingGraphs as _RecordingGraphs
 
 
+@pytest.fixture()
+def one_torch_thread():
+    """Tiny CPU models on a busy 2-core machine: one intra-op thread is many times faster than two that contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class _Net(nn.Module):
     """Conv + BatchNorm + a metadata gate: the kinds of layers the real models have."""
 
@@ -181,16 +190,45 @@ def test_the_grid_passes_the_profile_setting_to_every_run():
         assert load_profile(name).cuda_graphs == "off", name
 
 
-def test_train_run_refuses_cuda_graphs_on_without_a_gpu(isolated_root, real_data_dir):
+def test_train_run_trains_with_the_step_it_is_given_and_the_grid_gives_graphs_only_on_a_gpu(isolated_root,
+                                                                                             real_data_dir,
+                                                                                             one_torch_thread):
+    """train_run's ``make_step`` hook: a graph step (the recording stand-in on the CPU, warm-up 1) is captured,
+    replayed and captured again after the lr milestone, and the run's record equals the eager run's, bit for bit;
+    metrics.json says what ran. The grid hands the real graph step to ``cuda_graphs: on`` runs only, and that
+    step refuses a CPU."""
+    import pandas as pd
+
     from metanet_utils.dataset import open_dataset
+    from metanet_utils.grid import step_for
+    from metanet_utils.step import graph_step
     from metanet_utils.train import train_run
 
-    ds = open_dataset(real_data_dir, max_images=60)
-    cfg = RunConfig(backbone="test_resnet", fusion="none", meta_features=(), meta_layers=0, n_folds=2, epochs=1,
-                    image_size=40, crop_size=32, pretrained=False, cuda_graphs="on",
-                    data_kind=ds.kind, data_fingerprint=ds.fingerprint)
+    ds = open_dataset(real_data_dir, max_images=80)
+    cfg = RunConfig(backbone="test_resnet", fusion="metanet", n_folds=2, epochs=2, milestones=(1,), image_size=40,
+                    crop_size=32, batch_size=8, lr=0.01, pretrained=False, data_kind=ds.kind,
+                    data_fingerprint=ds.fingerprint)
+    eager = train_run(cfg, ds, runs_dir=isolated_root / "eager", device="cpu", progress=False)
+    back = _RecordingGraphs()
+
+    def make_step(model, criterion, optimizer, prepare, batch_size, amp_dtype):
+        step = TrainStep(model, criterion, optimizer, batch_size, amp_dtype, cuda_graph=True, warmup=1, _backend=back)
+        step.set_prepare(prepare)
+        return step
+
+    on = cfg.replace(cuda_graphs="on")
+    graphed = train_run(on, ds, runs_dir=isolated_root / "graph", device="cpu", progress=False, make_step=make_step)
+    assert eager["execution"] == {"cuda_graphs": False, "trained_together": False}
+    ex = graphed["execution"]
+    assert ex["cuda_graphs"] is True and ex["captures"] == back.captures == 2 and ex["replayed"] == back.replays > 0
+    for name in ("predictions.csv", "history.csv"):
+        a, b = (pd.read_csv(isolated_root / d / cfg.run_id / name) for d in ("eager", "graph"))
+        pd.testing.assert_frame_equal(a.drop(columns=["epoch_time_s", "images_per_s"], errors="ignore"),
+                                      b.drop(columns=["epoch_time_s", "images_per_s"], errors="ignore"),
+                                      check_exact=True)
+    assert step_for(on) is graph_step and step_for(cfg) is None
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        train_run(cfg, ds, device="cpu", progress=False)
+        train_run(on, ds, runs_dir=isolated_root / "cpu", device="cpu", progress=False, make_step=step_for(on))
 
 
 def test_a_prepare_function_runs_inside_the_step_and_a_new_cache_captures_again():

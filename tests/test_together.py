@@ -17,8 +17,8 @@ import torch
 from metanet_utils.atomic import FileLock
 from metanet_utils.config import ConfigError, Profile, RunConfig, list_profiles, load_profile
 from metanet_utils.grid import _groups, run_grid
-from metanet_utils.together import run_interleaved, train_runs_together
-from metanet_utils.train import EpochIter, RunBusy, is_complete, record_dir, train_run
+from metanet_utils.together import EpochIter, run_interleaved, train_runs_together
+from metanet_utils.train import RunBusy, is_complete, record_dir, train_run
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -162,7 +162,7 @@ def test_the_grid_trains_one_run_at_a_time_by_default(small_ds, tmp_path, capsys
                 if json.loads((tmp_path / rid / "metrics.json").read_text())["execution"]["trained_together"]]
 
 
-def test_run_interleaved_takes_one_batch_of_each_epoch_in_turn_to_their_ends():
+def test_run_interleaved_takes_one_batch_of_each_epoch_in_turn_to_their_ends_past_a_failing_one():
     seen = []
 
     def epoch(name: str, n: int):
@@ -171,18 +171,24 @@ def test_run_interleaved_takes_one_batch_of_each_epoch_in_turn_to_their_ends():
             yield b
         return {"batches": n}
 
-    its = [EpochIter(epoch("a", 3)), EpochIter(epoch("b", 1)), EpochIter(epoch("c", 2))]
+    def failing():
+        seen.append("d0")
+        yield 0
+        raise RuntimeError("out of memory")
+
+    its = [EpochIter(epoch("a", 3)), EpochIter(epoch("b", 1)), EpochIter(failing()), EpochIter(epoch("c", 2))]
     run_interleaved(its, torch.device("cpu"))
-    assert seen == ["a0", "b0", "c0", "a1", "c1", "a2"]
-    assert [it.result for it in its] == [{"batches": 3}, {"batches": 1}, {"batches": 2}]
+    assert seen == ["a0", "b0", "d0", "c0", "a1", "c1", "a2"]  # a failing epoch stops, the others go on
+    assert [it.result for it in its] == [{"batches": 3}, {"batches": 1}, None, {"batches": 2}]
+    assert [str(it.error) for it in its] == ["None", "None", "out of memory", "None"]
 
 
 def test_runs_together_evaluate_only_after_every_run_has_ended_its_epoch(small_ds, tmp_path, monkeypatch):
     """An evaluation between the last batches of the others would stall them and count in their epoch times."""
-    from metanet_utils import train as train_mod
+    from metanet_utils import together, train
 
     events = []
-    real_advance, real_end = train_mod.EpochIter.advance, train_mod._RunSession.end_epoch
+    real_advance, real_end = together.EpochIter.advance, train.Run.end_epoch
 
     def advance(self):
         more = real_advance(self)
@@ -194,8 +200,8 @@ def test_runs_together_evaluate_only_after_every_run_has_ended_its_epoch(small_d
         events.append("evaluate")
         return real_end(self, row, force_checkpoint)
 
-    monkeypatch.setattr(train_mod.EpochIter, "advance", advance)
-    monkeypatch.setattr(train_mod._RunSession, "end_epoch", end_epoch)
+    monkeypatch.setattr(together.EpochIter, "advance", advance)
+    monkeypatch.setattr(train.Run, "end_epoch", end_epoch)
     cfgs = [_cfg(small_ds, fold=0), _cfg(small_ds, fold=1), _cfg(small_ds, fusion="none", meta_features=())]
     out = train_runs_together(cfgs, small_ds, runs_dir=tmp_path, device="cpu", progress=False)
     assert all(isinstance(m, dict) for m in out.values())

@@ -23,6 +23,16 @@ from metanet_utils.train import RECORD_FILES, class_weight_tensor, is_complete, 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny CPU models on a busy 2-core machine: one intra-op thread is many times faster than two that contend
+    (worker processes get OMP_NUM_THREADS=1 alike, so that both sides compute the same numbers)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def write_profile(path: Path, **overrides) -> Path:
     """A tiny profile: test_resnet, 2 folds, small images, few real images."""
     import yaml
@@ -35,11 +45,15 @@ def write_profile(path: Path, **overrides) -> Path:
     return path
 
 
+def cli_env(env_root: Path) -> dict:
+    """A private results and cache folder; one torch thread per process (tiny models on a busy 2-core machine)."""
+    return {**os.environ, "METANET_ROOT": str(env_root), "METANET_RESULTS_DIR": str(env_root / "results"),
+            "METANET_CACHE_DIR": str(env_root / "cache"), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
 def run_cli(args, env_root: Path, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "METANET_ROOT": str(env_root), "METANET_RESULTS_DIR": str(env_root / "results"),
-           "METANET_CACHE_DIR": str(env_root / "cache"), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "metanet_utils", *args], env=env, capture_output=True, text=True,
-                          **kw)
+    return subprocess.run([sys.executable, "-m", "metanet_utils", *args], env=cli_env(env_root), capture_output=True,
+                          text=True, **kw)
 
 
 def test_lr_is_divided_by_ten_at_the_paper_milestones():
@@ -124,7 +138,7 @@ def test_a_runs_loss_weights_come_from_its_training_fold_only(real_data_dir, iso
         cfg = RunConfig(backbone="test_resnet", fusion="none", meta_features=(), meta_layers=0, n_folds=2, fold=fold,
                         epochs=1, image_size=40, crop_size=32, batch_size=16, pretrained=False, data_kind=ds.kind,
                         data_fingerprint=ds.fingerprint)
-        session = train_mod._RunSession(cfg, ds, isolated_root / "runs", torch.device("cpu"), False, None)
+        session = train_mod.Run(cfg, ds, isolated_root / "runs", torch.device("cpu"), progress=False)
         saved = pd.read_csv(isolated_root / "results" / "folds" / f"{ds.fingerprint}-image-2-s0.csv",
                             dtype={"image_id": str})
         train_dx = official.loc[saved.loc[saved["fold"] != fold, "image_id"]].to_numpy()
@@ -158,7 +172,7 @@ def test_validation_loss_is_the_class_weighted_mean_over_the_whole_fold_whatever
 
     from metanet_utils.augment import BatchAugment
     from metanet_utils.models import build_model
-    from metanet_utils.train import DeviceData, evaluate_model
+    from metanet_utils.train import DeviceData, evaluate
 
     rng = np.random.default_rng(0)
     n = 40
@@ -176,12 +190,12 @@ def test_validation_loss_is_the_class_weighted_mean_over_the_whole_fold_whatever
     y = labels[folds == 0]
     expected = None
     for bs in (30, 7, 4):
-        probs, loss = evaluate_model(model, data, aug, dev, None, False, batch_size=bs, criterion=crit)
+        probs, loss = evaluate(model, data, aug, dev, None, False, batch_size=bs, criterion=crit)
         if expected is None:
             wy = w.numpy()[y].astype(np.float64)
             expected = float((wy * -np.log(probs[np.arange(len(y)), y])).sum() / wy.sum())
         assert loss == pytest.approx(expected, rel=1e-5), bs
-    assert evaluate_model(model, data, aug, dev, None, False, batch_size=7, criterion=nn.CrossEntropyLoss())[1] == \
+    assert evaluate(model, data, aug, dev, None, False, batch_size=7, criterion=nn.CrossEntropyLoss())[1] == \
         pytest.approx(float(-np.log(probs[np.arange(len(y)), y]).mean()), rel=1e-5)
 
 
@@ -264,26 +278,35 @@ def test_smoke_grid_validates_each_run_on_exactly_the_images_of_its_saved_fold(s
         assert metrics["n_val"] == len(in_fold) and metrics["n_train"] == len(saved) - len(in_fold)
 
 
-def test_rerunning_the_grid_trains_nothing(smoke_grid, real_data_dir):
+def test_rerunning_the_grid_trains_nothing(smoke_grid, real_data_dir, monkeypatch, capsys):
+    """The same grid again (here in this process, on the command's folders) finds every record complete."""
+    from metanet_utils.config import load_profile
+    from metanet_utils.grid import parse_only, profile_dataset, run_grid
+
     root, _ = smoke_grid
-    out = run_cli(["grid", "--profile", "smoke", "--data-dir", str(real_data_dir), "--only", "fold=0",
-                   "meta_layers=0,2", "meta_features=,age+sex+localization"], root, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "trained now 0, already complete 4" in out.stdout  # Table 1 (3) + Table 4 concat k=2
+    for k, v in cli_env(root).items():
+        if k.startswith("METANET_"):
+            monkeypatch.setenv(k, v)
+    profile = load_profile("smoke")
+    only = parse_only(["fold=0", "meta_layers=0,2", "meta_features=,age+sex+localization"])
+    summary = run_grid(profile, profile_dataset(profile, real_data_dir), only=only, device="cpu")
+    assert summary.trained == [] and not summary.failed and len(summary.skipped) == 4  # Table 1 (3) + Table 4's
+    assert "trained now 0, already complete 4" in capsys.readouterr().out              # concat k=2
 
 
-def test_run_killed_with_sigkill_resumes_to_the_same_result(real_data_dir, tmp_path):
-    epochs = 25  # long enough that the kill lands mid-run even on an idle machine
+def test_run_killed_with_sigkill_resumes_to_the_same_result(real_data_dir, tmp_path, monkeypatch):
+    """A grid worker SIGKILLed at a random moment after its first checkpoint, then run again: it resumes from
+    the checkpoint and writes the record of the same run trained without a break (here, in this process)."""
+    from metanet_utils.config import load_profile
+    from metanet_utils.grid import enumerate_runs, profile_dataset
+    from metanet_utils.train import train_run
+
+    epochs = 10  # long enough that the kill lands mid-run even on an idle machine
     prof = write_profile(tmp_path / "resume.yaml", epochs=epochs, deterministic=True)
     args = ["grid", "--profile", str(prof), "--data-dir", str(real_data_dir)]
     ref_root, int_root = tmp_path / "ref", tmp_path / "int"
-    out = run_cli(args, ref_root, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-
-    env = {**os.environ, "METANET_ROOT": str(int_root), "METANET_RESULTS_DIR": str(int_root / "results"),
-           "METANET_CACHE_DIR": str(int_root / "cache")}
-    proc = subprocess.Popen([sys.executable, "-m", "metanet_utils", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "metanet_utils", *args], env=cli_env(int_root),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     work = int_root / "results" / "runs" / ".work"
     deadline = time.time() + 300
     while time.time() < deadline and not list(work.glob("*/checkpoint.pt")):
@@ -299,8 +322,14 @@ def test_run_killed_with_sigkill_resumes_to_the_same_result(real_data_dir, tmp_p
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"resuming after epoch {done_before}/{epochs}" in out.stdout
 
-    (ref_run,) = [p for p in (ref_root / "results" / "runs").iterdir() if not p.name.startswith(".")]
-    int_run = int_root / "results" / "runs" / ref_run.name
+    for k, v in cli_env(ref_root).items():
+        if k.startswith("METANET_"):
+            monkeypatch.setenv(k, v)
+    profile = load_profile(prof)  # one torch thread here as in the worker: the same kernels, the same numbers
+    ds = profile_dataset(profile, real_data_dir)
+    (cfg,) = enumerate_runs(profile, ds)
+    train_run(cfg, ds, device="cpu", progress=False)
+    ref_run, int_run = ref_root / "results" / "runs" / cfg.run_id, int_root / "results" / "runs" / cfg.run_id
     assert is_complete(int_run)
     ref_pred = pd.read_csv(ref_run / "predictions.csv")
     int_pred = pd.read_csv(int_run / "predictions.csv")
@@ -313,10 +342,7 @@ def test_run_killed_with_sigkill_resumes_to_the_same_result(real_data_dir, tmp_p
 
 def test_two_concurrent_workers_train_each_run_exactly_once(real_data_dir, tmp_path):
     prof = write_profile(tmp_path / "conc.yaml", fusions=["none", "concat", "metanet"], folds=[0, 1], epochs=1)
-    root = tmp_path / "root"
-    # prepare the cache once so the two workers start training at the same time
-    assert run_cli(["data", "prepare", "--profile", str(prof), "--data-dir", str(real_data_dir)], root,
-                   timeout=300).returncode == 0
+    root = tmp_path / "root"  # the grid prepares the image cache once, then starts both workers
     out = run_cli(["grid", "--profile", str(prof), "--data-dir", str(real_data_dir), "--workers", "2"], root,
                   timeout=900)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
@@ -336,9 +362,9 @@ def test_checkpoint_interval_skips_checkpoints_between_the_first_and_the_last_ep
 
     ds = open_dataset(real_data_dir, max_images=120)
     saved = []
-    real = train_mod._save_checkpoint
-    monkeypatch.setattr(train_mod, "_save_checkpoint", lambda path, state: (saved.append(state["epoch"]),
-                                                                              real(path, state)))
+    real = train_mod.save_checkpoint
+    monkeypatch.setattr(train_mod, "save_checkpoint", lambda path, state: (saved.append(state["epoch"]),
+                                                                            real(path, state)))
     base = RunConfig(backbone="test_resnet", fusion="none", meta_features=(), meta_layers=0, n_folds=2, epochs=4,
                      image_size=40, crop_size=32, batch_size=16, pretrained=False, data_kind=ds.kind,
                      data_fingerprint=ds.fingerprint)
@@ -425,6 +451,6 @@ def test_grid_progress_auto_is_per_run_for_short_runs_and_per_epoch_for_long_one
     assert resolve_progress("auto", enumerate_runs(load_profile("paper"), Data())) == "epochs"
     short, long = (RunConfig(backbone="test_resnet", epochs=e) for e in (SHORT_RUN_EPOCHS, SHORT_RUN_EPOCHS + 1))
     assert resolve_progress("auto", [short]) == "runs" and resolve_progress("auto", [short, long]) == "epochs"
-    assert [resolve_progress(p, [long]) for p in (True, False, "runs", "epochs")] == [True, False, "runs", "epochs"]
+    assert [resolve_progress(p, [long]) for p in (True, False, "runs", "epochs")] == ["epochs", None, "runs", "epochs"]
     with pytest.raises(ValueError, match="'runs' or 'auto'"):
         resolve_progress("yes", [short])
