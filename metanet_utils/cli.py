@@ -174,7 +174,7 @@ def _check_backbones(profile, backbones: list[str] | None = None) -> None:
     """Refuse, before any data or cache work, a backbone that does not exist or whose crop
     would be larger than its image (checked again per run by :class:`RunConfig`)."""
     from .config import ConfigError
-    from .grid import _sizes
+    from .runs import image_sizes
     from .models import resolve_backbone
 
     names = list(backbones) if backbones is not None else list(profile.backbones)
@@ -185,7 +185,7 @@ def _check_backbones(profile, backbones: list[str] | None = None) -> None:
             resolve_backbone(b)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        resize, crop = _sizes(profile, b)
+        resize, crop = image_sizes(profile, b)
         if crop > resize:
             raise ConfigError(f"crop_size={crop} is larger than image_size={resize} for backbone {b}; "
                               "allowed: crop_size <= image_size")

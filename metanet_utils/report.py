@@ -27,7 +27,7 @@ from .constants import BACKBONES, DATA_CLASS_COUNTS, N_IMAGES, PAPER_CLASS_COUNT
 from .data import DataError, describe
 from .dataset import profile_dataset
 from .evaluate import is_complete, load_record, load_records
-from .grid import _sizes, enumerate_runs
+from .runs import enumerate_runs, image_sizes
 from .paths import runs_dir, tables_dir
 from .splits import lesion_leak
 from .stats import compare, paired_values
@@ -71,7 +71,7 @@ def _sizes_of(prof: Profile) -> dict[str, tuple[int, int]]:
     out = {}
     for b in prof.backbones:
         try:
-            out[b] = tuple(_sizes(prof, b))
+            out[b] = tuple(image_sizes(prof, b))
         except ValueError:  # a model name timm does not know: the profile's numbers, else the paper's
             out[b] = (prof.image_size or _paper_size(b)[0], prof.crop_size or _paper_size(b)[1])
     return out

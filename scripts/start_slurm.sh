@@ -1,84 +1,99 @@
 #!/usr/bin/env bash
-# Start a single-node Slurm cluster on this machine, for tests (tests/test_slurm.py).
+# Start a single-node Slurm cluster, with job accounting, on this machine (for tests/test_slurm.py).
 #
-#   scripts/start_slurm.sh [STATE_DIR]          (default: $METANET_SLURM_DIR or /tmp/metanet-slurm)
-#   source STATE_DIR/env.sh                     (sets SLURM_CONF; then sinfo, sbatch, squeue work)
-#   scripts/stop_slurm.sh [STATE_DIR]
+#   scripts/start_slurm.sh STATE_DIR        prints SLURM_CONF=STATE_DIR/slurm.conf; export it, then
+#                                           sinfo, sbatch, squeue and sacct talk to this cluster
+#   scripts/stop_slurm.sh STATE_DIR [--purge]
 #
-# What it does:
-#   1. installs Debian's slurm-wlm and munge with apt-get if slurmctld is missing (root only);
-#   2. creates a fresh munge key and starts munged on a private socket;
-#   3. writes a minimal slurm.conf (this host is controller and only node, partition "debug",
-#      no accounting, no cgroups) and starts slurmctld and slurmd;
-#   4. waits until sinfo shows the node idle.
-# Everything (config, key, sockets, spool, logs, pid files) lives under STATE_DIR; nothing in /etc
-# is changed and the system's own Slurm configuration (if any) is not touched.
-#
-# Exit codes: 0 cluster up; 3 cannot start here (not root, apt unavailable, daemon failed):
-# the reason is the last line on stderr.
+# 1. installs Debian's slurm-wlm, slurmdbd, munge and mariadb-server with apt-get if missing (root only);
+# 2. starts munged, a private MariaDB and slurmdbd (submitit reads job states with sacct, which needs
+#    accounting), then slurmctld and slurmd: this host is controller and only node, partition "debug"
+#    (the default, CPUs only: no GPUs), free ports;
+# 3. waits until sinfo shows the node idle.
+# Everything (config, keys, sockets, database, spool, logs, pid files) lives under STATE_DIR; nothing
+# in /etc changes. Exit 0: up; exit 3: cannot start here (not root, no apt, a daemon failed), with the
+# reason as the last line on stderr.
 set -euo pipefail
 
-STATE_DIR="${1:-${METANET_SLURM_DIR:-/tmp/metanet-slurm}}"
-WAIT_S="${METANET_SLURM_START_TIMEOUT:-60}"
-
+STATE_DIR="${1:?usage: start_slurm.sh STATE_DIR}"
 die() { echo "start_slurm: $*" >&2; exit 3; }
-log() { echo "start_slurm: $*" >&2; }
 
 # ---------------------------------------------------------------- 1. packages
-if ! command -v slurmctld >/dev/null 2>&1 && [ ! -x /usr/sbin/slurmctld ]; then
-  [ "$(id -u)" = 0 ] || die "slurmctld is not installed and we are not root (install slurm-wlm and munge, or run as root)"
-  command -v apt-get >/dev/null 2>&1 || die "slurmctld is not installed and apt-get is not available"
-  log "installing slurm-wlm and munge with apt-get (about a minute) ..."
-  export DEBIAN_FRONTEND=noninteractive
-  if ! apt-get install -y -q slurm-wlm munge >"/tmp/metanet-slurm-apt.log" 2>&1; then
-    apt-get update -q >>"/tmp/metanet-slurm-apt.log" 2>&1 || true
-    apt-get install -y -q slurm-wlm munge >>"/tmp/metanet-slurm-apt.log" 2>&1 \
-      || die "apt-get install slurm-wlm munge failed (see /tmp/metanet-slurm-apt.log)"
-  fi
-fi
 export PATH="$PATH:/usr/sbin:/sbin"
-for exe in slurmctld slurmd munged mungekey sinfo; do
-  command -v "$exe" >/dev/null 2>&1 || die "$exe not found after installation"
-done
-[ "$(id -u)" = 0 ] || die "the daemons must run as root here (SlurmUser=root); we are $(id -un)"
-
-# ---------------------------------------------------------------- already running?
-if [ -f "$STATE_DIR/env.sh" ] && [ -f "$STATE_DIR/slurmctld.pid" ] && kill -0 "$(cat "$STATE_DIR/slurmctld.pid")" 2>/dev/null \
-   && SLURM_CONF="$STATE_DIR/slurm.conf" sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
-  log "cluster already running ($STATE_DIR)"
-  echo "SLURM_CONF=$STATE_DIR/slurm.conf"
-  exit 0
+PACKAGES="slurm-wlm slurmdbd munge mariadb-server"
+if ! command -v slurmctld >/dev/null || ! command -v slurmdbd >/dev/null || ! command -v mariadbd >/dev/null; then
+  [ "$(id -u)" = 0 ] || die "$PACKAGES are not all installed and we are not root"
+  command -v apt-get >/dev/null || die "$PACKAGES are not all installed and apt-get is not here"
+  echo "start_slurm: installing $PACKAGES with apt-get (about a minute) ..." >&2
+  export DEBIAN_FRONTEND=noninteractive
+  # shellcheck disable=SC2086
+  { apt-get install -y -q --no-install-recommends $PACKAGES \
+    || { apt-get update -q && apt-get install -y -q --no-install-recommends $PACKAGES; }; } \
+    >/tmp/metanet-slurm-apt.log 2>&1 || die "apt-get install failed (see /tmp/metanet-slurm-apt.log)"
 fi
+[ "$(id -u)" = 0 ] || die "the daemons run as root here (SlurmUser=root); we are $(id -un)"
 
-mkdir -p "$STATE_DIR"
-chmod 0700 "$STATE_DIR"
+mkdir -p "$STATE_DIR"/{munge,db,ctld,spool,log}
 STATE_DIR="$(cd "$STATE_DIR" && pwd -P)"
-mkdir -p "$STATE_DIR"/{munge,ctld,spool,log}
-chmod 0700 "$STATE_DIR/munge"
+chmod 0700 "$STATE_DIR" "$STATE_DIR/munge"
+LOG="$STATE_DIR/log"
+free_port() {  # a random port nobody listens on
+  local p
+  while :; do
+    p=$(( 20000 + RANDOM % 40000 ))
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+  done
+}
+wait_for() {  # wait_for WHAT COMMAND...: until COMMAND succeeds, at most 30 s
+  local what="$1" end=$(( SECONDS + 30 )); shift
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$end" ] || die "$what did not start (logs in $LOG)"
+    sleep 0.2
+  done
+}
 
-# ---------------------------------------------------------------- 2. munge
+# ---------------------------------------------------------------- 2. munge, MariaDB, slurmdbd
 MUNGE_SOCKET="$STATE_DIR/munge/munge.socket"
-if ! { [ -f "$STATE_DIR/munged.pid" ] && kill -0 "$(cat "$STATE_DIR/munged.pid")" 2>/dev/null; }; then
-  rm -f "$STATE_DIR/munge/munge.key" "$MUNGE_SOCKET"*
-  mungekey --create --keyfile="$STATE_DIR/munge/munge.key" >/dev/null 2>&1 \
-    || dd if=/dev/urandom of="$STATE_DIR/munge/munge.key" bs=1024 count=1 status=none
-  chmod 0400 "$STATE_DIR/munge/munge.key"
-  munged --force --socket="$MUNGE_SOCKET" --key-file="$STATE_DIR/munge/munge.key" \
-         --pid-file="$STATE_DIR/munged.pid" --log-file="$STATE_DIR/log/munged.log" \
-         --seed-file="$STATE_DIR/munge/munged.seed" \
-    || die "munged did not start (see $STATE_DIR/log/munged.log)"
-fi
-for _ in $(seq 50); do [ -S "$MUNGE_SOCKET" ] && break; sleep 0.1; done
-[ -S "$MUNGE_SOCKET" ] || die "munged socket $MUNGE_SOCKET did not appear (see $STATE_DIR/log/munged.log)"
+mungekey --create --keyfile="$STATE_DIR/munge/munge.key" >/dev/null 2>&1 \
+  || dd if=/dev/urandom of="$STATE_DIR/munge/munge.key" bs=1024 count=1 status=none
+chmod 0400 "$STATE_DIR/munge/munge.key"
+munged --force --socket="$MUNGE_SOCKET" --key-file="$STATE_DIR/munge/munge.key" --pid-file="$STATE_DIR/munged.pid" \
+  --log-file="$LOG/munged.log" --seed-file="$STATE_DIR/munge/munged.seed" || die "munged did not start"
+wait_for munged test -S "$MUNGE_SOCKET"
 
-# ---------------------------------------------------------------- 3. slurm.conf and daemons
+DB_PORT=$(free_port)
+mariadb-install-db --user=root --datadir="$STATE_DIR/db" --skip-test-db --auth-root-authentication-method=socket \
+  >"$LOG/mariadb-install.log" 2>&1 || die "mariadb-install-db failed (see $LOG/mariadb-install.log)"
+mariadbd --user=root --datadir="$STATE_DIR/db" --socket="$STATE_DIR/db.sock" --port="$DB_PORT" \
+  --bind-address=127.0.0.1 --pid-file="$STATE_DIR/mariadbd.pid" --log-error="$LOG/mariadbd.log" \
+  --skip-log-bin --innodb-buffer-pool-size=32M </dev/null >/dev/null 2>&1 &
+wait_for MariaDB mariadb --socket="$STATE_DIR/db.sock" -u root -e "SELECT 1"
+mariadb --socket="$STATE_DIR/db.sock" -u root \
+  -e "CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY 'slurm'; GRANT ALL ON *.* TO 'slurm'@'127.0.0.1';"
+
+DBD_PORT=$(free_port)
+cat >"$STATE_DIR/slurmdbd.conf" <<EOF
+AuthType=auth/munge
+AuthInfo=socket=$MUNGE_SOCKET
+DbdHost=localhost
+DbdAddr=127.0.0.1
+DbdPort=$DBD_PORT
+SlurmUser=root
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$DB_PORT
+StorageUser=slurm
+StoragePass=slurm
+StorageLoc=slurm_acct_db
+PidFile=$STATE_DIR/slurmdbd.pid
+LogFile=$LOG/slurmdbd.log
+EOF
+chmod 0600 "$STATE_DIR/slurmdbd.conf"
+
+# ---------------------------------------------------------------- 3. slurm.conf, slurmctld, slurmd
 HOST="$(hostname -s)"
 CPUS="$(nproc)"
-MEM_MB="$(slurmd -C 2>/dev/null | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' | head -1)"
-[ -n "$MEM_MB" ] || MEM_MB="$(free -m | awk '/^Mem:/ {print $2}')"
-MARGIN=$(( MEM_MB / 10 > 512 ? MEM_MB / 10 : 512 ))
-MEM_MB=$(( MEM_MB > MARGIN + 256 ? MEM_MB - MARGIN : 256 ))
-
+MEM_MB="$(free -m | awk '/^Mem:/ {print int($2 * 0.9)}')"
 cat >"$STATE_DIR/slurm.conf" <<EOF
 # single-node test cluster written by scripts/start_slurm.sh
 ClusterName=metanet-test
@@ -88,59 +103,44 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 # cred_expire also sets how long a requeued job waits before it may start again (default 120 s)
-AuthInfo=socket=$MUNGE_SOCKET,cred_expire=${METANET_SLURM_CRED_EXPIRE:-10}
-SlurmctldPort=${METANET_SLURMCTLD_PORT:-16817}
-SlurmdPort=${METANET_SLURMD_PORT:-16818}
+AuthInfo=socket=$MUNGE_SOCKET,cred_expire=5
+SlurmctldPort=$(free_port)
+SlurmdPort=$(free_port)
 StateSaveLocation=$STATE_DIR/ctld
 SlurmdSpoolDir=$STATE_DIR/spool
 SlurmctldPidFile=$STATE_DIR/slurmctld.pid
 SlurmdPidFile=$STATE_DIR/slurmd.pid
-SlurmctldLogFile=$STATE_DIR/log/slurmctld.log
-SlurmdLogFile=$STATE_DIR/log/slurmd.log
-SlurmctldDebug=info
-SlurmdDebug=info
+SlurmctldLogFile=$LOG/slurmctld.log
+SlurmdLogFile=$LOG/slurmd.log
 ProctrackType=proctrack/pgid
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort=$DBD_PORT
+# the munge socket of the commands' connections to slurmdbd (sacct, sacctmgr)
+AccountingStoragePass=$MUNGE_SOCKET
 JobCompType=jobcomp/none
 ReturnToService=2
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2
-MinJobAge=300
-# seconds between SIGTERM and SIGKILL on scancel/time limit (submitit jobs ignore SIGTERM)
+# seconds between SIGTERM and SIGKILL on scancel or a time limit
 KillWait=2
 InactiveLimit=0
 Waittime=0
-# 'scontrol requeue' (submitit's preemption/timeout handling) is allowed by default (JobRequeue=1)
 JobRequeue=1
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
-echo "export SLURM_CONF=$STATE_DIR/slurm.conf" >"$STATE_DIR/env.sh"
-export SLURM_CONF="$STATE_DIR/slurm.conf"
-
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-if ! alive "$STATE_DIR/slurmctld.pid"; then
-  slurmctld -c -f "$SLURM_CONF" || die "slurmctld did not start (see $STATE_DIR/log/slurmctld.log)"
-fi
-if ! alive "$STATE_DIR/slurmd.pid"; then
-  slurmd -f "$SLURM_CONF" || die "slurmd did not start (see $STATE_DIR/log/slurmd.log)"
-fi
-
-# ---------------------------------------------------------------- 4. wait for an idle node
-state=""
-for _ in $(seq $(( WAIT_S * 2 ))); do
-  state="$(sinfo -h -n "$HOST" -o %T 2>/dev/null | head -1 || true)"
-  [ "$state" = "idle" ] && break
-  sleep 0.5
-done
-if [ "$state" != "idle" ]; then
-  tail -5 "$STATE_DIR/log/slurmctld.log" "$STATE_DIR/log/slurmd.log" >&2 || true
-  die "node $HOST is '${state:-not listed}' after ${WAIT_S}s, not idle (logs in $STATE_DIR/log)"
-fi
-log "single-node Slurm cluster up: node $HOST ($CPUS CPUs, ${MEM_MB} MB), partition debug; state in $STATE_DIR"
+export SLURM_CONF="$STATE_DIR/slurm.conf"  # slurmdbd reads slurmdbd.conf from the same folder
+slurmdbd || die "slurmdbd did not start (see $LOG/slurmdbd.log)"
+wait_for slurmdbd sacctmgr -i show cluster
+slurmctld -c -f "$SLURM_CONF" || die "slurmctld did not start (see $LOG/slurmctld.log)"
+slurmd -f "$SLURM_CONF" || die "slurmd did not start (see $LOG/slurmd.log)"
+wait_for "the node" bash -c "sinfo -h -n '$HOST' -o %T | grep -qx idle"
+wait_for "accounting" sacct -n -X
+echo "start_slurm: single-node Slurm cluster up: node $HOST ($CPUS CPUs), partition debug; state in $STATE_DIR" >&2
 echo "SLURM_CONF=$SLURM_CONF"

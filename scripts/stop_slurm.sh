@@ -1,50 +1,35 @@
 #!/usr/bin/env bash
 # Stop the single-node test cluster started by scripts/start_slurm.sh.
 #
-#   scripts/stop_slurm.sh [STATE_DIR] [--purge]   (default: $METANET_SLURM_DIR or /tmp/metanet-slurm)
+#   scripts/stop_slurm.sh STATE_DIR [--purge]
 #
-# Cancels the cluster's remaining jobs, then stops slurmd, slurmctld and munged by the process
-# ids in their pid files under STATE_DIR (never by name). --purge also removes STATE_DIR.
+# Cancels the cluster's jobs, then stops slurmd, slurmctld, slurmdbd, MariaDB and munged by the
+# process ids in their pid files under STATE_DIR (never by name). --purge also removes STATE_DIR.
 set -uo pipefail
 
-STATE_DIR="${METANET_SLURM_DIR:-/tmp/metanet-slurm}"
-PURGE=0
-for a in "$@"; do
-  case "$a" in
-    --purge) PURGE=1 ;;
-    *) STATE_DIR="$a" ;;
-  esac
-done
-export PATH="$PATH:/usr/sbin:/sbin"
-[ -d "$STATE_DIR" ] || { echo "stop_slurm: $STATE_DIR does not exist; nothing to stop" >&2; exit 0; }
-
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-
-if alive "$STATE_DIR/slurmctld.pid" && [ -f "$STATE_DIR/slurm.conf" ]; then
-  export SLURM_CONF="$STATE_DIR/slurm.conf"
-  scancel --full --quiet --user="$(id -un)" 2>/dev/null || true
-  for _ in $(seq 40); do
+STATE_DIR="${1:?usage: stop_slurm.sh STATE_DIR [--purge]}"
+[ -d "$STATE_DIR" ] || exit 0
+export PATH="$PATH:/usr/sbin:/sbin" SLURM_CONF="$STATE_DIR/slurm.conf"
+if [ -f "$SLURM_CONF" ] && scancel --full --quiet --user="$(id -un)" 2>/dev/null; then
+  for _ in $(seq 40); do  # up to 20 s: a job's processes end before the daemons go
     [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break
     sleep 0.5
   done
 fi
 
-stop_pid() {  # stop_pid NAME PIDFILE
-  local f="$2" pid
-  [ -f "$f" ] || return 0
-  pid="$(cat "$f")"
+stop_pid() {  # stop_pid PIDFILE: TERM, up to 5 s, then KILL
+  local pid
+  [ -f "$1" ] || return 0
+  pid="$(cat "$1")"
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null
+    kill -TERM "$pid"
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-    echo "stop_slurm: stopped $1 (pid $pid)" >&2
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
   fi
-  rm -f "$f"
+  rm -f "$1"
 }
-stop_pid slurmd "$STATE_DIR/slurmd.pid"
-stop_pid slurmctld "$STATE_DIR/slurmctld.pid"
-stop_pid munged "$STATE_DIR/munged.pid"
-if [ "$PURGE" = 1 ]; then
-  rm -rf "$STATE_DIR"
-fi
+for daemon in slurmd slurmctld slurmdbd mariadbd munged; do
+  stop_pid "$STATE_DIR/$daemon.pid"
+done
+[ "${2:-}" = --purge ] && rm -rf "$STATE_DIR"
 exit 0
