@@ -9,4 +9,4 @@ export METANET_CALLER_DIR="$PWD"  # relative --profile / --data-dir paths are th
 cd "$(dirname "$0")"
 source scripts/ensure_env.sh
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
-exec "$PY" -m metanet_utils.pipeline --kernel "$METANET_KERNEL" "$@"
+exec "$PY" -m metanet_utils.ops.pipeline --kernel "$METANET_KERNEL" "$@"

@@ -102,7 +102,7 @@ if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     print(f"device 0: {p.name}, {p.total_memory / 2**30:.1f} GiB, capability {p.major}.{p.minor}, {p.multi_processor_count} SMs")
 try:
-    import metanet_utils.train, metanet_utils.grid, metanet_utils.models, metanet_utils.evaluate  # noqa: F401
+    import metanet_utils.train, metanet_utils.ops.grid, metanet_utils.models, metanet_utils.evaluate  # noqa: F401
     print("metanet_utils imports: ok")
 except Exception as e:
     print(f"metanet_utils imports: FAILED {type(e).__name__}: {e}")

@@ -218,11 +218,11 @@ def _timed_repeats(run: Callable[[int], float], batch: int, s: Settings) -> dict
 def measure_kit(models: list[nn.Module], data, augment, cfg, criterion: nn.Module, s: Settings, amp_dtype,
                 channels_last: bool, cuda_graph: bool = False) -> dict[str, Any]:
     """The kit's path: :func:`metanet_utils.train.iter_train_epoch` over ``n`` batches per call, one
-    :class:`metanet_utils.step.TrainStep` per model for all calls (eager, or captured once and replayed).
-    Several models are trained together as :mod:`metanet_utils.together` does (one CUDA stream each, their
+    :class:`metanet_utils.ops.step.TrainStep` per model for all calls (eager, or captured once and replayed).
+    Several models are trained together as :mod:`metanet_utils.ops.together` does (one CUDA stream each, their
     batches interleaved, one image cache); the img/s is then the sum over the runs."""
-    from metanet_utils.step import TrainStep
-    from metanet_utils.together import EpochIter, run_interleaved
+    from metanet_utils.ops.step import TrainStep
+    from metanet_utils.ops.together import EpochIter, run_interleaved
     from metanet_utils.train import iter_train_epoch, make_optimizer, prepare_batch
 
     dev, bs = s.device, cfg.batch_size
@@ -254,7 +254,7 @@ def measure_kit(models: list[nn.Module], data, augment, cfg, criterion: nn.Modul
 def measure_ceiling(model: nn.Module, batch: int, crop: int, meta_dim: int, criterion: nn.Module, s: Settings,
                     amp_dtype, channels_last: bool) -> dict[str, Any]:
     """Model only: a random batch already on the device, the kit's precision, layout and (eager) step."""
-    from metanet_utils.step import TrainStep
+    from metanet_utils.ops.step import TrainStep
 
     g = torch.Generator(device="cpu").manual_seed(1)
     x = torch.randn(batch, 3, crop, crop, generator=g).to(s.device)
@@ -395,7 +395,7 @@ def paper_protocol_runs() -> dict[str, dict[str, int]]:
     from types import SimpleNamespace
 
     from metanet_utils.config import Ablations, load_profile
-    from metanet_utils.grid import enumerate_runs
+    from metanet_utils.ops.grid import enumerate_runs
 
     prof = load_profile("paper")
     ds = SimpleNamespace(kind="real", fingerprint="projection")

@@ -1,5 +1,5 @@
-"""``python -m metanet_utils``: see :mod:`metanet_utils.cli`."""
+"""``python -m metanet_utils``: see :mod:`metanet_utils.ops.cli`."""
 
-from .cli import main
+from .ops.cli import main
 
 raise SystemExit(main())

@@ -269,7 +269,7 @@ class Profile:
 
 def check_runs_together(value: Any) -> int:
     """``runs_together``: how many runs one process trains at once, a whole number >= 1 (1, the default,
-    one at a time; more is opt-in, see :mod:`metanet_utils.together`)."""
+    one at a time; more is opt-in, see :mod:`metanet_utils.ops.together`)."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
     raise ConfigError(f"runs_together={value!r} is not allowed; use a whole number >= 1")

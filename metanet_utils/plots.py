@@ -139,10 +139,6 @@ def finish(fig: Figure, *, save: str | None = None, caption: str | None = None) 
 
     Example:
         >>> from matplotlib.figure import Figure
-from matplotlib.font_manager import FontProperties
-from matplotlib.layout_engine import ConstrainedLayoutEngine, TightLayoutEngine
-from matplotlib.textpath import text_to_path
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
         >>> fig = finish(Figure(), caption="demo profile, the shipped sample")
         >>> [t.get_text() for t in fig.texts]
         ['demo profile, the shipped sample']

@@ -28,7 +28,7 @@ _install() {  # $1 = python of a fresh env
   echo "[env] installing the kit and its dependencies into $("$1" -c 'import sys; print(sys.prefix)') (first run: a few minutes)"
   "$1" -m pip install --quiet --upgrade pip >/dev/null || return 1
   # (the grep drops this workplace's noisy 'Location ... is ignored' notes; pip's exit code is kept)
-  "$1" -m pip install --quiet -e "$_root[dev,slurm]" 2> >(grep -v "^WARNING: Location" >&2) || return 1
+  "$1" -m pip install --quiet -e "$_root[dev]" 2> >(grep -v "^WARNING: Location" >&2) || return 1
   "$1" -m ipykernel install --sys-prefix --name "$METANET_KERNEL" --display-name "MetaNet kit" >/dev/null || return 1
   echo "$_stamp_value" > "$("$1" -c 'import sys; print(sys.prefix)')/.metanet-stamp"
 }

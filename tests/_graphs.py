@@ -1,4 +1,4 @@
-"""A stand-in for CUDA graphs, for running the graph bookkeeping of metanet_utils.step on the CPU."""
+"""A stand-in for CUDA graphs, for running the graph bookkeeping of metanet_utils.ops.step on the CPU."""
 
 from __future__ import annotations
 

@@ -199,7 +199,7 @@ def test_a_corrupt_zip_leaves_no_folder_and_is_deleted(tmp_path):
 
 
 def test_offline_is_one_line_naming_how_to_get_the_data(monkeypatch, tmp_path, capsys):
-    from metanet_utils import cli
+    from metanet_utils.ops import cli
 
     dead = _dead_url()
     monkeypatch.setattr(dl, "DATAVERSE_SERVER", dead)

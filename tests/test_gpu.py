@@ -262,7 +262,7 @@ def test_cuda_graph_step_matches_the_eager_step_on_the_gpu(dev):
 
 
 def _graph_and_eager_steps(dev, RecordingGraphs) -> None:
-    from metanet_utils.step import TrainStep
+    from metanet_utils.ops.step import TrainStep
 
     g = torch.Generator().manual_seed(5)
     sizes = [16] * 6 + [9] + [16] * 5
@@ -295,7 +295,7 @@ def test_train_run_with_cuda_graphs_records_replays_and_matches_an_eager_run(dev
     import shutil
 
     from metanet_utils.config import RunConfig
-    from metanet_utils.step import graph_step
+    from metanet_utils.ops.step import graph_step
     from metanet_utils.train import record_dir, train_run
 
     _needs_cuda(dev)
@@ -327,7 +327,7 @@ def test_runs_trained_together_on_streams_match_runs_trained_alone(dev, small_da
     """Two folds trained at once (one CUDA stream each, eager or one CUDA graph each, one shared image
     cache) give the records of the two folds trained one after the other."""
     from metanet_utils.config import RunConfig
-    from metanet_utils.together import train_runs_together
+    from metanet_utils.ops.together import train_runs_together
     from metanet_utils.train import is_complete, record_dir, train_run
 
     _needs_cuda(dev)
@@ -357,7 +357,7 @@ def test_the_training_loop_never_waits_for_the_gpu(dev, graphs):
     blocking copies), so launches run ahead of the device; checked with CUDA's sync debug mode."""
     from metanet_utils.augment import BatchAugment
     from metanet_utils.config import RunConfig
-    from metanet_utils.step import TrainStep
+    from metanet_utils.ops.step import TrainStep
     from metanet_utils.train import DeviceData, iter_train_epoch, prepare_batch
 
     _needs_cuda(dev)

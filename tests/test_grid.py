@@ -1,4 +1,4 @@
-"""The grid's bookkeeping (metanet_utils.grid): ``status_table`` (the run list of notebooks 04 and 07) and the
+"""The grid's bookkeeping (metanet_utils.ops.grid): ``status_table`` (the run list of notebooks 04 and 07) and the
 longest-first order in which ``run_grid`` trains, by ``estimated_cost`` (GMACs x (crop / 224)^2 x epochs)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from _records import probs_for, write_fake_run
 
-from metanet_utils import grid
+from metanet_utils.ops import grid
 from metanet_utils.config import RunConfig, load_profile
 from metanet_utils.train import is_complete
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metanet_utils import models as M
-from metanet_utils.cli import main
+from metanet_utils.ops.cli import main
 from metanet_utils.constants import BACKBONES
 from metanet_utils.models import WeightsUnavailable, build_model
 

@@ -50,7 +50,7 @@ def _fake_records(root: Path, data_dir: Path) -> None:
     from metanet_utils.config import load_profile
     from metanet_utils.constants import CLASS_CODES, DX_CODES
     from metanet_utils.evaluate import score_predictions
-    from metanet_utils.grid import enumerate_runs, profile_dataset
+    from metanet_utils.ops.grid import enumerate_runs, profile_dataset
     from metanet_utils.metadata import meta_dim
     from metanet_utils.models import build_model
     from metanet_utils.train import RECORD_FILES, is_complete
@@ -95,7 +95,7 @@ def chain(request, tmp_path_factory, real_data_dir):
     yields (root, executed notebooks, timings)."""
     import papermill as pm
 
-    from metanet_utils.pipeline import plan_jobs
+    from metanet_utils.ops.pipeline import plan_jobs
 
     root = tmp_path_factory.mktemp(f"analysis-{request.param}")
     (root / "configs").symlink_to(ROOT / "configs")
@@ -189,7 +189,7 @@ def test_notebooks_say_what_produced_the_results(chain):
     from metanet_utils.config import load_profile
 
     root, executed, _ = chain
-    caption = "smoke profile · real HAM10000 subsample, "
+    caption = "smoke profile · HAM10000: 316 of its images · "
     counts = "Profile 'smoke': Table 1: 6 of 6 runs complete; ablations (Tables 3 and 4): 26 of 26 complete."
     for prefix in ("05", "06", "08", "09"):
         text = _stream(_by_prefix(executed, prefix))
@@ -207,7 +207,7 @@ def test_notebooks_say_what_produced_the_results(chain):
 
 
 def test_html_report_of_the_chain(chain):
-    from metanet_utils.report import write_html_report
+    from metanet_utils.ops.html import write_html_report
 
     root, executed, _ = chain
     out = write_html_report(root / "outputs" / "notebooks", root / "outputs" / "report.html")
@@ -216,7 +216,7 @@ def test_html_report_of_the_chain(chain):
     index = out.read_text()
     assert "test_resnet" in index and "report/09_report.html" in index
     assert "SYNTHETIC DATA:" not in index
-    assert "NOT THE PAPER'S PROTOCOL" in index and "smoke profile · real HAM10000 subsample" in index
+    assert "NOT THE PAPER'S PROTOCOL" in index and "smoke profile · HAM10000: 316 of its images" in index
     assert "The paper used none of these backbones" in index  # test_resnet: a sentence, not a column of dashes
     page = (root / "outputs" / "report" / "08_cam.html").read_text()
     assert "cams_for_cases" not in page and "data:image/png;base64" in page  # code hidden, figures kept

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from _badcases import CASES, apply_case, good_copy, image_path, make_case, names
-from metanet_utils import cli
+from metanet_utils.ops import cli
 from metanet_utils.data import data_fingerprint, load_metadata, verify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -293,7 +293,7 @@ def test_unknown_backbone_process_fails_fast_with_one_line(real_data_dir, tmp_pa
     ({"fusions": ["sum"]}, "error: fusion='sum' is not allowed; choose one of:"),
 ])
 def test_notebook_chain_refuses_a_bad_profile_before_the_first_notebook(isolated_root, capsys, overrides, expect):
-    from metanet_utils import pipeline
+    from metanet_utils.ops import pipeline
 
     prof = tiny_profile(isolated_root / "p.yaml", **overrides)
     assert pipeline.main(["--profile", str(prof)]) == 2
@@ -306,7 +306,7 @@ def test_notebook_chain_takes_profile_and_data_paths_relative_to_where_the_user_
         isolated_root, real_data_dir, monkeypatch):
     """``./run_all.sh --profile my.yaml --data-dir d`` from any folder: the paths reach every notebook absolute
     (the notebooks run in ``notebooks/``, so a relative path would point elsewhere there)."""
-    from metanet_utils import pipeline
+    from metanet_utils.ops import pipeline
 
     here = isolated_root / "elsewhere"
     here.mkdir()
@@ -329,7 +329,7 @@ def test_notebook_chain_with_slurm_gets_the_data_first_and_says_why_the_grid_can
     import papermill as pm
 
     from metanet_utils import data as data_mod
-    from metanet_utils import pipeline, slurm
+    from metanet_utils.ops import pipeline
 
     order = []
 
@@ -338,7 +338,7 @@ def test_notebook_chain_with_slurm_gets_the_data_first_and_says_why_the_grid_can
         Path(out).write_text("{}")
 
     monkeypatch.setattr(pm, "execute_notebook", fake_notebook)
-    monkeypatch.setattr(slurm, "run_profile_on_slurm", lambda p, d: order.append("slurm") or 0)
+    monkeypatch.setattr(pipeline, "run_profile_on_slurm", lambda p, d: order.append("slurm") or 0)
     assert pipeline.run_chain("smoke", None, executor="slurm", root=ROOT, only=["00", "04", "05"]) == 0
     assert order == ["00", "slurm", "04", "05"]
 
@@ -346,7 +346,7 @@ def test_notebook_chain_with_slurm_gets_the_data_first_and_says_why_the_grid_can
         raise data_mod.DataError("no HAM10000 found; run: python -m metanet_utils data download")
 
     order.clear()
-    monkeypatch.setattr(slurm, "run_profile_on_slurm", no_data)
+    monkeypatch.setattr(pipeline, "run_profile_on_slurm", no_data)
     capsys.readouterr()
     assert pipeline.run_chain("smoke", None, executor="slurm", root=ROOT, only=["00", "05"]) == 1
     assert order == ["00"]
@@ -363,7 +363,7 @@ def test_notebook_chain_console_carries_no_kernel_transport_warning_but_keeps_no
     import nbformat
 
     from conftest import ensure_kernel
-    from metanet_utils import pipeline
+    from metanet_utils.ops import pipeline
 
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": ensure_kernel(), "display_name": "MetaNet kit", "language": "python"}
@@ -400,9 +400,9 @@ def test_train_without_pretrained_weights_says_how_to_get_them_in_one_line(isola
 def test_grid_without_pretrained_weights_stops_before_any_work(isolated_root, real_data_dir, capsys):
     """``grid`` (here, in a notebook through run_grid, or submitting to Slurm) checks the weights of the runs
     it would train first: one ``error:`` line, exit 2, no image cache built, no run started or failed."""
-    from metanet_utils import slurm
+    from metanet_utils.ops import slurm
     from metanet_utils.config import load_profile
-    from metanet_utils.grid import profile_dataset, run_grid
+    from metanet_utils.ops.grid import profile_dataset, run_grid
     from metanet_utils.models import WeightsUnavailable
 
     prof = tiny_profile(isolated_root / "p.yaml", pretrained=True, max_images=60)

@@ -193,7 +193,7 @@ Usage = namedtuple("Usage", "total used free")
 
 
 def test_cache_checks_free_disk_first_and_says_how_much_it_needs(env, tmp_path, monkeypatch, capsys):
-    from metanet_utils import cli
+    from metanet_utils.ops import cli
 
     monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda p: Usage(10**12, 10**12 - 1000, 1000))
     cdir = tmp_path / "cache"
@@ -448,7 +448,7 @@ def _grid_profile(path: Path) -> Path:
 def test_three_workers_started_at_once_train_each_run_once_and_match_one_worker(env, tmp_path):
     from metanet_utils.config import load_profile
     from metanet_utils.evaluate import load_records
-    from metanet_utils.grid import profile_dataset, run_grid
+    from metanet_utils.ops.grid import profile_dataset, run_grid
 
     prof = _grid_profile(tmp_path / "conc.yaml")
     args = [sys.executable, "-m", "metanet_utils", "grid", "--profile", str(prof), "--data-dir", str(env.data)]
@@ -485,7 +485,7 @@ def test_three_workers_started_at_once_train_each_run_once_and_match_one_worker(
 
 
 def test_notebook_chain_killed_midway_completes_on_rerun(real_data_dir, tmp_path):
-    """``python -m metanet_utils.pipeline --profile smoke --only 00 04``, SIGKILLed once notebook 04 has
+    """``python -m metanet_utils.ops.pipeline --profile smoke --only 00 04``, SIGKILLed once notebook 04 has
     finished a run, then rerun: it completes, rewrites the executed notebooks and reuses the records."""
     import contextlib
 
@@ -503,7 +503,7 @@ def test_notebook_chain_killed_midway_completes_on_rerun(real_data_dir, tmp_path
     for sub in ("configs", "notebooks"):
         (root / sub).symlink_to(ROOT / sub)
     (root / "pyproject.toml").symlink_to(ROOT / "pyproject.toml")
-    args = [sys.executable, "-m", "metanet_utils.pipeline", "--profile", "smoke", "--data-dir", str(real_data_dir),
+    args = [sys.executable, "-m", "metanet_utils.ops.pipeline", "--profile", "smoke", "--data-dir", str(real_data_dir),
             "--kernel", "metanet-kit", "--only", "00", "04"]
     runs = root / "results" / "runs"
     proc = subprocess.Popen(args, env=cli_env(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -560,7 +560,7 @@ def test_notebook_chain_moves_each_notebook_in_place_only_when_it_ends(tmp_path,
     import nbformat
 
     from conftest import ensure_kernel
-    from metanet_utils.pipeline import run_chain
+    from metanet_utils.ops.pipeline import run_chain
 
     root = tmp_path / "root"
     (root / "notebooks").mkdir(parents=True)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from conftest import ROOT
 
+from metanet_utils.ops import html as html_report
+
 import nbformat
 import numpy as np
 import pandas as pd
@@ -19,7 +21,7 @@ from metanet_utils import report
 from metanet_utils.config import load_profile
 from metanet_utils.constants import DX_CODES
 from metanet_utils.dataset import Dataset
-from metanet_utils.grid import enumerate_runs
+from metanet_utils.ops.grid import enumerate_runs
 
 #: Images right per class (of 10) in each fold, by fusion: MCR none 50/60, concat 60/70, metanet 70/80 %.
 RIGHT = {"none": 5, "concat": 6, "metanet": 7}
@@ -169,8 +171,8 @@ def test_cli_tables_writes_the_runs_tables_and_refuses_other_data_without_touchi
         isolated_root, real_data_dir, capsys):
     """``tables`` on the data the runs were trained on writes them; on other data (no ``--data-dir``: the
     shipped sample) it finds none of those runs, says so in one line, exits 2 and leaves the tables as they were."""
-    from metanet_utils.cli import main
-    from metanet_utils.grid import profile_dataset
+    from metanet_utils.ops.cli import main
+    from metanet_utils.ops.grid import profile_dataset
 
     prof = load_profile("smoke")
     _fill(isolated_root / "results" / "runs", prof, profile_dataset(prof, str(real_data_dir)))
@@ -320,7 +322,7 @@ def test_html_report_links_the_notebook_pages_in_order_with_tables_and_the_proto
     executed.mkdir(parents=True)
     _executed(executed / "09_report.ipynb", "09 · Report", "report text")
     _executed(executed / "05_table1.ipynb", "05 · Table 1", "hello from 05")
-    out = report.write_html_report(executed, isolated_root / "outputs" / "report.html")
+    out = html_report.write_html_report(executed, isolated_root / "outputs" / "report.html")
     assert out == isolated_root / "outputs" / "report.html"
     index = out.read_text()
     pages = sorted((isolated_root / "outputs" / "report").glob("*.html"))
@@ -348,7 +350,7 @@ def test_html_pages_read_right_offline_no_script_from_the_network_and_the_math_a
     executed = isolated_root / "outputs" / "notebooks"
     executed.mkdir(parents=True)
     _executed(executed / "05_table1.ipynb", "05 · Table 1", "hello")
-    out = report.write_html_report(executed, isolated_root / "outputs" / "report.html")
+    out = html_report.write_html_report(executed, isolated_root / "outputs" / "report.html")
     for page in (out, isolated_root / "outputs" / "report" / "05_table1.html"):
         text = page.read_text()
         assert not re.search(r"<script[^>]+src=", text), page  # no script file at all, local or remote
@@ -364,12 +366,12 @@ def test_html_pages_read_right_offline_no_script_from_the_network_and_the_math_a
 
 
 def test_protocol_box_warns_for_a_demo_cautions_for_a_shorter_schedule_and_is_empty_for_the_paper():
-    assert report._protocol_box({}) == "" and report._protocol_box({"protocol_differences": []}) == ""
-    demo = report._protocol_box({"caption": "demo profile · x", "protocol_differences": ["3 epochs (the paper: 250)"],
+    assert html_report._protocol_box({}) == "" and html_report._protocol_box({"protocol_differences": []}) == ""
+    demo = html_report._protocol_box({"caption": "demo profile · x", "protocol_differences": ["3 epochs (the paper: 250)"],
                                  "mechanics_only": True})
     assert "#c00" in demo and "how the kit works, not the paper's results" in demo
     assert "demo profile · x" in demo and "3 epochs (the paper: 250)" in demo
-    quick = report._protocol_box({"caption": "quick", "protocol_differences": ["40 epochs (the paper: 250)"],
+    quick = html_report._protocol_box({"caption": "quick", "protocol_differences": ["40 epochs (the paper: 250)"],
                                   "mechanics_only": False})
     assert "#c80" in quick and "#c00" not in quick and "how the kit works" not in quick and "40 epochs" in quick
 

@@ -26,13 +26,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-pytest.importorskip("submitit", reason="submitit is not installed: pip install -e '.[slurm]'")
+pytest.importorskip("submitit", reason="submitit is not installed: pip install -e .")
 
 from slurm_cluster import Backend, announce, start_backend  # noqa: E402
 
-from metanet_utils import slurm as S  # noqa: E402
+from metanet_utils.ops import slurm as S  # noqa: E402
 from metanet_utils.config import ConfigError, load_profile  # noqa: E402
-from metanet_utils.grid import enumerate_runs, filter_runs, parse_only, profile_dataset  # noqa: E402
+from metanet_utils.ops.grid import enumerate_runs, filter_runs, parse_only, profile_dataset  # noqa: E402
 from metanet_utils.train import is_complete, record_dir  # noqa: E402
 
 SMOKE_ONLY = ["fold=0", "fusion=none,concat", "meta_layers=0,1"]
@@ -57,7 +57,7 @@ pretrained: false
 # --------------------------------------------------------------------------- no cluster needed
 
 def test_settings_come_from_the_environment_then_options_then_flags(monkeypatch):
-    from metanet_utils.cli import build_parser
+    from metanet_utils.ops.cli import build_parser
 
     monkeypatch.setenv("METANET_SLURM", "partition=gpu gpus=2 time=90 --mem=16G exclusive")
     args = build_parser().parse_args(["grid", "--profile", "smoke", "--executor", "slurm", "--partition", "cpu",
@@ -117,7 +117,7 @@ def _grid(profile: str, data_dir: Path, backend: Backend, *extra: str, gpus: str
 
 
 def _main(argv: list[str], capsys) -> tuple[int, str]:
-    from metanet_utils.cli import main
+    from metanet_utils.ops.cli import main
 
     rc = main(argv)
     out = capsys.readouterr()

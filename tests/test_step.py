@@ -1,4 +1,4 @@
-"""The training step (metanet_utils.step): eager, and the CUDA-graph bookkeeping (opt-in: cuda_graphs: on).
+"""The training step (metanet_utils.ops.step): eager, and the CUDA-graph bookkeeping (opt-in: cuda_graphs: on).
 
 The real CUDA graph is exercised by tests/test_gpu.py. Here the graph back end is replaced by one
 that records the captured function and calls it again on every replay, which has the same
@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from metanet_utils.config import ConfigError, Profile, RunConfig
-from metanet_utils.step import TrainStep, cuda_graphs_wanted
+from metanet_utils.ops.step import TrainStep, cuda_graphs_wanted
 
 from _graphs import RecordingGraphs as _RecordingGraphs
 
@@ -181,7 +181,7 @@ def test_the_grid_passes_the_profile_setting_to_every_run():
     from types import SimpleNamespace
 
     from metanet_utils.config import list_profiles, load_profile
-    from metanet_utils.grid import enumerate_runs
+    from metanet_utils.ops.grid import enumerate_runs
 
     prof = load_profile("smoke", cuda_graphs="on")
     runs = enumerate_runs(prof, SimpleNamespace(kind="real", fingerprint="x"))
@@ -200,8 +200,8 @@ def test_train_run_trains_with_the_step_it_is_given_and_the_grid_gives_graphs_on
     import pandas as pd
 
     from metanet_utils.dataset import open_dataset
-    from metanet_utils.grid import step_for
-    from metanet_utils.step import graph_step
+    from metanet_utils.ops.grid import step_for
+    from metanet_utils.ops.step import graph_step
     from metanet_utils.train import train_run
 
     ds = open_dataset(real_data_dir, max_images=80)

@@ -1,4 +1,4 @@
-"""Several runs trained together in one process (metanet_utils.together, grid --together K): opt-in.
+"""Several runs trained together in one process (metanet_utils.ops.together, grid --together K): opt-in.
 
 On the CPU there are no streams, but the interleaving, the shared image cache, the per-run state and
 records are the same code as on a GPU; the numbers of a run trained together must be those of the
@@ -16,8 +16,8 @@ import torch
 
 from metanet_utils.atomic import FileLock
 from metanet_utils.config import ConfigError, Profile, RunConfig, list_profiles, load_profile
-from metanet_utils.grid import _groups, run_grid
-from metanet_utils.together import EpochIter, run_interleaved, train_runs_together
+from metanet_utils.ops.grid import _groups, run_grid
+from metanet_utils.ops.together import EpochIter, run_interleaved, train_runs_together
 from metanet_utils.train import RunBusy, is_complete, record_dir, train_run
 
 
@@ -141,7 +141,7 @@ def test_runs_together_must_be_a_whole_number_of_at_least_one(value):
 
 
 def test_grid_command_takes_together_as_a_number_only():
-    from metanet_utils.cli import build_parser
+    from metanet_utils.ops.cli import build_parser
 
     parse = build_parser().parse_args
     assert parse(["grid", "--profile", "smoke", "--together", "3"]).together == 3
@@ -185,7 +185,8 @@ def test_run_interleaved_takes_one_batch_of_each_epoch_in_turn_to_their_ends_pas
 
 def test_runs_together_evaluate_only_after_every_run_has_ended_its_epoch(small_ds, tmp_path, monkeypatch):
     """An evaluation between the last batches of the others would stall them and count in their epoch times."""
-    from metanet_utils import together, train
+    from metanet_utils import train
+    from metanet_utils.ops import together
 
     events = []
     real_advance, real_end = together.EpochIter.advance, train.Run.end_epoch

@@ -14,16 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .atomic import atomic_write_text
-from .cache import CacheError
-from .config import Profile, RunConfig, check_runs_together
-from .dataset import profile_dataset
-from .models import ensure_weights
-from .paths import runs_dir as default_runs_dir
-from .runs import EXPERIMENTS, enumerate_runs, estimated_cost, filter_runs, parse_only, run_config, status_table
+from ..atomic import atomic_write_text
+from ..cache import CacheError
+from ..config import Profile, RunConfig, check_runs_together
+from ..dataset import profile_dataset
+from ..models import ensure_weights
+from ..paths import runs_dir as default_runs_dir
+from ..runs import EXPERIMENTS, enumerate_runs, estimated_cost, filter_runs, parse_only, run_config, status_table
 from .step import graph_step
 from .together import train_runs_together
-from .train import RunBusy, is_complete, record_dir, train_run
+from ..train import RunBusy, is_complete, record_dir, train_run
 
 __all__ = ["EXPERIMENTS", "SHORT_RUN_EPOCHS", "run_config", "enumerate_runs", "estimated_cost", "parse_only",
            "filter_runs", "profile_dataset", "status_table", "resolve_progress", "GridSummary", "run_grid",
@@ -85,7 +85,7 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
     another worker are left to it; with ``wait`` this worker then waits for them (and takes one over, resuming its
     checkpoint, if its worker dies). A failing run is logged to ``runs/.failed/<run_id>.log`` and the others go on.
     ``together`` (default: the profile's ``runs_together``, 1) trains up to that many runs with the same images at
-    once in this process (opt-in: :func:`metanet_utils.together.train_runs_together`).
+    once in this process (opt-in: :func:`metanet_utils.ops.together.train_runs_together`).
     """
     resolve_progress(progress, [])  # a bad value is refused before any work
     runs_dir = Path(runs_dir or default_runs_dir())

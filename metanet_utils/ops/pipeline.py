@@ -11,7 +11,7 @@ and moved to ``outputs/notebooks/`` when it ends, passed or failed: a run killed
 the previous executed copy whole, never a half-written one in its place.
 
 Example:
-    $ python -m metanet_utils.pipeline --profile smoke --data-dir ../shared/ham10000
+    $ python -m metanet_utils.ops.pipeline --profile smoke --data-dir ../shared/ham10000
 """
 
 from __future__ import annotations
@@ -23,7 +23,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import DataError, find_data_dir
+import nbformat
+import papermill as pm
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+from ..config import ConfigError, load_profile
+from ..data import DataError, find_data_dir
+from ..models import WeightsUnavailable
+from ..paths import figures_dir, outputs_dir, project_root, results_dir
+from .html import write_html_report
+from .cli import _check_backbones
+
+try:  # Slurm needs submitit, a dependency of the kit; a GPU machine with its own Python may lack it
+    from .slurm import run_profile_on_slurm
+except ImportError:
+    run_profile_on_slurm = None
 
 __all__ = ["NotebookJob", "plan_jobs", "run_chain", "kernel_arguments", "main", "RUNNING_DIR"]
 
@@ -50,8 +64,6 @@ class NotebookJob:
 def plan_jobs(profile_name: str, data_dir: str | None, notebooks_dir: Path, out_dir: Path,
               only: list[str] | None = None, start: str | None = None) -> list[NotebookJob]:
     """The ordered list of notebook executions for a profile."""
-    from .config import load_profile
-
     profile = load_profile(profile_name)
     params = {"profile": profile_name, "data_dir": str(data_dir) if data_dir else ""}
     jobs: list[NotebookJob] = []
@@ -92,7 +104,6 @@ def kernel_arguments(kernel_name: str) -> list[str]:
         >>> kernel_arguments("no-such-kernel")
         []
     """
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     try:
         argv = KernelSpecManager().get_kernel_spec(kernel_name).argv
@@ -103,8 +114,6 @@ def kernel_arguments(kernel_name: str) -> list[str]:
 
 def _notebook_kernel(path: Path) -> str:
     """The kernel name a notebook's metadata asks for (papermill's choice when none is given)."""
-    import nbformat
-
     return nbformat.read(path, as_version=4).metadata.get("kernelspec", {}).get("name", "python3")
 
 
@@ -112,9 +121,6 @@ def run_chain(profile: str = "demo", data_dir: str | None = None, kernel: str | 
               root: Path | None = None, only: list[str] | None = None, start: str | None = None,
               executor: str = "local") -> int:
     """Execute the chain; return 0 on success, 1 at the first failing notebook."""
-    import papermill as pm
-
-    from .paths import figures_dir, outputs_dir, project_root, results_dir
 
     root = root or project_root()
     out_dir = outputs_dir() / "notebooks"
@@ -155,8 +161,6 @@ def run_chain(profile: str = "demo", data_dir: str | None = None, kernel: str | 
             return 1
     report = None
     if any(j.source.name.startswith("09_") for j in jobs):
-        from .report import write_html_report
-
         report = write_html_report(out_dir, outputs_dir() / "report.html")
     print(f"\nall notebooks ran in {time.perf_counter() - t_all:.0f} s.\n  executed notebooks: {out_dir}\n"
           f"  figures: {figures_dir()}\n  tables: {results_dir() / 'tables'}"
@@ -165,14 +169,12 @@ def run_chain(profile: str = "demo", data_dir: str | None = None, kernel: str | 
 
 
 def _slurm_grid(profile: str, data_dir: str | None) -> int:
-    from .data import DataError
-    from .models import WeightsUnavailable
-    from .slurm import run_profile_on_slurm
-
     print(f"submitting the grid of profile {profile!r} to Slurm and waiting for it ...", flush=True)
     try:
+        if run_profile_on_slurm is None:
+            raise ConfigError("--executor slurm needs submitit, which this Python lacks: pip install 'submitit>=1.5,<2'")
         rc = run_profile_on_slurm(profile, data_dir)
-    except (DataError, WeightsUnavailable) as e:
+    except (ConfigError, DataError, WeightsUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         rc = 2
     if rc != 0:
@@ -196,8 +198,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", default=None, metavar="NN", help="only these notebook numbers, e.g. 00 01")
     ap.add_argument("--from", dest="start", default=None, metavar="NN", help="start at this notebook number")
     args = ap.parse_args(argv)
-    from .cli import _check_backbones
-    from .config import ConfigError, load_profile
 
     profile = args.profile
     if Path(profile).suffix in (".yaml", ".yml"):  # a file: the notebooks run elsewhere, so pass it absolute

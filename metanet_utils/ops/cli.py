@@ -18,12 +18,28 @@ import os
 import sys
 from pathlib import Path
 
+from ..cache import CacheError
+from ..config import ConfigError, load_profile
+from ..data import DataError, find_data_dir, verify
+from ..models import WeightsUnavailable, ensure_weights, fetch_weights, resolve_backbone
+from ..paths import data_dir
+from ..report import write_profile_tables
+from ..runs import image_sizes
+from ..train import is_complete, record_dir, train_run
+from .download import DownloadError, download_official
+from .grid import enumerate_runs, filter_runs, parse_only, profile_dataset, run_config, run_grid, spawn_workers, status_table
+from .sample import write_sample
+
+try:  # Slurm needs submitit, a dependency of the kit; a GPU machine with its own Python may lack it
+    from .slurm import run_grid_slurm
+except ImportError:
+    run_grid_slurm = None
+
 __all__ = ["main", "build_parser"]
 
 
 class _Parser(argparse.ArgumentParser):
     """Bad arguments: one line ``error: ...`` on stderr (not argparse's usage block), exit code 2."""
-
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
 
@@ -121,12 +137,6 @@ def _fail(msg: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cache import CacheError
-    from .config import ConfigError
-    from .data import DataError
-    from .ops.download import DownloadError
-    from .models import WeightsUnavailable
-
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args, argv)
@@ -144,13 +154,10 @@ def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.command == "data":
         return _data(args)
     if args.command == "weights":
-        from .models import fetch_weights
-
         fetch_weights(args.weights_dir, *( [args.backbones] if args.backbones else []))
         print(f"weights in {args.weights_dir}; on offline machines set METANET_WEIGHTS_DIR={args.weights_dir}")
         return 0
 
-    from .config import load_profile
 
     profile = load_profile(args.profile)
     if getattr(args, "data_dir", None) is not None and not Path(args.data_dir).is_dir():
@@ -173,9 +180,6 @@ def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> int:
 def _check_backbones(profile, backbones: list[str] | None = None) -> None:
     """Refuse, before any data or cache work, a backbone that does not exist or whose crop
     would be larger than its image (checked again per run by :class:`RunConfig`)."""
-    from .config import ConfigError
-    from .runs import image_sizes
-    from .models import resolve_backbone
 
     names = list(backbones) if backbones is not None else list(profile.backbones)
     if backbones is None and (profile.ablations.table3 or profile.ablations.table4):
@@ -201,25 +205,17 @@ def _prepare(ds, runs) -> None:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from .paths import data_dir
-
     if args.data_command == "verify":
-        from .data import find_data_dir, verify
-
         loc = find_data_dir(args.data_dir)
         report = verify(loc.path, decode=not args.no_decode)
         print(report.format())
         return 0 if report.ok else 1
     if args.data_command == "download":
-        from .ops.download import download_official
-
         dest = args.dest or data_dir() / "ham10000"
         download_official(dest, include_images=not args.metadata_only)
         print(f"data in {dest}; check it with: python -m metanet_utils data verify --data-dir {dest}")
         return 0
     if args.data_command == "sample":
-        from .ops.sample import write_sample
-
         if not (args.source / "HAM10000_metadata.csv").is_file():
             return _fail(f"--from {args.source} does not hold HAM10000_metadata.csv; give the folder of the full HAM10000")
         dest = args.dest or data_dir() / "sample"
@@ -227,9 +223,6 @@ def _data(args: argparse.Namespace) -> int:
         print(f"sample of {len(keep)} images ({keep['lesion_id'].nunique()} lesions) in {dest}")
         return 0
     if args.data_command == "prepare":
-        from .config import load_profile
-        from .grid import enumerate_runs, profile_dataset
-
         profile = load_profile(args.profile)
         if args.data_dir is not None and not Path(args.data_dir).is_dir():
             return _fail(f"--data-dir {args.data_dir} does not exist")
@@ -243,9 +236,6 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, profile) -> int:
-    from .grid import profile_dataset, run_config
-    from .train import train_run
-
     features = tuple(f for f in args.meta_features.split(",") if f)
     ds = profile_dataset(profile, args.data_dir)
     overrides = {"epochs": args.epochs} if args.epochs is not None else {}
@@ -256,12 +246,10 @@ def _train(args: argparse.Namespace, profile) -> int:
 
 
 def _grid(args: argparse.Namespace, profile, argv: list[str] | None) -> int:
-    from .grid import enumerate_runs, filter_runs, parse_only, profile_dataset, run_grid, spawn_workers, status_table
-
     only = parse_only(args.only)
     if args.executor == "slurm":
-        from .slurm import run_grid_slurm
-
+        if run_grid_slurm is None:
+            return _fail("--executor slurm needs submitit, which this Python lacks: pip install 'submitit>=1.5,<2'")
         return run_grid_slurm(profile, args)
     workers = args.workers or profile.workers
     if workers < 1:
@@ -277,8 +265,6 @@ def _grid(args: argparse.Namespace, profile, argv: list[str] | None) -> int:
     if args.list:
         print(status_table(runs).to_string(index=False))
         return 0
-    from .models import ensure_weights
-    from .train import is_complete, record_dir
 
     # weights first: a machine without them stops here, before the image cache is built
     ensure_weights([r.backbone for r in runs if r.pretrained and not is_complete(record_dir(r))], args.weights_dir)
@@ -292,8 +278,6 @@ def _grid(args: argparse.Namespace, profile, argv: list[str] | None) -> int:
 
 
 def _tables(args: argparse.Namespace, profile) -> int:
-    from .report import write_profile_tables
-
     out = write_profile_tables(profile, args.data_dir, require_runs=True)
     print(f"tables written to {out}")
     return 0

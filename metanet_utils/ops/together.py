@@ -27,10 +27,10 @@ from typing import Any, Iterator
 
 import torch
 
-from .config import RunConfig
-from .paths import runs_dir as default_runs_dir
+from ..config import RunConfig
+from ..paths import runs_dir as default_runs_dir
 from .step import graph_step
-from .train import Run, is_complete, iter_train_epoch, pick_device, read_metrics, run_lock
+from ..train import Run, is_complete, iter_train_epoch, pick_device, read_metrics, run_lock
 
 __all__ = ["train_runs_together", "EpochIter", "run_interleaved"]
 
