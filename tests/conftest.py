@@ -50,3 +50,15 @@ def ensure_kernel() -> str:
 @pytest.fixture(scope="session")
 def kernel() -> str:
     return ensure_kernel()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny CPU models on a busy 2-core machine: one intra-op thread is many times faster than two that contend
+    (worker processes get OMP_NUM_THREADS=1 alike, so that both sides compute the same numbers)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -44,14 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny CPU models on a busy 2-core machine: one intra-op thread is many times faster than two that contend
-    (worker processes get OMP_NUM_THREADS=1 alike, so that both sides compute the same numbers)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cli_env(root: Path) -> dict:

@@ -21,13 +21,7 @@ from metanet_utils.ops.together import EpochIter, run_interleaved, train_runs_to
 from metanet_utils.train import RunBusy, is_complete, record_dir, train_run
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny CPU models on a busy 2-core machine: one intra-op thread is many times faster than two that contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
