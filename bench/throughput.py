@@ -395,7 +395,7 @@ def paper_protocol_runs() -> dict[str, dict[str, int]]:
     from types import SimpleNamespace
 
     from metanet_utils.config import Ablations, load_profile
-    from metanet_utils.ops.grid import enumerate_runs
+    from metanet_utils.runs import enumerate_runs
 
     prof = load_profile("paper")
     ds = SimpleNamespace(kind="real", fingerprint="projection")

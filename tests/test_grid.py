@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from _records import probs_for, write_fake_run
 
+from metanet_utils import runs as profile_runs
 from metanet_utils.ops import grid
 from metanet_utils.config import RunConfig, load_profile
 from metanet_utils.train import is_complete
@@ -57,14 +58,14 @@ def test_status_table_says_complete_only_for_records_whose_manifest_matches_ever
     written whole (manifest listing every engine file at its size), as train.is_complete says, and it reads the
     default runs folder (the notebooks call ``status_table(runs)``)."""
     prof = load_profile("smoke", ablations={"table3": False, "table4": False})
-    runs = grid.enumerate_runs(prof, _dataset())
+    runs = profile_runs.enumerate_runs(prof, _dataset())
     runs_dir = isolated_root / "results" / "runs"
     assert len(runs) == len(STATES) == 6
     for cfg, state in zip(runs, STATES):
         _record(runs_dir, cfg, state)
     _record(runs_dir, runs[0].replace(fold=1, epochs=7), "complete")  # another run's record: no row of its own
 
-    table = grid.status_table(runs)  # the default folder: $METANET_RESULTS_DIR/runs
+    table = profile_runs.status_table(runs)  # the default folder: $METANET_RESULTS_DIR/runs
     assert list(table.columns) == ["run_id", "backbone", "fusion", "meta", "k", "fold", "complete"]
     assert table["run_id"].tolist() == [r.run_id for r in runs]
     assert table["complete"].tolist() == [s == "complete" for s in STATES]
@@ -78,7 +79,7 @@ def test_status_table_says_complete_only_for_records_whose_manifest_matches_ever
     other = isolated_root / "elsewhere"
     _record(other, runs[1], "complete")
     _record(other, runs[0], "no manifest")
-    assert grid.status_table(runs, other)["complete"].tolist() == [False, True, False, False, False, False]
+    assert profile_runs.status_table(runs, other)["complete"].tolist() == [False, True, False, False, False, False]
 
 
 @pytest.mark.parametrize("backbone, crop, epochs, expected", [
@@ -91,7 +92,7 @@ def test_status_table_says_complete_only_for_records_whose_manifest_matches_ever
 def test_estimated_cost_is_gmacs_times_the_crops_pixels_over_224_squared_times_epochs(backbone, crop, epochs,
                                                                                           expected):
     cfg = RunConfig(backbone=backbone, image_size=max(crop, 64), crop_size=crop, epochs=epochs)
-    assert grid.estimated_cost(cfg) == pytest.approx(expected, rel=1e-12)
+    assert profile_runs.estimated_cost(cfg) == pytest.approx(expected, rel=1e-12)
 
 
 def test_run_grid_trains_the_missing_runs_longest_first_by_estimated_cost(isolated_root, monkeypatch):
@@ -108,7 +109,7 @@ def test_run_grid_trains_the_missing_runs_longest_first_by_estimated_cost(isolat
     prof = load_profile("smoke", backbones=["test_resnet", "alexnet", "vgg19", "resnet50"], fusions=["none", "metanet"],
                         ablations={"table3": False, "table4": False}, runs_together=1)
     ds = _dataset()
-    runs = grid.enumerate_runs(prof, ds)
+    runs = profile_runs.enumerate_runs(prof, ds)
     runs_dir = isolated_root / "results" / "runs"
     done = next(r for r in runs if r.backbone == "resnet50" and r.fusion == "metanet" and r.fold == 0)
     _record(runs_dir, done, "complete")
@@ -136,7 +137,7 @@ def test_run_grid_waits_for_busy_runs_logs_failures_and_stops_on_a_cache_error(i
 
     prof = load_profile("smoke", fusions=["none", "metanet"], folds=[0], ablations={"table3": False, "table4": False})
     runs_dir = isolated_root / "results" / "runs"
-    none, metanet = grid.enumerate_runs(prof, _dataset())
+    none, metanet = profile_runs.enumerate_runs(prof, _dataset())
     calls, behaviour = [], {}
 
     def fake_train_run(cfg, dataset, **kwargs):

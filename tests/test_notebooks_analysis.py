@@ -50,7 +50,8 @@ def _fake_records(root: Path, data_dir: Path) -> None:
     from metanet_utils.config import load_profile
     from metanet_utils.constants import CLASS_CODES, DX_CODES
     from metanet_utils.evaluate import score_predictions
-    from metanet_utils.ops.grid import enumerate_runs, profile_dataset
+    from metanet_utils.dataset import profile_dataset
+    from metanet_utils.runs import enumerate_runs
     from metanet_utils.metadata import meta_dim
     from metanet_utils.models import build_model
     from metanet_utils.train import RECORD_FILES, is_complete

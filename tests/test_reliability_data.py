@@ -402,7 +402,8 @@ def test_grid_without_pretrained_weights_stops_before_any_work(isolated_root, re
     it would train first: one ``error:`` line, exit 2, no image cache built, no run started or failed."""
     from metanet_utils.ops import slurm
     from metanet_utils.config import load_profile
-    from metanet_utils.ops.grid import profile_dataset, run_grid
+    from metanet_utils.dataset import profile_dataset
+    from metanet_utils.ops.grid import run_grid
     from metanet_utils.models import WeightsUnavailable
 
     prof = tiny_profile(isolated_root / "p.yaml", pretrained=True, max_images=60)

@@ -441,7 +441,8 @@ def _grid_profile(path: Path) -> Path:
 def test_three_workers_started_at_once_train_each_run_once_and_match_one_worker(env, tmp_path):
     from metanet_utils.config import load_profile
     from metanet_utils.evaluate import load_records
-    from metanet_utils.ops.grid import profile_dataset, run_grid
+    from metanet_utils.dataset import profile_dataset
+    from metanet_utils.ops.grid import run_grid
 
     prof = _grid_profile(tmp_path / "conc.yaml")
     args = [sys.executable, "-m", "metanet_utils", "grid", "--profile", str(prof), "--data-dir", str(env.data)]

@@ -21,7 +21,7 @@ from metanet_utils import report
 from metanet_utils.config import load_profile
 from metanet_utils.constants import DX_CODES
 from metanet_utils.dataset import Dataset
-from metanet_utils.ops.grid import enumerate_runs
+from metanet_utils.runs import enumerate_runs
 
 #: Images right per class (of 10) in each fold, by fusion: MCR none 50/60, concat 60/70, metanet 70/80 %.
 RIGHT = {"none": 5, "concat": 6, "metanet": 7}
@@ -172,7 +172,7 @@ def test_cli_tables_writes_the_runs_tables_and_refuses_other_data_without_touchi
     """``tables`` on the data the runs were trained on writes them; on other data (no ``--data-dir``: the
     shipped sample) it finds none of those runs, says so in one line, exits 2 and leaves the tables as they were."""
     from metanet_utils.ops.cli import main
-    from metanet_utils.ops.grid import profile_dataset
+    from metanet_utils.dataset import profile_dataset
 
     prof = load_profile("smoke")
     _fill(isolated_root / "results" / "runs", prof, profile_dataset(prof, str(real_data_dir)))

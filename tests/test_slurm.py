@@ -32,7 +32,8 @@ from slurm_cluster import Backend, announce, start_backend  # noqa: E402
 
 from metanet_utils.ops import slurm as S  # noqa: E402
 from metanet_utils.config import ConfigError, load_profile  # noqa: E402
-from metanet_utils.ops.grid import enumerate_runs, filter_runs, parse_only, profile_dataset  # noqa: E402
+from metanet_utils.dataset import profile_dataset  # noqa: E402
+from metanet_utils.runs import enumerate_runs, filter_runs, parse_only  # noqa: E402
 from metanet_utils.train import is_complete, record_dir  # noqa: E402
 
 SMOKE_ONLY = ["fold=0", "fusion=none,concat", "meta_layers=0,1"]

@@ -181,7 +181,7 @@ def test_the_grid_passes_the_profile_setting_to_every_run():
     from types import SimpleNamespace
 
     from metanet_utils.config import list_profiles, load_profile
-    from metanet_utils.ops.grid import enumerate_runs
+    from metanet_utils.runs import enumerate_runs
 
     prof = load_profile("smoke", cuda_graphs="on")
     runs = enumerate_runs(prof, SimpleNamespace(kind="real", fingerprint="x"))

@@ -274,7 +274,9 @@ def test_smoke_grid_validates_each_run_on_exactly_the_images_of_its_saved_fold(s
 def test_rerunning_the_grid_trains_nothing(smoke_grid, real_data_dir, monkeypatch, capsys):
     """The same grid again (here in this process, on the command's folders) finds every record complete."""
     from metanet_utils.config import load_profile
-    from metanet_utils.ops.grid import parse_only, profile_dataset, run_grid
+    from metanet_utils.dataset import profile_dataset
+    from metanet_utils.runs import parse_only
+    from metanet_utils.ops.grid import run_grid
 
     root, _ = smoke_grid
     for k, v in cli_env(root).items():
@@ -291,7 +293,8 @@ def test_run_killed_with_sigkill_resumes_to_the_same_result(real_data_dir, tmp_p
     """A grid worker SIGKILLed at a random moment after its first checkpoint, then run again: it resumes from
     the checkpoint and writes the record of the same run trained without a break (here, in this process)."""
     from metanet_utils.config import load_profile
-    from metanet_utils.ops.grid import enumerate_runs, profile_dataset
+    from metanet_utils.dataset import profile_dataset
+    from metanet_utils.runs import enumerate_runs
     from metanet_utils.train import train_run
 
     epochs = 10  # long enough that the kill lands mid-run even on an idle machine
@@ -435,7 +438,8 @@ def test_grid_progress_auto_is_per_run_for_short_runs_and_per_epoch_for_long_one
     """``progress="auto"`` (notebook 07's default): the demo's runs take seconds, a line per run is enough; the
     paper's take hours, and a line per epoch is their only sign of life."""
     from metanet_utils.config import RunConfig, load_profile
-    from metanet_utils.ops.grid import SHORT_RUN_EPOCHS, enumerate_runs, resolve_progress
+    from metanet_utils.runs import enumerate_runs
+    from metanet_utils.ops.grid import SHORT_RUN_EPOCHS, resolve_progress
 
     class Data:  # what enumerate_runs reads of a dataset
         kind, fingerprint = "real", "test"

@@ -27,7 +27,9 @@ from ..report import write_profile_tables
 from ..runs import image_sizes
 from ..train import is_complete, record_dir, train_run
 from .download import DownloadError, download_official
-from .grid import enumerate_runs, filter_runs, parse_only, profile_dataset, run_config, run_grid, spawn_workers, status_table
+from ..dataset import profile_dataset
+from ..runs import enumerate_runs, filter_runs, parse_only, run_config, status_table
+from .grid import run_grid, spawn_workers
 from .sample import write_sample
 
 try:  # Slurm needs submitit, a dependency of the kit; a GPU machine with its own Python may lack it

@@ -17,17 +17,14 @@ from typing import Any, Callable, Iterable
 from ..atomic import atomic_write_text
 from ..cache import CacheError
 from ..config import Profile, RunConfig, check_runs_together
-from ..dataset import profile_dataset
 from ..models import ensure_weights
 from ..paths import runs_dir as default_runs_dir
-from ..runs import EXPERIMENTS, enumerate_runs, estimated_cost, filter_runs, parse_only, run_config, status_table
+from ..runs import EXPERIMENTS, enumerate_runs, estimated_cost, filter_runs
 from .step import graph_step
 from .together import train_runs_together
 from ..train import RunBusy, is_complete, record_dir, train_run
 
-__all__ = ["EXPERIMENTS", "SHORT_RUN_EPOCHS", "run_config", "enumerate_runs", "estimated_cost", "parse_only",
-           "filter_runs", "profile_dataset", "status_table", "resolve_progress", "GridSummary", "run_grid",
-           "step_for", "spawn_workers"]
+__all__ = ["SHORT_RUN_EPOCHS", "resolve_progress", "GridSummary", "run_grid", "step_for", "spawn_workers"]
 
 #: ``progress="auto"`` prints a line per run when no run has more epochs than this, else a line per epoch.
 SHORT_RUN_EPOCHS = 10

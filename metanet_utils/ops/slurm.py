@@ -49,7 +49,8 @@ import torch
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from ..config import ConfigError, Profile, RunConfig, load_profile
-from .grid import enumerate_runs, estimated_cost, filter_runs, parse_only, profile_dataset, status_table
+from ..dataset import profile_dataset
+from ..runs import enumerate_runs, estimated_cost, filter_runs, parse_only, status_table
 from ..models import ensure_weights
 from ..paths import results_dir, runs_dir as default_runs_dir
 from ..train import RunBusy, is_complete, record_dir, run_lock, train_run
