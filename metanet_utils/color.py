@@ -1,15 +1,8 @@
-"""Colour constancy: Shades of Gray (Finlayson & Trezzi 2004), the kit's reading of the paper's [19].
+"""Colour constancy: Shades of Gray (Finlayson & Trezzi 2004), the kit's reading of the paper's reference [19].
 
-Per channel, the light colour is the Minkowski p-mean of the pixels, ``e_c = mean(I_c ** p) ** (1 / p)``
-(p = 1 Gray World, p = 6 Shades of Gray, ``np.inf`` max-RGB); each channel is then multiplied by
-``rms(e) / e_c``: a gray light changes nothing and a colour cast becomes a change of brightness only.
-Notebook 03 writes the same formula in numpy and checks it against :func:`shades_of_gray`.
-
-Example:
-    >>> img = np.full((4, 4, 3), 100, np.uint8)
-    >>> img[..., 0] = 150                       # a reddish cast
-    >>> shades_of_gray(img)[0, 0].tolist()      # gray; brightness = RMS of (150, 100, 100)
-    [119, 119, 119]
+Per channel the light colour is the Minkowski p-mean ``e_c = mean(I_c ** p) ** (1 / p)`` (p = 1 Gray World, 6 Shades
+of Gray, ``np.inf`` max-RGB); each channel is multiplied by ``rms(e) / e_c``, so a colour cast becomes a change of
+brightness only. Notebook 03 writes the formula in numpy and checks it against :func:`shades_of_gray`.
 """
 
 from __future__ import annotations
@@ -22,14 +15,11 @@ import pandas as pd
 
 from .data import read_rgb
 
-__all__ = ["estimate_illuminant", "shades_of_gray", "color_stats", "chromaticity_spread"]
-
 
 def estimate_illuminant(image: np.ndarray, p: float = 6) -> np.ndarray:
-    """The light colour ``e_c = mean(I_c ** p) ** (1 / p)`` of a uint8 RGB image ``HxWx3`` (or of each of ``NxHxWx3``).
+    """The light colour ``e`` (float64 ``(3,)``, grey levels) of a uint8 RGB image ``HxWx3``; ``(N, 3)`` of ``NxHxWx3``.
 
-    ``p`` is in [1, 100] (float64 holds 255 ** p) or ``np.inf`` (max-RGB). Returns float64 ``(3,)`` (``(N, 3)``),
-    in grey levels.
+    ``p`` is in [1, 100] (float64 holds 255 ** p) or ``np.inf``.
 
     Example:
         >>> estimate_illuminant(np.array([[[10, 20, 0], [30, 20, 0]]], np.uint8), p=1).tolist()
@@ -43,26 +33,25 @@ def estimate_illuminant(image: np.ndarray, p: float = 6) -> np.ndarray:
         raise ValueError(f"p must be in [1, 100] (1: Gray World, 6: Shades of Gray) or np.inf (max-RGB), got {p!r}")
     if p == np.inf:
         return image.max(axis=(-3, -2)).astype(np.float64)
-    x = np.power(image, p, dtype=np.float64)  # I_c ** p
-    n = x.shape[-3] * x.shape[-2]
-    return (x.sum(axis=-3).sum(axis=-2) / n) ** (1 / p)  # the mean over the pixels (rows, then columns: fast)
+    x = np.power(image, p, dtype=np.float64)  # I_c ** p, then the mean over rows and columns (summed apart: fast)
+    return (x.sum(axis=-3).sum(axis=-2) / (x.shape[-3] * x.shape[-2])) ** (1 / p)
 
 
 def shades_of_gray(image: np.ndarray, p: float = 6) -> np.ndarray:
-    """Colour-correct a uint8 RGB image ``HxWx3`` (or each image of ``NxHxWx3``) with Shades of Gray.
+    """Colour-correct a uint8 RGB image ``HxWx3`` (or each of ``NxHxWx3``): each channel times ``rms(e) / e_c``.
 
-    Each channel is multiplied by ``gain_c = rms(e) / e_c`` (:func:`estimate_illuminant`; a channel that is
-    zero everywhere keeps gain 1); the float32 product is rounded (half to even) and clipped to uint8.
+    A channel that is zero everywhere keeps gain 1; the float32 product is rounded (half to even) and clipped.
 
     Example:
-        >>> img = np.full((2, 2, 3), 90, np.uint8)
-        >>> bool((shades_of_gray(img) == img).all())   # a gray image is unchanged
-        True
+        >>> img = np.full((4, 4, 3), 100, np.uint8)
+        >>> img[..., 0] = 150                       # a reddish cast
+        >>> shades_of_gray(img)[0, 0].tolist()      # gray; brightness = RMS of (150, 100, 100)
+        [119, 119, 119]
     """
     e = estimate_illuminant(image, p)
     rms = np.sqrt(np.mean(e ** 2, axis=-1, keepdims=True))
     gain = np.divide(rms, e, out=np.ones_like(e), where=e > 0).astype(np.float32)
-    out = image * gain[..., None, None, :]  # float32, every pixel of each image times its gains
+    out = image * gain[..., None, None, :]
     return np.rint(out, out=out).clip(0, 255, out=out).astype(np.uint8)
 
 
@@ -72,13 +61,11 @@ def color_stats(images: pd.DataFrame | Sequence[str | Path], p: float = 6, *, n:
 
     Args:
         images: a frame with ``path`` (and ``dx``, ``image_id``) or a list of paths.
-        p: Minkowski norm of the correction.
-        n: a random sample of at most ``n`` images (``frame.sample(n, random_state=seed)``; None: all).
-        seed: random state of the sample.
+        n: at most ``n`` images, ``frame.sample(n, random_state=seed)`` (None: all).
 
     Returns:
-        One row per image: ``image_id``, ``dx``, mean ``R, G, B`` (``R_before``, ..., ``B_after``) and the
-        chromaticities ``r = R / (R + G + B)``, ``g = G / (R + G + B)`` (``r_before``, ..., ``g_after``).
+        One row per image: ``image_id``, ``dx``, the mean ``R, G, B`` and the chromaticities ``r = R / (R + G + B)``,
+        ``g = G / (R + G + B)``, each ``_before`` and ``_after``.
     """
     frame = images if isinstance(images, pd.DataFrame) else pd.DataFrame({"path": [str(q) for q in images]})
     if n is not None and len(frame) > n:
@@ -89,15 +76,14 @@ def color_stats(images: pd.DataFrame | Sequence[str | Path], p: float = 6, *, n:
         row = {"image_id": getattr(r, "image_id", Path(r.path).stem), "dx": str(getattr(r, "dx", ""))}
         for when, arr in (("before", img), ("after", shades_of_gray(img, p))):
             m = arr.reshape(-1, 3).mean(axis=0)
-            row.update({f"{c}_{when}": v for c, v in zip("RGB", m)})
-            row.update({f"r_{when}": m[0] / max(m.sum(), 1e-9), f"g_{when}": m[1] / max(m.sum(), 1e-9)})
+            row |= {f"{c}_{when}": v for c, v in zip("RGB", m)}
+            row |= {f"r_{when}": m[0] / max(m.sum(), 1e-9), f"g_{when}": m[1] / max(m.sum(), 1e-9)}
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def chromaticity_spread(stats: pd.DataFrame) -> pd.DataFrame:
-    """How much the mean colours of :func:`color_stats` vary, rows ``before, after``: sample sd of ``r`` and ``g``,
-    and mean distance of ``(r, g)`` from gray ``(1/3, 1/3)``."""
+    """Rows ``before, after`` of :func:`color_stats`: sample sd of ``r`` and ``g``, mean distance from gray."""
     out = {}
     for when in ("before", "after"):
         r, g = stats[f"r_{when}"], stats[f"g_{when}"]

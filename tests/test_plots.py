@@ -91,13 +91,12 @@ def test_class_counts_of_a_real_subsample_are_shares_of_its_images_and_of_the_pa
     assert [t.get_text() for t in ax.texts][7:14] == ["66.9%", "11.1%", "11.0%*", "5.1%", "3.3%", "1.4%*", "1.1%"]
 
 
-def test_class_counts_auto_scale_is_counts_for_the_papers_total_else_shares_and_paper_none_drops_its_bars(frame):
+def test_class_counts_are_counts_for_the_papers_total_else_shares_and_paper_none_drops_its_bars(frame):
     ax = plots.class_counts(PAPER_CLASS_COUNTS).axes[0]
     assert ax.get_ylabel() == "images"  # same total as the paper: counts
     assert plots.class_counts(frame).axes[0].get_ylabel() == "% of images"  # a subsample: shares
-    assert n_bars(plots.class_counts(frame, paper=None).axes[0]) == 7
-    with pytest.raises(ValueError, match="scale"):
-        plots.class_counts(frame, scale="bogus")
+    ax = plots.class_counts(frame, paper=None).axes[0]
+    assert n_bars(ax) == 7 and ax.get_ylabel() == "images"
 
 
 def test_finish_stamps_the_caption_once_and_saves(frame, figdir):
@@ -187,8 +186,9 @@ def _assert_clear_footer(fig, caption):
 def test_every_plotting_function_takes_a_caption():
     import inspect
 
-    with_save = [n for n in plots.__all__ if callable(getattr(plots, n))
-                 and "save" in inspect.signature(getattr(plots, n)).parameters]
+    public = [n for n, f in inspect.getmembers(plots, inspect.isfunction)
+              if f.__module__ == plots.__name__ and not n.startswith("_")]
+    with_save = [n for n in public if "save" in inspect.signature(getattr(plots, n)).parameters]
     assert "class_counts" in with_save
     for name in with_save:
         p = inspect.signature(getattr(plots, name)).parameters.get("caption")
@@ -229,7 +229,7 @@ def test_caption_moves_a_supxlabel_above_it_and_works_with_colour_bars():
     for ax in fig.subplots(2, 4, sharex=True, sharey=True).ravel():
         ax.hist(np.arange(0, 90, 5), bins=np.arange(0, 95, 5), density=True)
     fig.supxlabel("age (years)")
-    plots.add_caption(fig, "Ages of the test frame.")
+    plots.finish(fig, caption="Ages of the test frame.")
     _assert_clear_footer(fig, "Ages of the test frame.")
     assert fig._supxlabel.get_text() == "age (years)"
     fig = Figure(figsize=(9.6, 4.4), layout="constrained")  # two heat maps and a colour bar, as notebook 06's
@@ -238,21 +238,21 @@ def test_caption_moves_a_supxlabel_above_it_and_works_with_colour_bars():
         im = ax.imshow(np.diag([5, 3, 2, 2, 1, 1, 1]) + 1, cmap="Blues")
         ax.set_xlabel("predicted")
     fig.colorbar(im, ax=list(axes), label="% of the true class", shrink=0.9)
-    plots.add_caption(fig, _LONG)
+    plots.finish(fig, caption=_LONG)
     _assert_clear_footer(fig, _LONG)
     assert len(fig.axes) == 3  # two matrices and the colour bar: the caption adds no axes
 
 
 @pytest.mark.parametrize("layout", ["tight", None])
-def test_add_caption_with_tight_layout_or_none(layout):
+def test_caption_with_tight_layout_or_none(layout):
     fig = Figure(figsize=(6, 3), layout=layout)
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1])
     ax.set_xlabel("x label")
     if layout is None:  # room for the x label in the figure itself; the footer goes below it
         fig.subplots_adjust(bottom=0.2)
-    plots.add_caption(fig, "a footer " * 30)
-    plots.add_caption(fig, "a second call changes nothing")
+    plots.finish(fig, caption="a footer " * 30)
+    plots.finish(fig, caption="a second call changes nothing")
     _assert_clear_footer(fig, "a footer " * 30)
 
 
