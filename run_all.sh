@@ -5,8 +5,8 @@
 # Executed notebooks go to outputs/notebooks/, figures to figures/, tables to results/tables/,
 # the report to outputs/report.html.
 set -euo pipefail
-export METANET_CALLER_DIR="$PWD"  # relative --profile / --data-dir paths are the caller's
-cd "$(dirname "$0")"
-source scripts/ensure_env.sh
+# No cd: relative --profile / --data-dir paths are the caller's.
+export METANET_ROOT="${METANET_ROOT:-$(cd "$(dirname "$0")" && pwd)}"
+source "$METANET_ROOT/scripts/ensure_env.sh"
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
-exec "$PY" -m metanet_utils.ops.pipeline --kernel "$METANET_KERNEL" "$@"
+exec "$PY" -m metanet_utils.ops.pipeline --kernel metanet-kit "$@"

@@ -8,10 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/ensure_env.sh
 marker=(-m "")
+# one worker per core, each taking a whole test file at a time (a file's fixtures are set up once); -n 0 turns it off
+parallel=(-n "$(getconf _NPROCESSORS_ONLN)" --dist loadfile)
 case "${1:-}" in
   --fast) shift; marker=() ;;
-  --gpu) shift; marker=(-m "gpu") ;;
+  --gpu) shift; marker=(-m "gpu"); parallel=() ;;  # one process: the GPU tests measure speed
   --all) shift ;;  # the default since every test runs by default; kept for old habits
 esac
+"$PY" -c "import xdist" 2>/dev/null || { echo "[tests] pytest-xdist missing: one process (pip install -e '.[dev]')"; parallel=(); }
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
-exec "$PY" -m pytest "${marker[@]}" "$@"
+exec "$PY" -m pytest "${marker[@]}" "${parallel[@]}" "$@"

@@ -17,7 +17,7 @@
 #
 # Usage:  bash bench/gpu_check.sh OUT_DIR
 # Environment:
-#   METANET_BENCH_DATA     data folder (HAM10000_metadata.csv + ISIC_*.jpg, flat or in images/);
+#   METANET_DATA_DIR     data folder (HAM10000_metadata.csv + ISIC_*.jpg, flat or in images/);
 #                          default bench/carry/ham10000; without it the kit's shipped sample data/sample/
 #                          (real images, 128x96; said loudly)
 #   GPU_CHECK_BUDGET_S     soft budget of the whole script in seconds (default 470; dry run 1500)
@@ -34,7 +34,7 @@ ROOT="$PWD"
 PY=python3
 DRY="${GPU_CHECK_CPU_DRYRUN:-0}"
 if [ "$DRY" = 1 ]; then BUDGET="${GPU_CHECK_BUDGET_S:-1500}"; else BUDGET="${GPU_CHECK_BUDGET_S:-470}"; fi
-DATA="${METANET_BENCH_DATA:-bench/carry/ham10000}"
+DATA="${METANET_DATA_DIR:-bench/carry/ham10000}"
 case "$DATA" in /*) ;; *) DATA="$ROOT/$DATA" ;; esac
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"
 LOG="$OUT/log.txt"
@@ -72,7 +72,7 @@ DATA_KIND=real
 if [ ! -f "$DATA/HAM10000_metadata.csv" ]; then
   say "WARNING: no HAM10000_metadata.csv in $DATA: using the kit's small SAMPLE data/sample/ (not the full data)"
   DATA="$ROOT/data/sample"; DATA_KIND=sample
-  [ -f "$DATA/HAM10000_metadata.csv" ] || { say "no data at all: set METANET_BENCH_DATA"; exit 2; }
+  [ -f "$DATA/HAM10000_metadata.csv" ] || { say "no data at all: set METANET_DATA_DIR"; exit 2; }
 fi
 export METANET_TEST_DATA="$DATA"
 

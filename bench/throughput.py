@@ -729,7 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--size", type=int, default=None, help="resize side for every backbone (default: the backbone's, 300/441)")
     add("--crop", type=int, default=None, help="crop side for every backbone (default: 224/331)")
     add("--images", type=Path, default=None, help="folder of JPEG files (or a data folder with images/); default: "
-        "$METANET_BENCH_DATA, then ../shared/ham10000")
+        "$METANET_DATA_DIR, then ../shared/ham10000")
     add("--max-images", type=int, default=2000, help="images used (reference files and kit cache)")
     add("--random-cache", action="store_true", help="a kit cache of random bytes instead of decoded images")
     add("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES)
@@ -759,7 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def jpeg_paths(args: argparse.Namespace) -> list[Path] | None:
     """The JPEG files the reference reads and the kit caches (``--max-images`` of them, drawn with the seed)."""
-    env = os.environ.get("METANET_BENCH_DATA")
+    env = os.environ.get("METANET_DATA_DIR")
     folder = args.images or next((c for c in [*([Path(env)] if env else []), _ROOT.parent / "shared" / "ham10000"]
                                   if c.is_dir()), None)
     if folder is not None and not Path(folder).is_dir():

@@ -1,8 +1,7 @@
-"""Crash-safe files and locks: a reader sees the old complete file or the new one, never half of one.
+"""Crash-safe files: a reader sees the old complete file or the new one, never half of one.
 
 A file is written to a temporary name in the same folder, fsync'ed, then renamed over the target
-(``os.replace`` is atomic); a folder (a run record) is staged the same way. Locks are ``filelock``'s
-``flock`` locks, freed by the kernel when their process dies, so a killed worker leaves no stale lock.
+(``os.replace`` is atomic); a folder (a run record) is staged the same way.
 
 Example:
     >>> import tempfile, pathlib
@@ -10,12 +9,6 @@ Example:
     >>> atomic_write_json(d / "m.json", {"mcr": float("nan")})
     >>> (d / "m.json").read_text()
     '{\\n  "mcr": null\\n}\\n'
-    >>> with FileLock(d / "run.lock"):
-    ...     try:
-    ...         FileLock(d / "run.lock", blocking=False).acquire()
-    ...     except LockHeld:
-    ...         print("held by another worker")
-    held by another worker
 """
 
 from __future__ import annotations
@@ -30,10 +23,6 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import filelock
-
-__all__ = ["atomic_write_with", "atomic_write_text", "atomic_write_json", "staged_dir", "FileLock", "LockHeld"]
-
 
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -46,10 +35,8 @@ def _fsync(path: Path) -> None:
 
 
 def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
-
-    If ``write`` raises (a full disk, a kill), the temporary file goes and ``path`` keeps its old content.
-    """
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``; if ``write`` raises
+    (a full disk, a kill), the temporary file goes and ``path`` keeps its old content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -68,8 +55,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def _plain(o: Any) -> Any:
     """Strict JSON values: numpy to Python, tuples and sets to lists, paths to text, NaN and infinity to None."""
-    if hasattr(o, "tolist"):  # numpy scalars and arrays
-        o = o.tolist()
+    o = o.tolist() if hasattr(o, "tolist") else o  # numpy scalars and arrays
     if isinstance(o, float):
         return o if math.isfinite(o) else None
     if isinstance(o, dict):
@@ -86,18 +72,13 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 @contextlib.contextmanager
 def staged_dir(final: str | Path) -> Iterator[Path]:
-    """Build a folder under a temporary name, then rename it to ``final`` in one step (replacing an old one).
-
-    On an exception the staging folder is removed and ``final`` is untouched.
-    """
+    """Build a folder under a temporary name (its files written with the writers above, which fsync them), then
+    rename it to ``final`` in one step, replacing an old one. On an exception ``final`` is untouched."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.stage-", dir=final.parent))
     try:
         yield stage
-        for p in stage.rglob("*"):
-            if p.is_file():
-                _fsync(p)
         old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
         if final.exists():
             os.replace(final, old)
@@ -107,33 +88,3 @@ def staged_dir(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-
-
-class LockHeld(RuntimeError):
-    """Another process (or another lock object) holds the lock."""
-
-
-class FileLock:
-    """An exclusive lock on ``path`` (``filelock.FileLock``); ``blocking=False`` raises :class:`LockHeld`
-    at once instead of waiting. Works across processes and machines on filesystems with ``flock``."""
-
-    def __init__(self, path: str | Path, blocking: bool = True) -> None:
-        self.path, self.blocking = Path(path), blocking
-        self._lock = filelock.FileLock(str(self.path))
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._lock.acquire(timeout=-1 if self.blocking else 0)
-        except filelock.Timeout:
-            raise LockHeld(f"{self.path} is held by another worker") from None
-
-    def release(self) -> None:
-        self._lock.release()
-
-    def __enter__(self) -> "FileLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()

@@ -1,20 +1,12 @@
-"""The training batches, made on the device: the uint8 image cache held in device memory (:class:`DeviceData`)
-and its batched augmentation (:class:`BatchAugment`); no CPU data loader.
+"""Training batches made on the device: the uint8 image cache held in device memory (:class:`DeviceData`) and its
+batched augmentation (:class:`BatchAugment`); no CPU data loader.
 
-The paper's training augmentation (random crop 224 from 300, horizontal and vertical
-flips, random rotation, brightness/contrast/saturation jitter) is done for a whole
-batch at once with per-sample random parameters: crop, flips and rotation are one
-affine transform per sample, applied by a single ``grid_sample``; the colour jitter is
-per-sample arithmetic. Evaluation is a centre crop. Input is the uint8 cache layout
-``B x H x W x 3``; output is normalised float ``B x 3 x crop x crop``.
-
-:meth:`BatchAugment.draw` draws every per-sample parameter in one call on the device and
-:meth:`BatchAugment.apply` applies them; constants live on the device, so a batch costs a
-few dozen small kernels and never blocks the CPU. :func:`prepare_batch` gathers a batch from
-the cache and augments it: what one training step reads.
+The paper's training augmentation (random crop 224 of 300, horizontal and vertical flips, random rotation,
+brightness / contrast / saturation jitter) runs on a whole batch with per-sample random parameters: crop, flips
+and rotation are one affine transform per sample (a single ``grid_sample``), the jitter is per-sample arithmetic.
+Evaluation is a centre crop. Input: uint8 ``B x H x W x 3``; output: normalised float ``B x 3 x crop x crop``.
 
 Example:
-    >>> import torch
     >>> aug = BatchAugment(crop=56, mean=(0.5,) * 3, std=(0.5,) * 3)
     >>> x = torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8)
     >>> aug(x, train=True, generator=torch.Generator().manual_seed(0)).shape
@@ -31,8 +23,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BatchAugment", "center_crop", "DeviceData", "prepare_batch"]
-
 
 def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
     """Centre ``crop x crop`` of an ``B x C x H x W`` tensor."""
@@ -45,15 +35,9 @@ def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
 
 @dataclass
 class BatchAugment:
-    """Per-sample random augmentation of a uint8 batch, on its own device.
-
-    Attributes:
-        crop: output side (224, or 331 for PNASNet).
-        mean, std: normalisation of the backbone's pretraining, in 0..1 units.
-        rotation: maximum absolute rotation in degrees (uniform in +-rotation).
-        brightness, contrast, saturation: jitter strengths (factor uniform in 1 +- value).
-        hflip, vflip: probability 0.5 each when True.
-    """
+    """Per-sample random augmentation of a uint8 batch on its own device: output side ``crop``, normalisation
+    ``mean`` / ``std`` (0..1 units), rotation uniform in +-``rotation`` degrees, jitter factors uniform in
+    1 +- strength, each flip with probability 0.5 when on."""
 
     crop: int
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -65,14 +49,12 @@ class BatchAugment:
     hflip: bool = True
     vflip: bool = True
 
-    #: The columns of :meth:`draw`'s parameter matrix, one row per sample.
     PARAMS = ("angle", "fx", "fy", "tx", "ty", "brightness", "contrast", "saturation")
     _constants: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def _const(self, name: str, values, device: torch.device, shape: tuple[int, ...]) -> torch.Tensor:
-        """A small constant tensor, made once per device: a tensor built from Python numbers on a GPU is
-        a blocking host-to-device copy, which would stall the CPU until the GPU has finished all queued
-        work, every batch."""
+        """A small constant tensor, made once per device (built from Python numbers on a GPU it would be a
+        blocking host-to-device copy every batch)."""
         key = (name, device, shape, tuple(values))
         if key not in self._constants:
             self._constants[key] = torch.tensor(values, dtype=torch.float32).view(shape).to(device)
@@ -83,28 +65,18 @@ class BatchAugment:
         bias = self._const("bias", [-m / s for m, s in zip(self.mean, self.std)], x.device, (1, 3, 1, 1))
         return torch.addcmul(bias, x, scale).contiguous()  # (x - mean) / std in one kernel
 
-    def _to_float(self, x: torch.Tensor) -> torch.Tensor:
-        """Check a uint8 ``B x H x W x 3`` batch and turn it into float NCHW in 0..1."""
+    def _to_float(self, x: torch.Tensor) -> torch.Tensor:  # uint8 B x H x W x 3 -> float NCHW in 0..1
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected a uint8 batch B x H x W x 3, got {tuple(x.shape)} {x.dtype}")
-        self._check_crop(x.shape[1], x.shape[2])
         return x.permute(0, 3, 1, 2).float().div_(255.0)
-
-    def _check_crop(self, h: int, w: int) -> None:
-        if self.crop > h or self.crop > w:
-            raise ValueError(f"crop {self.crop} is larger than the cached image {h}x{w}")
 
     def draw(self, b: int, h: int, w: int, device: torch.device | str,
              generator: torch.Generator | None = None) -> torch.Tensor:
-        """Per-sample random parameters for ``b`` images of ``h x w``, drawn in one call on ``device``.
-
-        Returns a ``b x 8`` tensor, columns in :attr:`PARAMS` order: ``angle`` (radians, uniform in
-        +-rotation), ``fx``/``fy`` (-1 mirrors, 1 keeps; probability 0.5 each when enabled), ``tx``/``ty``
-        (crop centre offset in normalised coordinates, uniform, the crop window stays inside the image),
-        ``brightness``, ``contrast``, ``saturation`` (factors uniform in 1 +- strength). A training epoch
-        draws all its batches' parameters at once and slices them.
-        """
-        self._check_crop(h, w)
+        """Per-sample parameters for ``b`` images of ``h x w``, drawn in one call on ``device``: ``b x 8``, columns
+        :attr:`PARAMS`: ``angle`` (radians), ``fx``/``fy`` (-1 mirrors), ``tx``/``ty`` (crop centre offset in
+        normalised coordinates, the window inside the image), the three jitter factors."""
+        if self.crop > h or self.crop > w:
+            raise ValueError(f"crop {self.crop} is larger than the cached image {h}x{w}")
         device = torch.device(device)
         r = torch.rand(b, 8, device=device, generator=generator)
         rot = self.rotation * math.pi / 180.0
@@ -117,8 +89,7 @@ class BatchAugment:
         return u
 
     def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """Warp (crop, flips, rotation: one ``grid_sample``), colour-jitter and normalise a uint8 batch
-        with the given per-sample parameters (rows of :meth:`draw`)."""
+        """Warp, colour-jitter and normalise a uint8 batch with per-sample parameters (rows of :meth:`draw`)."""
         return self._warp_and_jitter(self._to_float(x), params)
 
     def _warp_and_jitter(self, img: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -147,7 +118,7 @@ class BatchAugment:
         img = self._to_float(x)
         if not train:
             return self._normalise(center_crop(img, self.crop))
-        return self._warp_and_jitter(img, self.draw(x.shape[0], x.shape[1], x.shape[2], x.device, generator))
+        return self._warp_and_jitter(img, self.draw(*x.shape[:3], x.device, generator))
 
 
 @dataclass
@@ -164,8 +135,7 @@ class DeviceData:
     @classmethod
     def build(cls, images: np.ndarray, meta: np.ndarray, labels: np.ndarray, folds: np.ndarray, fold: int,
               image_ids: list[str], device: torch.device, resident: torch.Tensor | None = None) -> "DeviceData":
-        """Upload the arrays; rows with ``folds == fold`` validate. ``resident``: the image tensor already on
-        ``device`` (runs trained together share one copy of the cache)."""
+        """Upload the arrays; rows with ``folds == fold`` validate. ``resident``: the images already on ``device``."""
         if resident is not None:
             imgs = resident
         elif device.type == "cuda":

@@ -1,18 +1,6 @@
-"""The uint8 image cache: every image decoded, colour-corrected and resized once.
-
-Each image is decoded to RGB, corrected with Shades of Gray (:func:`metanet_utils.color.shades_of_gray`, before
-resizing, as in the paper), resized to ``size x size`` (PIL bilinear, aspect not kept, as the paper's 600x450 ->
-300x300) and stored in one ``N x size x size x 3`` uint8 ``.npy`` file named by :func:`cache_key` and memory-mapped
-afterwards. One process builds it, under a lock; the array is written under a temporary name and renamed, then a
-JSON sidecar lists its image ids and size in bytes: a cache is read only when both agree, so an interrupted build
-is never taken as complete. A full disk or an unreadable image stops the build with one line and leaves nothing.
-
-Example:
-    >>> import tempfile
-    >>> from metanet_utils.data import load_metadata
-    >>> df = load_metadata(paths.sample_dir()).head(4)  # the shipped sample's first four images
-    >>> build_cache(df, size=32, color_constancy=True, cache_dir=tempfile.mkdtemp(), progress=False).shape
-    (4, 32, 32, 3)
+"""The uint8 image cache: every image decoded, colour-corrected (Shades of Gray, before resizing, as in the paper)
+and resized once into one ``N x size x size x 3`` ``.npy`` file. Kill-safe: built under a lock, written under a
+temporary name and renamed, then a JSON sidecar (ids, size in bytes) marks it complete.
 """
 
 from __future__ import annotations
@@ -27,15 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock
 from PIL import Image
 from tqdm.auto import tqdm
 
 from . import paths
-from .atomic import FileLock, atomic_write_json, atomic_write_with
+from .atomic import atomic_write_json, atomic_write_with
 from .color import shades_of_gray
-from .data import _has_metadata, check_image, data_fingerprint, read_rgb
-
-__all__ = ["CACHE_VERSION", "CacheError", "cache_key", "load_image", "build_cache"]
+from .data import IMAGE_FOLDERS, check_image, data_fingerprint, read_rgb
 
 CACHE_VERSION = 1
 
@@ -50,45 +37,41 @@ def cache_key(fingerprint: str, size: int, color_constancy: bool, p: float = 6.0
     return f"{fingerprint}-{size}px-{'sog' if color_constancy else 'raw'}-{hashlib.sha1(blob).hexdigest()[:8]}"
 
 
-def load_image(path: str | Path, size: int, color_constancy: bool = True, p: float = 6.0) -> np.ndarray:
-    """One image as the cache holds it: RGB uint8, Shades of Gray (optional), then resized to ``size x size``."""
-    img = read_rgb(path)  # grayscale, RGBA and CMYK JPEGs become RGB
+def load_image(path: str | Path, size: int, color_constancy: bool = True) -> np.ndarray:
+    """One image as the cache holds it: RGB uint8, Shades of Gray (p = 6; optional), resized to ``size x size``."""
+    img = read_rgb(path)
     if color_constancy:
-        img = shades_of_gray(img, p=p)
+        img = shades_of_gray(img, p=6)
     return np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
-def _checked_image(path: str, size: int, color_constancy: bool, p: float) -> np.ndarray:
+def _checked_image(path: str, size: int, color_constancy: bool) -> np.ndarray:
     """:func:`load_image`, or a :class:`CacheError` naming the file, what is wrong with it and what to run."""
     try:
         with open(path, "rb") as fh:
             if fh.read(3) != b"\xff\xd8\xff":
                 raise ValueError("not a JPEG")
-        return load_image(path, size, color_constancy, p)
+        return load_image(path, size, color_constancy)
     except Exception as e:  # noqa: BLE001 - PIL raises many types
-        why = check_image(path) or f"{type(e).__name__}: {e}"
-        folder = next((d for d in (Path(path).parent, Path(path).parent.parent) if _has_metadata(d)), Path(path).parent)
-        raise CacheError(f"image {path} {why}; `python -m metanet_utils data verify --data-dir {folder}` "
-                         "lists every broken file") from None
+        why, folder = check_image(path) or f"{type(e).__name__}: {e}", Path(path).parent
+        folder = folder.parent if folder.name in IMAGE_FOLDERS else folder  # the data folder, not its images/
+        raise CacheError(f"image {path} {why}; `python -m metanet_utils data verify --data-dir {folder}` lists every "
+                         "broken file") from None
 
 
 def _size(nbytes: float) -> str:
-    """``512 B``, ``21.6 kB``, ``3.2 GB``."""
-    for unit in ("B", "kB", "MB"):
-        if nbytes < 1000:
-            return f"{nbytes:.0f} B" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1000
-    return f"{nbytes:.1f} GB"
+    """``1.0 kB``, ``21.6 MB``, ``3.2 GB``."""
+    k = 1 if nbytes < 1e6 else 2 if nbytes < 1e9 else 3
+    return f"{nbytes / 1000 ** k:.1f} {('kB', 'MB', 'GB')[k - 1]}"
 
 
 def _reserve(path: Path, no_space: str) -> None:
-    """Allocate the file's blocks now: a full disk is then this error, not a crash (SIGBUS) when the memory map
-    is written."""
-    if not hasattr(os, "posix_fallocate"):  # pragma: no cover - macOS
-        return
+    """Allocate the file's blocks now: a full disk is then this error, not a SIGBUS when the memory map is written."""
     fd = os.open(path, os.O_RDWR)
     try:
         os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except AttributeError:  # pragma: no cover - macOS has no posix_fallocate
+        pass
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise CacheError(no_space) from None
@@ -108,19 +91,16 @@ def _valid(path: Path, image_ids: list[str]) -> bool:
 
 
 def build_cache(df: pd.DataFrame, size: int, color_constancy: bool = True, *, fingerprint: str | None = None,
-                cache_dir: str | Path | None = None, workers: int | None = None, progress: bool = True,
-                p: float = 6.0) -> np.ndarray:
-    """The ``len(df) x size x size x 3`` uint8 images of ``df``'s rows (column ``path``), in order: built on
-    first use, memory-mapped afterwards.
+                cache_dir: str | Path | None = None, workers: int | None = None, progress: bool = True) -> np.ndarray:
+    """The ``len(df) x size x size x 3`` uint8 images of ``df``'s rows (column ``path``), in order.
 
     Raises:
-        CacheError: not enough free disk (the message says how much is needed), or an image that cannot be
-            decoded (the message names it).
+        CacheError: not enough free disk (it says how much is needed), or an image that cannot be decoded (named).
     """
     cache_dir = Path(cache_dir or paths.cache_dir())
     cache_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = fingerprint or data_fingerprint(df)
-    path = cache_dir / f"{cache_key(fingerprint, size, color_constancy, p)}.npy"
+    path = cache_dir / f"{cache_key(fingerprint, size, color_constancy)}.npy"
     ids, files = [str(i) for i in df["image_id"]], [str(f) for f in df["path"]]
     if _valid(path, ids):
         return np.load(path, mmap_mode="r")
@@ -140,7 +120,7 @@ def build_cache(df: pd.DataFrame, size: int, color_constancy: bool = True, *, fi
             _reserve(tmp, no_space)
             pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1)
             try:
-                images = pool.map(lambda f: _checked_image(f, size, color_constancy, p), files)
+                images = pool.map(lambda f: _checked_image(f, size, color_constancy), files)
                 for i, img in enumerate(tqdm(images, total=len(ids), disable=not progress, unit="img",
                                              desc=f"image cache {size}px{' +SoG' if color_constancy else ''}",
                                              mininterval=1.0)):
@@ -153,5 +133,5 @@ def build_cache(df: pd.DataFrame, size: int, color_constancy: bool = True, *, fi
         atomic_write_with(path, write)
         atomic_write_json(path.with_suffix(".json"), {
             "image_ids": ids, "nbytes": path.stat().st_size, "size": size, "color_constancy": color_constancy,
-            "p": p, "fingerprint": fingerprint, "version": CACHE_VERSION})
+            "p": 6.0, "fingerprint": fingerprint, "version": CACHE_VERSION})
     return np.load(path, mmap_mode="r")

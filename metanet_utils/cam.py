@@ -1,26 +1,17 @@
 """Class activation maps (Zhou et al., CVPR 2016) of the three fusion variants (paper Sec. 3.6, Fig. 2).
 
-With global average pooling and a linear head the score of class ``c`` is
-``z_c = sum_k w_ck mean_hw(M_k) + b_c``, where ``M`` are the maps the head pools. The class activation map
-is the same sum before pooling, ``CAM_c(x, y) = sum_k w_ck M_k(x, y)``, so ``mean_hw(CAM_c) + b_c = z_c``.
-
-* ``none``: ``M = F``, the backbone's last feature maps.
-* ``metanet``: ``M = F * g``, every channel times its metadata gate (Sec. 2): the metadata re-weights the
-  channels, and with them the map.
-* ``concat``: ``M = F`` and the image rows of the head; the metadata adds a per-class constant no pixel owns.
-
-Grad-CAM on these maps equals CAM up to the positive factor ``1 / (h w)`` (``tests/test_cam.py`` checks it
-against ``pytorch-grad-cam``). Maps have the feature maps' resolution (7 x 7 at a 224 crop, 2 x 2 at 64 px)
-and are upsampled only for display. Notebook 08 picks the cases of Fig. 2 from paired runs and draws them.
+With global average pooling and a linear head the score of class ``c`` is ``z_c = sum_k w_ck mean_hw(M_k) + b_c``,
+where ``M`` are the maps the head pools. The class activation map is the same sum before pooling,
+``CAM_c(x, y) = sum_k w_ck M_k(x, y)``, so ``mean_hw(CAM_c) + b_c = z_c``. For ``none`` and ``concat``
+``M = F``, the backbone's last feature maps (concat's metadata adds a per-class constant no pixel owns); for
+``metanet`` ``M = F * g``, every channel times its metadata gate. Grad-CAM on these maps equals CAM up to the
+factor ``1 / (h w)`` (``tests/test_cam.py``). Maps have the feature maps' resolution (7 x 7 at a 224 crop) and
+are upsampled only for display.
 
 Example:
-    >>> from metanet_utils.models import build_model
     >>> model = build_model("test_resnet", "metanet", pretrained=False).eval()
-    >>> x, m = torch.randn(2, 3, 64, 64), torch.rand(2, 17)
-    >>> cam_maps(model, x, m).shape                      # B x classes x h x w
+    >>> cam_maps(model, torch.randn(2, 3, 64, 64), torch.rand(2, 17)).shape  # B x classes x h x w
     torch.Size([2, 7, 2, 2])
-    >>> class_activation_map(model, x, m).cams.shape      # the map of each image's predicted class
-    (2, 2, 2)
 """
 
 from __future__ import annotations
@@ -32,35 +23,20 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import matplotlib
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from .augment import BatchAugment, center_crop
 from .cache import load_image
 from .config import RunConfig
-from .constants import CLASS_CODES, META_FIELDS
-from .evaluate import labels_to_indices, load_record, predicted_classes
+from .constants import CLASS_CODES
+from .evaluate import labels_to_indices
 from .metadata import meta_dim
 from .models import build_model, input_spec
 
-__all__ = ["CamOutput", "cam_maps", "class_activation_map", "normalise_cam", "upsample_cam", "overlay",
-           "load_run_model", "run_inputs", "paired_runs", "Picked", "pick_cases", "CASE_BOTH_RIGHT",
-           "CASE_META_HELPS", "pair_cams", "cams_for_cases"]
-
-#: The two rows of Figure 2 (the ``case`` column of :func:`pick_cases`).
-CASE_BOTH_RIGHT = "image-only and MetaNet right"
-CASE_META_HELPS = "image-only wrong, MetaNet right"
-#: Side in pixels of the displayed images (redrawn from the file when the model's crop is smaller).
-DISPLAY_SIZE = 224
-
-
-# ----------------------------------------------------------------------------- maps
-
 
 class CamOutput(NamedTuple):
-    """:func:`class_activation_map`: raw maps ``B x h x w``, their class indices ``B`` (official order),
-    softmax probabilities ``B x classes``."""
+    """Maps ``B x h x w`` of one class per image, their class indices ``B``, softmax probabilities ``B x 7``."""
 
     cams: np.ndarray
     classes: np.ndarray
@@ -69,13 +45,7 @@ class CamOutput(NamedTuple):
 
 @torch.no_grad()
 def cam_maps(model: Any, images: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
-    """Class activation maps of every class, ``B x classes x h x w``: ``CAM[b, c] = sum_k w_ck M[b, k]``.
-
-    Args:
-        model: a :func:`~metanet_utils.models.build_model` model in eval mode.
-        images: ``B x 3 x H x W`` normalised images.
-        meta: ``B x meta_dim`` metadata (not used by ``none``).
-    """
+    """Class activation maps of every class, ``B x classes x h x w``: ``CAM[b, c] = sum_k w_ck M[b, k]``."""
     if model.fusion not in ("none", "concat", "metanet"):
         warnings.warn(f"fusion {model.fusion!r}: the head is not linear in the pooled maps, so the class "
                       "activation map only approximates where the score comes from", stacklevel=2)
@@ -109,8 +79,7 @@ def class_activation_map(model: Any, images: torch.Tensor, meta: torch.Tensor | 
 
 
 def normalise_cam(cam: Any) -> np.ndarray:
-    """Each map (last two axes) for display: negative evidence clipped to 0, divided by the map's maximum
-    (0 stays "no evidence"; a map without a positive value becomes all zeros)."""
+    """Each map (last two axes) for display: negative evidence clipped to 0, divided by the map's maximum."""
     c = np.maximum(np.asarray(cam, dtype=np.float64), 0.0)
     top = c.max(axis=(-2, -1), keepdims=True)
     return np.where(top > 0, c / np.where(top > 0, top, 1.0), 0.0).astype(np.float32)
@@ -128,20 +97,12 @@ def overlay(image: Any, cam: Any, alpha: float = 0.45, cmap: str = "jet") -> np.
     """``(1 - alpha) * image + alpha * cmap(map)``, the map normalised and upsampled to the image: uint8."""
     img = np.asarray(image)
     img = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
-    c = upsample_cam(normalise_cam(cam), img.shape[:2]).clip(0, 1)
-    heat = matplotlib.colormaps[cmap](c)[..., :3].astype(np.float32)
+    heat = matplotlib.colormaps[cmap](upsample_cam(normalise_cam(cam), img.shape[:2]).clip(0, 1))[..., :3]
     return (((1.0 - alpha) * img[..., :3] + alpha * heat).clip(0, 1) * 255.0 + 0.5).astype(np.uint8)
 
 
-# ----------------------------------------------------------------------------- a run's model and inputs
-
-
 def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Any, RunConfig]:
-    """The trained model of a run record (last epoch, eval mode) and its :class:`RunConfig`.
-
-    Example:
-        >>> model, cfg = load_run_model("results/runs/test_resnet-metanet-...")   # doctest: +SKIP
-    """
+    """The trained model of a run record (last epoch, eval mode) and its :class:`RunConfig`."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file() or not (run_dir / "checkpoint.pt").is_file():
         raise FileNotFoundError(f"{run_dir} holds no config.json and checkpoint.pt: not a trained run")
@@ -173,119 +134,27 @@ def run_inputs(cfg: RunConfig, dataset: Any, image_ids: Sequence[str], device: s
     spec = input_spec(cfg.backbone)
     x = BatchAugment(crop=cfg.crop_size, mean=tuple(spec.mean), std=tuple(spec.std))(raw, train=False)
     crops = center_crop(raw.permute(0, 3, 1, 2), cfg.crop_size).permute(0, 2, 3, 1).numpy()
-    meta = None
-    if cfg.fusion != "none":
-        meta = torch.as_tensor(dataset.meta(tuple(cfg.meta_features))[0][pos], dtype=torch.float32, device=device)
+    meta = None if cfg.fusion == "none" else torch.as_tensor(dataset.meta(tuple(cfg.meta_features))[0][pos],
+                                                             dtype=torch.float32, device=device)
     return x.to(device), meta, np.ascontiguousarray(crops)
 
 
-def _display_image(path: Any, cfg: RunConfig, crop: np.ndarray) -> np.ndarray:
-    """The model's centre crop, redrawn from the original file at :data:`DISPLAY_SIZE` px when it can be."""
-    if DISPLAY_SIZE <= crop.shape[0] or not isinstance(path, str) or not Path(path).is_file():
+def _picture(path: Any, cfg: RunConfig, crop: np.ndarray, size: int = 224) -> np.ndarray:
+    """The model's centre crop, redrawn from the original file at ``size`` px when it can be."""
+    if size <= crop.shape[0] or not isinstance(path, str) or not Path(path).is_file():
         return crop
-    img = np.array(load_image(path, round(DISPLAY_SIZE * cfg.image_size / cfg.crop_size), cfg.color_constancy))
-    return np.ascontiguousarray(center_crop(torch.from_numpy(img).permute(2, 0, 1), DISPLAY_SIZE).permute(1, 2, 0))
-
-
-# ----------------------------------------------------------------------------- the cases of Figure 2
-
-
-def paired_runs(records: pd.DataFrame, backbone: str | None = None, meta_layers: int = 2) -> pd.DataFrame:
-    """The Table 1 runs of every (backbone, fold): ``backbone, fold, run_none, run_metanet, run_concat``
-    (record folders; MetaNet with all fields at ``meta_layers``, concatenation with all fields on the raw
-    metadata, NaN where a fold has none). Folds without both an image-only and a MetaNet run are left out."""
-    cols = ["backbone", "fold", "run_none", "run_metanet", "run_concat"]
-    if records is None or len(records) == 0:
-        return pd.DataFrame(columns=cols)
-    df = records if backbone is None else records[records["backbone"] == backbone]
-    all_fields = df["meta_features"].astype(str) == "+".join(META_FIELDS)
-    layers = pd.to_numeric(df["meta_layers"])
-    keys = [c for c in ("backbone", "fold", "n_folds", "split_scheme", "split_seed", "data_fingerprint")
-            if c in df.columns]
-
-    def runs(mask: pd.Series, name: str) -> pd.DataFrame:
-        return df.loc[mask, [*keys, "path"]].drop_duplicates(keys).rename(columns={"path": name})
-
-    out = (runs(df["fusion"] == "none", "run_none")
-           .merge(runs((df["fusion"] == "metanet") & all_fields & (layers == meta_layers), "run_metanet"), on=keys)
-           .merge(runs((df["fusion"] == "concat") & all_fields & (layers == 0), "run_concat"), on=keys, how="left"))
-    return out[cols].sort_values(["backbone", "fold"], kind="stable").reset_index(drop=True)
-
-
-class Picked(NamedTuple):
-    """:func:`pick_cases`: the picked rows, how many images each case has, the paired validation images."""
-
-    cases: pd.DataFrame
-    available: dict[str, int]
-    n_images: int
-
-
-def _outcomes(run_none: str, run_metanet: str) -> pd.DataFrame:
-    """Per validation image of a fold: true class, each model's prediction and probability of the true class."""
-    a, b = load_record(run_none), load_record(run_metanet)
-    both = a["predictions"].merge(b["predictions"], on="image", suffixes=("_none", "_metanet"))
-    y = labels_to_indices(a["labels"].set_index("image")["dx"].loc[both["image"]])
-    out = {"image": both["image"].to_numpy(), "true": [CLASS_CODES[i] for i in y]}
-    for side in ("none", "metanet"):
-        p = both[[f"{c}_{side}" for c in CLASS_CODES]].to_numpy(dtype=float)
-        out[f"pred_{side}"] = [CLASS_CODES[i] if i >= 0 else "tie" for i in predicted_classes(p)]  # a tie is wrong
-        out[f"p_true_{side}"] = p[np.arange(len(y)), y]
-    return pd.DataFrame(out)
-
-
-def _diverse(df: pd.DataFrame, n: int) -> pd.DataFrame:
-    """The ``n`` best rows by ``_score``, classes in turn (the best of each class first)."""
-    ranked = df.sort_values(["_score", "image"], ascending=[False, True], kind="stable")
-    ranked = ranked.assign(_rank=ranked.groupby("true").cumcount(),
-                           _first=ranked.groupby("true")["_score"].transform("max"))
-    ranked = ranked.sort_values(["_rank", "_first", "_score", "image"], ascending=[True, False, False, True],
-                                kind="stable")
-    return ranked.head(n).drop(columns=["_rank", "_first", "_score"])
-
-
-def pick_cases(pairs: pd.DataFrame, n: int = 4) -> Picked:
-    """Validation images of Figure 2's two rows, from the :func:`paired_runs` of each fold.
-
-    :data:`CASE_BOTH_RIGHT` images are ranked by the lower of the two probabilities of the true class,
-    :data:`CASE_META_HELPS` images by how much MetaNet raises it; classes are taken in turn, so the picks
-    are not all nevi. ``n`` images per case at most.
-
-    Returns:
-        :class:`Picked`: ``cases`` (``case, image, true, pred_none, pred_metanet, p_true_none,
-        p_true_metanet, run_none, run_metanet, run_concat``), ``available`` (images of each case) and
-        ``n_images`` (validation images with both predictions).
-    """
-    cols = ["case", "image", "true", "pred_none", "pred_metanet", "p_true_none", "p_true_metanet",
-            "run_none", "run_metanet", "run_concat"]
-    folds = [_outcomes(r.run_none, r.run_metanet).assign(run_none=r.run_none, run_metanet=r.run_metanet,
-                                                         run_concat=r.run_concat) for r in pairs.itertuples()]
-    if not folds:
-        return Picked(pd.DataFrame(columns=cols), {CASE_BOTH_RIGHT: 0, CASE_META_HELPS: 0}, 0)
-    table = pd.concat(folds, ignore_index=True)
-    right_none, right_meta = table["pred_none"] == table["true"], table["pred_metanet"] == table["true"]
-    both_right = table[right_none & right_meta].assign(_score=lambda d: np.minimum(d.p_true_none, d.p_true_metanet))
-    helps = table[~right_none & right_meta].assign(_score=lambda d: d.p_true_metanet - d.p_true_none)
-    cases = pd.concat([_diverse(both_right, n).assign(case=CASE_BOTH_RIGHT),
-                       _diverse(helps, n).assign(case=CASE_META_HELPS)], ignore_index=True)
-    return Picked(cases[cols], {CASE_BOTH_RIGHT: len(both_right), CASE_META_HELPS: len(helps)}, len(table))
-
-
-# ----------------------------------------------------------------------------- maps of the picked images
+    img = torch.from_numpy(np.array(load_image(path, round(size * cfg.image_size / cfg.crop_size),
+                                               cfg.color_constancy)))
+    return np.ascontiguousarray(center_crop(img.permute(2, 0, 1), size).permute(1, 2, 0))
 
 
 def pair_cams(runs: Mapping[str, str | Path], image_ids: Sequence[str], dataset: Any, target: str = "pred",
               device: str | torch.device = "cpu") -> list[dict[str, Any]]:
-    """Class activation maps of some images under the runs of one fold (``{"none": folder, "metanet": folder,
-    "concat": folder}``, any of them).
+    """Maps of some images under the runs of one fold (``{"none": folder, "metanet": folder, ...}``), of each model's
+    predicted class (``target="pred"``: the paper does not say which class its Fig. 2 maps) or the true class.
 
-    Args:
-        target: ``"pred"`` (each model's predicted class: the paper does not say which class its Fig. 2 maps)
-            or ``"true"``.
-
-    Returns:
-        One dict per image: ``image``, ``true`` (code), ``picture`` (uint8, the centre crop the models saw) and
-        per fusion ``cam`` (raw map at feature resolution), ``target`` (class mapped), ``pred``, ``p_pred``,
-        ``p_true``, ``correct`` and ``backbone``.
+    Returns one dict per image: ``image``, ``true``, ``picture`` (uint8, the crop the models saw) and per fusion
+    ``cam`` (the raw map), ``target`` (the class mapped), ``pred``, ``p_pred``, ``p_true``, ``correct``, ``backbone``.
     """
     if target not in ("pred", "true"):
         raise ValueError(f"target={target!r}: use 'pred' or 'true'")
@@ -303,18 +172,5 @@ def pair_cams(runs: Mapping[str, str | Path], image_ids: Sequence[str], dataset:
             entry[fusion] = {"cam": res.cams[i], "target": CLASS_CODES[res.classes[i]], "pred": CLASS_CODES[pred],
                              "p_pred": float(res.probs[i, pred]), "p_true": float(res.probs[i, y]),
                              "correct": pred == y, "backbone": cfg.backbone}
-            entry.setdefault("picture", _display_image(paths[i], cfg, crops[i]))
+            entry.setdefault("picture", _picture(paths[i], cfg, crops[i]))
     return out
-
-
-def cams_for_cases(cases: pd.DataFrame, dataset: Any, target: str = "pred",
-                   device: str | torch.device = "cpu") -> list[dict[str, Any]]:
-    """:func:`pair_cams` of every row of :func:`pick_cases` (all three variants where the fold has a
-    concatenation run), in the rows' order; each dict also carries the row's ``case``."""
-    out: dict[int, dict[str, Any]] = {}
-    for (rn, rm), g in cases.groupby(["run_none", "run_metanet"], sort=False):
-        runs = {"none": rn, "concat": g["run_concat"].iloc[0], "metanet": rm}
-        runs = {f: r for f, r in runs.items() if isinstance(r, (str, Path))}
-        for idx, entry in zip(g.index, pair_cams(runs, g["image"].tolist(), dataset, target, device)):
-            out[idx] = {**entry, "case": g.loc[idx, "case"]}
-    return [out[i] for i in cases.index]

@@ -1,6 +1,7 @@
 """Settings as frozen dataclasses: :class:`RunConfig` is one training run, :class:`Profile` one
-``configs/<name>.yaml``. Defaults are the paper's protocol (:data:`~metanet_utils.constants.PAPER_PROTOCOL`).
-A bad value or an unknown key stops with one line saying what is allowed.
+``configs/<name>.yaml``; the training settings they share are :class:`Settings`. Defaults are the paper's protocol
+(:data:`~metanet_utils.constants.PAPER_PROTOCOL`). A bad value or an unknown key stops with one line saying what is
+allowed.
 
 Example:
     >>> cfg = RunConfig(backbone="resnet50", fusion="metanet", fold=1)
@@ -13,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -27,9 +29,6 @@ import yaml
 from . import paths
 from .constants import META_FIELDS, PAPER_PROTOCOL as P
 
-__all__ = ["ConfigError", "FUSIONS", "DEFAULT_META_LAYERS", "SPLIT_SCHEMES", "EXECUTION_ONLY", "RunConfig",
-           "Ablations", "Profile", "check_runs_together", "load_profile", "list_profiles"]
-
 FUSIONS: tuple[str, ...] = ("none", "concat", "metanet", "metablock")
 #: Metadata layers when a run does not say: each variant's paper setting (MetaNet two, Sec. 2; Table 1's
 #: concatenation none, the raw metadata, Sec. 3.5; Meta-Block one).
@@ -40,6 +39,8 @@ SPLIT_SCHEMES: tuple[str, ...] = ("image", "lesion")
 EXECUTION_ONLY: frozenset[str] = frozenset({"cuda_graphs", "checkpoint_interval_s"})
 #: Settings the kit dropped, hashed at the only value they ever had, so run ids of older records stay valid.
 _RETIRED: dict[str, Any] = {"compile": False, "class_weighted_loss": True}
+_WORDS = {str: ("text", "names"), int: ("a whole number", "whole numbers"), float: ("a number", "numbers"),
+          bool: ("true or false", "true/false values")}
 
 
 class ConfigError(ValueError):
@@ -51,66 +52,49 @@ def _choice(name: str, value: Any, allowed: tuple) -> None:
         raise ConfigError(f"{name}={value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}")
 
 
-def _check_shared(c: RunConfig | Profile) -> None:
-    """The checks of the settings a run and a profile share."""
-    _choice("split_scheme", c.split_scheme, SPLIT_SCHEMES)
-    _choice("precision", c.precision, ("auto", "bf16", "fp16", "fp32"))
-    _choice("cuda_graphs", c.cuda_graphs, ("off", "on"))  # on: replay each step from a CUDA graph (GPU, opt-in)
-    if c.image_size is not None and c.crop_size is not None and c.crop_size > c.image_size:
-        raise ConfigError(f"crop_size={c.crop_size} is larger than image_size={c.image_size}; "
-                          "allowed: crop_size <= image_size")
-    if c.checkpoint_interval_s < 0:
-        raise ConfigError(f"checkpoint_interval_s={c.checkpoint_interval_s} is not allowed; "
-                          "use 0 (every epoch) or more seconds")
-
-
-_WORDS = {str: ("text", "names"), int: ("a whole number", "whole numbers"), float: ("a number", "numbers"),
-          bool: ("true or false", "true/false values")}
+def _refuse(*checks: tuple[bool, str]) -> None:
+    """Stop with the message of the first check that fails."""
+    for bad, message in checks:
+        if bad:
+            raise ConfigError(message)
 
 
 def _check_types(obj: Any) -> None:
     """Refuse a YAML value of the wrong type (``epochs: ten``, ``backbones: resnet50``) in one line; ``1e-4``,
     which YAML reads as text, is taken as a number."""
     for name, hint in typing.get_type_hints(type(obj)).items():
-        value, args = getattr(obj, name), typing.get_args(hint)
+        value = getattr(obj, name)
         if isinstance(hint, types.UnionType):  # X | None
             if value is None:
                 continue
-            hint = args[0]
-        if hint is float and isinstance(value, str):
-            try:
-                object.__setattr__(obj, name, value := float(value))
-            except ValueError:
-                pass
-        if typing.get_origin(hint) is tuple and typing.get_args(hint)[0] in _WORDS:
             hint = typing.get_args(hint)[0]
-            if not isinstance(value, (list, tuple)):
-                raise ConfigError(f"{name}={value!r} is not allowed; it must be a list, e.g. [{value}]")
-            items, expected = list(value), f"a list of {_WORDS[hint][1]}"
-        elif hint in _WORDS:
-            items, expected = [value], _WORDS[hint][0]
-        else:
+        many = typing.get_origin(hint) is tuple
+        kind = typing.get_args(hint)[0] if many else hint
+        if kind not in _WORDS:
             continue
-        want = (int, float) if hint is float else hint
-        if any(not isinstance(v, want) or (isinstance(v, bool) and hint is not bool) for v in items):
-            raise ConfigError(f"{name}={value!r} is not allowed; it must be {expected}")
+        if kind is float and isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                object.__setattr__(obj, name, value := float(value))
+        if many and not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}={value!r} is not allowed; it must be a list, e.g. [{value}]")
+        want = (int, float) if kind is float else kind
+        if any(not isinstance(v, want) or (isinstance(v, bool) and kind is not bool) for v in
+               (value if many else [value])):
+            raise ConfigError(f"{name}={value!r} is not allowed; it must be "
+                              + (f"a list of {_WORDS[kind][1]}" if many else _WORDS[kind][0]))
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Every setting of one training run; the same config is the same run (:attr:`run_id`)."""
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """The training settings a profile gives each of its runs; ``image_size`` / ``crop_size`` None in a profile
+    take each backbone's own (300 / 224, PNASNet 441 / 331)."""
 
-    backbone: str
-    fusion: str = "metanet"
-    meta_features: tuple[str, ...] = META_FIELDS
-    meta_layers: int | None = None  # None: the variant's paper setting (DEFAULT_META_LAYERS)
-    fold: int = 0
     n_folds: int = P.n_folds
     split_scheme: str = "image"
     split_seed: int = 0
     color_constancy: bool = True
-    image_size: int = 300
-    crop_size: int = 224
+    image_size: int | None = None
+    crop_size: int | None = None
     epochs: int = P.epochs
     milestones: tuple[int, ...] = P.milestones
     lr_gamma: float = P.lr_gamma
@@ -118,13 +102,36 @@ class RunConfig:
     lr: float = P.lr
     momentum: float = P.momentum
     weight_decay: float = P.weight_decay
+    meta_layers: int | None = P.meta_layers
     pretrained: bool = True
     seed: int = 0
     precision: str = "auto"
-    channels_last: str = "auto"
-    cuda_graphs: str = "off"
+    cuda_graphs: str = "off"  # on: replay each step from a CUDA graph (GPU, opt-in)
     checkpoint_interval_s: float = 0.0
     deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("split_scheme", self.split_scheme, SPLIT_SCHEMES)
+        _choice("precision", self.precision, ("auto", "bf16", "fp16", "fp32"))
+        _choice("cuda_graphs", self.cuda_graphs, ("off", "on"))
+        size, crop, every = self.image_size, self.crop_size, self.checkpoint_interval_s
+        _refuse((None not in (size, crop) and crop > size,
+                 f"crop_size={crop} is larger than image_size={size}; allowed: crop_size <= image_size"),
+                (every < 0, f"checkpoint_interval_s={every} is not allowed; use 0 (every epoch) or more seconds"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig(Settings):
+    """Every setting of one training run; the same config is the same run (:attr:`run_id`)."""
+
+    backbone: str
+    fusion: str = "metanet"
+    meta_features: tuple[str, ...] = META_FIELDS
+    meta_layers: int | None = None  # None: the variant's paper setting (DEFAULT_META_LAYERS)
+    fold: int = 0
+    image_size: int = 300
+    crop_size: int = 224
+    channels_last: str = "auto"
     data_kind: str = "real"
     data_fingerprint: str = ""
 
@@ -137,25 +144,17 @@ class RunConfig:
         if self.cuda_graphs == "auto":  # config.json of records written before CUDA graphs became opt-in
             object.__setattr__(self, "cuda_graphs", "off")
         _choice("channels_last", self.channels_last, ("auto", "on", "off"))
-        _check_shared(self)
-        for f in self.meta_features:
-            if f not in META_FIELDS:
-                raise ConfigError(f"meta feature {f!r} is unknown; allowed: {', '.join(META_FIELDS)}")
-        if len(set(self.meta_features)) != len(self.meta_features):
-            raise ConfigError(f"meta_features {self.meta_features!r} lists a field twice")
-        if not 0 <= self.fold < self.n_folds:
-            raise ConfigError(f"fold={self.fold} is out of range; allowed: 0..{self.n_folds - 1} "
-                              f"(n_folds={self.n_folds})")
-        if self.n_folds < 2:
-            raise ConfigError(f"n_folds={self.n_folds} is not allowed; use at least 2")
-        if not 0 <= self.meta_layers <= 4:
-            raise ConfigError(f"meta_layers={self.meta_layers} is not allowed; choose 0..4 (metanet needs >= 1)")
-        if self.fusion in ("metanet", "metablock") and self.meta_layers < 1:
-            raise ConfigError(f"fusion={self.fusion!r} needs meta_layers >= 1 (got {self.meta_layers})")
-        if self.fusion != "none" and not self.meta_features:
-            raise ConfigError(f"fusion={self.fusion!r} needs at least one meta feature; use fusion='none' for none")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("epochs and batch_size must be >= 1")
+        super().__post_init__()
+        if unknown := [f for f in self.meta_features if f not in META_FIELDS]:
+            raise ConfigError(f"meta feature {unknown[0]!r} is unknown; allowed: {', '.join(META_FIELDS)}")
+        feats, n, k, fusion = self.meta_features, self.n_folds, self.meta_layers, self.fusion
+        _refuse((len(set(feats)) != len(feats), f"meta_features {feats!r} lists a field twice"),
+                (n < 2, f"n_folds={n} is not allowed; use at least 2"),
+                (not 0 <= self.fold < n, f"fold={self.fold} is out of range; allowed: 0..{n - 1} (n_folds={n})"),
+                (not 0 <= k <= 4, f"meta_layers={k} is not allowed; choose 0..4 (metanet needs >= 1)"),
+                (fusion in ("metanet", "metablock") and k < 1, f"fusion={fusion!r} needs meta_layers >= 1 (got {k})"),
+                (fusion != "none" and not feats, f"fusion={fusion!r} needs a meta feature; use fusion='none' for none"),
+                (self.epochs < 1 or self.batch_size < 1, "epochs and batch_size must be >= 1"))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -164,8 +163,7 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         """The config of a record's ``config.json`` (its ``run_id`` and retired settings left aside)."""
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names - {"run_id"} - set(_RETIRED))
-        if unknown:
+        if unknown := sorted(set(d) - names - {"run_id"} - set(_RETIRED)):
             raise ConfigError(f"unknown run setting(s) {unknown}; allowed: {', '.join(sorted(names))}")
         for k in set(d) & set(_RETIRED):
             if d[k] != _RETIRED[k]:
@@ -174,11 +172,7 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        """A readable prefix plus a hash of every setting that can change the result: same config, same id.
-
-        Settings in :data:`EXECUTION_ONLY` are recorded in ``config.json`` but left out of the hash, so
-        switching them never retrains a finished run.
-        """
+        """A readable prefix plus a hash of every setting but :data:`EXECUTION_ONLY`: same config, same id."""
         d = {**_RETIRED, **{k: v for k, v in self.to_dict().items() if k not in EXECUTION_ONLY}}
         digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
         meta = "+".join(f[:3] for f in self.meta_features) or "nometa"
@@ -189,7 +183,7 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Ablations:
     """The ablation studies a profile asks for (paper Tables 3 and 4)."""
 
@@ -203,10 +197,9 @@ class Ablations:
         object.__setattr__(self, "meta_layers", tuple(self.meta_layers))
 
 
-@dataclass(frozen=True)
-class Profile:
-    """One ``configs/<name>.yaml`` (keys: docs/reference.md). ``image_size`` / ``crop_size`` left as ``None``
-    take each backbone's own (300 / 224, PNASNet 441 / 331)."""
+@dataclass(frozen=True, kw_only=True)
+class Profile(Settings):
+    """One ``configs/<name>.yaml`` (keys: docs/reference.md)."""
 
     name: str
     description: str = ""
@@ -214,31 +207,12 @@ class Profile:
     max_images: int | None = None
     backbones: tuple[str, ...] = P.backbones
     fusions: tuple[str, ...] = P.fusions
-    n_folds: int = P.n_folds
     folds: tuple[int, ...] | None = None
-    split_scheme: str = "image"
-    split_seed: int = 0
-    epochs: int = P.epochs
-    milestones: tuple[int, ...] = P.milestones
-    lr_gamma: float = P.lr_gamma
-    image_size: int | None = None
-    crop_size: int | None = None
-    batch_size: int = P.batch_size
-    lr: float = P.lr
-    momentum: float = P.momentum
-    weight_decay: float = P.weight_decay
     meta_layers: int = P.meta_layers
-    color_constancy: bool = True
-    pretrained: bool = True
-    precision: str = "auto"
-    cuda_graphs: str = "off"
-    checkpoint_interval_s: float = 0.0
-    deterministic: bool = False
-    seed: int = 0
     ablations: Ablations = field(default_factory=Ablations)
     cam_cases: int = 4
     workers: int = 1
-    runs_together: int = 1
+    runs_together: int = 1  # K > 1: K runs at once in one process (opt-in, metanet_utils.ops.together)
 
     def __post_init__(self) -> None:
         if isinstance(self.ablations, dict):
@@ -249,42 +223,29 @@ class Profile:
         for name in ("backbones", "fusions", "milestones", "folds"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
+        super().__post_init__()
         _choice("data", self.data, ("auto", "real"))
-        _check_shared(self)
         for f in self.fusions:
             _choice("fusion", f, FUSIONS)
-        if not self.backbones:
-            raise ConfigError("backbones must list at least one backbone")
-        for f in self.folds or ():
-            if not 0 <= f < self.n_folds:
-                raise ConfigError(f"fold {f} is out of range; allowed: 0..{self.n_folds - 1}")
-        if self.workers < 1:
-            raise ConfigError(f"workers={self.workers} is not allowed; it must be 1 or more")
-        check_runs_together(self.runs_together)
+        out = ", ".join(str(f) for f in self.folds or () if not 0 <= f < self.n_folds)
+        _refuse((not self.backbones, "backbones must list at least one backbone"),
+                (bool(out), f"fold {out} is out of range; allowed: 0..{self.n_folds - 1}"),
+                (self.workers < 1, f"workers={self.workers} is not allowed; it must be 1 or more"),
+                (self.runs_together < 1, f"runs_together={self.runs_together} is not allowed; use a whole number >= 1"))
 
     @property
     def fold_indices(self) -> tuple[int, ...]:
         return self.folds if self.folds is not None else tuple(range(self.n_folds))
 
 
-def check_runs_together(value: Any) -> int:
-    """``runs_together``: how many runs one process trains at once, a whole number >= 1 (1, the default,
-    one at a time; more is opt-in, see :mod:`metanet_utils.ops.together`)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise ConfigError(f"runs_together={value!r} is not allowed; use a whole number >= 1")
-
-
 def _from_mapping(cls, mapping: dict[str, Any], where: str):
     allowed = {f.name for f in fields(cls)}
-    unknown = sorted(set(mapping) - allowed)
-    if unknown:
+    if unknown := sorted(set(mapping) - allowed):
         raise ConfigError(f"unknown key(s) {unknown} in {where}; allowed: {', '.join(sorted(allowed))}")
     return cls(**mapping)
 
 
 def list_profiles() -> list[str]:
-    """The names of the profiles in ``configs/``."""
     return sorted(p.stem for p in paths.configs_dir().glob("*.yaml"))
 
 

@@ -1,17 +1,16 @@
-"""Scoring and run records: mean class recall (MCR), per-class recall, confusion matrices, and the records of
-``results/runs`` read into one frame.
+"""Scoring (mean class recall, MCR) and the run records, read into the one frame tables, report and figures share.
 
-* The predicted class is the argmax of the probabilities; a row whose maximum two or more classes share (a tie)
-  predicts nothing: wrong for its true class, in no confusion column (the ISIC 2018 Task 3 scorer's rule).
-* MCR = the mean recall over the classes present in ``y_true`` (balanced accuracy; a class absent from a small
-  fold has recall NaN and is left out).
-* A record is complete when its ``manifest.json`` lists every file of :data:`RECORD_FILES` at its size
-  (:func:`is_complete`: the trainer, the grid and the analysis share this one definition).
+The predicted class is the argmax; a tie (two or more classes share the maximum) predicts nothing: wrong for its
+true class, in no confusion column (the ISIC 2018 Task 3 scorer's rule). MCR is the mean recall over the classes
+present (balanced accuracy). A record is complete when its ``manifest.json`` lists every file of
+:data:`RECORD_FILES` at its size (:func:`is_complete`, the one definition the trainer and the grid share).
 
 Example:
-    >>> y = np.array([0, 0, 1, 2, 3, 4, 5, 6])
-    >>> round(mean_class_recall(y, np.eye(7)[[0, 1, 1, 2, 3, 4, 5, 6]]), 4)   # MEL 1/2, the six others 1
+    >>> probs = np.eye(7)[[0, 1, 1, 2, 3, 4, 5, 6]]  # the second MEL image taken for NV
+    >>> round(mean_class_recall(["MEL", "mel", 1, 2, 3, 4, 5, 6], probs), 4)  # MEL 1/2, the six others 1
     0.9286
+    >>> predicted_classes([[0.5, 0.5, 0, 0, 0, 0, 0]]), meta_key(["localization", "age"])  # a tie; fixed order
+    (array([-1]), 'age+localization')
 """
 
 from __future__ import annotations
@@ -29,20 +28,11 @@ from .config import EXECUTION_ONLY, RunConfig
 from .constants import CLASS_CODES, META_FIELDS
 from .paths import runs_dir as default_runs_dir
 
-__all__ = [
-    "RECORD_FILES", "RECALL_COLUMNS", "SUPPORT_COLUMNS", "RecordError", "IncompleteRecordError",
-    "labels_to_indices", "predicted_classes", "confusion", "per_class_recall", "mean_class_recall",
-    "score_predictions", "is_complete", "load_record", "load_records", "meta_key", "setting_columns",
-]
-
 #: The files of a complete run record (``results/runs/<run_id>/``), each listed with its size in ``manifest.json``.
 RECORD_FILES: tuple[str, ...] = ("config.json", "history.csv", "metrics.json", "predictions.csv", "labels.csv",
                                  "checkpoint.pt")
-#: Per-class recall columns of :func:`load_records` frames, in the official class order.
-RECALL_COLUMNS: tuple[str, ...] = tuple(f"recall_{c}" for c in CLASS_CODES)
-#: Validation images of each class in a run (``n_val_MEL`` ...).
-SUPPORT_COLUMNS: tuple[str, ...] = tuple(f"n_val_{c}" for c in CLASS_CODES)
-#: The settings of a run: its config's fields but the fold and how it was launched (not part of ``run_id``).
+#: The settings of a run: its config's fields but the fold and how it was launched (not part of ``run_id``); runs
+#: that agree on them differ only in the fold.
 SETTINGS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(RunConfig)) - {"fold"} - EXECUTION_ONLY
 
 _N = len(CLASS_CODES)
@@ -57,16 +47,8 @@ class IncompleteRecordError(RecordError):
     """A run record folder is missing, half-written or damaged."""
 
 
-# --------------------------------------------------------------------------- scoring
-
-
 def labels_to_indices(labels: Iterable[Any]) -> np.ndarray:
-    """Class indices (official order) from class codes, ``dx`` codes (any case) or indices.
-
-    Example:
-        >>> labels_to_indices(["MEL", "nv", "vasc", 2]).tolist()
-        [0, 1, 6, 2]
-    """
+    """Class indices (official order) from class codes, ``dx`` codes (any case) or indices."""
     out = []
     for v in labels:
         s = str(v).strip().upper()
@@ -78,12 +60,7 @@ def labels_to_indices(labels: Iterable[Any]) -> np.ndarray:
 
 
 def predicted_classes(probs: Any) -> np.ndarray:
-    """Argmax class per row, ``-1`` where two or more classes share the maximum (a tie).
-
-    Example:
-        >>> predicted_classes([[0.5, 0.5, 0, 0, 0, 0, 0], [0.1, 0.9, 0, 0, 0, 0, 0]]).tolist()
-        [-1, 1]
-    """
+    """Argmax class per row, ``-1`` where two or more classes share the maximum (a tie)."""
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != _N:
         raise RecordError(f"probabilities must have shape (n, {_N}); got {p.shape}")
@@ -94,57 +71,32 @@ def predicted_classes(probs: Any) -> np.ndarray:
     return pred
 
 
-def _y_pred(y_true: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
+def confusion(y_true: Any, probs: Any) -> np.ndarray:
+    """7 x 7 confusion matrix, rows the true class; ``probs`` may be predicted indices (``-1``: a tie, no column)."""
     y = labels_to_indices(np.asarray(y_true).ravel().tolist())
     pred = np.asarray(probs).astype(np.int64) if np.ndim(probs) == 1 else predicted_classes(probs)
     if len(y) != len(pred):
         raise RecordError(f"{len(y)} labels but {len(pred)} predictions")
-    return y, pred
-
-
-def confusion(y_true: Any, probs: Any) -> np.ndarray:
-    """7 x 7 confusion matrix: rows the true class, columns the predicted one (tied rows in no column).
-
-    ``probs`` may also be predicted class indices (``-1``: a tie).
-
-    Example:
-        >>> confusion([0, 0, 1], [1, -1, 1])[:2, :2].tolist()
-        [[0, 1], [0, 1]]
-    """
-    y, pred = _y_pred(y_true, probs)
     cm = np.zeros((_N, _N), dtype=np.int64)
     np.add.at(cm, (y[pred >= 0], pred[pred >= 0]), 1)
     return cm
 
 
 def per_class_recall(y_true: Any, probs: Any) -> dict[str, float]:
-    """Recall of every class by class code; NaN for a class absent from ``y_true``.
-
-    Example:
-        >>> r = per_class_recall([0, 0, 1], [0, 1, 1])
-        >>> r["MEL"], r["NV"], r["DF"] != r["DF"]
-        (0.5, 1.0, True)
-    """
-    y, _ = _y_pred(y_true, probs)
-    support = np.bincount(y, minlength=_N)
-    right = np.diag(confusion(y, probs))
+    """Recall of every class by class code; NaN for a class absent from ``y_true``."""
+    support = np.bincount(labels_to_indices(np.asarray(y_true).ravel().tolist()), minlength=_N)
+    right = np.diag(confusion(y_true, probs))
     return {c: float(right[i] / support[i]) if support[i] else float("nan") for i, c in enumerate(CLASS_CODES)}
 
 
 def mean_class_recall(y_true: Any, probs: Any) -> float:
-    """Mean class recall (balanced accuracy) of argmax predictions; a tie counts as wrong.
-
-    Example:
-        >>> mean_class_recall([0, 1], [[0.6, 0.4, 0, 0, 0, 0, 0], [0.5, 0.5, 0, 0, 0, 0, 0]])
-        0.5
-    """
+    """Mean class recall (balanced accuracy) of argmax predictions; a tie counts as wrong."""
     rec = np.array(list(per_class_recall(y_true, probs).values()))
     return float(np.nanmean(rec)) if np.isfinite(rec).any() else float("nan")
 
 
 def _labels_series(labels: Any) -> pd.Series:
-    """Class indices by image, from a frame ``image,dx`` or ``image,MEL,...`` (the official one-hot ground truth)
-    or a mapping (or Series) image -> class."""
+    """Class indices by image, from a frame ``image,dx`` or ``image,MEL,...`` (one-hot) or a mapping image -> class."""
     if isinstance(labels, pd.DataFrame):
         if "image" not in labels or not ("dx" in labels or set(CLASS_CODES) <= set(labels.columns)):
             raise RecordError(f"labels need the columns image,dx or image,{','.join(CLASS_CODES)}; got {list(labels)}")
@@ -161,20 +113,9 @@ def _labels_series(labels: Any) -> pd.Series:
 
 
 def score_predictions(pred_df: pd.DataFrame, labels: Any) -> dict[str, Any]:
-    """Score an ISIC-format predictions frame (``image,MEL,NV,BCC,AKIEC,BKL,DF,VASC``, probabilities) against
-    labels of the same images (a frame ``image,dx`` as ``labels.csv``, the official one-hot ground truth, or a
-    mapping image -> class), matched by image.
-
-    Returns:
-        ``{"mcr", "per_class_recall": {code: recall}, "confusion_matrix": 7x7 list, "support": {code: n},
-        "n", "n_ties"}``.
-
-    Example:
-        >>> pred = pd.DataFrame([["a", .9, .1, 0, 0, 0, 0, 0], ["b", .2, .8, 0, 0, 0, 0, 0]],
-        ...                     columns=["image", *CLASS_CODES])
-        >>> score_predictions(pred, {"a": "mel", "b": "mel"})["mcr"]
-        0.5
-    """
+    """``mcr, per_class_recall, confusion_matrix`` (7x7 list), ``support`` (images per class), ``n, n_ties`` of an
+    ISIC-format predictions frame (``image,MEL,NV,BCC,AKIEC,BKL,DF,VASC``) against labels matched by image (a frame
+    ``image,dx`` as ``labels.csv``, the official one-hot ground truth, or a mapping image -> class)."""
     if set(map(str, pred_df.columns)) != {"image", *CLASS_CODES}:
         raise RecordError(f"predictions must have exactly the columns image,{','.join(CLASS_CODES)}; "
                           f"got {','.join(map(str, pred_df.columns))}")
@@ -189,15 +130,10 @@ def score_predictions(pred_df: pd.DataFrame, labels: Any) -> dict[str, Any]:
                           f"prediction (e.g. {no_pred[:3]})")
     y = lab.loc[images].to_numpy()
     pred = predicted_classes(pred_df[list(CLASS_CODES)].to_numpy(dtype=np.float64))
-    recall = per_class_recall(y, pred)
-    vals = np.array(list(recall.values()))
-    return {"mcr": float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan"),
-            "per_class_recall": recall, "confusion_matrix": confusion(y, pred).tolist(),
+    return {"mcr": mean_class_recall(y, pred), "per_class_recall": per_class_recall(y, pred),
+            "confusion_matrix": confusion(y, pred).tolist(),
             "support": dict(zip(CLASS_CODES, np.bincount(y, minlength=_N).tolist())),
             "n": int(len(y)), "n_ties": int((pred < 0).sum())}
-
-
-# --------------------------------------------------------------------------- records
 
 
 def _incomplete(run_dir: Path) -> str:
@@ -213,44 +149,22 @@ def _incomplete(run_dir: Path) -> str:
 
 
 def is_complete(run_dir: str | Path) -> bool:
-    """True when the record folder's ``manifest.json`` lists every file of :data:`RECORD_FILES` at its size.
-
-    Example:
-        >>> import tempfile
-        >>> is_complete(tempfile.mkdtemp())
-        False
-    """
+    """True when the folder's ``manifest.json`` lists every file of :data:`RECORD_FILES` at its size."""
     return not _incomplete(Path(run_dir))
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise RecordError(f"{path} is not valid JSON: {e}") from None
-
-
 def load_record(run_dir: str | Path) -> dict[str, Any]:
-    """Read one complete run record folder.
-
-    Returns:
-        ``{"run_id", "path", "config", "metrics", "history" (frame), "predictions" (frame), "labels" (frame
-        ``image,dx``), "scores"}``; ``scores`` is :func:`score_predictions` of the predictions against the labels.
-
-    Raises:
-        IncompleteRecordError: the folder is missing, half-written or damaged (see :func:`is_complete`).
-        RecordError: a file is malformed or the predictions and labels do not match.
-    """
+    """One complete run record: ``run_id, path, config, metrics, history, predictions, labels`` and ``scores``
+    (:func:`score_predictions`); IncompleteRecordError if it is not complete, RecordError if a file is malformed."""
     run_dir = Path(run_dir)
-    why = _incomplete(run_dir)
-    if why:
+    if why := _incomplete(run_dir):
         raise IncompleteRecordError(f"run record {run_dir} {why}; rerun it or delete the folder")
-    config, metrics = _read_json(run_dir / "config.json"), _read_json(run_dir / "metrics.json")
-    predictions = pd.read_csv(run_dir / "predictions.csv", dtype={"image": str})
-    labels = pd.read_csv(run_dir / "labels.csv", dtype={"image": str})
-    try:
+    try:  # a malformed JSON or CSV file (ValueError), or predictions that do not match the labels (RecordError)
+        config, metrics = (json.loads((run_dir / n).read_text()) for n in ("config.json", "metrics.json"))
+        predictions = pd.read_csv(run_dir / "predictions.csv", dtype={"image": str})
+        labels = pd.read_csv(run_dir / "labels.csv", dtype={"image": str})
         scores = score_predictions(predictions, labels)
-    except RecordError as e:
+    except ValueError as e:
         raise RecordError(f"run record {run_dir}: {e}") from None
     return {"run_id": config.get("run_id", run_dir.name), "path": str(run_dir), "config": config, "metrics": metrics,
             "history": pd.read_csv(run_dir / "history.csv"), "predictions": predictions, "labels": labels,
@@ -258,12 +172,7 @@ def load_record(run_dir: str | Path) -> dict[str, Any]:
 
 
 def meta_key(features: Iterable[str] | str) -> str:
-    """Metadata fields as one string in the fixed order (``"age+sex+localization"``; ``"none"`` for no field).
-
-    Example:
-        >>> meta_key(["localization", "age"]), meta_key("sex+age"), meta_key(())
-        ('age+localization', 'age+sex', 'none')
-    """
+    """Metadata fields as one string in the fixed order (``"age+sex+localization"``; ``"none"`` for no field)."""
     got = set(features.split("+") if isinstance(features, str) else features)
     return "+".join(f for f in META_FIELDS if f in got) or "none"
 
@@ -277,11 +186,8 @@ def _record_row(rec: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {"run_id": rec["run_id"]}
     for k, v in rec["config"].items():  # lists as tuples: hashable cells
         row[k] = tuple(v) if isinstance(v, list) else json.dumps(v, sort_keys=True) if isinstance(v, dict) else v
-    feats = rec["config"].get("meta_features", META_FIELDS)
-    row["meta_features"] = meta_key(feats)
-    row.update({f"meta_{f}": f in feats for f in META_FIELDS})
-    s = rec["scores"]
-    row["mcr"] = s["mcr"]
+    feats, s = rec["config"].get("meta_features", META_FIELDS), rec["scores"]
+    row.update(meta_features=meta_key(feats), **{f"meta_{f}": f in feats for f in META_FIELDS}, mcr=s["mcr"])
     row.update({f"recall_{c}": s["per_class_recall"][c] for c in CLASS_CODES})
     row.update({f"n_val_{c}": s["support"][c] for c in CLASS_CODES})
     row.update(n_val=s["n"], n_ties=s["n_ties"], path=rec["path"], mcr_metrics=_float(rec["metrics"].get("mcr")))
@@ -292,38 +198,28 @@ def _record_row(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_records(runs_dir: str | Path | None = None, run_ids: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per complete run record of ``runs_dir`` (default ``results/runs``), or of the ``run_ids`` given
-    (each must be complete): its settings, MCR and per-class recall (fractions) scored from ``predictions.csv``
-    against ``labels.csv``, and the values of its ``metrics.json``. An incomplete record is skipped with a warning.
-
-    ``meta_features`` becomes one string (:func:`meta_key`) with a flag per field (``meta_age`` ...); ``n_val_<CODE>``
-    counts the validation images of each class. A ``metrics.json`` value whose name the config or the scores use
-    gets the suffix ``_metrics`` (``precision_metrics``: what the run computed in; ``mcr_metrics``: the trainer's
-    MCR, with a warning where it differs from the scored one).
-
-    Example:
-        >>> import tempfile
-        >>> load_records(tempfile.mkdtemp()).empty
-        True
-    """
+    """One row per complete record of ``runs_dir`` (default ``results/runs``; an incomplete one is skipped with a
+    warning), or of the ``run_ids`` given (each must be complete): the config's settings (``meta_features`` as
+    :func:`meta_key`, a flag ``meta_<field>`` each), ``mcr``, ``recall_<CODE>`` and ``n_val_<CODE>`` scored from
+    ``predictions.csv`` against ``labels.csv``, and the scalars of ``metrics.json`` (``<name>_metrics`` where the name
+    is taken: ``mcr_metrics`` is the trainer's MCR, with a warning where it differs from the scored one)."""
     runs_dir = Path(runs_dir or default_runs_dir())
     if run_ids is not None:
         rows = [_record_row(load_record(runs_dir / rid)) for rid in run_ids]
     else:
         rows, skipped = [], []
-        folders = sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-            if runs_dir.is_dir() else []
-        for d in folders:
-            try:
-                rows.append(_record_row(load_record(d)))
-            except IncompleteRecordError:
-                skipped.append(d.name)
+        for d in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
+            if d.is_dir() and not d.name.startswith("."):
+                try:
+                    rows.append(_record_row(load_record(d)))
+                except IncompleteRecordError:
+                    skipped.append(d.name)
         if skipped:
             warnings.warn(f"skipped {len(skipped)} incomplete run record(s) in {runs_dir}: "
                           f"{', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}", stacklevel=2)
     df = pd.DataFrame(rows)
     for c in ("run_id", "backbone", "fusion", "meta_features", "meta_layers", "fold", "n_folds", "mcr",
-              *RECALL_COLUMNS):
+              *(f"recall_{code}" for code in CLASS_CODES)):
         if c not in df:
             df[c] = pd.Series(dtype=float if c.startswith(("mcr", "recall_")) else object)
     if len(df):
@@ -333,15 +229,3 @@ def load_records(runs_dir: str | Path | None = None, run_ids: Sequence[str] | No
                           f"predictions.csv (e.g. {bad[:3]}); 'mcr' is the scored one", stacklevel=2)
         df = df.sort_values(["backbone", "fusion", "meta_features", "meta_layers", "fold"], kind="stable")
     return df.reset_index(drop=True)
-
-
-def setting_columns(records: pd.DataFrame) -> list[str]:
-    """The columns of a records frame that are settings (:data:`SETTINGS`): runs that agree on them differ only
-    in the fold and may be averaged. Outcomes, the fold, and launch settings (CUDA graphs, checkpoint interval,
-    not part of ``run_id``) are not settings.
-
-    Example:
-        >>> setting_columns(pd.DataFrame(columns=["run_id", "backbone", "fold", "mcr", "epochs", "cuda_graphs"]))
-        ['backbone', 'epochs']
-    """
-    return [c for c in records.columns if c in SETTINGS]

@@ -1,26 +1,17 @@
-"""Where the kit reads and writes: the folders of DESIGN.md's layout, in one place.
-
-The project root is ``$METANET_ROOT`` if set, else the nearest folder above the current one holding ``configs/``
-and ``pyproject.toml`` (so notebooks run from ``notebooks/`` find it), else the kit's own checkout, else the
-current folder. ``$METANET_RESULTS_DIR``, ``$METANET_CACHE_DIR`` and ``$METANET_FIGURES_DIR`` move those folders.
-
-Example:
-    >>> runs_dir().relative_to(results_dir()).as_posix()
-    'runs'
-"""
+"""Where the kit reads and writes: the folders of DESIGN.md's layout, in one place. ``$METANET_RESULTS_DIR``,
+``$METANET_CACHE_DIR`` and ``$METANET_FIGURES_DIR`` move those folders."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-__all__ = ["project_root", "configs_dir", "data_dir", "sample_dir", "results_dir", "runs_dir", "tables_dir",
-           "folds_dir", "cache_dir", "figures_dir", "outputs_dir"]
-
 _KIT = Path(__file__).resolve().parent.parent  # the checkout the package was installed from
 
 
 def project_root() -> Path:
+    """``$METANET_ROOT``, else the nearest folder up from here with ``configs/`` and ``pyproject.toml`` (notebooks run
+    in ``notebooks/``), else the kit's own checkout, else the current folder."""
     if os.environ.get("METANET_ROOT"):
         return Path(os.environ["METANET_ROOT"]).resolve()
     here = Path.cwd().resolve()

@@ -219,7 +219,7 @@ def learning_curves(records: pd.DataFrame, *, backbone: str | None = None,
 
 
 def fold_heatmap(folds: pd.DataFrame, *, save: str | None = None, caption: str | None = None) -> Figure:
-    """Per-fold MCR (%) of :func:`~metanet_utils.report.fold_table`: a row per backbone / fusion, a column per fold."""
+    """Per-fold MCR (%) of the Table 1 runs (notebook 05's ``folds``): a row per backbone / fusion, a column a fold."""
     fig = Figure(figsize=(1.2 * max(len(folds.columns), 3) + 2.5, 0.45 * max(len(folds), 3) + 1.6),
                  layout="constrained")
     ax = fig.subplots()

@@ -17,21 +17,19 @@ Example:
 from __future__ import annotations
 
 import itertools
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
-from .config import ConfigError, Profile, RunConfig
+from .config import ConfigError, Profile, RunConfig, Settings
 from .constants import META_FIELDS
 from .evaluate import is_complete
 from .models import input_spec
 from .train import record_dir
 
 EXPERIMENTS: tuple[str, ...] = ("table1", "table3", "table4")
-#: Forward GMACs at 224 px (331 px for PNASNet), for ordering runs longest first.
-_GMACS = {"alexnet": 0.71, "vgg19": 19.63, "resnet50": 4.11, "densenet161": 7.79, "senet154": 20.77,
-          "legacy_senet154": 20.77, "pnasnet5large": 25.04}
 
 
 def image_sizes(profile: Profile, backbone: str) -> tuple[int, int]:
@@ -44,14 +42,9 @@ def image_sizes(profile: Profile, backbone: str) -> tuple[int, int]:
 
 def _base(profile: Profile, dataset, backbone: str) -> RunConfig:
     resize, crop = image_sizes(profile, backbone)
-    return RunConfig(
-        backbone=backbone, n_folds=profile.n_folds, split_scheme=profile.split_scheme, split_seed=profile.split_seed,
-        color_constancy=profile.color_constancy, image_size=resize, crop_size=crop, epochs=profile.epochs,
-        milestones=profile.milestones, lr_gamma=profile.lr_gamma, batch_size=profile.batch_size, lr=profile.lr,
-        momentum=profile.momentum, weight_decay=profile.weight_decay, pretrained=profile.pretrained, seed=profile.seed,
-        precision=profile.precision, cuda_graphs=profile.cuda_graphs,
-        checkpoint_interval_s=profile.checkpoint_interval_s, deterministic=profile.deterministic,
-        data_kind=dataset.kind, data_fingerprint=dataset.fingerprint, meta_layers=profile.meta_layers)
+    shared = {f.name: getattr(profile, f.name) for f in fields(Settings)}
+    return RunConfig(**{**shared, "image_size": resize, "crop_size": crop}, backbone=backbone,
+                     data_kind=dataset.kind, data_fingerprint=dataset.fingerprint)
 
 
 def _variant(base: RunConfig, fusion: str, features: tuple[str, ...] = META_FIELDS, k: int | None = None) -> RunConfig:
@@ -65,20 +58,15 @@ def _variant(base: RunConfig, fusion: str, features: tuple[str, ...] = META_FIEL
 def run_config(profile: Profile, dataset, backbone: str, fusion: str, fold: int = 0,
                features: tuple[str, ...] = META_FIELDS, meta_layers: int | None = None,
                **overrides: Any) -> RunConfig:
-    """The config of one run of ``profile``, exactly as the grid enumerates it (same ``run_id``).
-
-    ``meta_layers=None`` takes the paper's depth for the fusion (concat: raw metadata, metanet:
-    the profile's); ``overrides`` replace any other setting (e.g. ``epochs``).
-    """
+    """The config of one run of ``profile``, exactly as the grid enumerates it (same ``run_id``); ``meta_layers``
+    None: the paper's depth for the fusion (concat: raw metadata, metanet: the profile's); ``overrides``: any other
+    setting (e.g. ``epochs``)."""
     base = _base(profile, dataset, backbone).replace(fold=fold, **overrides)
     return _variant(base, fusion, tuple(features), meta_layers)
 
 
 def enumerate_runs(profile: Profile, dataset, experiments: Iterable[str] = EXPERIMENTS) -> list[RunConfig]:
-    """Every run the profile asks for (Table 1, then the ablations), without duplicates.
-
-    ``experiments`` restricts to some of ``table1``, ``table3``, ``table4``.
-    """
+    """Every run the profile asks for (Table 1, then the ablations; ``experiments``: some of them), each once."""
     experiments = tuple(experiments)
     if unknown := set(experiments) - set(EXPERIMENTS):
         raise ConfigError(f"unknown experiment(s) {sorted(unknown)}; allowed: {', '.join(EXPERIMENTS)}")
@@ -98,25 +86,6 @@ def enumerate_runs(profile: Profile, dataset, experiments: Iterable[str] = EXPER
         for k in abl.meta_layers if do4 else ():
             runs += [_variant(b, "metanet", META_FIELDS, k), _variant(b, "concat", META_FIELDS, k)]
     return list({r.run_id: r for r in runs}.values())  # each run once, where it first appears
-
-
-def estimated_cost(cfg: RunConfig) -> float:
-    """Relative cost of a run (GMACs x pixels x epochs), for longest-first ordering."""
-    return _GMACS.get(cfg.backbone.split(".")[0], 1.0) * (cfg.crop_size / 224) ** 2 * cfg.epochs
-
-
-def parse_only(items: Iterable[str]) -> dict[str, list[str]]:
-    """``["backbone=resnet50", "fold=0,1"]`` -> ``{"backbone": ["resnet50"], "fold": ["0", "1"]}``."""
-    allowed = set(RunConfig.__dataclass_fields__)
-    out: dict[str, list[str]] = {}
-    for item in items or ():
-        if "=" not in item:
-            raise ConfigError(f"--only {item!r}: expected key=value (e.g. fusion=metanet)")
-        k, v = item.split("=", 1)
-        if k not in allowed:
-            raise ConfigError(f"--only {k!r} is not a run setting; allowed: {', '.join(sorted(allowed))}")
-        out.setdefault(k, []).extend(v.split(","))
-    return out
 
 
 def filter_runs(runs: list[RunConfig], only: dict[str, list[str]] | None) -> list[RunConfig]:

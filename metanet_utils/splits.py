@@ -28,73 +28,41 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from . import paths
 from .atomic import atomic_write_text
 from .config import SPLIT_SCHEMES
-from .constants import DX_CODES, DX_TO_INDEX
-
-__all__ = ["make_folds", "lesion_leak", "load_or_make_folds", "class_weights"]
-
-
-def _labels(dx: Sequence[str]) -> np.ndarray:
-    """Class index (official ISIC order) of each ``dx`` label."""
-    y = pd.Series(np.asarray(dx, dtype=object)).astype("string").str.strip().str.lower().map(DX_TO_INDEX)
-    if y.isna().any():
-        pos = int(np.flatnonzero(y.isna().to_numpy())[0])
-        raise ValueError(f"unknown dx {np.asarray(dx)[pos]!r} in row {pos}; allowed: {list(DX_CODES)}")
-    return y.to_numpy(dtype=np.int64)
+from .evaluate import labels_to_indices
 
 
 def _image_ids(df: pd.DataFrame) -> np.ndarray:
-    ids = df["image_id"].astype(str).to_numpy()
-    dup = pd.Series(ids)[pd.Series(ids).duplicated()]
-    if len(dup):
-        raise ValueError(f"image_id must be unique; {dup.iloc[0]!r} appears more than once")
-    return ids
+    ids = df["image_id"].astype(str)
+    if ids.duplicated().any():
+        raise ValueError(f"image_id must be unique; {ids[ids.duplicated()].iloc[0]!r} appears more than once")
+    return ids.to_numpy()
 
 
 def make_folds(df: pd.DataFrame, n_folds: int = 5, scheme: str = "image", seed: int = 0) -> np.ndarray:
     """The validation fold (0 .. n_folds - 1) of each row of ``df`` (``image_id``, ``dx``, and ``lesion_id``
-    for ``"lesion"``).
-
-    ``"image"`` is sklearn's ``StratifiedKFold`` by ``dx``, ``"lesion"`` its ``StratifiedGroupKFold`` grouped by
-    ``lesion_id``, both shuffled with ``random_state=seed``. Rows are split in ``image_id`` order, so the same
-    data in another row order gives every image the same fold.
-
-    Example:
-        >>> make_folds(pd.DataFrame({"image_id": list("abcdef"), "dx": ["nv"] * 3 + ["mel"] * 3}), 3).tolist()
-        [2, 1, 0, 2, 0, 1]
-    """
+    for ``"lesion"``): sklearn's ``StratifiedKFold`` by ``dx`` (``"image"``) or ``StratifiedGroupKFold`` grouped by
+    ``lesion_id`` (``"lesion"``), shuffled with ``random_state=seed``. Rows are split in ``image_id`` order, so the
+    same data in another row order gives every image the same fold."""
     if scheme not in SPLIT_SCHEMES:
         raise ValueError(f"scheme must be one of {SPLIT_SCHEMES}, not {scheme!r}")
     if int(n_folds) != n_folds or n_folds < 2:
         raise ValueError(f"n_folds must be an integer >= 2, not {n_folds!r}")
-    ids, y = _image_ids(df), _labels(df["dx"])
+    if scheme == "lesion" and "lesion_id" not in df.columns:
+        raise KeyError("scheme 'lesion' needs a 'lesion_id' column")
+    ids, y = _image_ids(df), labels_to_indices(df["dx"])
     order = np.argsort(ids, kind="stable")
-    groups = None
-    if scheme == "lesion":
-        if "lesion_id" not in df.columns:
-            raise KeyError("scheme 'lesion' needs a 'lesion_id' column")
-        groups = df["lesion_id"].astype(str).to_numpy()[order]
-    kfold = StratifiedKFold if scheme == "image" else StratifiedGroupKFold
+    groups = df["lesion_id"].astype(str).to_numpy()[order] if scheme == "lesion" else None
+    kfold = (StratifiedKFold if scheme == "image" else StratifiedGroupKFold)(int(n_folds), shuffle=True,
+                                                                             random_state=seed)
     folds = np.empty(len(df), dtype=np.int64)
-    with warnings.catch_warnings():  # sklearn's warning of a class smaller than n_folds: ours below says which
-        warnings.filterwarnings("ignore", message=".*least populated class.*")
-        splits = kfold(n_splits=int(n_folds), shuffle=True, random_state=seed).split(ids[order], y[order], groups)
-        for k, (_, val) in enumerate(splits):
-            folds[order[val]] = k
-    counts = np.bincount(y, minlength=len(DX_CODES))
-    few = [DX_CODES[c] for c in np.flatnonzero((counts > 0) & (counts < n_folds))]
-    if few:
-        warnings.warn(f"class(es) {few} have fewer than {n_folds} images: some folds lack them", stacklevel=2)
+    for k, (_, val) in enumerate(kfold.split(ids[order], y[order], groups)):
+        folds[order[val]] = k
     return folds
 
 
 def lesion_leak(df: pd.DataFrame, folds: Sequence[int]) -> pd.DataFrame:
     """Per fold (then ``"overall"``): ``n_val`` validation images, ``n_val_with_lesion_in_train`` of them with an
-    image of the same lesion in training, and ``share``, their ratio.
-
-    Example:
-        >>> lesion_leak(pd.DataFrame({"lesion_id": ["a", "a", "b", "c"]}), [0, 1, 0, 1])["share"].tolist()
-        [0.5, 0.5, 0.5]
-    """
+    image of the same lesion in training, and ``share``, their ratio."""
     folds = np.asarray(folds)
     if folds.shape != (len(df),):
         raise ValueError(f"folds has shape {folds.shape}; expected ({len(df)},), one fold per row")
@@ -110,19 +78,9 @@ def lesion_leak(df: pd.DataFrame, folds: Sequence[int]) -> pd.DataFrame:
 
 def load_or_make_folds(df: pd.DataFrame, n_folds: int, scheme: str, seed: int, key: str,
                        folds_dir: str | Path | None = None) -> np.ndarray:
-    """:func:`make_folds`, saved once per data set and reused, so every run of a grid sees the same folds.
-
-    The file, ``<folds_dir>/<key>-<scheme>-<n_folds>-s<seed>.csv`` (default folder ``results/folds``), is a CSV
-    ``image_id,fold`` sorted by image id; ``key`` is the data's fingerprint. Saved folds of other images stop
-    with a message naming the file.
-
-    Example:
-        >>> import tempfile
-        >>> df, d = pd.DataFrame({"image_id": list("abcd"), "dx": ["nv", "mel"] * 2}), tempfile.mkdtemp()
-        >>> a = load_or_make_folds(df, 2, "image", 0, key="toy", folds_dir=d)
-        >>> bool((load_or_make_folds(df.iloc[::-1], 2, "image", 0, key="toy", folds_dir=d) == a[::-1]).all())
-        True
-    """
+    """:func:`make_folds`, saved once per data set and reused, so every run of a grid sees the same folds: a CSV
+    ``image_id,fold`` at ``<folds_dir>/<key>-<scheme>-<n_folds>-s<seed>.csv`` (default folder ``results/folds``;
+    ``key``: the data's fingerprint). Saved folds of other images stop with a message naming the file."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", key):
         raise ValueError(f"key {key!r} must be a file-name-safe fingerprint (letters, digits, '.', '_', '-')")
     path = Path(folds_dir or paths.folds_dir()) / f"{key}-{scheme}-{int(n_folds)}-s{int(seed)}.csv"
@@ -136,11 +94,9 @@ def load_or_make_folds(df: pd.DataFrame, n_folds: int, scheme: str, seed: int, k
     saved = pd.read_csv(path, dtype={"image_id": str})
     if list(saved.columns) != ["image_id", "fold"] or saved["image_id"].duplicated().any():
         raise ValueError(f"saved folds {path} are not one 'image_id,fold' row per image; {hint}")
-    missing, extra = sorted(set(ids) - set(saved["image_id"])), sorted(set(saved["image_id"]) - set(ids))
-    if missing or extra:
-        raise ValueError(f"saved folds {path} do not match the data: {len(missing)} image(s) of the data are not "
-                         f"in it (e.g. {missing[:3]}), {len(extra)} image(s) in it are not in the data "
-                         f"(e.g. {extra[:3]}); {hint}")
+    if diff := sorted(set(ids) ^ set(saved["image_id"])):
+        raise ValueError(f"saved folds {path} do not match the data: {len(diff)} image(s) are in only one of them "
+                         f"(e.g. {diff[:3]}); {hint}")
     folds = saved.set_index("image_id")["fold"].reindex(ids).to_numpy()
     if folds.dtype.kind not in "iu" or folds.min() < 0 or folds.max() >= n_folds:
         raise ValueError(f"saved folds {path} hold fold values outside 0..{n_folds - 1}; {hint}")
@@ -148,19 +104,16 @@ def load_or_make_folds(df: pd.DataFrame, n_folds: int, scheme: str, seed: int, k
 
 
 def class_weights(labels: Sequence[int] | Sequence[str], n_classes: int = 7) -> np.ndarray:
-    """Inverse-frequency class weights of a training fold for the weighted cross-entropy: ``w_c = n / (k n_c)``.
-
-    ``n`` training labels, ``n_c`` of class ``c``, ``k`` classes present: each present class carries the same
-    total weight and the mean weight per image is 1 (sklearn's ``compute_class_weight("balanced")``). A class
-    absent from ``labels`` gets 0, with a warning. ``labels`` are class indices or ``dx`` strings.
+    """Inverse-frequency class weights of a training fold for the weighted cross-entropy: ``w_c = n / (k n_c)``
+    for ``n`` labels (class indices or ``dx``), ``n_c`` of class ``c``, ``k`` classes present: sklearn's
+    ``compute_class_weight("balanced")``, whose mean weight per image is 1. An absent class gets 0, with a warning.
 
     Example:
         >>> class_weights([0, 0, 0, 1], n_classes=2).tolist()
         [0.6666666666666666, 2.0]
     """
     y = np.asarray(labels)
-    if y.dtype.kind in "OUS":
-        y = _labels(y)
+    y = labels_to_indices(y) if y.dtype.kind in "OUS" else y
     if y.ndim != 1 or y.size == 0 or y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= n_classes:
         raise ValueError(f"labels must be a non-empty 1-d sequence of class indices in 0..{n_classes - 1}")
     counts = np.bincount(y, minlength=n_classes)

@@ -4,21 +4,14 @@
 (:class:`DeviceData`), augmented there a batch at a time (:class:`BatchAugment`; bf16 and channels_last on a GPU).
 :func:`train_run` trains with the paper's class-weighted cross-entropy, SGD and MultiStepLR, saves one checkpoint dict
 after each epoch (in ``results/runs/.work/<run_id>/``), resumes from it after a kill, and writes the record
-``results/runs/<run_id>/`` atomically (complete or absent). A lock per run keeps two workers off the same run.
-Shuffling, augmentation and dropout are seeded by ``(seed, epoch)`` at the start of every epoch, so the checkpoint
-needs no generator state: a resumed run sees the batches of an uninterrupted one (``deterministic``: bit-identical).
-
-Example:
-    >>> from metanet_utils.dataset import open_dataset                                   # doctest: +SKIP
-    >>> ds = open_dataset("../shared/ham10000", max_images=300)                           # doctest: +SKIP
-    >>> cfg = RunConfig(backbone="test_resnet", n_folds=2, epochs=1, image_size=64, crop_size=56,
-    ...                 pretrained=False, data_fingerprint=ds.fingerprint)                # doctest: +SKIP
-    >>> train_run(cfg, ds)["mcr"]                                                         # doctest: +SKIP
+``results/runs/<run_id>/`` atomically (complete or absent). Shuffling, augmentation and dropout are seeded by
+``(seed, epoch)`` at the start of every epoch, so the checkpoint needs no generator state: a resumed run sees the
+batches of an uninterrupted one (``deterministic``: bit-identical). Workers that share a grid hold a lock per run
+around :func:`train_run` (:mod:`metanet_utils.ops.locks`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -32,7 +25,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from .atomic import FileLock, LockHeld, atomic_write_json, atomic_write_text, atomic_write_with, staged_dir
+from .atomic import atomic_write_json, atomic_write_text, atomic_write_with, staged_dir
 from .augment import BatchAugment, DeviceData, prepare_batch
 from .config import RunConfig
 from .constants import CLASS_CODES, DX_CODES
@@ -43,10 +36,6 @@ from .paths import runs_dir as default_runs_dir
 from .splits import class_weights
 
 
-class RunBusy(RuntimeError):
-    """Another worker is training this run right now."""
-
-
 def record_dir(cfg: RunConfig | str, runs_dir: str | Path | None = None) -> Path:
     """The record folder ``<runs_dir>/<run_id>`` of a config or run id (default ``results/runs``)."""
     return Path(runs_dir or default_runs_dir()) / (cfg if isinstance(cfg, str) else cfg.run_id)
@@ -55,8 +44,6 @@ def record_dir(cfg: RunConfig | str, runs_dir: str | Path | None = None) -> Path
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(run_dir) / "metrics.json").read_text())
 
-
-# --------------------------------------------------------------------------- device, loss, optimiser, schedule
 
 def pick_device(device: str | None = None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -89,24 +76,11 @@ def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.SGD:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig) -> torch.optim.lr_scheduler.MultiStepLR:
-    """lr / 10 at the paper's epochs 50, 120 and 200 (``cfg.milestones``, stepped once per epoch)."""
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.lr_gamma)
-
-
-def uses_channels_last(cfg: RunConfig, device: torch.device) -> bool:
-    """On a GPU: ``on``, or ``auto`` where the backbone gains from channels_last."""
-    return device.type == "cuda" and (
-        cfg.channels_last == "on" or (cfg.channels_last == "auto" and channels_last_preferred(cfg.backbone)))
-
-
-# --------------------------------------------------------------------------- the loops
-
 def sgd_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, prepare: Callable,
              batch_size: int | None = None, amp_dtype: torch.dtype | None = None) -> Callable:
     """The eager training step, ``step(idx, params) -> loss``: prepare the batch, forward (autocast), loss,
-    backward, one optimizer step. The loss stays on the device (no host sync). Every ``make_step`` of
-    :func:`train_run` takes these arguments; ``batch_size`` is what a CUDA graph captures (the eager step takes any)."""
+    backward, one optimizer step; the loss stays on the device. ``batch_size`` is what a CUDA graph step
+    (:func:`metanet_utils.ops.step.graph_step`, same arguments) captures; the eager step takes any."""
     def step(idx: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         x, meta, y = prepare(idx, params)
         optimizer.zero_grad(set_to_none=True)
@@ -151,11 +125,11 @@ def train_one_epoch(model: nn.Module, data: DeviceData, augment: BatchAugment, c
     :func:`sgd_step`); returns ``{"train_loss", "epoch_time_s", "images_per_s"}``."""
     batches = iter_train_epoch(model, data, augment, criterion, optimizer, cfg, epoch, device, amp_dtype,
                                channels_last, step)
-    while True:
-        try:
+    try:
+        while True:
             next(batches)
-        except StopIteration as end:
-            return end.value
+    except StopIteration as end:
+        return end.value
 
 
 @torch.no_grad()
@@ -177,8 +151,6 @@ def evaluate(model: nn.Module, data: DeviceData, augment: BatchAugment, device: 
     return torch.softmax(logits, dim=1).cpu().numpy().astype(np.float64), loss
 
 
-# --------------------------------------------------------------------------- one run: checkpoint, resume, record
-
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write the checkpoint dict atomically: a kill or a full disk leaves the previous one."""
     atomic_write_with(path, lambda tmp: torch.save(state, tmp))
@@ -199,12 +171,17 @@ def load_checkpoint(path: Path, run_id: str) -> dict[str, Any] | None:
     return None
 
 
-class Run:
-    """One run while it trains: built (and resumed from its checkpoint, if any) on creation; :meth:`end_epoch`
-    after each epoch, :meth:`write_record` at the end. :func:`train_run` drives one, the grid several at once.
+def log_event(runs_dir: Path, run_id: str, event: str) -> None:
+    """Append one line to ``<runs_dir>/.events.log``: which worker started, resumed or completed which run."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    with open(runs_dir / ".events.log", "a") as log:  # one short append: whole lines, whatever other workers write
+        log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {os.uname().nodename} pid={os.getpid()} {event} {run_id}\n")
 
-    Args: as :func:`train_run`; ``images``: the cache already on ``device`` (runs trained together share it).
-    """
+
+class Run:
+    """One run while it trains: built, and resumed from its checkpoint if any, on creation; :meth:`end_epoch`
+    after each epoch, :meth:`write_record` at the end. :func:`train_run` drives one, the grid several at once.
+    Args as :func:`train_run`; ``images``: the cache already on ``device`` (runs trained together share it)."""
 
     def __init__(self, cfg: RunConfig, dataset, runs_dir: Path, device: torch.device, progress: bool = True,
                  weights_dir: str | Path | None = None, make_step: Callable | None = None,
@@ -216,6 +193,10 @@ class Run:
         self.cfg, self.runs_dir, self.device, self.progress = cfg, Path(runs_dir), device, progress
         self.started, self.wall_before, self.sessions = time.perf_counter(), 0.0, 1  # wall time of earlier sessions
         self.checkpoint_path = self.runs_dir / ".work" / cfg.run_id / "checkpoint.pt"
+        for p in self.checkpoint_path.parent.glob(".checkpoint.pt.tmp-*"):  # what a killed worker left
+            p.unlink(missing_ok=True)
+        for p in (*self.runs_dir.glob(f".{cfg.run_id}.stage-*"), *self.runs_dir.glob(f".{cfg.run_id}.old-*")):
+            shutil.rmtree(p, ignore_errors=True)
         features = cfg.meta_features if cfg.fusion != "none" else ()
         meta = encode(dataset.df, features=features)[0] if features else np.zeros((len(dataset.df), 0), np.float32)
         self.data = DeviceData.build(dataset.images(cfg.image_size, cfg.color_constancy, progress=progress), meta,
@@ -226,12 +207,15 @@ class Run:
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.backbone, cfg.fusion, num_classes=len(CLASS_CODES), meta_dim=meta.shape[1],
                             meta_layers=cfg.meta_layers, pretrained=cfg.pretrained, weights_dir=weights_dir).to(device)
-        self.channels_last, self.amp_dtype = uses_channels_last(cfg, device), autocast_dtype(cfg.precision, device)
+        self.channels_last = device.type == "cuda" and (cfg.channels_last == "on" or (
+            cfg.channels_last == "auto" and channels_last_preferred(cfg.backbone)))
+        self.amp_dtype = autocast_dtype(cfg.precision, device)
         self.model = model.to(memory_format=torch.channels_last) if self.channels_last else model
         weights = class_weight_tensor(dataset.labels[self.data.train_idx.cpu().numpy()]).to(device)
         self.criterion = nn.CrossEntropyLoss(weight=weights)
         self.optimizer = make_optimizer(self.model, cfg)
-        self.scheduler = make_scheduler(self.optimizer, cfg)
+        # lr / 10 at the paper's epochs 50, 120 and 200, stepped once per epoch
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(cfg.milestones), cfg.lr_gamma)
         self.epoch, self.history, self.probs, self.last_checkpoint = 0, [], None, None
         if (state := load_checkpoint(self.checkpoint_path, cfg.run_id)) is not None:
             self.model.load_state_dict(state["model"])
@@ -241,8 +225,6 @@ class Run:
             self.wall_before, self.sessions = float(state.get("wall_time_s", 0.0)), int(state.get("sessions", 1)) + 1
             print(f"[{cfg.run_id}] resuming after epoch {self.epoch}/{cfg.epochs}", flush=True)
         log_event(self.runs_dir, cfg.run_id, f"resume@{self.epoch}" if self.epoch else "start")
-        if cfg.cuda_graphs == "on" and make_step is None:
-            print(f"[{cfg.run_id}] cuda_graphs: on without a graph step (make_step): eager steps", flush=True)
         self.step = (make_step or sgd_step)(self.model, self.criterion, self.optimizer,
                                             prepare_batch(self.data, self.augment, self.channels_last),
                                             cfg.batch_size, self.amp_dtype)
@@ -324,63 +306,22 @@ class Run:
         return metrics
 
 
-@contextlib.contextmanager
-def run_lock(runs_dir: Path, run_id: str) -> Iterator[None]:
-    """Hold ``<runs_dir>/.locks/<run_id>.lock`` (:class:`RunBusy` if another worker does; the lock dies with its
-    process) and first clear what a killed worker of this run left: temporary checkpoint files and half-staged
-    record folders (the last complete checkpoint is kept)."""
-    lock = FileLock(Path(runs_dir) / ".locks" / f"{run_id}.lock", blocking=False)
-    try:
-        lock.acquire()
-    except LockHeld:
-        raise RunBusy(f"run {run_id} is being trained by another worker") from None
-    try:
-        for p in (Path(runs_dir) / ".work" / run_id).glob(".checkpoint.pt.tmp-*"):
-            p.unlink(missing_ok=True)
-        for p in (*Path(runs_dir).glob(f".{run_id}.stage-*"), *Path(runs_dir).glob(f".{run_id}.old-*")):
-            shutil.rmtree(p, ignore_errors=True)
-        yield
-    finally:
-        lock.release()
-
-
-def log_event(runs_dir: Path, run_id: str, event: str) -> None:
-    """Append one line to ``<runs_dir>/.events.log`` (audit trail: which worker did what, when)."""
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    with open(runs_dir / ".events.log", "a") as log:  # one short append: whole lines, whatever other workers write
-        log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {os.uname().nodename} pid={os.getpid()} {event} {run_id}\n")
-
-
 def train_run(cfg: RunConfig, dataset, runs_dir: str | Path | None = None, device: str | None = None,
               progress: bool = True, weights_dir: str | Path | None = None, make_step: Callable | None = None,
               stop_after_epochs: int | None = None) -> dict[str, Any]:
-    """Train (or resume, or skip) one run and return its ``metrics.json`` content.
-
-    Args:
-        cfg: the run's settings; ``cfg.data_fingerprint`` must match ``dataset``.
-        dataset: a :class:`metanet_utils.dataset.Dataset`.
-        runs_dir: where records go (default ``results/runs``).
-        device: ``cuda``, ``cpu``...; default: the GPU if there is one.
-        make_step: builds the run's training step: ``make_step(model, criterion, optimizer, prepare, batch_size,
-            amp_dtype) -> step(idx, params) -> loss``; default :func:`sgd_step`. The grid passes its CUDA-graph
-            step here for ``cuda_graphs: on``.
-        stop_after_epochs: testing hook: return ``{"interrupted": True, ...}`` after this many epochs of this
-            call, leaving the checkpoint (as a kill would).
-
-    Raises :class:`RunBusy` while another worker trains the run.
-    """
+    """Train (or resume, or skip) one run of ``dataset`` (a :class:`metanet_utils.dataset.Dataset`) into
+    ``runs_dir`` (default ``results/runs``) and return its ``metrics.json`` content. ``make_step``: builds the
+    training step as :func:`sgd_step` (the default) does; the grid passes its CUDA-graph step for ``cuda_graphs:
+    on``. ``stop_after_epochs`` (testing): return ``{"interrupted": True, ...}`` after so many epochs, as a kill."""
     runs_dir = Path(runs_dir or default_runs_dir())
     if is_complete(runs_dir / cfg.run_id):
         return read_metrics(runs_dir / cfg.run_id)
-    with run_lock(runs_dir, cfg.run_id):
-        if is_complete(runs_dir / cfg.run_id):  # finished by another worker before we got the lock
-            return read_metrics(runs_dir / cfg.run_id)
-        run = Run(cfg, dataset, runs_dir, pick_device(device), progress, weights_dir, make_step)
-        for n in range(1, cfg.epochs - run.epoch + 1):
-            torch.manual_seed(cfg.seed * 100_003 + run.epoch)  # dropout: the same draws after a resume
-            row = train_one_epoch(run.model, run.data, run.augment, run.criterion, run.optimizer, cfg, run.epoch,
-                                  run.device, run.amp_dtype, run.channels_last, run.step)
-            run.end_epoch(row, force_checkpoint=n == stop_after_epochs)
-            if n == stop_after_epochs and run.epoch < cfg.epochs:
-                return {"interrupted": True, "epochs_done": run.epoch}
-        return run.write_record()
+    run = Run(cfg, dataset, runs_dir, pick_device(device), progress, weights_dir, make_step)
+    for n in range(1, cfg.epochs - run.epoch + 1):
+        torch.manual_seed(cfg.seed * 100_003 + run.epoch)  # dropout: the same draws after a resume
+        row = train_one_epoch(run.model, run.data, run.augment, run.criterion, run.optimizer, cfg, run.epoch,
+                              run.device, run.amp_dtype, run.channels_last, run.step)
+        run.end_epoch(row, force_checkpoint=n == stop_after_epochs)
+        if n == stop_after_epochs and run.epoch < cfg.epochs:
+            return {"interrupted": True, "epochs_done": run.epoch}
+    return run.write_record()

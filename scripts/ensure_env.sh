@@ -1,5 +1,5 @@
 # Sourced by run_all.sh and run_tests.sh: make sure a Python environment with this kit is
-# active, creating it on the first run, and export PY (its python) and METANET_KERNEL.
+# active, creating it on the first run, with the Jupyter kernel `metanet-kit` registered, and export PY (its python).
 #
 # Order: an already active virtualenv/conda env that imports metanet_utils and papermill
 # from this checkout; else an existing ./.venv; else, where conda is on the PATH (and
@@ -11,7 +11,7 @@
 
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _stamp_value="$(sha1sum "$_root/pyproject.toml" | cut -c1-16)"
-export METANET_KERNEL="${METANET_KERNEL:-metanet-kit}"
+_kernel=metanet-kit
 
 _env_ok() {  # $1 = python; true if it runs this checkout's kit with its dependencies
   # (from /, so the checkout in the current folder cannot stand in for the installed package: the
@@ -29,16 +29,16 @@ _install() {  # $1 = python of a fresh env
   "$1" -m pip install --quiet --upgrade pip >/dev/null || return 1
   # (the grep drops this workplace's noisy 'Location ... is ignored' notes; pip's exit code is kept)
   "$1" -m pip install --quiet -e "$_root[dev]" 2> >(grep -v "^WARNING: Location" >&2) || return 1
-  "$1" -m ipykernel install --sys-prefix --name "$METANET_KERNEL" --display-name "MetaNet kit" >/dev/null || return 1
+  "$1" -m ipykernel install --sys-prefix --name "$_kernel" --display-name "MetaNet kit" >/dev/null || return 1
   echo "$_stamp_value" > "$("$1" -c 'import sys; print(sys.prefix)')/.metanet-stamp"
 }
 
 PY=""
 if [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] && command -v python >/dev/null && _env_ok python; then
   PY="$(command -v python)"
-  "$PY" -c "import jupyter_client.kernelspec as k; k.KernelSpecManager().get_kernel_spec('$METANET_KERNEL')" >/dev/null 2>&1 \
-    || "$PY" -m ipykernel install --sys-prefix --name "$METANET_KERNEL" --display-name "MetaNet kit" >/dev/null 2>&1 \
-    || "$PY" -m ipykernel install --user --name "$METANET_KERNEL" --display-name "MetaNet kit" >/dev/null
+  "$PY" -c "import jupyter_client.kernelspec as k; k.KernelSpecManager().get_kernel_spec('$_kernel')" >/dev/null 2>&1 \
+    || "$PY" -m ipykernel install --sys-prefix --name "$_kernel" --display-name "MetaNet kit" >/dev/null 2>&1 \
+    || "$PY" -m ipykernel install --user --name "$_kernel" --display-name "MetaNet kit" >/dev/null
   echo "[env] using the active environment ($PY)"
 elif [ "${METANET_USE_CONDA:-}" != "0" ] && command -v conda >/dev/null \
      && { [ "${METANET_USE_CONDA:-}" = "1" ] || [ ! -x "$_root/.venv/bin/python" ]; }; then

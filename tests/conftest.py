@@ -1,4 +1,9 @@
-"""Shared fixtures: the real HAM10000 copy beside the project, and isolated output folders."""
+"""Shared fixtures: the real HAM10000 copy beside the project, and isolated output folders.
+
+The suite runs in parallel (``./run_tests.sh``: pytest-xdist, one worker per core, one test file per worker at a
+time). Each worker computes on its share of the cores, and no test writes into the checkout: a test that sets no
+folders of its own writes under its worker's private root (see ``private_root``).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,35 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_HAM = Path(os.environ.get("METANET_TEST_DATA", ROOT.parent / "shared" / "ham10000"))
 
 
+def pytest_configure(config):
+    """An xdist worker computes on its share of the cores (its kernels and subprocesses too): workers that each
+    start as many torch threads as the machine has cores are many times slower than one thread each."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_root(tmp_path_factory):
+    """Results, figures, outputs and the image cache of this test process go under its own temporary root, never
+    into the checkout (parallel workers would share them); a test's own ``isolated_root`` or settings win."""
+    root = tmp_path_factory.mktemp("root")
+    (root / "configs").symlink_to(ROOT / "configs")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in _folders(root).items():
+            mp.setenv(k, v)
+        yield root
+
+
+def _folders(root: Path) -> dict[str, str]:
+    return {"METANET_ROOT": str(root), "METANET_RESULTS_DIR": str(root / "results"),
+            "METANET_CACHE_DIR": str(root / "cache"), "METANET_FIGURES_DIR": str(root / "figures")}
+
+
 @pytest.fixture(scope="session")
 def real_data_dir() -> Path:
     """The real HAM10000 copy (../shared/ham10000): 10015 images at 200x150 and the metadata."""
@@ -24,10 +58,8 @@ def real_data_dir() -> Path:
 @pytest.fixture()
 def isolated_root(tmp_path, monkeypatch) -> Path:
     """A private project root: results/, figures/, data/cache go under tmp_path."""
-    monkeypatch.setenv("METANET_ROOT", str(tmp_path))
-    monkeypatch.setenv("METANET_RESULTS_DIR", str(tmp_path / "results"))
-    monkeypatch.setenv("METANET_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("METANET_FIGURES_DIR", str(tmp_path / "figures"))
+    for k, v in _folders(tmp_path).items():
+        monkeypatch.setenv(k, v)
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     return tmp_path
 

@@ -1,5 +1,5 @@
 """Class activation maps: equal to pytorch-grad-cam's Grad-CAM up to a positive factor (pooling + linear
-head), exact w.r.t. the logits, rebuilt from a record, and the automatic pick of Figure 2's cases."""
+head), exact w.r.t. the logits, rebuilt from a record (the pick of Figure 2's cases is notebook 08's own code)."""
 
 from __future__ import annotations
 
@@ -236,7 +236,7 @@ def test_overlay_blends_the_jet_colour_of_the_normalised_upsampled_map_over_the_
     np.testing.assert_array_equal(hot[-1, -1], np.floor(np.array(matplotlib.colormaps["jet"](1.0)[:3]) * 255 + 0.5))
 
 
-# ----------------------------------------------------------------------------- records, cases, pairs
+# ----------------------------------------------------------------------------- records and their maps
 
 
 def _fake_dataset(n: int = 14, size: int = 72) -> Dataset:
@@ -363,103 +363,3 @@ def test_run_inputs_and_pair_cams_use_each_ids_cached_centre_crop_metadata_row_a
             assert o[f]["correct"] == (pred == y)
             np.testing.assert_allclose(o[f]["cam"], maps[f][k, pred], atol=1e-5, rtol=1e-5)
     assert not np.allclose(probs["none"], probs["metanet"])  # two different models were compared
-
-
-def _probs(classes, p):
-    """Rows of probabilities with ``p`` on the given class and the rest spread evenly."""
-    rows = np.full((len(classes), 7), 0.0)
-    for r, (c, q) in enumerate(zip(classes, p)):
-        rows[r] = (1 - q) / 6
-        rows[r, c] = q
-    return rows
-
-
-def _pairs(tmp_path, none, metanet, y, images=None, fold=0):
-    """Write an image-only and a MetaNet record of one fold; return :func:`cam.paired_runs` of the folder."""
-    from _records import write_fake_run
-
-    from metanet_utils.evaluate import load_records
-
-    base = dict(backbone="test_resnet", n_folds=2, fold=fold, epochs=1)
-    write_fake_run(tmp_path, {**base, "fusion": "none", "meta_features": (), "meta_layers": 0}, none, y, images)
-    write_fake_run(tmp_path, {**base, "fusion": "metanet"}, metanet, y, images)
-    return cam.paired_runs(load_records(tmp_path))
-
-
-def test_pick_cases_both_right_and_metadata_helps_ranked_with_classes_in_turn(tmp_path):
-    imgs = [f"ISIC_{i:07d}" for i in range(8)]
-    y = [0, 1, 1, 5, 5, 6, 2, 3]  # MEL NV NV DF DF VASC BCC AKIEC
-    # none: right on 0, 1, 2, 6; wrong elsewhere. metanet: right on 0, 1, 3, 4, 5, 6; wrong on 2, 7.
-    none = _probs([0, 1, 1, 1, 1, 1, 2, 1], [0.9, 0.8, 0.7, 0.6, 0.5, 0.6, 0.5, 0.6])
-    meta = _probs([0, 1, 0, 5, 5, 6, 2, 1], [0.8, 0.95, 0.5, 0.9, 0.6, 0.7, 0.9, 0.6])
-    cases, available, n_images = cam.pick_cases(_pairs(tmp_path, none, meta, y, imgs), n=2)
-    assert available == {cam.CASE_BOTH_RIGHT: 3, cam.CASE_META_HELPS: 3} and n_images == 8
-    both = cases[cases.case == "image-only and MetaNet right"]
-    helps = cases[cases.case == "image-only wrong, MetaNet right"]
-    # both right: I0 (min p .8), I1 (.8), I6 (.5); one per class first -> I0 (MEL) and I1 (NV), not I6
-    assert sorted(both.image) == [imgs[0], imgs[1]]
-    assert both.p_true_none.tolist() == pytest.approx([0.9, 0.8]) and both.true.tolist() == ["MEL", "NV"]
-    # metadata helps: I3 (DF, gain .9 - .08), I4 (DF), I5 (VASC); class-diverse -> I3 and I5
-    assert helps.image.tolist() == [imgs[3], imgs[5]]
-    assert (helps.pred_none != helps.true).all() and (helps.pred_metanet == helps.true).all()
-    assert helps.p_true_metanet.tolist() == pytest.approx([0.9, 0.7])
-    assert cases.run_concat.isna().all() and cases.run_none.str.contains("-none-").all()
-
-
-def test_pick_cases_counts_a_tie_as_wrong_and_handles_no_helps_and_no_pairs(tmp_path):
-    from _records import probs_for
-
-    y = [0, 1, 2, 3, 4, 5, 6]
-    none = probs_for(y, [0, -1, 1, 1, 1, 1, 1])  # right on MEL, a tie on NV (wrong by the ISIC rule)
-    cases, available, _ = cam.pick_cases(_pairs(tmp_path, none, np.eye(7)[y], y), n=10)
-    assert available == {cam.CASE_BOTH_RIGHT: 1, cam.CASE_META_HELPS: 6}
-    assert cases.loc[cases.image == "ISIC_0000001", "pred_none"].tolist() == ["tie"]
-    never_wrong = cam.pick_cases(_pairs(tmp_path / "b", np.eye(7)[y], np.eye(7)[y], y), n=3)
-    assert never_wrong.available[cam.CASE_META_HELPS] == 0 and len(never_wrong.cases) == 3
-    empty = cam.pick_cases(cam.paired_runs(pd.DataFrame()), n=3)
-    assert empty.cases.empty and empty.n_images == 0
-
-
-def test_cams_for_cases_maps_each_picked_image_with_its_folds_runs_in_the_rows_order(tmp_path):
-    ds = _fake_dataset()
-    dn, _ = _save_run(tmp_path, "none", ds, seed=1)
-    dm, _ = _save_run(tmp_path, "metanet", ds, seed=2)
-    dc, _ = _save_run(tmp_path, "concat", ds, seed=4)
-    ids = [ds.image_ids[4], ds.image_ids[1]]
-    cases = pd.DataFrame({"case": [cam.CASE_META_HELPS, cam.CASE_BOTH_RIGHT], "image": ids,
-                          "run_none": str(dn), "run_metanet": str(dm), "run_concat": [str(dc), str(dc)]})
-    out = cam.cams_for_cases(cases, ds)
-    assert [o["image"] for o in out] == ids and [o["case"] for o in out] == cases.case.tolist()
-    direct = cam.pair_cams({"none": dn, "concat": dc, "metanet": dm}, ids, ds)
-    for a, b in zip(out, direct):
-        for f in ("none", "concat", "metanet"):
-            np.testing.assert_array_equal(a[f]["cam"], b[f]["cam"])
-    assert "concat" not in cam.cams_for_cases(cases.assign(run_concat=np.nan), ds)[0]
-
-
-def test_paired_runs_pairs_each_fold_with_its_table1_metanet_and_concat_runs(tmp_path):
-    from _records import fake_fold_run
-
-    from metanet_utils.evaluate import load_records
-
-    base = dict(backbone="test_resnet", n_folds=2, epochs=1)
-    for fold in (0, 1):
-        fake_fold_run(tmp_path, {**base, "fold": fold, "fusion": "none", "meta_features": (), "meta_layers": 0},
-                      {c: 5 for c in range(7)})
-        fake_fold_run(tmp_path, {**base, "fold": fold, "fusion": "metanet"}, {c: 6 for c in range(7)})
-        fake_fold_run(tmp_path, {**base, "fold": fold, "fusion": "metanet", "meta_layers": 3},
-                      {c: 6 for c in range(7)})
-    fake_fold_run(tmp_path, {**base, "fold": 0, "fusion": "metanet", "meta_features": ("age",)},
-                  {c: 6 for c in range(7)})
-    recs = load_records(tmp_path)
-    pairs = cam.paired_runs(recs)
-    assert pairs["fold"].tolist() == [0, 1] and pairs["run_concat"].isna().all()
-    assert all("-k2-" in p and "age+sex+loc" in p for p in pairs["run_metanet"])
-    assert cam.paired_runs(recs, meta_layers=3)["run_metanet"].str.contains("-k3-").all()
-    assert cam.paired_runs(recs, backbone="resnet50").empty and cam.paired_runs(pd.DataFrame()).empty
-    # the fold's Table 1 concatenation run (raw metadata, all fields), where there is one
-    fake_fold_run(tmp_path, {**base, "fold": 1, "fusion": "concat", "meta_layers": 0}, {c: 6 for c in range(7)})
-    fake_fold_run(tmp_path, {**base, "fold": 0, "fusion": "concat", "meta_layers": 2}, {c: 6 for c in range(7)})
-    with_cat = cam.paired_runs(load_records(tmp_path))
-    assert with_cat["run_concat"].isna().tolist() == [True, False]  # fold 0 has only a k=2 (Table 4) concat
-    assert "concat" in with_cat["run_concat"].iloc[1] and "-k0-" in with_cat["run_concat"].iloc[1]

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from metanet_utils.data import (DataError, data_fingerprint, find_data_dir, find_images, load_metadata,
-                                stratified_subsample, verify)
+                                stratified_subsample)
+from metanet_utils.ops.verify import verify
 
 
 def small_copy(src: Path, dest: Path, n: int = 40, layout: str = "images") -> Path:

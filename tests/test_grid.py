@@ -92,7 +92,7 @@ def test_status_table_says_complete_only_for_records_whose_manifest_matches_ever
 def test_estimated_cost_is_gmacs_times_the_crops_pixels_over_224_squared_times_epochs(backbone, crop, epochs,
                                                                                           expected):
     cfg = RunConfig(backbone=backbone, image_size=max(crop, 64), crop_size=crop, epochs=epochs)
-    assert profile_runs.estimated_cost(cfg) == pytest.approx(expected, rel=1e-12)
+    assert grid.estimated_cost(cfg) == pytest.approx(expected, rel=1e-12)
 
 
 def test_run_grid_trains_the_missing_runs_longest_first_by_estimated_cost(isolated_root, monkeypatch):
@@ -133,7 +133,7 @@ def test_run_grid_waits_for_busy_runs_logs_failures_and_stops_on_a_cache_error(i
     ``wait=False``; a failing run is logged to ``runs/.failed/<run_id>.log`` while the others go on (the log goes
     once it trains); a bad image or a full disk (CacheError) stops the grid at once."""
     from metanet_utils.cache import CacheError
-    from metanet_utils.train import RunBusy
+    from metanet_utils.ops.locks import RunBusy
 
     prof = load_profile("smoke", fusions=["none", "metanet"], folds=[0], ablations={"table3": False, "table4": False})
     runs_dir = isolated_root / "results" / "runs"

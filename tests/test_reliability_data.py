@@ -21,7 +21,8 @@ import yaml
 
 from _badcases import CASES, apply_case, good_copy, image_path, make_case, names
 from metanet_utils.ops import cli
-from metanet_utils.data import data_fingerprint, load_metadata, verify
+from metanet_utils.data import data_fingerprint, load_metadata
+from metanet_utils.ops.verify import verify
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -314,7 +315,7 @@ def test_notebook_chain_takes_profile_and_data_paths_relative_to_where_the_user_
     (here / "data").symlink_to(real_data_dir)
     seen = {}
     monkeypatch.setattr(pipeline, "run_chain", lambda profile, data_dir, *a, **k: seen.update(p=profile, d=data_dir) or 0)
-    monkeypatch.setenv("METANET_CALLER_DIR", str(here))  # run_all.sh's cd into the project happened
+    monkeypatch.chdir(here)  # run_all.sh does not change folder
     assert pipeline.main(["--profile", "mine.yaml", "--data-dir", "data"]) == 0
     assert seen == {"p": str(here / "mine.yaml"), "d": str(real_data_dir.resolve())}
     jobs = pipeline.plan_jobs(seen["p"], seen["d"], ROOT / "notebooks", isolated_root / "out", only=["00"])

@@ -1,5 +1,5 @@
 """The report: a profile's tables from its own records only, the deviations from the paper's protocol, the
-paper-vs-code facts, the lesion-leak comparison, the analysis helpers and the HTML pages."""
+paper-vs-code facts, the lesion-leak comparison, Table 1 fold by fold and the HTML pages."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from conftest import ROOT
 from metanet_utils.ops import html as html_report
 
 import nbformat
-import numpy as np
 import pandas as pd
 import pytest
 from _records import fake_fold_run, probs_for, write_fake_run
@@ -117,21 +116,21 @@ def test_completeness_says_the_ablations_come_later(smoke):
 
 
 def test_run_caption_says_what_produced_the_results():
-    smoke = report.run_caption("smoke", _dataset())
-    assert smoke == ("smoke profile · HAM10000: 42 of its images · test_resnet from scratch · "
-                     "64 px → 56 px crop · 2 folds × 1 epoch · not the paper's protocol")
-    assert report.shows_mechanics_only("smoke", _dataset()) and report.shows_mechanics_only("demo")
+    smoke, paper = load_profile("smoke"), load_profile("paper")
+    assert report.run_caption(smoke, _dataset()) == (
+        "smoke profile · HAM10000: 42 of its images · test_resnet from scratch · "
+        "64 px → 56 px crop · 2 folds × 1 epoch · not the paper's protocol")
+    assert report.shows_mechanics_only(smoke, _dataset()) and report.shows_mechanics_only(load_profile("demo"))
     sample = Dataset(df=pd.DataFrame({"image_id": range(1095)}), data_dir=ROOT / "data" / "sample", kind="sample",
                      fingerprint="x")
-    assert "· the shipped sample of HAM10000: 1095 images at 128x96 ·" in report.run_caption("smoke", sample)
+    assert "· the shipped sample of HAM10000: 1095 images at 128x96 ·" in report.run_caption(smoke, sample)
     assert ("the shipped sample of HAM10000: 1095 images at 128x96 (the paper: all 10015 images of HAM10000)"
-            in report.protocol_differences("smoke", sample))
+            in report.protocol_differences(smoke, sample))
     full = Dataset(df=pd.DataFrame({"image_id": range(10015)}), data_dir=Path("."), kind="real", fingerprint="x")
-    paper = report.run_caption("paper", full)
-    assert paper == ("paper profile · the full set: 10015 images · the paper's six backbones ImageNet-pretrained"
-                     " · 300 px → 224 px crop (pnasnet5large 441 → 331) · 5 folds × 250 epochs"
-                     " · the paper's protocol")
-    assert report.protocol_differences("paper", full) == [] and not report.shows_mechanics_only("paper", full)
+    assert report.run_caption(paper, full) == (
+        "paper profile · the full set: 10015 images · the paper's six backbones ImageNet-pretrained"
+        " · 300 px → 224 px crop (pnasnet5large 441 → 331) · 5 folds × 250 epochs · the paper's protocol")
+    assert report.protocol_differences(paper, full) == [] and not report.shows_mechanics_only(paper, full)
     # quick: pretrained, full data, the paper's sizes, a shorter schedule: not the protocol, not a mere demo
     quick = load_profile("quick")
     assert report.run_caption(quick, full).endswith("5 folds × 40 epochs · not the paper's protocol")
@@ -143,22 +142,6 @@ def test_run_caption_says_what_produced_the_results():
         assert any(word in d for d in report.protocol_differences(p, full)), change
         assert report.run_caption(p, full).endswith("· not the paper's protocol"), change
     assert report.shows_mechanics_only(dataclasses.replace(load_profile("paper"), epochs=10), full)
-
-
-def test_validation_class_counts_are_each_folds_images_per_class_and_the_smallest_recall_step(isolated_root):
-    prof, ds = load_profile("smoke"), _dataset()
-    counts, note = report.validation_class_counts(prof, ds)
-    assert list(counts.index) == ["NV", "MEL", "BKL", "BCC", "AKIEC", "VASC", "DF"]
-    assert list(counts.columns) == ["fold 0", "fold 1", "recall step (points)"]
-    folds = ds.folds(prof.n_folds, prof.split_scheme, prof.split_seed)
-    dx = ds.df["dx"].to_numpy()
-    for code in counts.index:  # an independent count
-        for f in (0, 1):
-            assert counts.loc[code, f"fold {f}"] == int(((folds == f) & (dx == code.lower())).sum())
-    assert counts.iloc[:, :2].to_numpy().sum() == len(ds.df)
-    smallest = counts.iloc[:, :2].min(axis=1)
-    assert counts["recall step (points)"].tolist() == [round(100 / m, 1) for m in smallest]
-    assert "validation images per fold (42 images in all, 2 folds)" in note
 
 
 def test_tables_without_any_record_have_a_row_per_fusion_with_n_0_and_no_mean(isolated_root):
@@ -188,28 +171,40 @@ def test_cli_tables_writes_the_runs_tables_and_refuses_other_data_without_touchi
     assert table1.read_bytes() == before
 
 
-def test_fold_table_recall_gain_summed_confusion_and_significance_of_the_profiles_records(smoke):
+def _notebook_cell(name: str, marker: str) -> str:
+    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    return next(c.source for c in nb.cells if c.cell_type == "code" and marker in c.source)
+
+
+def test_table1_records_and_the_fold_table_of_notebook_05(smoke, isolated_root):
+    """Notebook 05's cell puts each Table 1 run's MCR (%) in a row per backbone / fusion and a column per fold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from metanet_utils import plots, tables
+
     prof, ds, runs, ids = smoke
     recs = report.profile_records(prof, ds)
-    t1 = report.table1_records(recs)
+    t1 = tables.table1_records(recs)
     assert sorted(t1["fusion"].value_counts().items()) == [("concat", 2), ("metanet", 2), ("none", 2)]
-    folds = report.fold_table(recs)
-    assert folds.loc["test_resnet / metanet", "fold 1"] == pytest.approx(80.0)
-    assert folds.loc["test_resnet / none", "mean"] == pytest.approx(55.0)
-    gain = report.recall_gain(recs, "test_resnet")
-    assert gain["class"].tolist() == ["NV", "MEL", "BKL", "BCC", "AKIEC", "VASC", "DF"]
-    assert gain["mean_diff"].round(6).tolist() == [20.0] * 7 and (gain["n"] == 2).all()
-    assert gain.loc[gain["class"] == "DF", "paper_diff"].iloc[0] == pytest.approx(84.55 - 63.56)
-    cm = report.summed_confusion(recs, "test_resnet", "metanet")
-    assert cm.shape == (7, 7) and np.diag(cm).tolist() == [15] * 7 and cm.sum() == 140
-    sig = report.significance(recs)
-    row = sig[(sig["a"] == "metanet") & (sig["b"] == "none") & (sig["backbone"] == "test_resnet")].iloc[0]
-    assert row["n"] == 2 and row["p_exact"] == pytest.approx(0.5) and row["min_p_exact"] == pytest.approx(0.5)
-    assert report.significance(recs.iloc[:0]).empty
+    cell = _notebook_cell("05_table1_significance.ipynb", "fold_heatmap(")
+    folds = {}
+    for name, records in (("runs", recs), ("none", recs.iloc[:0])):  # nothing trained yet: an empty table
+        scope = {"records": records, "prof": prof, "tables": tables, "plots": plots, "caption": None}
+        exec(cell, scope)
+        folds[name] = scope["folds"]
+    assert folds["none"].empty
+    f = folds["runs"]
+    assert list(f.index) == ["test_resnet / none", "test_resnet / concat", "test_resnet / metanet"]
+    assert list(f.columns) == ["fold 0", "fold 1", "mean", "std"] and f.index.name == "backbone / fusion"
+    assert f.loc["test_resnet / metanet", "fold 1"] == pytest.approx(80.0)
+    assert f.loc["test_resnet / none", "mean"] == pytest.approx(55.0)
+    assert f.loc["test_resnet / none", "std"] == pytest.approx(7.0710678)
+    assert (isolated_root / "figures" / "05_mcr_per_fold.png").is_file()
 
 
 def test_deviations_of_smoke_and_of_the_paper_profile(isolated_root):
-    dev = report.deviations("smoke", _dataset())
+    dev = report.deviations(load_profile("smoke"), _dataset())
     assert {"setting", "paper", "this run", "deviates", "note"} <= set(dev.columns)
     flagged = set(dev.loc[dev["deviates"], "setting"])
     assert {"data", "backbones", "pretrained", "epochs", "n_folds", "image_size -> crop_size",
@@ -220,9 +215,9 @@ def test_deviations_of_smoke_and_of_the_paper_profile(isolated_root):
     assert "test_resnet" in dev.set_index("setting").loc["backbones", "note"]
     # the paper profile on the full data deviates only where the kit cannot know the paper's setting
     full = Dataset(df=pd.DataFrame({"image_id": range(10015)}), data_dir=Path("."), kind="real", fingerprint="x")
-    paper = report.deviations("paper", full)
+    paper = report.deviations(load_profile("paper"), full)
     assert set(paper.loc[paper["deviates"], "setting"]) == {"precision"}
-    assert report.deviations("smoke", _dataset()).set_index("setting").loc["data", "this run"] == \
+    assert report.deviations(load_profile("smoke"), _dataset()).set_index("setting").loc["data", "this run"] == \
         "HAM10000: 42 of its images"
 
 
@@ -232,7 +227,7 @@ def test_deviations_state_the_head_the_augmentation_and_the_measured_lesion_leak
     from metanet_utils.dataset import open_dataset
 
     ds = open_dataset(real_data_dir)
-    dev = report.deviations("paper", ds).set_index("setting")
+    dev = report.deviations(load_profile("paper"), ds).set_index("setting")
     assert not dev.loc[["classifier head", "augmentation"], "deviates"].any()
     assert "global average pooling + one linear layer" in dev.loc["classifier head", "this run"]
     assert "rotation ± 30°" in dev.loc["augmentation", "this run"]
@@ -243,7 +238,8 @@ def test_deviations_state_the_head_the_augmentation_and_the_measured_lesion_leak
         train_lesions = set(ds.df["lesion_id"][folds != f])
         shares.append(100 * ds.df["lesion_id"][folds == f].isin(train_lesions).mean())
     assert f"lets {min(shares):.0f}-{max(shares):.0f} % (this data set)" in dev.loc["split_scheme", "note"]
-    assert "(full HAM10000, seed 0)" in report.deviations("paper").set_index("setting").loc["split_scheme", "note"]
+    no_data = report.deviations(load_profile("paper")).set_index("setting")
+    assert "(full HAM10000, seed 0)" in no_data.loc["split_scheme", "note"]
 
 
 def test_deviations_precision_and_device_from_the_run_records(isolated_root):
@@ -274,11 +270,16 @@ def test_deviations_precision_and_device_from_the_run_records(isolated_root):
         assert "no run records" in row["note"]
 
 
-def test_paper_vs_code_facts():
-    facts = report.paper_vs_code_facts()
+def test_paper_vs_code_facts_of_notebook_09():
+    """The facts table is a cell of notebook 09 (its only reader): run on its own, it holds every checked fact."""
+    cell = _notebook_cell("09_report.ipynb", "facts = pd.DataFrame(")
+    scope: dict = {}
+    exec("import pandas as pd\nfrom metanet_utils.constants import DATA_CLASS_COUNTS, PAPER_CLASS_COUNTS, "
+         "PAPER_PROTOCOL\n" + cell, scope)
+    facts = scope["facts"]
     text = facts.to_string()
     for needle in ("1099", "142", "1x1", "254", "fold 1 only", "Nesterov", "0.668", "38-40", "0.0625",
-                   "pool(F * g) = g * pool(F)"):
+                   "pool(F * g) = g * pool(F)", "momentum 0.9, weight decay 0.0001, batch 32, lr / 10 at 50, 120, 200"):
         assert needle in text, needle
     # the authors' trainer: its new layers at 10x the base learning rate through a second SGD parameter group
     row = facts.set_index("topic").loc["learning rate of the new layers"]
@@ -288,20 +289,29 @@ def test_paper_vs_code_facts():
     assert list(facts.columns) == ["topic", "paper", "data or authors' code", "this kit"]
 
 
-def test_lesion_leak_comparison_is_empty_without_lesion_split_runs_then_gives_the_mcr_drop_per_fusion(smoke):
+def test_lesion_leak_cell_of_notebook_09_is_empty_without_lesion_split_runs_then_gives_the_mcr_drop(smoke, capsys):
+    """Notebook 09's cell puts Table 1 with image-level folds beside Table 1 with lesion-grouped folds."""
+    from metanet_utils import tables
+    from metanet_utils.splits import lesion_leak
+
     prof, ds, runs, ids = smoke
-    none = report.lesion_leak_comparison(prof, ds)
-    assert none.table.empty and "Not run" in none.note and "split_scheme" in none.note
-    assert none.share["lesion"] == 0.0 and none.share["image"] > 0
+    cell = _notebook_cell("09_report.ipynb", "lesion_leak(")
+    scope = {"dataclasses": dataclasses, "pd": pd, "report": report, "tables": tables, "lesion_leak": lesion_leak,
+             "prof": prof, "ds": ds}
+    exec(cell, scope)
+    out = capsys.readouterr().out
+    assert scope["leak"].empty and "Not run" in out and "split_scheme" in out
+    assert "image-level folds: 6 of 6 Table 1 runs complete" in out and "lesion-level folds: 0 of 6" in out
+    assert "lesion-level folds: 0 of 6 Table 1 runs complete; 0.0 % of validation images" in out
     _fill(runs, prof, ds, offset=2, scheme="lesion")  # lesion-grouped folds: 2 of 10 fewer right per class
-    leak = report.lesion_leak_comparison(prof, ds)
-    assert leak.note.startswith("image-level folds: 6/6 runs, lesion-grouped folds: 6/6 runs")
-    both = leak.table
-    assert both["fusion"].tolist() == ["none", "concat", "metanet"]
-    assert both["image_mean"].round(6).tolist() == [55.0, 65.0, 75.0]
-    assert both["lesion_mean"].round(6).tolist() == [35.0, 45.0, 55.0]
-    assert both["leak"].round(6).tolist() == [20.0, 20.0, 20.0]
-    assert (both["image_n"] == 2).all() and (both["lesion_n"] == 2).all()
+    exec(cell, scope)
+    assert "Not run" not in capsys.readouterr().out
+    leak = scope["leak"]
+    assert leak["fusion"].tolist() == ["none", "concat", "metanet"]
+    assert leak["image_mean"].round(6).tolist() == [55.0, 65.0, 75.0]
+    assert leak["lesion_mean"].round(6).tolist() == [35.0, 45.0, 55.0]
+    assert leak["leak"].round(6).tolist() == [20.0, 20.0, 20.0]
+    assert (leak["image_n"] == 2).all() and (leak["lesion_n"] == 2).all()
 
 
 def _executed(path: Path, title: str, text: str, code: str = "secret_input_marker = 1") -> None:
@@ -394,11 +404,9 @@ def test_result_figures_from_records_and_from_nothing(smoke, isolated_root):
     figs = {
         "t_mcr": plots.mcr_bars(tabs["table1"], save="t_mcr"),
         "t_curves": plots.learning_curves(recs, save="t_curves"),
-        "t_folds": plots.fold_heatmap(report.fold_table(recs), save="t_folds"),
         # nothing trained yet: every figure still draws, saying so
         "e_mcr": plots.mcr_bars(empty["table1"], save="e_mcr"),
         "e_curves": plots.learning_curves(recs.iloc[:0], save="e_curves"),
-        "e_folds": plots.fold_heatmap(report.fold_table(recs.iloc[:0]), save="e_folds"),
     }
     for name, fig in figs.items():
         assert isinstance(fig, Figure)

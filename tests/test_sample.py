@@ -14,8 +14,9 @@ from conftest import ROOT
 from PIL import Image
 
 from metanet_utils.constants import DATA_CLASS_COUNTS
-from metanet_utils.data import SAMPLE_MARKER, find_data_dir, load_metadata, verify
+from metanet_utils.data import SAMPLE_MARKER, find_data_dir, load_metadata
 from metanet_utils.ops.sample import write_sample
+from metanet_utils.ops.verify import verify
 from metanet_utils.splits import make_folds
 
 SAMPLE = ROOT / "data" / "sample"

@@ -33,7 +33,8 @@ from slurm_cluster import Backend, announce, start_backend  # noqa: E402
 from metanet_utils.ops import slurm as S  # noqa: E402
 from metanet_utils.config import ConfigError, load_profile  # noqa: E402
 from metanet_utils.dataset import profile_dataset  # noqa: E402
-from metanet_utils.runs import enumerate_runs, filter_runs, parse_only  # noqa: E402
+from metanet_utils.ops.grid import parse_only  # noqa: E402
+from metanet_utils.runs import enumerate_runs, filter_runs  # noqa: E402
 from metanet_utils.train import is_complete, record_dir  # noqa: E402
 
 SMOKE_ONLY = ["fold=0", "fusion=none,concat", "meta_layers=0,1"]
@@ -41,14 +42,14 @@ RESUME_PROFILE = """\
 name: slurm-resume
 description: "tests/test_slurm.py: one run long enough to be preempted and killed"
 data: real
-max_images: 600
+max_images: 300
 backbones: [test_resnet]
 fusions: [metanet]
 n_folds: 2
 folds: [0]
 epochs: 10
-image_size: 64
-crop_size: 56
+image_size: 48
+crop_size: 40
 batch_size: 32
 lr: 0.01
 pretrained: false
@@ -227,17 +228,18 @@ def test_preempted_job_resumes_and_a_killed_one_resumes_on_rerun(backend, env, r
         assert not is_complete(record_dir(run)), "the run finished before it could be killed: make it longer"
         first = _epochs(job_log.read_text())
 
-        # 4. the same command again (while the first one is still noticing the end of its job): only this run
-        #    is submitted; it resumes from the checkpoint and completes
-        rc, out = _main(_grid(str(prof), real_data_dir, backend), capsys)
-        assert rc == 0 and "0 complete, 0 being trained, 1 to submit" in out, out
+        # 4. the first command reports its job's early end (submitit looks at the job at most every few seconds;
+        #    the short rerun below could otherwise complete the run first)
         first_rc = waiting.wait(timeout=180)
     finally:
         if waiting.poll() is None:
             waiting.kill()
-    report = log_path.read_text()  # the first command saw its job end early
+    report = log_path.read_text()
     assert first_rc == 1 and report.count("[1/1]") == 1 and "ENDED EARLY (" in report and "checkpoint kept" in report, \
         report
+    # 5. the same command again: only this run is submitted; it resumes from the checkpoint and completes
+    rc, out = _main(_grid(str(prof), real_data_dir, backend), capsys)
+    assert rc == 0 and "0 complete, 0 being trained, 1 to submit" in out, out
     (new_log,) = [p for j, p in _job_logs(env, run.run_id).items() if j != job_id]
     k = int(re.search(r"resuming after epoch (\d+)/10", new_log.read_text())[1])
     assert int(resumed[1]) <= k <= max(first)

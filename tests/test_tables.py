@@ -188,8 +188,8 @@ def test_table2_counts_this_runs_validation_images_of_each_class(grid):
             assert row["n_images"] == (labels["dx"].str.upper() == row["class"]).sum()
     assert tb.build_table2(records, "resnet10t").query("fusion == 'concat'")["n_images"].eq(30).all()
     assert tb.build_table2(pd.DataFrame(), "senet154")["n_images"].isna().all()
-    assert set(ev.SUPPORT_COLUMNS) <= set(records.columns)
-    assert not set(ev.SUPPORT_COLUMNS) & set(ev.setting_columns(records))  # outcomes, not settings
+    support = {f"n_val_{c}" for c in CLASS_CODES}
+    assert support <= set(records.columns) and not support & ev.SETTINGS  # outcomes, not settings
 
 
 def test_folds_that_differ_only_in_execution_settings_form_one_cell(grid):
@@ -203,7 +203,7 @@ def test_folds_that_differ_only_in_execution_settings_form_one_cell(grid):
         a, b = build(mixed), build(records)
         np.testing.assert_allclose(a["ours_mean"], b["ours_mean"], equal_nan=True)
         assert a["n"].tolist() == b["n"].tolist()
-    assert {"cuda_graphs", "checkpoint_interval_s"}.isdisjoint(ev.setting_columns(mixed))
+    assert {"cuda_graphs", "checkpoint_interval_s"}.isdisjoint(ev.SETTINGS)
 
 
 def test_table2_other_backbone_is_labelled(grid):
@@ -256,14 +256,14 @@ def test_table1_says_where_the_paper_has_no_backbone(grid, tmp_path):
     mixed_md = (tmp_path / "table1_mixed.md").read_text()
     assert "| backbone | paper_backbone | fusion | ours | n | paper | diff |" in mixed_md
     assert {"paper_mean", "paper_std", "diff"} <= set(pd.read_csv(tmp_path / "table1.csv").columns)  # CSV: all
-    wide = tb.paper_table1_wide()
-    assert wide.columns.tolist() == ["backbone", "none", "concat", "metanet"]
-    assert wide["backbone"].tolist() == [b.paper_name for b in BACKBONES.values()]
-    p = tb.paper_table1()
-    for _, row in p.iterrows():  # every paper cell, as printed
-        cell = wide.loc[wide.backbone == row["backbone"], row["fusion"]].item()
-        assert cell == f"{row['mcr_mean']:.2f} ± {row['mcr_std']:.2f}"
-        assert f"| {row['backbone']} |" in md
+    wide = md.split("**The paper's Table 1**")[1].splitlines()[2:]  # the paper's Table 1 as printed
+    assert wide[0] == "| backbone | none | concat | metanet |"
+    assert [line.split(" | ")[0][2:] for line in wide[2:]] == [b.paper_name for b in BACKBONES.values()]
+    p = tb.paper_table1().set_index(["backbone", "fusion"])
+    for line in wide[2:]:  # every paper cell, in the order none, concat, metanet
+        name, *cells = line.strip("| ").split(" | ")
+        assert cells == [f"{p.loc[(name, f), 'mcr_mean']:.2f} ± {p.loc[(name, f), 'mcr_std']:.2f}"
+                         for f in ("none", "concat", "metanet")]
     assert tb.table1_paper_note(pd.read_csv(tmp_path / "table1.csv")) == tb.table1_paper_note(none)  # from the CSV
     assert "did not use resnet10t" in (tmp_path / "table1_mixed.md").read_text()
 

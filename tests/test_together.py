@@ -14,11 +14,12 @@ import pandas as pd
 import pytest
 import torch
 
-from metanet_utils.atomic import FileLock
+from filelock import FileLock
 from metanet_utils.config import ConfigError, Profile, RunConfig, list_profiles, load_profile
 from metanet_utils.ops.grid import _groups, run_grid
 from metanet_utils.ops.together import EpochIter, run_interleaved, train_runs_together
-from metanet_utils.train import RunBusy, is_complete, record_dir, train_run
+from metanet_utils.ops.locks import RunBusy
+from metanet_utils.train import is_complete, record_dir, train_run
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -72,8 +73,8 @@ def test_a_failing_or_busy_run_does_not_stop_the_others(small_ds, tmp_path):
     good = _cfg(small_ds, fold=1, epochs=1)
     wrong_data = _cfg(small_ds, fold=0, epochs=1, data_fingerprint="not-this-data")
     held = _cfg(small_ds, fold=0, epochs=1, seed=3)
-    lk = FileLock(tmp_path / ".locks" / f"{held.run_id}.lock", blocking=False)
-    lk.acquire()
+    lk = FileLock(tmp_path / ".locks" / f"{held.run_id}.lock")
+    lk.acquire(timeout=0)
     try:
         out = train_runs_together([good, wrong_data, held], small_ds, runs_dir=tmp_path, device="cpu", progress=False)
     finally:
@@ -81,8 +82,8 @@ def test_a_failing_or_busy_run_does_not_stop_the_others(small_ds, tmp_path):
     assert isinstance(out[good.run_id], dict) and is_complete(record_dir(good, tmp_path))
     assert isinstance(out[wrong_data.run_id], ValueError) and "configured for data" in str(out[wrong_data.run_id])
     assert isinstance(out[held.run_id], RunBusy)
-    again = FileLock(tmp_path / ".locks" / f"{good.run_id}.lock", blocking=False)
-    again.acquire()  # the run's lock was released (LockHeld otherwise)
+    again = FileLock(tmp_path / ".locks" / f"{good.run_id}.lock")
+    again.acquire(timeout=0)  # the run's lock was released (filelock.Timeout otherwise)
     again.release()
 
 

@@ -18,7 +18,7 @@ import torch
 
 from metanet_utils.config import RunConfig
 from metanet_utils.constants import CLASS_CODES
-from metanet_utils.train import RECORD_FILES, class_weight_tensor, is_complete, make_scheduler
+from metanet_utils.train import RECORD_FILES, class_weight_tensor, is_complete
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,20 +47,6 @@ def cli_env(env_root: Path) -> dict:
 def run_cli(args, env_root: Path, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "metanet_utils", *args], env=cli_env(env_root), capture_output=True,
                           text=True, **kw)
-
-
-def test_lr_is_divided_by_ten_at_the_paper_milestones():
-    cfg = RunConfig(backbone="test_resnet")
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr, momentum=0.9)
-    sched = make_scheduler(opt, cfg)
-    lrs = []
-    for _ in range(cfg.epochs):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    lrs = np.array(lrs)
-    assert np.allclose(lrs[:50], 1e-3) and np.allclose(lrs[50:120], 1e-4)
-    assert np.allclose(lrs[120:200], 1e-5) and np.allclose(lrs[200:250], 1e-6)
 
 
 def test_class_weight_tensor_is_n_over_k_n_c_with_unit_mean_weight_per_image():
@@ -119,9 +105,11 @@ def test_device_data_splits_the_rows_by_fold_in_row_order():
         np.testing.assert_array_equal(d.images.numpy(), images)
 
 
-def test_a_runs_loss_weights_come_from_its_training_fold_only(real_data_dir, isolated_root):
+def test_a_runs_loss_weights_come_from_its_training_fold_only_and_its_lr_drops_at_the_milestones(real_data_dir,
+                                                                                                 isolated_root):
     """The class weights a run trains with are n / (k * n_c) over the dx of the images whose saved fold is not
-    the run's fold (counted here from the folds file and the metadata), not those of the whole data set."""
+    the run's fold (counted here from the folds file and the metadata), not those of the whole data set; its
+    schedule divides the paper's lr by ten at epochs 50, 120 and 200."""
     from metanet_utils import train as train_mod
     from metanet_utils.dataset import open_dataset
 
@@ -145,6 +133,14 @@ def test_a_runs_loss_weights_come_from_its_training_fold_only(real_data_dir, iso
         whole = len(all_dx) / ((all_counts > 0).sum() * np.maximum(all_counts, 1))
         assert not np.allclose(got, whole, rtol=1e-3), "weights of the whole data set would pass too"
         assert session.data.train_idx.numel() == len(train_dx)
+    lrs = []
+    for _ in range(250):
+        lrs.append(session.optimizer.param_groups[0]["lr"])
+        session.optimizer.step()
+        session.scheduler.step()
+    lrs = np.array(lrs)
+    assert np.allclose(lrs[:50], 1e-3) and np.allclose(lrs[50:120], 1e-4)
+    assert np.allclose(lrs[120:200], 1e-5) and np.allclose(lrs[200:250], 1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -275,8 +271,7 @@ def test_rerunning_the_grid_trains_nothing(smoke_grid, real_data_dir, monkeypatc
     """The same grid again (here in this process, on the command's folders) finds every record complete."""
     from metanet_utils.config import load_profile
     from metanet_utils.dataset import profile_dataset
-    from metanet_utils.runs import parse_only
-    from metanet_utils.ops.grid import run_grid
+    from metanet_utils.ops.grid import parse_only, run_grid
 
     root, _ = smoke_grid
     for k, v in cli_env(root).items():

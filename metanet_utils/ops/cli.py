@@ -20,17 +20,20 @@ from pathlib import Path
 
 from ..cache import CacheError
 from ..config import ConfigError, load_profile
-from ..data import DataError, find_data_dir, verify
-from ..models import WeightsUnavailable, ensure_weights, fetch_weights, resolve_backbone
-from ..paths import data_dir
+from ..data import DataError, find_data_dir
+from ..models import WeightsUnavailable, resolve_backbone
+from ..paths import data_dir, runs_dir
 from ..report import write_profile_tables
 from ..runs import image_sizes
 from ..train import is_complete, record_dir, train_run
 from .download import DownloadError, download_official
+from .weights import ensure_weights, fetch_weights
 from ..dataset import profile_dataset
-from ..runs import enumerate_runs, filter_runs, parse_only, run_config, status_table
-from .grid import run_grid, spawn_workers
+from ..runs import enumerate_runs, filter_runs, run_config, status_table
+from .grid import parse_only, run_grid, spawn_workers
+from .locks import RunBusy, run_lock
 from .sample import write_sample
+from .verify import verify
 
 try:  # Slurm needs submitit, a dependency of the kit; a GPU machine with its own Python may lack it
     from .slurm import run_grid_slurm
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args, argv)
-    except (ConfigError, DataError, CacheError, WeightsUnavailable) as e:
+    except (ConfigError, DataError, CacheError, WeightsUnavailable, RunBusy) as e:
         return _fail(str(e))
     except DownloadError as e:  # the network or the server, not the user's input: exit 1; rerun resumes
         print(f"error: {e}", file=sys.stderr)
@@ -242,7 +245,8 @@ def _train(args: argparse.Namespace, profile) -> int:
     ds = profile_dataset(profile, args.data_dir)
     overrides = {"epochs": args.epochs} if args.epochs is not None else {}
     cfg = run_config(profile, ds, args.backbone, args.fusion, args.fold, features, args.meta_layers, **overrides)
-    m = train_run(cfg, ds, device=args.device, weights_dir=args.weights_dir)
+    with run_lock(runs_dir(), cfg.run_id):
+        m = train_run(cfg, ds, device=args.device, weights_dir=args.weights_dir)
     print(f"{cfg.run_id}: MCR {m['mcr']:.4f}")
     return 0
 

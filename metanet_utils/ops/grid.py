@@ -1,10 +1,11 @@
 """Training a profile's grid: :func:`run_grid` trains the missing runs (:mod:`metanet_utils.runs`) longest
-first; a lock per run keeps workers (processes, machines, Slurm jobs) off each other's runs, and a run interrupted
-anywhere resumes from its last checkpoint.
+first; a lock per run (:mod:`.locks`) keeps workers (processes, machines, Slurm jobs) off each other's runs, and a
+run interrupted anywhere resumes from its last checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -16,21 +17,39 @@ from typing import Any, Callable, Iterable
 
 from ..atomic import atomic_write_text
 from ..cache import CacheError
-from ..config import Profile, RunConfig, check_runs_together
-from ..models import ensure_weights
+from ..config import ConfigError, Profile, RunConfig
+from .weights import ensure_weights
 from ..paths import runs_dir as default_runs_dir
-from ..runs import EXPERIMENTS, enumerate_runs, estimated_cost, filter_runs
+from ..runs import EXPERIMENTS, enumerate_runs, filter_runs
 from .step import graph_step
 from .together import train_runs_together
-from ..train import RunBusy, is_complete, record_dir, train_run
-
-__all__ = ["SHORT_RUN_EPOCHS", "resolve_progress", "GridSummary", "run_grid", "step_for", "spawn_workers"]
+from ..train import is_complete, record_dir, train_run
+from .locks import RunBusy, run_lock
 
 #: ``progress="auto"`` prints a line per run when no run has more epochs than this, else a line per epoch.
 SHORT_RUN_EPOCHS = 10
+#: Forward GMACs at 224 px (331 px for PNASNet), for ordering runs longest first.
+_GMACS = {"alexnet": 0.71, "vgg19": 19.63, "resnet50": 4.11, "densenet161": 7.79, "senet154": 20.77,
+          "legacy_senet154": 20.77, "pnasnet5large": 25.04}
 
 
-# --------------------------------------------------------------------------- training them
+def estimated_cost(cfg: RunConfig) -> float:
+    """Relative cost of a run (GMACs x pixels x epochs), for longest-first ordering."""
+    return _GMACS.get(cfg.backbone.split(".")[0], 1.0) * (cfg.crop_size / 224) ** 2 * cfg.epochs
+
+
+def parse_only(items: Iterable[str]) -> dict[str, list[str]]:
+    """``--only``: ``["backbone=resnet50", "fold=0,1"]`` -> ``{"backbone": ["resnet50"], "fold": ["0", "1"]}``."""
+    allowed = set(RunConfig.__dataclass_fields__)
+    out: dict[str, list[str]] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ConfigError(f"--only {item!r}: expected key=value (e.g. fusion=metanet)")
+        k, v = item.split("=", 1)
+        if k not in allowed:
+            raise ConfigError(f"--only {k!r} is not a run setting; allowed: {', '.join(sorted(allowed))}")
+        out.setdefault(k, []).extend(v.split(","))
+    return out
 
 def resolve_progress(progress: bool | str, runs: Iterable[RunConfig]) -> str | None:
     """What ``run_grid`` prints: ``"epochs"`` (also True: each run's start and a line per epoch), ``"runs"`` (a
@@ -86,7 +105,9 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
     """
     resolve_progress(progress, [])  # a bad value is refused before any work
     runs_dir = Path(runs_dir or default_runs_dir())
-    k = check_runs_together(together if together is not None else profile.runs_together)
+    if together is not None:  # a bad value is refused as in a profile
+        profile = dataclasses.replace(profile, runs_together=together)
+    k = profile.runs_together
     if k != 1 and profile.deterministic:
         print(f"grid: runs_together={k} ignored: a deterministic profile trains one run at a time", flush=True)
         k = 1
@@ -134,7 +155,8 @@ def _train_group(group: list[RunConfig], dataset, runs_dir: Path, device, weight
         if len(group) > 1:
             results = train_runs_together(group, dataset, **kw)
         else:
-            results = {group[0].run_id: train_run(group[0], dataset, make_step=step_for(group[0]), **kw)}
+            with run_lock(runs_dir, group[0].run_id):
+                results = {group[0].run_id: train_run(group[0], dataset, make_step=step_for(group[0]), **kw)}
     except Exception as e:  # noqa: BLE001 - one failing run must not stop the others
         results = {group[0].run_id: e}
     for res in results.values():

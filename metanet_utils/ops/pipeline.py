@@ -183,10 +183,8 @@ def _slurm_grid(profile: str, data_dir: str | None) -> int:
 
 
 def _from_caller(path: str) -> Path:
-    """A path the user typed, relative to the folder they typed it in (``run_all.sh`` changes into the
-    project first and passes that folder as ``$METANET_CALLER_DIR``)."""
-    p = Path(path).expanduser()
-    return (p if p.is_absolute() else Path(os.environ.get("METANET_CALLER_DIR") or os.getcwd()) / p).resolve()
+    """A path the user typed, relative to the folder they typed it in (``run_all.sh`` does not change folder)."""
+    return Path(path).expanduser().resolve()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,10 +50,12 @@ from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from ..config import ConfigError, Profile, RunConfig, load_profile
 from ..dataset import profile_dataset
-from ..runs import enumerate_runs, estimated_cost, filter_runs, parse_only, status_table
-from ..models import ensure_weights
+from ..runs import enumerate_runs, filter_runs, status_table
+from .weights import ensure_weights
 from ..paths import results_dir, runs_dir as default_runs_dir
-from ..train import RunBusy, is_complete, record_dir, run_lock, train_run
+from ..train import is_complete, record_dir, train_run
+from .grid import estimated_cost, parse_only
+from .locks import RunBusy, run_lock
 
 DEFAULT_TIME_MIN = 24 * 60
 #: Times a run may reach its time limit and be requeued (each requeue resumes from its checkpoint).
@@ -133,7 +135,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         ds = profile_dataset(self.profile, self.data_dir)
         for retry in (True, False):
             try:
-                m = train_run(run, ds, runs_dir=self.runs_dir, device=self.device, weights_dir=self.weights_dir)
+                with run_lock(self.runs_dir, run.run_id):
+                    m = train_run(run, ds, runs_dir=self.runs_dir, device=self.device, weights_dir=self.weights_dir)
                 return {"run_id": run.run_id, "status": "trained", "host": host, "mcr": float(m["mcr"])}
             except RunBusy:  # a grid command peeking at the lock (an instant), or the run submitted twice
                 time.sleep(2 * retry)

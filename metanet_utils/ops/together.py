@@ -7,8 +7,8 @@ augmentation streams, checkpoint, record. The default is one run at a time (``ru
 dated GPU record in ``bench/results/`` shows runs trained together correct and faster
 (``bench/throughput.py --together K`` measures them).
 
-Built on the public pieces of :mod:`metanet_utils.train` (:class:`~metanet_utils.train.Run`, its lock and its
-epoch generator); nothing builds on it but the grid.
+Built on the public pieces of :mod:`metanet_utils.train` (:class:`~metanet_utils.train.Run` and its epoch
+generator) and the run lock of :mod:`.locks`; nothing builds on it but the grid.
 
 Example:
     >>> from metanet_utils.dataset import open_dataset                                  # doctest: +SKIP
@@ -30,7 +30,8 @@ import torch
 from ..config import RunConfig
 from ..paths import runs_dir as default_runs_dir
 from .step import graph_step
-from ..train import Run, is_complete, iter_train_epoch, pick_device, read_metrics, run_lock
+from ..train import Run, is_complete, iter_train_epoch, pick_device, read_metrics
+from .locks import run_lock
 
 __all__ = ["train_runs_together", "EpochIter", "run_interleaved"]
 
@@ -80,7 +81,7 @@ def train_runs_together(cfgs: list[RunConfig], dataset, runs_dir: str | Path | N
     therefore trained alone. ``cuda_graphs: on`` runs replay their steps from CUDA graphs.
 
     Returns run_id -> ``metrics.json`` content, or the exception that stopped that run
-    (:class:`~metanet_utils.train.RunBusy` where another worker holds it). Complete runs are read back.
+    (:class:`~metanet_utils.ops.locks.RunBusy` where another worker holds it). Complete runs are read back.
     """
     runs_dir, dev = Path(runs_dir or default_runs_dir()), pick_device(device)
     out: dict[str, dict[str, Any] | BaseException] = {}
