@@ -7,8 +7,7 @@ The teaching path (what the notebooks import) is this folder, one module per ide
 
 import warnings
 
-# tqdm in a Jupyter kernel without ipywidgets prints plain progress lines; its "IProgress not found" warning
-# (raised by tqdm.auto, which timm's hub and the downloader import) says nothing a student can act on
+# tqdm.auto without ipywidgets prints plain progress lines; its warning says nothing a student can act on
 warnings.filterwarnings("ignore", message="IProgress not found")
 
 __version__ = "0.1.0"

@@ -1,7 +1,6 @@
 """Crash-safe files: a reader sees the old complete file or the new one, never half of one.
 
-A file is written to a temporary name in the same folder, fsync'ed, then renamed over the target
-(``os.replace`` is atomic); a folder (a run record) is staged the same way.
+A file is written to a temporary name beside it, fsync'ed, then renamed over the target; a folder likewise.
 
 Example:
     >>> import tempfile, pathlib
@@ -28,15 +27,14 @@ def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    except OSError:  # some filesystems cannot fsync a folder
+    except OSError:  # a folder on some filesystems
         pass
     finally:
         os.close(fd)
 
 
 def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``; if ``write`` raises
-    (a full disk, a kill), the temporary file goes and ``path`` keeps its old content."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -55,7 +53,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def _plain(o: Any) -> Any:
     """Strict JSON values: numpy to Python, tuples and sets to lists, paths to text, NaN and infinity to None."""
-    o = o.tolist() if hasattr(o, "tolist") else o  # numpy scalars and arrays
+    o = o.tolist() if hasattr(o, "tolist") else o
     if isinstance(o, float):
         return o if math.isfinite(o) else None
     if isinstance(o, dict):
@@ -66,14 +64,13 @@ def _plain(o: Any) -> Any:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Strict JSON, which every reader accepts: a NaN (the recall of a class absent from a fold) is ``null``."""
+    """Strict JSON: a NaN (the recall of a class absent from a fold) is ``null``."""
     atomic_write_text(path, json.dumps(_plain(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 @contextlib.contextmanager
 def staged_dir(final: str | Path) -> Iterator[Path]:
-    """Build a folder under a temporary name (its files written with the writers above, which fsync them), then
-    rename it to ``final`` in one step, replacing an old one. On an exception ``final`` is untouched."""
+    """Build a folder under a temporary name, then rename it to ``final``, replacing an old one."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.stage-", dir=final.parent))

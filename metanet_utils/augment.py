@@ -1,10 +1,8 @@
-"""Training batches made on the device: the uint8 image cache held in device memory (:class:`DeviceData`) and its
-batched augmentation (:class:`BatchAugment`); no CPU data loader.
+"""Training batches made on the device from the uint8 image cache in device memory; no CPU data loader.
 
-The paper's training augmentation (random crop 224 of 300, horizontal and vertical flips, random rotation,
-brightness / contrast / saturation jitter) runs on a whole batch with per-sample random parameters: crop, flips
-and rotation are one affine transform per sample (a single ``grid_sample``), the jitter is per-sample arithmetic.
-Evaluation is a centre crop. Input: uint8 ``B x H x W x 3``; output: normalised float ``B x 3 x crop x crop``.
+The paper's augmentation (random crop, both flips, rotation, brightness / contrast / saturation jitter) runs on a
+batch with per-sample parameters: crop, flips and rotation are one affine ``grid_sample``. Evaluation is a centre
+crop. Input: uint8 ``B x H x W x 3``; output: normalised float ``B x 3 x crop x crop``.
 
 Example:
     >>> aug = BatchAugment(crop=56, mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -25,7 +23,6 @@ import torch.nn.functional as F
 
 
 def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
-    """Centre ``crop x crop`` of an ``B x C x H x W`` tensor."""
     h, w = x.shape[-2:]
     if crop > h or crop > w:
         raise ValueError(f"crop {crop} is larger than the image {h}x{w}")
@@ -35,9 +32,8 @@ def center_crop(x: torch.Tensor, crop: int) -> torch.Tensor:
 
 @dataclass
 class BatchAugment:
-    """Per-sample random augmentation of a uint8 batch on its own device: output side ``crop``, normalisation
-    ``mean`` / ``std`` (0..1 units), rotation uniform in +-``rotation`` degrees, jitter factors uniform in
-    1 +- strength, each flip with probability 0.5 when on."""
+    """Per-sample augmentation of a uint8 batch on its device: rotation in +-``rotation`` degrees, jitter factors
+    in 1 +- strength, each flip with probability 0.5."""
 
     crop: int
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -53,8 +49,7 @@ class BatchAugment:
     _constants: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def _const(self, name: str, values, device: torch.device, shape: tuple[int, ...]) -> torch.Tensor:
-        """A small constant tensor, made once per device (built from Python numbers on a GPU it would be a
-        blocking host-to-device copy every batch)."""
+        """A small constant tensor, made once per device (not a blocking host-to-device copy every batch)."""
         key = (name, device, shape, tuple(values))
         if key not in self._constants:
             self._constants[key] = torch.tensor(values, dtype=torch.float32).view(shape).to(device)
@@ -63,7 +58,7 @@ class BatchAugment:
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         scale = self._const("scale", [1.0 / s for s in self.std], x.device, (1, 3, 1, 1))
         bias = self._const("bias", [-m / s for m, s in zip(self.mean, self.std)], x.device, (1, 3, 1, 1))
-        return torch.addcmul(bias, x, scale).contiguous()  # (x - mean) / std in one kernel
+        return torch.addcmul(bias, x, scale).contiguous()  # (x - mean) / std
 
     def _to_float(self, x: torch.Tensor) -> torch.Tensor:  # uint8 B x H x W x 3 -> float NCHW in 0..1
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
@@ -72,9 +67,8 @@ class BatchAugment:
 
     def draw(self, b: int, h: int, w: int, device: torch.device | str,
              generator: torch.Generator | None = None) -> torch.Tensor:
-        """Per-sample parameters for ``b`` images of ``h x w``, drawn in one call on ``device``: ``b x 8``, columns
-        :attr:`PARAMS`: ``angle`` (radians), ``fx``/``fy`` (-1 mirrors), ``tx``/``ty`` (crop centre offset in
-        normalised coordinates, the window inside the image), the three jitter factors."""
+        """Parameters for ``b`` images of ``h x w``, ``b x 8`` (:attr:`PARAMS`: angle in radians, -1 mirrors, crop
+        centre offset in normalised coordinates, jitter factors)."""
         if self.crop > h or self.crop > w:
             raise ValueError(f"crop {self.crop} is larger than the cached image {h}x{w}")
         device = torch.device(device)
@@ -89,7 +83,7 @@ class BatchAugment:
         return u
 
     def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """Warp, colour-jitter and normalise a uint8 batch with per-sample parameters (rows of :meth:`draw`)."""
+        """Warp, colour-jitter and normalise a uint8 batch with parameters of :meth:`draw`."""
         return self._warp_and_jitter(self._to_float(x), params)
 
     def _warp_and_jitter(self, img: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -104,7 +98,7 @@ class BatchAugment:
         grid = F.affine_grid(theta, (b, 3, self.crop, self.crop), align_corners=False)
         out = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
-        # colour jitter, per sample (torchvision's definitions: blend with black, the mean gray, the grayscale)
+        # colour jitter as torchvision: blend with black, the mean gray, the grayscale
         weights = self._const("gray", [0.299, 0.587, 0.114], img.device, (1, 3, 1, 1))
         out = out.mul_(bright.view(b, 1, 1, 1)).clamp_(0, 1)
         mean_gray = (out * weights).sum(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True)
@@ -114,7 +108,7 @@ class BatchAugment:
         return self._normalise(out)
 
     def __call__(self, x: torch.Tensor, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Augment (``train``) or centre-crop a uint8 ``B x H x W x 3`` batch; returns float NCHW."""
+        """Augment (``train``) or centre-crop a uint8 batch."""
         img = self._to_float(x)
         if not train:
             return self._normalise(center_crop(img, self.crop))
@@ -123,7 +117,7 @@ class BatchAugment:
 
 @dataclass
 class DeviceData:
-    """Images (uint8 NHWC), metadata and labels of the data set where training runs, and one fold's rows."""
+    """Images (uint8 NHWC), metadata and labels on the training device, and one fold's rows."""
 
     images: torch.Tensor
     meta: torch.Tensor
@@ -135,7 +129,7 @@ class DeviceData:
     @classmethod
     def build(cls, images: np.ndarray, meta: np.ndarray, labels: np.ndarray, folds: np.ndarray, fold: int,
               image_ids: list[str], device: torch.device, resident: torch.Tensor | None = None) -> "DeviceData":
-        """Upload the arrays; rows with ``folds == fold`` validate. ``resident``: the images already on ``device``."""
+        """Upload the arrays; rows with ``folds == fold`` validate; ``resident``: images already on ``device``."""
         if resident is not None:
             imgs = resident
         elif device.type == "cuda":
@@ -154,8 +148,7 @@ class DeviceData:
 
 
 def prepare_batch(data: DeviceData, augment: BatchAugment, channels_last: bool = False) -> Callable:
-    """``prepare(idx, params) -> (x, meta, y)``: the cache rows ``idx`` augmented with ``params`` (rows of
-    :meth:`BatchAugment.draw`), their metadata and labels, all on the device."""
+    """``prepare(idx, params) -> (x, meta, y)``: rows ``idx`` augmented with ``params``, metadata and labels."""
     def prepare(idx: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = augment.apply(data.images[idx], params)
         x = x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -1,12 +1,9 @@
 """Class activation maps (Zhou et al., CVPR 2016) of the three fusion variants (paper Sec. 3.6, Fig. 2).
 
-With global average pooling and a linear head the score of class ``c`` is ``z_c = sum_k w_ck mean_hw(M_k) + b_c``,
-where ``M`` are the maps the head pools. The class activation map is the same sum before pooling,
-``CAM_c(x, y) = sum_k w_ck M_k(x, y)``, so ``mean_hw(CAM_c) + b_c = z_c``. For ``none`` and ``concat``
-``M = F``, the backbone's last feature maps (concat's metadata adds a per-class constant no pixel owns); for
-``metanet`` ``M = F * g``, every channel times its metadata gate. Grad-CAM on these maps equals CAM up to the
-factor ``1 / (h w)`` (``tests/test_cam.py``). Maps have the feature maps' resolution (7 x 7 at a 224 crop) and
-are upsampled only for display.
+With global average pooling and a linear head the score of class ``c`` is ``z_c = sum_k w_ck mean_hw(M_k) + b_c``
+for the maps ``M`` the head pools; the map is the same sum before pooling, ``CAM_c(x, y) = sum_k w_ck M_k(x, y)``.
+``M = F``, the last feature maps, for ``none`` and ``concat``; ``M = F * g``, each channel times its gate, for
+``metanet``. Maps have the feature maps' resolution (7 x 7 at a 224 crop).
 
 Example:
     >>> model = build_model("test_resnet", "metanet", pretrained=False).eval()
@@ -36,7 +33,7 @@ from .models import build_model, input_spec
 
 
 class CamOutput(NamedTuple):
-    """Maps ``B x h x w`` of one class per image, their class indices ``B``, softmax probabilities ``B x 7``."""
+    """Maps ``B x h x w`` of one class per image, their class indices and softmax probabilities."""
 
     cams: np.ndarray
     classes: np.ndarray
@@ -45,24 +42,23 @@ class CamOutput(NamedTuple):
 
 @torch.no_grad()
 def cam_maps(model: Any, images: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
-    """Class activation maps of every class, ``B x classes x h x w``: ``CAM[b, c] = sum_k w_ck M[b, k]``."""
+    """Class activation maps of every class, ``B x classes x h x w``."""
     if model.fusion not in ("none", "concat", "metanet"):
         warnings.warn(f"fusion {model.fusion!r}: the head is not linear in the pooled maps, so the class "
                       "activation map only approximates where the score comes from", stacklevel=2)
     if model.fusion != "none" and meta is None:
         raise ValueError(f"fusion {model.fusion!r} needs the metadata of the images")
-    maps = model.forward_features(images)  # F: B x C x h x w
+    maps = model.forward_features(images)
     if model.fusion == "metanet":
-        maps = maps * model.gate(meta).to(maps.dtype)[:, :, None, None]  # the gated maps the head pools
-    weight = model.head.weight[:, : maps.shape[1]].to(maps.dtype)  # the rows that multiply image features
+        maps = maps * model.gate(meta).to(maps.dtype)[:, :, None, None]
+    weight = model.head.weight[:, : maps.shape[1]].to(maps.dtype)  # the columns of the image features
     return torch.einsum("kc,bchw->bkhw", weight, maps)
 
 
 @torch.no_grad()
 def class_activation_map(model: Any, images: torch.Tensor, meta: torch.Tensor | None = None,
                          target: int | str | Sequence[int | str] | None = None) -> CamOutput:
-    """The map of one class per image: its predicted class (``target=None``), or a class index or code
-    (``"MEL"``, ``"mel"``) for every image, or one per image."""
+    """The map of one class per image: the predicted class (``target=None``), a class for all, or one per image."""
     meta = None if model.fusion == "none" else meta
     all_maps = cam_maps(model, images, meta)
     probs = torch.softmax(model(images, meta).float(), dim=1).cpu().numpy()
@@ -79,14 +75,14 @@ def class_activation_map(model: Any, images: torch.Tensor, meta: torch.Tensor | 
 
 
 def normalise_cam(cam: Any) -> np.ndarray:
-    """Each map (last two axes) for display: negative evidence clipped to 0, divided by the map's maximum."""
+    """Each map for display: negative evidence clipped to 0, divided by the map's maximum."""
     c = np.maximum(np.asarray(cam, dtype=np.float64), 0.0)
     top = c.max(axis=(-2, -1), keepdims=True)
     return np.where(top > 0, c / np.where(top > 0, top, 1.0), 0.0).astype(np.float32)
 
 
 def upsample_cam(cam: Any, size: int | tuple[int, int]) -> np.ndarray:
-    """Bilinear (half-pixel) upsampling of ``... x h x w`` maps to ``size`` (``H`` or ``(H, W)``)."""
+    """Bilinear upsampling of ``... x h x w`` maps to ``size`` (``H`` or ``(H, W)``)."""
     arr = np.asarray(cam, dtype=np.float32)
     hw = (size, size) if isinstance(size, (int, np.integer)) else tuple(int(s) for s in size)
     t = torch.from_numpy(np.ascontiguousarray(arr.reshape(-1, 1, *arr.shape[-2:])))
@@ -94,7 +90,7 @@ def upsample_cam(cam: Any, size: int | tuple[int, int]) -> np.ndarray:
 
 
 def overlay(image: Any, cam: Any, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
-    """``(1 - alpha) * image + alpha * cmap(map)``, the map normalised and upsampled to the image: uint8."""
+    """``(1 - alpha) * image + alpha * cmap(map)`` as uint8, the map normalised and upsampled to the image."""
     img = np.asarray(image)
     img = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
     heat = matplotlib.colormaps[cmap](upsample_cam(normalise_cam(cam), img.shape[:2]).clip(0, 1))[..., :3]
@@ -110,7 +106,7 @@ def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu") -> t
     dim = meta_dim(cfg.meta_features) if cfg.fusion != "none" else 0
     model = build_model(cfg.backbone, cfg.fusion, num_classes=len(CLASS_CODES), meta_dim=dim,
                         meta_layers=cfg.meta_layers, pretrained=False)
-    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)  # our own record
+    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), cfg
 
@@ -124,8 +120,7 @@ def _positions(dataset: Any, image_ids: Sequence[str]) -> np.ndarray:
 
 
 def run_inputs(cfg: RunConfig, dataset: Any, image_ids: Sequence[str], device: str | torch.device = "cpu"):
-    """What a run's model saw at evaluation: ``(images, meta, crops)``: normalised centre crops of the run's
-    image cache, the encoded metadata (None for ``none``), and the crops as uint8 ``B x crop x crop x 3``."""
+    """What a run's model saw at evaluation: normalised centre crops, metadata (None for ``none``), uint8 crops."""
     if cfg.data_fingerprint and cfg.data_fingerprint != dataset.fingerprint:
         warnings.warn(f"run {cfg.run_id} was trained on data {cfg.data_fingerprint}, not on {dataset.fingerprint}: "
                       "the metadata encoding may differ from training", stacklevel=2)
@@ -140,7 +135,7 @@ def run_inputs(cfg: RunConfig, dataset: Any, image_ids: Sequence[str], device: s
 
 
 def _picture(path: Any, cfg: RunConfig, crop: np.ndarray, size: int = 224) -> np.ndarray:
-    """The model's centre crop, redrawn from the original file at ``size`` px when it can be."""
+    """The model's centre crop, redrawn from the original file at ``size`` px where it can be."""
     if size <= crop.shape[0] or not isinstance(path, str) or not Path(path).is_file():
         return crop
     img = torch.from_numpy(np.array(load_image(path, round(size * cfg.image_size / cfg.crop_size),
@@ -150,12 +145,9 @@ def _picture(path: Any, cfg: RunConfig, crop: np.ndarray, size: int = 224) -> np
 
 def pair_cams(runs: Mapping[str, str | Path], image_ids: Sequence[str], dataset: Any, target: str = "pred",
               device: str | torch.device = "cpu") -> list[dict[str, Any]]:
-    """Maps of some images under the runs of one fold (``{"none": folder, "metanet": folder, ...}``), of each model's
-    predicted class (``target="pred"``: the paper does not say which class its Fig. 2 maps) or the true class.
-
-    Returns one dict per image: ``image``, ``true``, ``picture`` (uint8, the crop the models saw) and per fusion
-    ``cam`` (the raw map), ``target`` (the class mapped), ``pred``, ``p_pred``, ``p_true``, ``correct``, ``backbone``.
-    """
+    """Maps of some images under the runs of one fold (``{"none": folder, ...}``), of each model's predicted class
+    (the paper does not say which) or the true class: per image ``image``, ``true``, ``picture`` and per fusion
+    ``cam``, ``target``, ``pred``, ``p_pred``, ``p_true``, ``correct``, ``backbone``."""
     if target not in ("pred", "true"):
         raise ValueError(f"target={target!r}: use 'pred' or 'true'")
     image_ids = [str(i) for i in image_ids]

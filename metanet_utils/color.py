@@ -2,7 +2,7 @@
 
 Per channel the light colour is the Minkowski p-mean ``e_c = mean(I_c ** p) ** (1 / p)`` (p = 1 Gray World, 6 Shades
 of Gray, ``np.inf`` max-RGB); each channel is multiplied by ``rms(e) / e_c``, so a colour cast becomes a change of
-brightness only. Notebook 03 writes the formula in numpy and checks it against :func:`shades_of_gray`.
+brightness only.
 """
 
 from __future__ import annotations
@@ -17,13 +17,10 @@ from .data import read_rgb
 
 
 def estimate_illuminant(image: np.ndarray, p: float = 6) -> np.ndarray:
-    """The light colour ``e`` (float64 ``(3,)``, grey levels) of a uint8 RGB image ``HxWx3``; ``(N, 3)`` of ``NxHxWx3``.
+    """The light colour ``e`` (float64 ``(3,)``) of a uint8 RGB image ``HxWx3`` (``(N, 3)`` of ``NxHxWx3``).
 
-    ``p`` is in [1, 100] (float64 holds 255 ** p) or ``np.inf``.
-
-    Example:
-        >>> estimate_illuminant(np.array([[[10, 20, 0], [30, 20, 0]]], np.uint8), p=1).tolist()
-        [20.0, 20.0, 0.0]
+    >>> estimate_illuminant(np.array([[[10, 20, 0], [30, 20, 0]]], np.uint8), p=1).tolist()
+    [20.0, 20.0, 0.0]
     """
     ok = isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim in (3, 4)
     if not (ok and image.shape[-1] == 3 and image.shape[-3] * image.shape[-2] > 0):
@@ -33,20 +30,17 @@ def estimate_illuminant(image: np.ndarray, p: float = 6) -> np.ndarray:
         raise ValueError(f"p must be in [1, 100] (1: Gray World, 6: Shades of Gray) or np.inf (max-RGB), got {p!r}")
     if p == np.inf:
         return image.max(axis=(-3, -2)).astype(np.float64)
-    x = np.power(image, p, dtype=np.float64)  # I_c ** p, then the mean over rows and columns (summed apart: fast)
+    x = np.power(image, p, dtype=np.float64)  # summed over rows, then columns: fast
     return (x.sum(axis=-3).sum(axis=-2) / (x.shape[-3] * x.shape[-2])) ** (1 / p)
 
 
 def shades_of_gray(image: np.ndarray, p: float = 6) -> np.ndarray:
     """Colour-correct a uint8 RGB image ``HxWx3`` (or each of ``NxHxWx3``): each channel times ``rms(e) / e_c``.
 
-    A channel that is zero everywhere keeps gain 1; the float32 product is rounded (half to even) and clipped.
-
-    Example:
-        >>> img = np.full((4, 4, 3), 100, np.uint8)
-        >>> img[..., 0] = 150                       # a reddish cast
-        >>> shades_of_gray(img)[0, 0].tolist()      # gray; brightness = RMS of (150, 100, 100)
-        [119, 119, 119]
+    >>> img = np.full((4, 4, 3), 100, np.uint8)
+    >>> img[..., 0] = 150                       # a reddish cast
+    >>> shades_of_gray(img)[0, 0].tolist()      # gray; brightness = RMS of (150, 100, 100)
+    [119, 119, 119]
     """
     e = estimate_illuminant(image, p)
     rms = np.sqrt(np.mean(e ** 2, axis=-1, keepdims=True))
@@ -57,16 +51,8 @@ def shades_of_gray(image: np.ndarray, p: float = 6) -> np.ndarray:
 
 def color_stats(images: pd.DataFrame | Sequence[str | Path], p: float = 6, *, n: int | None = 300,
                 seed: int = 0) -> pd.DataFrame:
-    """Mean colour of each image before and after :func:`shades_of_gray` (notebook 03).
-
-    Args:
-        images: a frame with ``path`` (and ``dx``, ``image_id``) or a list of paths.
-        n: at most ``n`` images, ``frame.sample(n, random_state=seed)`` (None: all).
-
-    Returns:
-        One row per image: ``image_id``, ``dx``, the mean ``R, G, B`` and the chromaticities ``r = R / (R + G + B)``,
-        ``g = G / (R + G + B)``, each ``_before`` and ``_after``.
-    """
+    """Per image (at most ``n``, drawn with ``seed``): ``image_id``, ``dx``, the mean ``R, G, B`` and chromaticities
+    ``r = R / (R + G + B)``, ``g``, each ``_before`` and ``_after`` :func:`shades_of_gray`."""
     frame = images if isinstance(images, pd.DataFrame) else pd.DataFrame({"path": [str(q) for q in images]})
     if n is not None and len(frame) > n:
         frame = frame.sample(n, random_state=seed)

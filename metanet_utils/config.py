@@ -1,7 +1,5 @@
 """Settings as frozen dataclasses: :class:`RunConfig` is one training run, :class:`Profile` one
-``configs/<name>.yaml``; the training settings they share are :class:`Settings`. Defaults are the paper's protocol
-(:data:`~metanet_utils.constants.PAPER_PROTOCOL`). A bad value or an unknown key stops with one line saying what is
-allowed.
+``configs/<name>.yaml``, both :class:`Settings`, by default the paper's. A bad value stops with one line.
 
 Example:
     >>> cfg = RunConfig(backbone="resnet50", fusion="metanet", fold=1)
@@ -30,21 +28,19 @@ from . import paths
 from .constants import META_FIELDS, PAPER_PROTOCOL as P
 
 FUSIONS: tuple[str, ...] = ("none", "concat", "metanet", "metablock")
-#: Metadata layers when a run does not say: each variant's paper setting (MetaNet two, Sec. 2; Table 1's
-#: concatenation none, the raw metadata, Sec. 3.5; Meta-Block one).
+#: Metadata layers when a run does not say (Table 1's concatenation: the raw metadata, Sec. 3.5).
 DEFAULT_META_LAYERS: dict[str, int] = {"none": 0, "concat": 0, "metanet": 2, "metablock": 1}
-#: Cross-validation schemes (:func:`metanet_utils.splits.make_folds`): stratified by class, also grouped by lesion.
 SPLIT_SCHEMES: tuple[str, ...] = ("image", "lesion")
 #: Run settings that change how a step is launched, not what it computes: not part of ``run_id``.
 EXECUTION_ONLY: frozenset[str] = frozenset({"cuda_graphs", "checkpoint_interval_s"})
-#: Settings the kit dropped, hashed at the only value they ever had, so run ids of older records stay valid.
+#: Dropped settings, hashed at the only value they had, so older run ids stay valid.
 _RETIRED: dict[str, Any] = {"compile": False, "class_weighted_loss": True}
 _WORDS = {str: ("text", "names"), int: ("a whole number", "whole numbers"), float: ("a number", "numbers"),
           bool: ("true or false", "true/false values")}
 
 
 class ConfigError(ValueError):
-    """A configuration value is not allowed; the one-line message says what is."""
+    """A configuration value is not allowed; the message says what is."""
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> None:
@@ -53,15 +49,13 @@ def _choice(name: str, value: Any, allowed: tuple) -> None:
 
 
 def _refuse(*checks: tuple[bool, str]) -> None:
-    """Stop with the message of the first check that fails."""
     for bad, message in checks:
         if bad:
             raise ConfigError(message)
 
 
 def _check_types(obj: Any) -> None:
-    """Refuse a YAML value of the wrong type (``epochs: ten``, ``backbones: resnet50``) in one line; ``1e-4``,
-    which YAML reads as text, is taken as a number."""
+    """Refuse a YAML value of the wrong type (``epochs: ten``); ``1e-4``, text to YAML, is taken as a number."""
     for name, hint in typing.get_type_hints(type(obj)).items():
         value = getattr(obj, name)
         if isinstance(hint, types.UnionType):  # X | None
@@ -86,8 +80,7 @@ def _check_types(obj: Any) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    """The training settings a profile gives each of its runs; ``image_size`` / ``crop_size`` None in a profile
-    take each backbone's own (300 / 224, PNASNet 441 / 331)."""
+    """The training settings a profile gives its runs; ``image_size`` / ``crop_size`` None: each backbone's own."""
 
     n_folds: int = P.n_folds
     split_scheme: str = "image"
@@ -106,7 +99,7 @@ class Settings:
     pretrained: bool = True
     seed: int = 0
     precision: str = "auto"
-    cuda_graphs: str = "off"  # on: replay each step from a CUDA graph (GPU, opt-in)
+    cuda_graphs: str = "off"
     checkpoint_interval_s: float = 0.0
     deterministic: bool = False
 
@@ -161,7 +154,7 @@ class RunConfig(Settings):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        """The config of a record's ``config.json`` (its ``run_id`` and retired settings left aside)."""
+        """The config of a record's ``config.json``."""
         names = {f.name for f in fields(cls)}
         if unknown := sorted(set(d) - names - {"run_id"} - set(_RETIRED)):
             raise ConfigError(f"unknown run setting(s) {unknown}; allowed: {', '.join(sorted(names))}")
@@ -172,7 +165,7 @@ class RunConfig(Settings):
 
     @property
     def run_id(self) -> str:
-        """A readable prefix plus a hash of every setting but :data:`EXECUTION_ONLY`: same config, same id."""
+        """A readable prefix and a hash of every setting but :data:`EXECUTION_ONLY`."""
         d = {**_RETIRED, **{k: v for k, v in self.to_dict().items() if k not in EXECUTION_ONLY}}
         digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
         meta = "+".join(f[:3] for f in self.meta_features) or "nometa"
@@ -185,7 +178,7 @@ class RunConfig(Settings):
 
 @dataclass(frozen=True, kw_only=True)
 class Ablations:
-    """The ablation studies a profile asks for (paper Tables 3 and 4)."""
+    """The ablations a profile asks for (Tables 3 and 4)."""
 
     table3: bool = False
     table4: bool = False
@@ -212,7 +205,7 @@ class Profile(Settings):
     ablations: Ablations = field(default_factory=Ablations)
     cam_cases: int = 4
     workers: int = 1
-    runs_together: int = 1  # K > 1: K runs at once in one process (opt-in, metanet_utils.ops.together)
+    runs_together: int = 1  # K > 1: K runs at once in one process (metanet_utils.ops.together)
 
     def __post_init__(self) -> None:
         if isinstance(self.ablations, dict):
@@ -250,12 +243,7 @@ def list_profiles() -> list[str]:
 
 
 def load_profile(name_or_path: str | Path, **overrides: Any) -> Profile:
-    """Read ``configs/<name>.yaml`` (or a YAML path) into a :class:`Profile`; ``overrides`` that are not None win.
-
-    Example:
-        >>> load_profile("smoke").epochs
-        1
-    """
+    """Read ``configs/<name>.yaml`` (or a YAML path); ``overrides`` that are not None win."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = paths.configs_dir() / f"{name_or_path}.yaml"

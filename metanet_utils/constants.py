@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-#: ISIC 2018 Task 3 class codes in the official column order: logits, predictions files and every table use it.
+#: ISIC 2018 Task 3 class codes in the official column order (logits, predictions files, tables).
 CLASS_CODES: tuple[str, ...] = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 #: The same classes as spelled in ``HAM10000_metadata.csv`` (column ``dx``).
 DX_CODES: tuple[str, ...] = tuple(c.lower() for c in CLASS_CODES)
 DX_TO_INDEX: dict[str, int] = {dx: i for i, dx in enumerate(DX_CODES)}
 
-#: Known values of ``sex`` and the 14 body sites (alphabetical); ``unknown`` is filled with the most frequent one.
+#: Known values of ``sex`` and the 14 body sites (alphabetical).
 SEXES: tuple[str, ...] = ("female", "male")
 SITES: tuple[str, ...] = ("abdomen", "acral", "back", "chest", "ear", "face", "foot", "genital", "hand",
                           "lower extremity", "neck", "scalp", "trunk", "upper extremity")
@@ -29,13 +29,13 @@ PAPER_ORDER: tuple[str, ...] = tuple(sorted(PAPER_CLASS_COUNTS, key=lambda k: -P
 
 
 class PaperBackbone(NamedTuple):
-    """One of the paper's six backbones."""
+    """One of the paper's six backbones: images resized, then cropped (Sec. 3.1); C channels of its last maps."""
 
     paper_name: str  #: the paper's spelling (Table 1)
-    model: str  #: what the kit builds: torchvision's AlexNet, else a timm name pinned to the weights of 2019
-    resize: int  #: images resized to resize x resize (Sec. 3.1) ...
-    crop: int  #: ... then cropped to crop x crop
-    channels: int  #: C, the channels of the last convolutional feature maps (the width of MetaNet's gate)
+    model: str  #: torchvision's AlexNet, else a timm name pinned to the weights of 2019
+    resize: int
+    crop: int
+    channels: int
 
 
 #: The paper's six backbones by the short names profiles use, in its order. The timm tags are the weights a 2019
@@ -51,10 +51,10 @@ BACKBONES: dict[str, PaperBackbone] = {
 
 
 class Protocol(NamedTuple):
-    """The paper's training and evaluation protocol (Sec. 3.1-3.5), named as a profile's keys (configs/*.yaml)."""
+    """The paper's protocol (Sec. 3.1-3.5), named as a profile's keys."""
 
     backbones: tuple[str, ...] = tuple(BACKBONES)
-    fusions: tuple[str, ...] = ("none", "concat", "metanet")  #: no metadata, concatenation, MetaNet's gate
+    fusions: tuple[str, ...] = ("none", "concat", "metanet")
     n_folds: int = 5
     epochs: int = 250
     milestones: tuple[int, ...] = (50, 120, 200)  #: lr x lr_gamma at these epochs
@@ -67,5 +67,4 @@ class Protocol(NamedTuple):
     ablation_backbone: str = "senet154"  #: the backbone of Tables 2-4
 
 
-#: What every deviation of a profile is measured against.
 PAPER_PROTOCOL = Protocol()

@@ -1,7 +1,6 @@
 """Finding and loading HAM10000 / ISIC 2018 Task 3 data (layouts and lookup order: DESIGN.md, "Data").
 
-A bad folder is refused with one line naming the file or row and the value; ``python -m metanet_utils data
-verify`` (:mod:`metanet_utils.ops.verify`) lists every problem at once. Headers and values are normalised.
+A bad folder is refused with one line naming the file or row and the value; ``metanet data verify`` lists them all.
 """
 
 from __future__ import annotations
@@ -23,10 +22,9 @@ METADATA_FILE = "HAM10000_metadata.csv"
 GROUNDTRUTH_FILE = "ISIC2018_Task3_Training_GroundTruth.csv"
 LESION_GROUPINGS_FILE = "ISIC2018_Task3_Training_LesionGroupings.csv"
 REQUIRED_COLUMNS = ("lesion_id", "image_id", "dx", "age", "sex", "localization")
-#: Sub-folders searched for images, besides the data folder itself.
 IMAGE_FOLDERS = ("images", "HAM10000_images_part_1", "HAM10000_images_part_2", "HAM10000_images",
                  "ISIC2018_Task3_Training_Input")
-SAMPLE_MARKER = "sample.json"  # written by `metanet data sample`: the folder is the kit's small sample
+SAMPLE_MARKER = "sample.json"  # marks the kit's small sample (`metanet data sample`)
 
 
 class DataError(ValueError):
@@ -34,14 +32,14 @@ class DataError(ValueError):
 
 
 class DataLocation(NamedTuple):
-    """Where the data was found (``source``: how) and what it is: ``real`` or ``sample`` (the shipped sample)."""
+    """Where the data was found, ``real`` or ``sample`` (``kind``), and how (``source``)."""
     path: Path
     kind: str
     source: str
 
 
 def groundtruth_file(d: Path) -> Path | None:
-    """The official one-hot ground-truth CSV of folder ``d`` (at its top or in its official sub-folder)."""
+    """The official one-hot ground-truth CSV of folder ``d``, or None."""
     return next((p for p in (d / GROUNDTRUTH_FILE, d / GROUNDTRUTH_FILE[:-4] / GROUNDTRUTH_FILE) if p.is_file()), None)
 
 
@@ -50,8 +48,8 @@ def _has_metadata(d: Path) -> bool:
 
 
 def find_data_dir(data_dir: str | Path | None = None, *, sample_fallback: bool = False) -> DataLocation:
-    """Locate the data: ``data_dir``, then ``$METANET_DATA_DIR``, then ``data/ham10000/``, then (with
-    ``sample_fallback``, for the demo and smoke profiles) the shipped sample; else a DataError saying what to do."""
+    """``data_dir``, else ``$METANET_DATA_DIR``, else ``data/ham10000/``, else (``sample_fallback``) the shipped
+    sample; else a DataError saying what to do."""
     env = os.environ.get("METANET_DATA_DIR")
     if data_dir is not None:
         d, source = Path(data_dir).expanduser(), "argument"
@@ -76,7 +74,7 @@ def find_data_dir(data_dir: str | Path | None = None, *, sample_fallback: bool =
 
 
 def find_images(data_dir: str | Path) -> dict[str, Path]:
-    """Map ``image_id`` -> file for every ``ISIC_*.jpg`` in the known layouts."""
+    """``image_id -> file`` for every ``ISIC_*.jpg`` in the known layouts."""
     found: dict[str, Path] = {}
     for d in (Path(data_dir), *(Path(data_dir) / s for s in IMAGE_FOLDERS)):
         for p in d.iterdir() if d.is_dir() else ():
@@ -86,7 +84,6 @@ def find_images(data_dir: str | Path) -> dict[str, Path]:
 
 
 def _read_groundtruth(path: Path) -> pd.DataFrame:
-    """``image_id, dx`` of the official one-hot CSV; a row that is not one-hot is refused."""
     gt = pd.read_csv(path)
     missing = [c for c in ("image", *CLASS_CODES) if c not in gt.columns]
     if missing:
@@ -100,12 +97,12 @@ def _read_groundtruth(path: Path) -> pd.DataFrame:
 
 
 def _read_table(data_dir: Path) -> tuple[pd.DataFrame, Path]:
-    """The metadata file as read, or (when only the ground-truth CSV is there) its labels with unknown metadata."""
+    """The metadata file, else the ground-truth CSV's labels with unknown metadata."""
     meta_path, gt_path = data_dir / METADATA_FILE, groundtruth_file(data_dir)
     if meta_path.is_file():
         try:
             df = pd.read_csv(meta_path, dtype={"age": object})
-        except Exception as e:  # noqa: BLE001 - any parser failure is a data error
+        except Exception as e:  # noqa: BLE001
             raise DataError(f"{meta_path}: cannot be read as CSV ({e})") from None
         df.columns = [str(c).strip().lower() for c in df.columns]
         missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
@@ -124,11 +121,8 @@ def _read_table(data_dir: Path) -> tuple[pd.DataFrame, Path]:
 
 
 def load_metadata(data_dir: str | Path, *, require_images: bool = True) -> pd.DataFrame:
-    """One row per image, in the file's order: ``image_id, lesion_id, dx, dx_type, age, sex, localization, path``.
-
-    Refuses a missing column, an unknown diagnosis, sex or site, an age outside 0..120, a duplicated ``image_id``, a
-    lesion with two diagnoses, a ground-truth CSV that is not one-hot or disagrees, a missing image (``path`` None
-    without ``require_images``)."""
+    """One row per image: ``image_id, lesion_id, dx, dx_type, age, sex, localization, path``; a bad value, a
+    missing column or (``require_images``) a missing image is a DataError."""
     data_dir = Path(data_dir)
     df, source = _read_table(data_dir)
     if "dx_type" not in df.columns:
@@ -141,7 +135,7 @@ def load_metadata(data_dir: str | Path, *, require_images: bool = True) -> pd.Da
     df["age"] = _validate(df, source)
 
     gt_path = groundtruth_file(data_dir)
-    if gt_path is not None and source != gt_path:  # both files: they must agree
+    if gt_path is not None and source != gt_path:  # both files must agree
         both = df.merge(_read_groundtruth(gt_path), on="image_id", suffixes=("", "_gt"))
         bad = both[both["dx"] != both["dx_gt"]]
         if len(bad):
@@ -160,7 +154,7 @@ def load_metadata(data_dir: str | Path, *, require_images: bool = True) -> pd.Da
 
 
 def _validate(df: pd.DataFrame, source: Path) -> pd.Series:
-    """Refuse the first bad row (naming it and its value); return the ages as floats (NaN where missing)."""
+    """Refuse the first bad row (naming it and its value); return the ages as floats."""
     def refuse(bad: pd.Series, why) -> None:
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
@@ -181,7 +175,7 @@ def _validate(df: pd.DataFrame, source: Path) -> pd.Series:
         raise DataError(f"{source.name}: lesion {lid} has images with different diagnoses "
                         f"{sorted(df.loc[df['lesion_id'] == lid, 'dx'].unique())} ({(n_dx > 1).sum()} such lesions)")
     text = df["age"].astype("string").str.strip()
-    age = pd.to_numeric(text, errors="coerce").astype(float)  # plain float: a missing age is NaN, never pd.NA
+    age = pd.to_numeric(text, errors="coerce").astype(float)  # a missing age is NaN, never pd.NA
     refuse(age.isna() & text.notna() & ~text.str.lower().isin(["", "nan", "na", "unknown"]),
            lambda i: f"age {df['age'].iloc[i]!r} is not a number")
     refuse((age < 0) | (age > 120), lambda i: f"age {age.iloc[i]} is outside 0-120")
@@ -189,7 +183,7 @@ def _validate(df: pd.DataFrame, source: Path) -> pd.Series:
 
 
 def read_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
-    """Decode an image to RGB uint8 ``HxWx3`` (grayscale and CMYK JPEGs too), shrunk to at most ``max_side``."""
+    """Decode an image to RGB uint8 ``HxWx3``, shrunk to at most ``max_side``."""
     with Image.open(path) as im:
         im = im.convert("RGB")
         if max_side:
@@ -198,21 +192,20 @@ def read_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
 
 
 def check_image(path: str | Path) -> str | None:
-    """Decode one image fully; None if it is a readable JPEG, else what is wrong with it."""
+    """None if the file is a readable JPEG, else what is wrong with it."""
     try:
         if os.path.getsize(path) == 0:
             return "is empty (0 bytes)"
         with Image.open(path) as im:
             im.load()
             fmt, mode = im.format, im.mode
-    except Exception as e:  # noqa: BLE001 - PIL raises many types
+    except Exception as e:  # noqa: BLE001
         return f"is not a readable image ({type(e).__name__}: {e})"
     return None if fmt == "JPEG" else f"is a {fmt} file ({mode}), not a JPEG; save it as an RGB JPEG or remove it"
 
 
 def data_fingerprint(df: pd.DataFrame) -> str:
-    """A short hash of ids, labels, metadata and file sizes: any change of the data (a subsample, another
-    resolution, an edited row) gives another fingerprint, hence another image cache and other folds."""
+    """A short hash of ids, labels, metadata and file sizes: other data get another image cache and other folds."""
     h = hashlib.sha256()
     cols = ["image_id", "lesion_id", "dx", "age", "sex", "localization"]
     h.update(pd.util.hash_pandas_object(df[cols].astype(str), index=False).to_numpy().tobytes())
@@ -222,8 +215,7 @@ def data_fingerprint(df: pd.DataFrame) -> str:
 
 
 def stratified_subsample(df: pd.DataFrame, n: int | None, seed: int = 0, min_per_class: int = 10) -> pd.DataFrame:
-    """About ``n`` images, whole lesions at a time, with the class proportions of ``df`` and at least
-    ``min_per_class`` images per class (so 5-fold cross-validation still sees every class)."""
+    """About ``n`` images, whole lesions, in the class proportions of ``df``, at least ``min_per_class`` per class."""
     if n is None or n >= len(df):
         return df.reset_index(drop=True)
     rng = np.random.default_rng(seed)
@@ -233,13 +225,12 @@ def stratified_subsample(df: pd.DataFrame, n: int | None, seed: int = 0, min_per
         lesions = np.array(sorted(sizes.index), dtype=object)
         rng.shuffle(lesions)
         n_images = sizes[lesions].to_numpy()
-        keep += list(lesions[np.cumsum(n_images) - n_images < max(min_per_class, round(frac * n))])  # whole lesions
+        keep += list(lesions[np.cumsum(n_images) - n_images < max(min_per_class, round(frac * n))])
     return df[df["lesion_id"].isin(set(keep))].reset_index(drop=True)
 
 
 def describe(data: Any) -> str:
-    """What data this is, in the words of every notebook, figure footer and report, e.g. ``the shipped sample of
-    HAM10000: 1095 images at 128x96`` or ``the full set: 10015 images``; ``data`` is a ``Dataset``."""
+    """What a ``Dataset`` is, e.g. ``the shipped sample of HAM10000: 1095 images at 128x96``."""
     n = len(data.df)
     if data.kind != "sample":
         return f"the full set: {n} images" if n == N_IMAGES else f"HAM10000: {n} of its images"
@@ -251,7 +242,6 @@ def describe(data: Any) -> str:
 
 
 def announce(data: Any) -> None:
-    """Print what data a notebook runs on and where it lies."""
     print(f"Data: {describe(data)} ({data.data_dir}).")
     if data.kind == "sample":
         print("The sample is real (CC BY-NC 4.0, see data/sample/README.md) but small: for the paper's numbers use the "

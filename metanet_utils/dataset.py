@@ -1,5 +1,4 @@
-"""One loaded data set: metadata rows, fingerprint, and the image caches, folds and metadata vectors derived from
-them, built once per process whatever number of runs use them."""
+"""One loaded data set: metadata rows, fingerprint, and the image caches and folds, built once per process."""
 
 from __future__ import annotations
 
@@ -18,13 +17,13 @@ from .splits import load_or_make_folds
 
 @dataclass
 class Dataset:
-    """Metadata rows (``df``) plus lazily built, memoised derived arrays."""
+    """Metadata rows (``df``) and the arrays derived from them, built when first asked for."""
 
     df: pd.DataFrame
     data_dir: Path
     kind: str  # "real" or "sample" (the shipped sample)
     fingerprint: str
-    _built: dict = field(default_factory=dict, repr=False)  # image caches and folds, built once
+    _built: dict = field(default_factory=dict, repr=False)
 
     @property
     def labels(self) -> np.ndarray:
@@ -50,14 +49,13 @@ class Dataset:
         return self._built[key]
 
     def meta(self, features: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
-        """The encoded metadata vectors and their feature names (the paper's rules, statistics of all rows)."""
+        """The encoded metadata and its feature names (statistics of all rows)."""
         return encode(self.df, features=tuple(features))
 
 
 def open_dataset(data_dir: str | Path | None = None, *, max_images: int | None = None, seed: int = 0,
                  data: str = "auto") -> Dataset:
-    """Find (:func:`~metanet_utils.data.find_data_dir`), load and subsample the data to about ``max_images``
-    (whole lesions); ``data="auto"`` may fall back to the shipped sample, ``"real"`` refuses it."""
+    """Find, load and subsample the data to about ``max_images``; ``data="real"`` refuses the shipped sample."""
     loc = find_data_dir(data_dir, sample_fallback=data == "auto")
     if data == "real" and loc.kind == "sample":
         raise DataError(f"{loc.path} is the kit's small sample, but this profile needs the full HAM10000")
@@ -66,5 +64,5 @@ def open_dataset(data_dir: str | Path | None = None, *, max_images: int | None =
 
 
 def profile_dataset(profile, data_dir: str | Path | None = None) -> Dataset:
-    """The data set a profile trains on: every notebook of the profile opens the same images."""
+    """The data set a profile trains on."""
     return open_dataset(data_dir, max_images=profile.max_images, seed=profile.seed, data=profile.data)

@@ -1,9 +1,7 @@
 """Scoring (mean class recall, MCR) and the run records, read into the one frame tables, report and figures share.
 
-The predicted class is the argmax; a tie (two or more classes share the maximum) predicts nothing: wrong for its
-true class, in no confusion column (the ISIC 2018 Task 3 scorer's rule). MCR is the mean recall over the classes
-present (balanced accuracy). A record is complete when its ``manifest.json`` lists every file of
-:data:`RECORD_FILES` at its size (:func:`is_complete`, the one definition the trainer and the grid share).
+The predicted class is the argmax; a tie predicts nothing, wrong for its true class and in no confusion column (the
+ISIC 2018 Task 3 scorer's rule). MCR is the mean recall over the classes present (balanced accuracy).
 
 Example:
     >>> probs = np.eye(7)[[0, 1, 1, 2, 3, 4, 5, 6]]  # the second MEL image taken for NV
@@ -28,11 +26,10 @@ from .config import EXECUTION_ONLY, RunConfig
 from .constants import CLASS_CODES, META_FIELDS
 from .paths import runs_dir as default_runs_dir
 
-#: The files of a complete run record (``results/runs/<run_id>/``), each listed with its size in ``manifest.json``.
+#: The files of a complete run record, each listed with its size in ``manifest.json``.
 RECORD_FILES: tuple[str, ...] = ("config.json", "history.csv", "metrics.json", "predictions.csv", "labels.csv",
                                  "checkpoint.pt")
-#: The settings of a run: its config's fields but the fold and how it was launched (not part of ``run_id``); runs
-#: that agree on them differ only in the fold.
+#: The settings of a run but the fold and how it was launched: runs that agree on them differ only in the fold.
 SETTINGS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(RunConfig)) - {"fold"} - EXECUTION_ONLY
 
 _N = len(CLASS_CODES)
@@ -40,15 +37,15 @@ _INDEX = {c: i for i, c in enumerate(CLASS_CODES)}
 
 
 class RecordError(ValueError):
-    """A run record, a predictions file or labels are not usable; the message says why."""
+    """A run record, a predictions file or labels are not usable."""
 
 
 class IncompleteRecordError(RecordError):
-    """A run record folder is missing, half-written or damaged."""
+    """A run record is missing, half-written or damaged."""
 
 
 def labels_to_indices(labels: Iterable[Any]) -> np.ndarray:
-    """Class indices (official order) from class codes, ``dx`` codes (any case) or indices."""
+    """Class indices from class codes, ``dx`` codes (any case) or indices."""
     out = []
     for v in labels:
         s = str(v).strip().upper()
@@ -60,7 +57,7 @@ def labels_to_indices(labels: Iterable[Any]) -> np.ndarray:
 
 
 def predicted_classes(probs: Any) -> np.ndarray:
-    """Argmax class per row, ``-1`` where two or more classes share the maximum (a tie)."""
+    """Argmax class per row, ``-1`` for a tie."""
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != _N:
         raise RecordError(f"probabilities must have shape (n, {_N}); got {p.shape}")
@@ -72,7 +69,7 @@ def predicted_classes(probs: Any) -> np.ndarray:
 
 
 def confusion(y_true: Any, probs: Any) -> np.ndarray:
-    """7 x 7 confusion matrix, rows the true class; ``probs`` may be predicted indices (``-1``: a tie, no column)."""
+    """7 x 7 confusion matrix, rows the true class; ``probs`` may be predicted indices."""
     y = labels_to_indices(np.asarray(y_true).ravel().tolist())
     pred = np.asarray(probs).astype(np.int64) if np.ndim(probs) == 1 else predicted_classes(probs)
     if len(y) != len(pred):
@@ -83,20 +80,20 @@ def confusion(y_true: Any, probs: Any) -> np.ndarray:
 
 
 def per_class_recall(y_true: Any, probs: Any) -> dict[str, float]:
-    """Recall of every class by class code; NaN for a class absent from ``y_true``."""
+    """Recall by class code; NaN for a class absent from ``y_true``."""
     support = np.bincount(labels_to_indices(np.asarray(y_true).ravel().tolist()), minlength=_N)
     right = np.diag(confusion(y_true, probs))
     return {c: float(right[i] / support[i]) if support[i] else float("nan") for i, c in enumerate(CLASS_CODES)}
 
 
 def mean_class_recall(y_true: Any, probs: Any) -> float:
-    """Mean class recall (balanced accuracy) of argmax predictions; a tie counts as wrong."""
+    """Mean class recall (balanced accuracy); a tie counts as wrong."""
     rec = np.array(list(per_class_recall(y_true, probs).values()))
     return float(np.nanmean(rec)) if np.isfinite(rec).any() else float("nan")
 
 
 def _labels_series(labels: Any) -> pd.Series:
-    """Class indices by image, from a frame ``image,dx`` or ``image,MEL,...`` (one-hot) or a mapping image -> class."""
+    """Class indices by image from a frame ``image,dx`` or ``image,MEL,...`` or a mapping image -> class."""
     if isinstance(labels, pd.DataFrame):
         if "image" not in labels or not ("dx" in labels or set(CLASS_CODES) <= set(labels.columns)):
             raise RecordError(f"labels need the columns image,dx or image,{','.join(CLASS_CODES)}; got {list(labels)}")
@@ -113,9 +110,8 @@ def _labels_series(labels: Any) -> pd.Series:
 
 
 def score_predictions(pred_df: pd.DataFrame, labels: Any) -> dict[str, Any]:
-    """``mcr, per_class_recall, confusion_matrix`` (7x7 list), ``support`` (images per class), ``n, n_ties`` of an
-    ISIC-format predictions frame (``image,MEL,NV,BCC,AKIEC,BKL,DF,VASC``) against labels matched by image (a frame
-    ``image,dx`` as ``labels.csv``, the official one-hot ground truth, or a mapping image -> class)."""
+    """``mcr, per_class_recall, confusion_matrix, support, n, n_ties`` of an ISIC-format predictions frame against
+    labels matched by image (``labels.csv``, the official ground truth or a mapping image -> class)."""
     if set(map(str, pred_df.columns)) != {"image", *CLASS_CODES}:
         raise RecordError(f"predictions must have exactly the columns image,{','.join(CLASS_CODES)}; "
                           f"got {','.join(map(str, pred_df.columns))}")
@@ -137,7 +133,6 @@ def score_predictions(pred_df: pd.DataFrame, labels: Any) -> dict[str, Any]:
 
 
 def _incomplete(run_dir: Path) -> str:
-    """Why ``run_dir`` is not a complete record, or "" when it is."""
     if not run_dir.is_dir():
         return "does not exist"
     try:
@@ -149,17 +144,16 @@ def _incomplete(run_dir: Path) -> str:
 
 
 def is_complete(run_dir: str | Path) -> bool:
-    """True when the folder's ``manifest.json`` lists every file of :data:`RECORD_FILES` at its size."""
+    """Whether ``manifest.json`` lists every file of :data:`RECORD_FILES` at its size."""
     return not _incomplete(Path(run_dir))
 
 
 def load_record(run_dir: str | Path) -> dict[str, Any]:
-    """One complete run record: ``run_id, path, config, metrics, history, predictions, labels`` and ``scores``
-    (:func:`score_predictions`); IncompleteRecordError if it is not complete, RecordError if a file is malformed."""
+    """One complete run record: ``run_id, path, config, metrics, history, predictions, labels, scores``."""
     run_dir = Path(run_dir)
     if why := _incomplete(run_dir):
         raise IncompleteRecordError(f"run record {run_dir} {why}; rerun it or delete the folder")
-    try:  # a malformed JSON or CSV file (ValueError), or predictions that do not match the labels (RecordError)
+    try:
         config, metrics = (json.loads((run_dir / n).read_text()) for n in ("config.json", "metrics.json"))
         predictions = pd.read_csv(run_dir / "predictions.csv", dtype={"image": str})
         labels = pd.read_csv(run_dir / "labels.csv", dtype={"image": str})
@@ -172,7 +166,7 @@ def load_record(run_dir: str | Path) -> dict[str, Any]:
 
 
 def meta_key(features: Iterable[str] | str) -> str:
-    """Metadata fields as one string in the fixed order (``"age+sex+localization"``; ``"none"`` for no field)."""
+    """Metadata fields as one string in the fixed order (``"none"`` for no field)."""
     got = set(features.split("+") if isinstance(features, str) else features)
     return "+".join(f for f in META_FIELDS if f in got) or "none"
 
@@ -182,9 +176,8 @@ def _float(v: Any) -> float:
 
 
 def _record_row(rec: dict[str, Any]) -> dict[str, Any]:
-    """One frame row: the config's settings, the scores of the predictions, then metrics.json's values."""
     row: dict[str, Any] = {"run_id": rec["run_id"]}
-    for k, v in rec["config"].items():  # lists as tuples: hashable cells
+    for k, v in rec["config"].items():  # tuples: hashable cells
         row[k] = tuple(v) if isinstance(v, list) else json.dumps(v, sort_keys=True) if isinstance(v, dict) else v
     feats, s = rec["config"].get("meta_features", META_FIELDS), rec["scores"]
     row.update(meta_features=meta_key(feats), **{f"meta_{f}": f in feats for f in META_FIELDS}, mcr=s["mcr"])
@@ -198,11 +191,9 @@ def _record_row(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_records(runs_dir: str | Path | None = None, run_ids: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per complete record of ``runs_dir`` (default ``results/runs``; an incomplete one is skipped with a
-    warning), or of the ``run_ids`` given (each must be complete): the config's settings (``meta_features`` as
-    :func:`meta_key`, a flag ``meta_<field>`` each), ``mcr``, ``recall_<CODE>`` and ``n_val_<CODE>`` scored from
-    ``predictions.csv`` against ``labels.csv``, and the scalars of ``metrics.json`` (``<name>_metrics`` where the name
-    is taken: ``mcr_metrics`` is the trainer's MCR, with a warning where it differs from the scored one)."""
+    """One row per complete record of ``runs_dir`` (default ``results/runs``) or of ``run_ids``: the config's
+    settings, ``mcr``, ``recall_<CODE>`` and ``n_val_<CODE>`` scored from ``predictions.csv``, and the scalars of
+    ``metrics.json`` (``<name>_metrics`` where the name is taken)."""
     runs_dir = Path(runs_dir or default_runs_dir())
     if run_ids is not None:
         rows = [_record_row(load_record(runs_dir / rid)) for rid in run_ids]

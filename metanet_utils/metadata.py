@@ -1,9 +1,8 @@
 """The paper's metadata vector (Sec. 3.2): age, sex and body site of each image as 17 numbers.
 
-A missing age becomes the mean known age, then ages are min-max scaled to [0, 1] by the known range (1 column); sex (2)
-and body site (14, alphabetical) are one-hot, ``unknown`` filled with the most frequent value. The columns come in this
-order whatever order the fields are asked in, so a Table 3 subset is a selection of columns. Values are stripped and
-lower-cased; ``unknown``, empty and NaN are missing; any other value off the vocabulary raises, naming the row.
+A missing age becomes the mean known age, then ages are min-max scaled to [0, 1] (1 column); sex (2) and body site
+(14, alphabetical) are one-hot, ``unknown`` filled with the most frequent value. The columns keep this order, so a
+Table 3 subset is a selection of columns. A value off the vocabulary raises, naming the row.
 
 Example:
     >>> df = pd.DataFrame({"age": [30.0, None, 50.0], "sex": ["male", "unknown", "Female"],
@@ -25,7 +24,7 @@ from .constants import META_FIELDS, SEXES, SITES
 from .data import DataError
 
 VOCABULARIES = {"sex": SEXES, "localization": SITES}
-MISSING = ("unknown", "", "nan", "none")  # besides NaN, after strip and lower-case
+MISSING = ("unknown", "", "nan", "none")  # and NaN
 _NO_METADATA = ("A folder with only the ground-truth CSV has labels but no age, sex or site: add "
                 "HAM10000_metadata.csv (`python -m metanet_utils data download`), or train the image-only variant "
                 "alone (fusions: [none]).")
@@ -33,7 +32,7 @@ _NO_METADATA = ("A folder with only the ground-truth CSV has labels but no age, 
 
 @dataclass(frozen=True)
 class MetadataStats:
-    """What fills the gaps and scales the ages (fitted on a training fold); None where nothing was known."""
+    """What fills the gaps and scales the ages; None where nothing was known."""
 
     age_mean: float | None
     age_min: float | None
@@ -43,7 +42,6 @@ class MetadataStats:
 
 
 def _fields(features: str | Iterable[str] | None) -> tuple[str, ...]:
-    """The distinct fields asked for, in the fixed order ``age, sex, localization``."""
     given = [] if features is None else [features] if isinstance(features, str) else list(features)
     given = [str(f).strip().lower() for f in given]
     if bad := sorted(set(given) - set(META_FIELDS)):
@@ -54,25 +52,19 @@ def _fields(features: str | Iterable[str] | None) -> tuple[str, ...]:
 def feature_names(features: str | Iterable[str] | None = META_FIELDS) -> list[str]:
     """Names of the encoded columns, in the fixed order.
 
-    Example:
-        >>> feature_names(["localization", "age"])[:2], feature_names("sex"), len(feature_names())
-        (['age', 'localization=abdomen'], ['sex=female', 'sex=male'], 17)
+    >>> feature_names(["localization", "age"])[:2], feature_names("sex"), len(feature_names())
+    (['age', 'localization=abdomen'], ['sex=female', 'sex=male'], 17)
     """
     return [n for f in _fields(features) for n in (["age"] if f == "age" else [f"{f}={v}" for v in VOCABULARIES[f]])]
 
 
 def meta_dim(features: str | Iterable[str] | None = META_FIELDS) -> int:
-    """Width of the encoded vector: 17 for the three fields, 0 for none."""
+    """Width of the encoded vector (17 for the three fields)."""
     return len(feature_names(features))
 
 
 def _values(df: pd.DataFrame, field: str) -> pd.Series:
-    """One field's values, NA where missing: ages as float64, sex and site stripped and lower-cased.
-
-    Raises:
-        KeyError: no such column.
-        ValueError: a sex or site off the vocabulary, a non-numeric or negative age (naming the first such row).
-    """
+    """One field's values, NA where missing; a bad value raises, naming its row."""
     if field not in df.columns:
         raise KeyError(f"metadata column {field!r} not in the data (columns: {list(df.columns)})")
     raw = df[field]
@@ -95,14 +87,11 @@ def _values(df: pd.DataFrame, field: str) -> pd.Series:
 
 
 def fit_stats(df: pd.DataFrame, features: str | Iterable[str] | None = META_FIELDS) -> MetadataStats:
-    """Fit the fill and scale statistics on the known values of ``df`` (a training fold).
+    """The fill and scale statistics of the known values of ``df``; a tie of modes goes to the vocabulary's order.
 
-    A field not asked for, absent, or with no known value gets None. A tie of modes goes to the vocabulary's order.
-
-    Example:
-        >>> fit_stats(pd.DataFrame({"age": [20.0, None, 60.0], "sex": ["male", "male", "female"],
-        ...                         "localization": ["back", "unknown", "face"]}))
-        MetadataStats(age_mean=40.0, age_min=20.0, age_max=60.0, sex_mode='male', site_mode='back')
+    >>> fit_stats(pd.DataFrame({"age": [20.0, None, 60.0], "sex": ["male", "male", "female"],
+    ...                         "localization": ["back", "unknown", "face"]}))
+    MetadataStats(age_mean=40.0, age_min=20.0, age_max=60.0, sex_mode='male', site_mode='back')
     """
     fields = [f for f in _fields(features) if f in df.columns]
     age = _values(df, "age").dropna() if "age" in fields else pd.Series(dtype=np.float64)
@@ -116,21 +105,8 @@ def fit_stats(df: pd.DataFrame, features: str | Iterable[str] | None = META_FIEL
 
 def encode(df: pd.DataFrame, features: str | Iterable[str] | None = META_FIELDS,
            stats: MetadataStats | None = None) -> tuple[np.ndarray, list[str]]:
-    """Encode each row as the paper's vector (or the columns of a subset of it).
-
-    Args:
-        df: one row per image with the columns asked for; ``image_id``, when present, names a bad row in errors.
-        features: the fields, any order (the columns come in the fixed order); empty gives ``(n, 0)``.
-        stats: :func:`fit_stats` of a training fold; None fits them on ``df``. Ages outside the fitted range fall
-            outside [0, 1] (not clipped).
-
-    Returns:
-        ``(x, names)``: float32 ``x`` of shape ``(len(df), meta_dim(features))`` and the column names.
-
-    Raises:
-        KeyError: a needed column is absent.
-        ValueError: a bad value (see :func:`_values`); ``DataError`` when a field has no known value to fill with.
-    """
+    """``(x, names)``: each row as the paper's vector (or a subset's columns), float32, and the column names;
+    ``stats`` None: :func:`fit_stats` of ``df``."""
     fields = _fields(features)
     st = fit_stats(df, fields) if stats is None else stats
     blocks = []

@@ -1,16 +1,12 @@
 """MetaNet (Li et al., ISBI 2020): patient metadata gates the channels of a CNN's last feature maps.
 
-A backbone turns images into their last convolutional feature maps ``F`` (B x C x H x W); a fusion head turns ``F``
-and the metadata ``m`` (B x meta_dim) into class logits:
+A backbone gives the last convolutional feature maps ``F`` (B x C x H x W); a head turns ``F`` and the metadata
+``m`` (B x meta_dim) into logits, with k metadata layers ending at C, each half the next (:func:`meta_widths`):
 
-* ``metanet``   -- ``g = sigmoid(MLP_k(m))``, one gate in (0, 1) per channel; every channel of ``F`` is multiplied
-  by its gate before pooling: ``logits = W avg(F * g) + b`` (Sec. 2, Fig. 1b).
-* ``none``      -- ``logits = W avg(F) + b``: the image alone (Table 1, "No metadata").
-* ``concat``    -- ``logits = W [avg(F), phi(m)] + b``; ``phi(m) = m`` for k = 0 (Table 1, Sec. 3.5), else k fully
-  connected layers ending at C (Table 4; ReLU between and after them: the paper names no activation).
-* ``metablock`` -- not in the paper: the Meta-Block of Pacheco & Krohling (2021), the kit's comparison beyond it.
-
-The k metadata layers end at C, each half as wide as the next (:func:`meta_widths`; k = 2: 1024, 2048 for C = 2048).
+* ``metanet``: one gate per channel ``g = sigmoid(MLP_k(m))``, ``logits = W avg(F * g) + b`` (Sec. 2, Fig. 1b).
+* ``none``: ``logits = W avg(F) + b``, the image alone.
+* ``concat``: ``logits = W [avg(F), phi(m)] + b``, ``phi(m) = m`` for k = 0 (Table 1), else k ReLU layers (Table 4).
+* ``metablock``: not in the paper, the Meta-Block of Pacheco & Krohling (2021).
 
 Example:
     >>> model = build_model("test_resnet", "metanet", pretrained=False).eval()
@@ -37,8 +33,7 @@ from .constants import BACKBONES
 
 
 class MetaModel(nn.Module):
-    """Backbone + fusion head: ``model(images, meta) -> logits``. ``meta_net``: the k metadata layers (None for
-    ``none`` and for ``concat`` with k = 0); ``head``: the final ``nn.Linear``; ``num_features``: C."""
+    """Backbone + fusion head: ``model(images, meta) -> logits``; ``meta_net`` the k metadata layers or None."""
 
     def __init__(self, backbone: Backbone, fusion: str = "metanet", num_classes: int = 7, meta_dim: int = 17,
                  meta_layers: int | None = None) -> None:
@@ -62,22 +57,20 @@ class MetaModel(nn.Module):
         self.head = nn.Linear(C + extra, num_classes)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """The last convolutional feature maps ``F``, B x C x H x W (before any gate)."""
         return self.backbone(images)
 
     def gate(self, meta: torch.Tensor) -> torch.Tensor:
-        """MetaNet's gates ``sigmoid(MLP_k(m))``, B x C in (0, 1) (``metanet`` only)."""
+        """MetaNet's gates ``sigmoid(MLP_k(m))``, B x C."""
         if self.fusion != "metanet":
             raise AttributeError(f"gate() exists for fusion 'metanet' only, not {self.fusion!r}")
         return self.meta_net(self._meta(meta, len(meta)))
 
     def forward(self, images: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
-        """``images`` B x 3 x H x W, ``meta`` B x meta_dim (ignored, may be None, for ``none``) -> logits."""
         maps = self.forward_features(images)
         m = None if self.fusion == "none" else self._meta(meta, len(maps))
         if self.fusion == "metanet":
-            maps = maps * self.gate(m).to(maps.dtype)[:, :, None, None]  # each channel times its gate, then pool
-        x = maps.mean(dim=(2, 3))  # global average pooling: B x C
+            maps = maps * self.gate(m).to(maps.dtype)[:, :, None, None]
+        x = maps.mean(dim=(2, 3))
         if self.fusion == "concat":
             x = torch.cat([x, (m if self.meta_net is None else self.meta_net(m)).to(x.dtype)], dim=1)
         elif self.fusion == "metablock":
@@ -96,28 +89,21 @@ class MetaModel(nn.Module):
 def build_model(backbone: str, fusion: str = "metanet", num_classes: int = 7, meta_dim: int = 17,
                 meta_layers: int | None = None, pretrained: bool = True,
                 weights_dir: str | os.PathLike | None = None) -> MetaModel:
-    """Backbone (:func:`build_backbone`) + fusion head; ``meta_layers`` k, None: the paper's (metanet 2, concat 0).
-
-    Example:
-        >>> build_model("test_resnet", "metanet", meta_layers=3, pretrained=False).meta_widths
-        [24, 48, 96]
-    """
+    """Backbone + fusion head; ``meta_layers`` None: the paper's k (metanet 2, concat 0)."""
     net = build_backbone(backbone, pretrained=pretrained, weights_dir=weights_dir)
     return MetaModel(net, fusion, num_classes=num_classes, meta_dim=meta_dim, meta_layers=meta_layers)
 
 
 def meta_widths(num_features: int, layers: int) -> list[int]:
-    """Widths of ``layers`` metadata layers ending at C = ``num_features``, each half the next.
+    """Widths of ``layers`` metadata layers ending at ``num_features``, each half the next.
 
-    Example:
-        >>> meta_widths(2048, 1), meta_widths(2048, 2), meta_widths(2048, 4)
-        ([2048], [1024, 2048], [256, 512, 1024, 2048])
+    >>> meta_widths(2048, 1), meta_widths(2048, 2), meta_widths(2048, 4)
+    ([2048], [1024, 2048], [256, 512, 1024, 2048])
     """
     return [max(1, num_features // 2 ** (layers - 1 - i)) for i in range(layers)]
 
 
 def _mlp(in_dim: int, widths: Sequence[int], last: nn.Module) -> nn.Sequential:
-    """Linear layers of the given widths with ReLU between them, then ``last``."""
     layers: list[nn.Module] = []
     for w in widths:
         layers += [nn.Linear(in_dim, w), nn.ReLU(inplace=True)]
@@ -127,9 +113,8 @@ def _mlp(in_dim: int, widths: Sequence[int], last: nn.Module) -> nn.Sequential:
 
 
 class MetaBlock(nn.Module):
-    """Meta-Block of Pacheco & Krohling (IEEE JBHI 2021) on the pooled features ``T`` (B x C), not in the paper:
-    ``T' = sigmoid(tanh(T * f_b(u)) + g_b(u))``, ``f_b``, ``g_b`` = Linear + BatchNorm1d as in the authors' code,
-    ``u`` the metadata after ``len(hidden)`` ReLU layers (none for k = 1, the published block)."""
+    """Meta-Block (Pacheco & Krohling 2021) on the pooled features: ``T' = sigmoid(tanh(T * f_b(u)) + g_b(u))``,
+    ``f_b``, ``g_b`` Linear + BatchNorm1d, ``u`` the metadata after ``len(hidden)`` ReLU layers."""
 
     def __init__(self, meta_dim: int, num_features: int, hidden: Sequence[int] = ()) -> None:
         super().__init__()
@@ -144,12 +129,10 @@ class MetaBlock(nn.Module):
 
 
 def resolve_backbone(name: str) -> str:
-    """The model a name builds (``'alexnet'``: torchvision's, else timm's), from a short name of ``BACKBONES``, the
-    paper's spelling (any case) or a timm name with or without tag; else a one-line ValueError listing the six.
+    """The model a name builds: a short name of ``BACKBONES``, the paper's spelling or a timm name.
 
-    Example:
-        >>> resolve_backbone("SENet154"), resolve_backbone("resnet10t")
-        ('legacy_senet154.in1k', 'resnet10t')
+    >>> resolve_backbone("SENet154"), resolve_backbone("resnet10t")
+    ('legacy_senet154.in1k', 'resnet10t')
     """
     key = str(name).strip()
     squashed = key.lower().replace("-", "")
@@ -163,8 +146,6 @@ def resolve_backbone(name: str) -> str:
 
 
 class InputSpec(NamedTuple):
-    """Resize to ``resize`` x ``resize``, crop ``crop`` x ``crop``, normalise by ``mean`` / ``std`` (on [0, 1])."""
-
     resize: int
     crop: int
     mean: tuple[float, float, float]
@@ -172,12 +153,10 @@ class InputSpec(NamedTuple):
 
 
 def input_spec(backbone: str) -> InputSpec:
-    """Image sizes (Sec. 3.1: 300 -> 224, PNASNet 441 -> 331; other timm models 300 -> 224) and normalisation (the
-    pretraining's mean and std from timm's config, ImageNet's for AlexNet) of a backbone.
+    """Resize and crop (Sec. 3.1; 300 -> 224 for other timm models) and the pretraining's mean and std.
 
-    Example:
-        >>> input_spec("pnasnet5large")
-        InputSpec(resize=441, crop=331, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    >>> input_spec("pnasnet5large")
+    InputSpec(resize=441, crop=331, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     """
     model = resolve_backbone(backbone)
     cfg = get_pretrained_cfg(model) if model != "alexnet" else None
@@ -188,18 +167,12 @@ def input_spec(backbone: str) -> InputSpec:
 
 
 def channels_last_preferred(backbone: str) -> bool:
-    """Whether a backbone trains faster in ``torch.channels_last`` on a GPU: all but timm's ``legacy_se*`` (timm's
-    published training benchmark: legacy_senet154 111 img/s channels_last against 170 NCHW).
-
-    Example:
-        >>> channels_last_preferred("resnet50"), channels_last_preferred("senet154")
-        (True, False)
-    """
+    """Whether channels_last is faster on a GPU: all but ``legacy_se*`` (timm's benchmark: 111 vs 170 img/s)."""
     return not resolve_backbone(backbone).startswith("legacy_se")
 
 
 class Backbone(nn.Module):
-    """A CNN cut after its last convolutional block: ``images -> maps`` (B x C x H x W), C = ``num_features``."""
+    """A CNN cut after its last convolutional block: ``images -> maps``, C = ``num_features``."""
 
     def __init__(self, name: str, body: nn.Module, num_features: int) -> None:
         super().__init__()
@@ -216,21 +189,13 @@ class Backbone(nn.Module):
 
 
 class WeightsUnavailable(RuntimeError):
-    """Pretrained weights were asked for but are not on this machine and cannot be downloaded."""
+    """Pretrained weights are not on this machine and cannot be downloaded."""
 
 
 def build_backbone(backbone: str, pretrained: bool = True,
                    weights_dir: str | os.PathLike | None = None) -> Backbone:
-    """A backbone, ImageNet-pretrained through timm (torchvision for AlexNet) and their caches, or random weights.
-
-    ``weights_dir`` (default ``$METANET_WEIGHTS_DIR``): the folder ``python -m metanet_utils weights fetch`` filled,
-    read offline. Missing weights raise :class:`WeightsUnavailable`, one line saying how to fix it.
-
-    Example:
-        >>> bb = build_backbone("test_resnet", pretrained=False)
-        >>> bb.num_features, bb(torch.randn(1, 3, 64, 64)).shape[1]
-        (96, 96)
-    """
+    """A backbone, ImageNet-pretrained through timm (torchvision for AlexNet) or random; ``weights_dir`` (default
+    ``$METANET_WEIGHTS_DIR``) is what ``metanet weights fetch`` filled, read offline."""
     model = resolve_backbone(backbone)
     folder = weights_dir or os.environ.get("METANET_WEIGHTS_DIR")
     folder = Path(folder).expanduser() if folder else None
@@ -246,16 +211,15 @@ def build_backbone(backbone: str, pretrained: bool = True,
             f"{where}`, copy the folder here and pass {where} (or set METANET_WEIGHTS_DIR); or train from random "
             "weights (pretrained=False, profile key pretrained: false)") from e
     if model == "alexnet":
-        return Backbone(model, net.features, 256)  # torchvision's convolutional stack, after the last max-pool
+        return Backbone(model, net.features, 256)
     C = net.num_features
-    if model.startswith("vgg"):  # timm's pre_logits are fc6/fc7 (as convolutions): VGG's fully connected layers,
-        net.pre_logits = nn.Identity()  # not feature maps; the maps are the 512 of the convolutional stack
+    if model.startswith("vgg"):  # timm's pre_logits are fc6/fc7 as convolutions, not feature maps
+        net.pre_logits = nn.Identity()
         C = net.feature_info[-1]["num_chs"]
     return Backbone(model, net, C)
 
 
 def _create(model: str, pretrained: bool, folder: Path | None) -> nn.Module:
-    """The whole network; its weights loaded by torchvision / timm from their caches or from ``folder``."""
     if model == "alexnet":
         net = alexnet()
         if pretrained:
@@ -263,7 +227,7 @@ def _create(model: str, pretrained: bool, folder: Path | None) -> nn.Module:
                                                                          weights_only=True))
         return net
     hub_id, kw = get_pretrained_cfg(model).hf_hub_id, {}
-    if pretrained and folder and hub_id:  # the hub cache in the folder, read offline: no hub retries on a node
+    if pretrained and folder and hub_id:  # read the folder's hub cache offline: no hub retries on a node
         repo, _, revision = hub_id.partition("@")
         hits = [huggingface_hub.try_to_load_from_cache(repo, name, cache_dir=folder, revision=revision or None)
                 for name in ("model.safetensors", "pytorch_model.bin")]
@@ -271,6 +235,6 @@ def _create(model: str, pretrained: bool, folder: Path | None) -> nn.Module:
         if file is None:
             raise FileNotFoundError(f"no {folder / ('models--' + repo.replace('/', '--'))}")
         kw = {"pretrained_cfg_overlay": {"file": file}}
-    net = timm.create_model(model, pretrained=pretrained, cache_dir=folder, **kw)  # a strict load, classifier too
+    net = timm.create_model(model, pretrained=pretrained, cache_dir=folder, **kw)
     net.reset_classifier(0)
     return net

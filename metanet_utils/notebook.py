@@ -11,12 +11,10 @@ from .report import run_caption
 
 
 def setup(profile: str, data_dir: str = "") -> tuple[Profile, Dataset, str]:
-    """Read the profile (``configs/<name>.yaml``), open its data (the full HAM10000 if found, else the shipped
-    sample for demo and smoke) and say which on screen; return them with the caption every figure footer carries.
-    Figures show inline in Jupyter."""
+    """Read the profile, open its data and say which; return them with the caption of every figure footer."""
     shell = get_ipython()
     if shell is not None and shell.__class__.__name__ != "TerminalInteractiveShell":
-        shell.run_line_magic("matplotlib", "inline")  # run_all.sh sets MPLBACKEND=Agg for the library's figures
+        shell.run_line_magic("matplotlib", "inline")  # run_all.sh sets MPLBACKEND=Agg
     prof = load_profile(profile)
     ds = profile_dataset(prof, data_dir or None)
     caption = run_caption(prof, ds)

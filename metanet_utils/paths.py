@@ -10,8 +10,7 @@ _KIT = Path(__file__).resolve().parent.parent  # the checkout the package was in
 
 
 def project_root() -> Path:
-    """``$METANET_ROOT``, else the nearest folder up from here with ``configs/`` and ``pyproject.toml`` (notebooks run
-    in ``notebooks/``), else the kit's own checkout, else the current folder."""
+    """``$METANET_ROOT``, else the nearest folder up with ``configs/`` and ``pyproject.toml``, else the kit's."""
     if os.environ.get("METANET_ROOT"):
         return Path(os.environ["METANET_ROOT"]).resolve()
     here = Path.cwd().resolve()
@@ -30,12 +29,11 @@ def configs_dir() -> Path:
 
 
 def data_dir() -> Path:
-    """Downloads and caches (git-ignored), and the shipped sample ``data/sample/`` (tracked)."""
     return _folder("data")
 
 
 def sample_dir() -> Path:
-    """The shipped sample of HAM10000: ``data/sample/`` of the project, else of the kit's own checkout."""
+    """``data/sample/`` of the project, else of the kit's own checkout."""
     return data_dir() / "sample" if (data_dir() / "sample").is_dir() else _KIT / "data" / "sample"
 
 

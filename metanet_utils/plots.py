@@ -1,8 +1,7 @@
 """The figures several notebooks share, and :func:`finish`, which every figure ends with (footer, saved PNG).
 
-A figure one notebook draws is a matplotlib cell in that notebook. Figures are built as :class:`Figure` (not through
-``pyplot``), so a notebook shows each once, as the value of its cell. Classes come in the paper's order (largest
-first) with one colour each; results are MCR in %, and a missing number is a gap, never 0.
+Figures are :class:`Figure` objects (not ``pyplot``), so a notebook shows each once, as the value of its cell.
+Classes come in the paper's order; results are MCR in %, and a missing number is a gap, never 0.
 """
 
 from __future__ import annotations
@@ -27,23 +26,23 @@ from .tables import paper_table1, table1_records
 CLASS_COLORS = dict(zip(PAPER_ORDER, ("#4c72b0", "#c44e52", "#dd8452", "#55a868", "#8172b3", "#937860", "#da8bc3")))
 FUSION_COLORS = {"none": "#8c8c8c", "concat": "#4c72b0", "metanet": "#c44e52", "metablock": "#55a868"}
 FUSION_LABELS = {"none": "no metadata", "concat": "concatenation", "metanet": "MetaNet", "metablock": "Meta-Block"}
-_CHANCE = 100 / len(CLASS_CODES)  # the MCR (%) of a constant or random guess
+_CHANCE = 100 / len(CLASS_CODES)  # the MCR (%) of a random guess
 
 
 def _footer(fig: Figure, caption: str, size: float = 8.0) -> None:
-    """Grow ``fig`` by a band holding ``caption`` wrapped to its width, its layout kept to the area above."""
+    """Grow ``fig`` by a band holding ``caption`` wrapped to its width, its layout kept above."""
     w, h = fig.get_size_inches()
     lines: list[str] = []
-    for para in caption.splitlines() or [""]:  # wrap at the characters that fit, on this text's mean width
+    for para in caption.splitlines() or [""]:  # wrap at the characters that fit, at this text's mean width
         wide = text_to_path.get_text_width_height_descent(para, FontProperties(size=size), ismath=False)[0]
         lines += textwrap.wrap(para, max(1, int(len(para) * 0.88 * w * 72 / max(wide, 1)))) or [""]
-    pad = 0.06  # inches below and above the footer
+    pad = 0.06  # inches
     band = len(lines) * size * 1.25 / 72 + 2 * pad
     label = fig._supxlabel if getattr(fig._supxlabel, "_autopos", False) else None  # the layout puts it lowest
     label_band = max(len(label.get_text().splitlines()), 1) * label.get_fontsize() * 1.3 / 72 + pad if label else 0.0
     new_h = h + band + label_band
     fig.set_size_inches(w, new_h, forward=False)
-    bottom, k = (band + label_band) / new_h, h / new_h  # the old figure is now above the footer: y -> bottom + k y
+    bottom, k = (band + label_band) / new_h, h / new_h  # the old figure above the footer: y -> bottom + k y
     engine = fig.get_layout_engine()
     if isinstance(engine, ConstrainedLayoutEngine):  # rect: left, bottom, width, height
         x0, y0, rw, rh = engine.get()["rect"]
@@ -62,19 +61,13 @@ def _footer(fig: Figure, caption: str, size: float = 8.0) -> None:
 
 
 def finish(fig: Figure, *, save: str | None = None, caption: str | None = None) -> Figure:
-    """End a figure: a grey footer (once) saying what data and runs made it; ``figures/<save>.png`` when asked.
-
-    Example:
-        >>> fig = finish(Figure(), caption="demo profile, the shipped sample")
-        >>> [t.get_text() for t in fig.texts]
-        ['demo profile, the shipped sample']
-    """
+    """End a figure: a grey footer (once) saying what data and runs made it; ``figures/<save>.png`` when asked."""
     if caption and not any(t.get_gid() == "figure-caption" for t in fig.texts):
         _footer(fig, caption)
     if save:
         path = figures_dir() / f"{save}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")  # written whole, then renamed
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
         fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
         os.replace(tmp, path)
     return fig
@@ -83,17 +76,11 @@ def finish(fig: Figure, *, save: str | None = None, caption: str | None = None) 
 def class_counts(counts: Mapping[str, int] | pd.Series | pd.DataFrame,
                  paper: Mapping[str, int] | None = PAPER_CLASS_COUNTS, *, log: bool = False,
                  save: str | None = None, caption: str | None = None) -> Figure:
-    """Bar chart of the images per class beside the paper's (Sec. 3.1), as % of all images when the totals differ.
+    """Bar chart of the images per class (a mapping, Series or frame with ``dx``) beside the paper's (Sec. 3.1, or
+    None), as % of all images when the totals differ.
 
-    Args:
-        counts: images per ``dx``: a mapping, a ``value_counts()`` Series, or a frame with ``dx``.
-        paper: the paper's counts (None: ours alone); its bars that differ from the official data are starred.
-        log: logarithmic y axis (the classes span two orders of magnitude).
-
-    Example:
-        >>> fig = class_counts({"nv": 60, "mel": 10, "bkl": 10, "bcc": 5, "akiec": 3, "vasc": 1, "df": 1})
-        >>> len(fig.axes[0].patches)        # 7 bars here, 7 bars of the paper
-        14
+    >>> len(class_counts({"nv": 60, "mel": 10, "bkl": 10}).axes[0].patches)  # 7 bars here, 7 of the paper
+    14
     """
     def series(c: Any) -> pd.Series:
         c = dict(c["dx"].value_counts() if isinstance(c, pd.DataFrame) else c)
@@ -132,7 +119,7 @@ def _empty(ax: Any, text: str) -> None:
 
 def _grouped(ax: Any, groups: Sequence[str], table: pd.DataFrame, mean: str, std: str, fusions: Sequence[str],
              hatch: str | None = None) -> None:
-    """Bars of ``table[mean]`` ± ``table[std]`` (indexed by backbone, fusion): one group per backbone."""
+    """Bars of ``table[mean]`` ± ``table[std]`` (indexed by backbone, fusion), a group per backbone."""
     x, w = np.arange(len(groups)), 0.8 / max(len(fusions), 1)
     for k, f in enumerate(fusions):
         m, s = (np.array([table[col].get((g, f), np.nan) for g in groups], dtype=float) for col in (mean, std))
@@ -145,11 +132,7 @@ def _grouped(ax: Any, groups: Sequence[str], table: pd.DataFrame, mean: str, std
 
 
 def mcr_bars(table1: pd.DataFrame, *, save: str | None = None, caption: str | None = None) -> Figure:
-    """Table 1 as bars: MCR (mean ± sd over folds) per backbone and fusion, ours beside the paper's (hatched).
-
-    Args:
-        table1: :func:`~metanet_utils.tables.build_table1` frame.
-    """
+    """Table 1 (:func:`~metanet_utils.tables.build_table1`) as bars, ours beside the paper's (hatched)."""
     fusions = [f for f in ("none", "concat", "metanet") if f in set(table1.get("fusion", []))] or \
         ["none", "concat", "metanet"]
     bbs = list(dict.fromkeys(table1["backbone"].astype(str))) if len(table1) else []
@@ -172,15 +155,14 @@ def mcr_bars(table1: pd.DataFrame, *, save: str | None = None, caption: str | No
 def learning_curves(records: pd.DataFrame, *, backbone: str | None = None,
                     fusions: Sequence[str] = ("none", "concat", "metanet"), meta_layers: int = 2,
                     save: str | None = None, caption: str | None = None) -> Figure:
-    """Training loss and validation MCR per epoch (``history.csv``): a column per fusion, a line per fold, for the
-    Table 1 runs of one backbone (default: the first). The loss row is logarithmic: validation spikes do not flatten
-    the training curves."""
+    """Training loss (log scale) and validation MCR per epoch of the Table 1 runs of one backbone (default: the
+    first): a column per fusion, a line per fold."""
     df = table1_records(records, meta_layers)
     backbone = backbone or (str(df["backbone"].iloc[0]) if len(df) else None)
     df = df[df["backbone"] == backbone] if len(df) else df
     fig = Figure(figsize=(4 * len(fusions), 5.6), layout="constrained")
     axes = fig.subplots(2, len(fusions), sharex=True, sharey="row", squeeze=False)
-    first = None  # the first column with runs carries the axis labels and legends
+    first = None  # the first column with runs carries the labels and legends
     for (ax_l, ax_m), f in zip(axes.T, fusions):
         runs = df[df["fusion"] == f].sort_values("fold") if len(df) else df
         ax_l.set_title(FUSION_LABELS.get(f, f), color=FUSION_COLORS.get(f, "k"))
@@ -204,7 +186,7 @@ def learning_curves(records: pd.DataFrame, *, backbone: str | None = None,
         ax_m.set_xlabel("epoch")
         ax_m.xaxis.set_major_locator(MaxNLocator(integer=True))
         first = (ax_l, ax_m) if first is None else first
-    if first is not None:  # the row shares one axis: set it once
+    if first is not None:
         ax_l, ax_m = first
         ax_l.set_yscale("log")
         ax_l.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
@@ -219,7 +201,7 @@ def learning_curves(records: pd.DataFrame, *, backbone: str | None = None,
 
 
 def fold_heatmap(folds: pd.DataFrame, *, save: str | None = None, caption: str | None = None) -> Figure:
-    """Per-fold MCR (%) of the Table 1 runs (notebook 05's ``folds``): a row per backbone / fusion, a column a fold."""
+    """Per-fold MCR (%) of the Table 1 runs (notebook 05's ``folds``)."""
     fig = Figure(figsize=(1.2 * max(len(folds.columns), 3) + 2.5, 0.45 * max(len(folds), 3) + 1.6),
                  layout="constrained")
     ax = fig.subplots()

@@ -1,7 +1,5 @@
-"""The report: a profile's tables beside the paper's, its runs' completeness, what produced them (the caption of
-every figure) and every deviation from the paper's protocol. Notebook 09 holds what only it shows: where the paper,
-the data and the authors' code disagree, and what the lesion leak is worth. (The HTML pages of the executed notebooks:
-:mod:`metanet_utils.ops.html`.)
+"""The report: a profile's tables beside the paper's, its runs' completeness, the caption of every figure and every
+deviation from the paper's protocol (notebook 09).
 
 Example:
     >>> from metanet_utils.config import load_profile
@@ -38,18 +36,16 @@ P = PAPER_PROTOCOL
 
 
 def ablation_backbone(prof: Profile) -> str:
-    """The backbone of Tables 2-4: ``ablations.backbone``, else the profile's last backbone (as the grid)."""
+    """The backbone of Tables 2-4: ``ablations.backbone``, else the profile's last backbone."""
     return prof.ablations.backbone or prof.backbones[-1]
 
 
 def _paper_size(backbone: str) -> tuple[int, int]:
-    """The paper's (resize, crop) for a backbone; for one the paper did not use, that of most of its six."""
     b = BACKBONES[paper_alias(backbone) or P.ablation_backbone]
     return b.resize, b.crop
 
 
 def _sizes_of(prof: Profile) -> dict[str, tuple[int, int]]:
-    """``backbone -> (resize, crop)`` as the grid trains it (a name timm does not know: the paper's)."""
     out = {}
     for b in prof.backbones:
         try:
@@ -68,8 +64,7 @@ def _epochs(n: int) -> str:
 
 
 def _core_rows(prof: Profile, dataset: Any) -> list[tuple]:
-    """``(setting, paper, this run, deviates, note)`` of what changes what the numbers mean: data, pretraining,
-    epochs, image size, folds."""
+    """``(setting, paper, this run, deviates, note)`` of data, pretraining, epochs, image size and folds."""
     rows, sizes, ran = [], _sizes_of(prof), len(prof.fold_indices)
     if dataset is not None:
         n, sample = len(dataset.df), dataset.kind == "sample"
@@ -92,14 +87,12 @@ def _core_rows(prof: Profile, dataset: Any) -> list[tuple]:
 
 
 def protocol_differences(prof: Profile, dataset: Any = None) -> list[str]:
-    """How the profile departs from the paper's protocol where it changes what the numbers mean (data,
-    pretraining, epochs, image size, folds); empty for the paper's protocol."""
+    """How the profile departs from the paper in data, pretraining, epochs, image size or folds."""
     return [f"{ours} (the paper: {paper})" for _, paper, ours, dev, _ in _core_rows(prof, dataset) if dev]
 
 
 def shows_mechanics_only(prof: Profile, dataset: Any = None) -> bool:
-    """Whether the profile's numbers can only show how the kit works (smoke, demo): the shipped sample, under 2000
-    images, no pretraining, under 25 epochs or crops under 112 px. A merely shorter schedule (quick) is not that."""
+    """Whether the numbers only show how the kit works (smoke, demo; not the shorter schedule of quick)."""
     if dataset is not None and (dataset.kind == "sample" or len(dataset.df) < 2000):
         return True
     return not prof.pretrained or prof.epochs < 25 or any(c < 112 for _, c in _sizes_of(prof).values())
@@ -121,13 +114,12 @@ def run_caption(prof: Profile, dataset: Any = None) -> str:
 
 
 class Completeness(NamedTuple):
-    """How many of a profile's runs are complete: Table 1's (notebook 04 trains them) and the other runs of the
-    ablations (notebook 07); ``str()`` is the line the notebooks print."""
+    """Complete runs of a profile, ``(complete, expected)`` for Table 1 and the other ablation runs."""
     profile: str
-    table1: tuple[int, int]  #: (complete, expected)
-    ablations: tuple[int, int]  #: a run both share counts as Table 1's
-    ablation_tables: str  #: e.g. "Tables 3 and 4"; "" when the profile asks for none
-    run_ids: tuple[str, ...]  #: the complete runs
+    table1: tuple[int, int]
+    ablations: tuple[int, int]
+    ablation_tables: str  #: e.g. "Tables 3 and 4"
+    run_ids: tuple[str, ...]
 
     def __str__(self) -> str:
         (t1, n1), (ab, na) = self.table1, self.ablations
@@ -140,7 +132,7 @@ class Completeness(NamedTuple):
 
 
 def completeness(prof: Profile, dataset: Any) -> Completeness:
-    """Which runs of the profile's grid (:func:`~metanet_utils.runs.enumerate_runs`) are complete (results/runs)."""
+    """Which runs of the profile's grid are complete in ``results/runs``."""
     where = runs_dir()
     ids = [r.run_id for r in enumerate_runs(prof, dataset)]
     table1 = {r.run_id for r in enumerate_runs(prof, dataset, ("table1",))}
@@ -152,12 +144,12 @@ def completeness(prof: Profile, dataset: Any) -> Completeness:
 
 
 def profile_records(prof: Profile, dataset: Any) -> pd.DataFrame:
-    """The records (:func:`~metanet_utils.evaluate.load_records`) of the profile's complete runs only."""
+    """The records of the profile's complete runs."""
     return load_records(runs_dir(), completeness(prof, dataset).run_ids)
 
 
 def profile_tables(prof: Profile, dataset: Any, records: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
-    """Tables 1-4 of the profile: its backbones in Table 1, its ablation backbone in Tables 2-4, its MetaNet depth."""
+    """Tables 1-4 of the profile's records."""
     records = profile_records(prof, dataset) if records is None else records
     k, n, abl = prof.meta_layers, prof.n_folds, ablation_backbone(prof)
     fusions = [f for f in P.fusions if f in prof.fusions] or list(P.fusions)
@@ -168,8 +160,8 @@ def profile_tables(prof: Profile, dataset: Any, records: pd.DataFrame | None = N
 
 def write_profile_tables(prof: Profile, data_dir: Any = None, *, dataset: Any = None,
                          require_runs: bool = False) -> Path:
-    """Write ``table{1,2,3,4}.{csv,md}`` of the profile's records and ``provenance.json``; return the folder.
-    ``require_runs``: raise DataError, writing nothing, when no run of the profile on this data is complete."""
+    """Write ``table{1,2,3,4}.{csv,md}`` and ``provenance.json``; return the folder. ``require_runs``: raise
+    DataError when no run of the profile on this data is complete."""
     ds = dataset if dataset is not None else profile_dataset(prof, str(data_dir) if data_dir else None)
     done, where = completeness(prof, ds), runs_dir()
     if require_runs and not done.run_ids:
@@ -190,7 +182,6 @@ def write_profile_tables(prof: Profile, data_dir: Any = None, *, dataset: Any = 
 
 
 def _image_split_leak(prof: Profile, dataset: Any) -> str:
-    """Share of validation images with a same-lesion image in training under image-level folds."""
     try:
         share = lesion_leak(dataset.df, dataset.folds(prof.n_folds, "image", prof.split_seed))["share"].drop("overall")
     except (AttributeError, KeyError, ValueError):  # no data set, no lesion ids, or too few images to split
@@ -210,7 +201,6 @@ def _source_row(dataset: Any) -> list[tuple]:
 
 
 def _precision_row(prof: Profile, records: pd.DataFrame) -> tuple:
-    """What the runs computed in (``precision`` of their ``metrics.json``), else the profile's setting."""
     paper, mixed = "float32 (2019 PyTorch, presumably)", "mixed precision changes rounding, not the method"
     unknown = "precision not recorded"  # a record of an older kit: counts as its profile's setting
     if not len(records):
@@ -249,9 +239,7 @@ def _show(v: Any) -> str:
 
 
 def deviations(prof: Profile, dataset: Any = None, records: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Every setting of the paper's protocol beside this run's (a profile's by its key in ``configs/*.yaml``):
-    ``setting, paper, this run, deviates`` (bool), ``note``; ``records`` (default: the profile's) give the precision
-    the runs computed in."""
+    """Every setting of the paper's protocol beside this run's: ``setting, paper, this run, deviates, note``."""
     if records is None:
         records = profile_records(prof, dataset) if dataset is not None else pd.DataFrame()
     subs = [b for b in prof.backbones if not paper_alias(b)]

@@ -1,10 +1,8 @@
 """The runs of a profile: Table 1 and the ablations of Tables 3 and 4 (paper Sec. 3), as run configs.
 
-Table 1 is every backbone x fusion x fold (``concat`` on the raw 17-d metadata, ``metanet`` with ``meta_layers``
-fully connected layers); Table 3 (``ablations.table3``) ``metanet`` on the ablation backbone with each non-empty
-subset of age / sex / localization (the empty subset is ``none``); Table 4 (``ablations.table4``) ``metanet`` and
-``concat`` there with 1..4 layers. A run is its config (``run_id``): one enumerated by two tables trains once.
-The machine room's :func:`metanet_utils.ops.grid.run_grid` trains them.
+Table 1 is every backbone x fusion x fold (``concat`` on the raw metadata); Table 3 ``metanet`` on the ablation
+backbone with each subset of age / sex / localization (the empty one is ``none``); Table 4 ``metanet`` and ``concat``
+with 1..4 layers. A run shared by two tables trains once; :func:`metanet_utils.ops.grid.run_grid` trains them.
 
 Example:
     >>> from metanet_utils.config import load_profile
@@ -33,7 +31,7 @@ EXPERIMENTS: tuple[str, ...] = ("table1", "table3", "table4")
 
 
 def image_sizes(profile: Profile, backbone: str) -> tuple[int, int]:
-    """(resize, crop) of a backbone's runs: the profile's, else the backbone's own (300/224, PNASNet 441/331)."""
+    """(resize, crop) of a backbone's runs: the profile's, else the backbone's own."""
     if profile.image_size is not None and profile.crop_size is not None:
         return profile.image_size, profile.crop_size
     spec = input_spec(backbone)
@@ -50,7 +48,7 @@ def _base(profile: Profile, dataset, backbone: str) -> RunConfig:
 def _variant(base: RunConfig, fusion: str, features: tuple[str, ...] = META_FIELDS, k: int | None = None) -> RunConfig:
     if fusion == "none":
         return base.replace(fusion="none", meta_features=(), meta_layers=0)
-    if fusion == "concat":  # Table 1: raw metadata concatenated (k = 0); Table 4 sets k
+    if fusion == "concat":  # Table 1: the raw metadata (k = 0); Table 4 sets k
         return base.replace(fusion="concat", meta_features=features, meta_layers=0 if k is None else k)
     return base.replace(fusion=fusion, meta_features=features, meta_layers=base.meta_layers if k is None else k)
 
@@ -58,15 +56,14 @@ def _variant(base: RunConfig, fusion: str, features: tuple[str, ...] = META_FIEL
 def run_config(profile: Profile, dataset, backbone: str, fusion: str, fold: int = 0,
                features: tuple[str, ...] = META_FIELDS, meta_layers: int | None = None,
                **overrides: Any) -> RunConfig:
-    """The config of one run of ``profile``, exactly as the grid enumerates it (same ``run_id``); ``meta_layers``
-    None: the paper's depth for the fusion (concat: raw metadata, metanet: the profile's); ``overrides``: any other
+    """The config of one run of ``profile`` as the grid enumerates it (same ``run_id``); ``overrides``: any other
     setting (e.g. ``epochs``)."""
     base = _base(profile, dataset, backbone).replace(fold=fold, **overrides)
     return _variant(base, fusion, tuple(features), meta_layers)
 
 
 def enumerate_runs(profile: Profile, dataset, experiments: Iterable[str] = EXPERIMENTS) -> list[RunConfig]:
-    """Every run the profile asks for (Table 1, then the ablations; ``experiments``: some of them), each once."""
+    """Every run the profile asks for (Table 1, then the ablations), each once."""
     experiments = tuple(experiments)
     if unknown := set(experiments) - set(EXPERIMENTS):
         raise ConfigError(f"unknown experiment(s) {sorted(unknown)}; allowed: {', '.join(EXPERIMENTS)}")
@@ -85,7 +82,7 @@ def enumerate_runs(profile: Profile, dataset, experiments: Iterable[str] = EXPER
                                              for subset in itertools.combinations(META_FIELDS, r)]
         for k in abl.meta_layers if do4 else ():
             runs += [_variant(b, "metanet", META_FIELDS, k), _variant(b, "concat", META_FIELDS, k)]
-    return list({r.run_id: r for r in runs}.values())  # each run once, where it first appears
+    return list({r.run_id: r for r in runs}.values())
 
 
 def filter_runs(runs: list[RunConfig], only: dict[str, list[str]] | None) -> list[RunConfig]:

@@ -1,10 +1,8 @@
 """Cross-validation folds, the lesion leak they carry, and the class weights of a training fold.
 
-The paper says only "5-fold cross-validation". The kit's default, scheme ``"image"``, stratifies the folds by
-class at image level, as the authors' 2022 code does. HAM10000 holds several images of many lesions (10015
-images of 7470 lesions), so an image split puts images of one lesion on both sides: about 4 in 10 validation
-images then have an image of the same lesion in training (:func:`lesion_leak`). Scheme ``"lesion"`` groups by
-``lesion_id`` (no lesion in two folds) and still stratifies by class.
+The paper says only "5-fold cross-validation". Scheme ``"image"`` (the default, as the authors' 2022 code) stratifies
+by class at image level; HAM10000 has 10015 images of 7470 lesions, so about 4 in 10 validation images then have an
+image of the same lesion in training (:func:`lesion_leak`). Scheme ``"lesion"`` also groups by ``lesion_id``.
 
 Example:
     >>> df = pd.DataFrame({"image_id": [f"ISIC_{i:07d}" for i in range(20)],
@@ -39,10 +37,8 @@ def _image_ids(df: pd.DataFrame) -> np.ndarray:
 
 
 def make_folds(df: pd.DataFrame, n_folds: int = 5, scheme: str = "image", seed: int = 0) -> np.ndarray:
-    """The validation fold (0 .. n_folds - 1) of each row of ``df`` (``image_id``, ``dx``, and ``lesion_id``
-    for ``"lesion"``): sklearn's ``StratifiedKFold`` by ``dx`` (``"image"``) or ``StratifiedGroupKFold`` grouped by
-    ``lesion_id`` (``"lesion"``), shuffled with ``random_state=seed``. Rows are split in ``image_id`` order, so the
-    same data in another row order gives every image the same fold."""
+    """The validation fold of each row: sklearn's ``StratifiedKFold`` by ``dx`` (``"image"``), or
+    ``StratifiedGroupKFold`` grouped by ``lesion_id``, split in ``image_id`` order (row order does not matter)."""
     if scheme not in SPLIT_SCHEMES:
         raise ValueError(f"scheme must be one of {SPLIT_SCHEMES}, not {scheme!r}")
     if int(n_folds) != n_folds or n_folds < 2:
@@ -61,8 +57,8 @@ def make_folds(df: pd.DataFrame, n_folds: int = 5, scheme: str = "image", seed: 
 
 
 def lesion_leak(df: pd.DataFrame, folds: Sequence[int]) -> pd.DataFrame:
-    """Per fold (then ``"overall"``): ``n_val`` validation images, ``n_val_with_lesion_in_train`` of them with an
-    image of the same lesion in training, and ``share``, their ratio."""
+    """Per fold and ``"overall"``: ``n_val``, ``n_val_with_lesion_in_train`` (a same-lesion image in training),
+    ``share``."""
     folds = np.asarray(folds)
     if folds.shape != (len(df),):
         raise ValueError(f"folds has shape {folds.shape}; expected ({len(df)},), one fold per row")
@@ -78,9 +74,8 @@ def lesion_leak(df: pd.DataFrame, folds: Sequence[int]) -> pd.DataFrame:
 
 def load_or_make_folds(df: pd.DataFrame, n_folds: int, scheme: str, seed: int, key: str,
                        folds_dir: str | Path | None = None) -> np.ndarray:
-    """:func:`make_folds`, saved once per data set and reused, so every run of a grid sees the same folds: a CSV
-    ``image_id,fold`` at ``<folds_dir>/<key>-<scheme>-<n_folds>-s<seed>.csv`` (default folder ``results/folds``;
-    ``key``: the data's fingerprint). Saved folds of other images stop with a message naming the file."""
+    """:func:`make_folds`, saved once per data set (``key``: its fingerprint) as ``image_id,fold`` in
+    ``results/folds/<key>-<scheme>-<n_folds>-s<seed>.csv`` and reused, so every run sees the same folds."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", key):
         raise ValueError(f"key {key!r} must be a file-name-safe fingerprint (letters, digits, '.', '_', '-')")
     path = Path(folds_dir or paths.folds_dir()) / f"{key}-{scheme}-{int(n_folds)}-s{int(seed)}.csv"
@@ -104,13 +99,11 @@ def load_or_make_folds(df: pd.DataFrame, n_folds: int, scheme: str, seed: int, k
 
 
 def class_weights(labels: Sequence[int] | Sequence[str], n_classes: int = 7) -> np.ndarray:
-    """Inverse-frequency class weights of a training fold for the weighted cross-entropy: ``w_c = n / (k n_c)``
-    for ``n`` labels (class indices or ``dx``), ``n_c`` of class ``c``, ``k`` classes present: sklearn's
-    ``compute_class_weight("balanced")``, whose mean weight per image is 1. An absent class gets 0, with a warning.
+    """Inverse-frequency class weights of a training fold, ``w_c = n / (k n_c)`` for ``k`` classes present (sklearn's
+    "balanced"); an absent class gets 0, with a warning.
 
-    Example:
-        >>> class_weights([0, 0, 0, 1], n_classes=2).tolist()
-        [0.6666666666666666, 2.0]
+    >>> class_weights([0, 0, 0, 1], n_classes=2).tolist()
+    [0.6666666666666666, 2.0]
     """
     y = np.asarray(labels)
     y = labels_to_indices(y) if y.dtype.kind in "OUS" else y

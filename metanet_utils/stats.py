@@ -1,8 +1,8 @@
 """Significance tests for paired cross-validation folds, on top of :mod:`scipy.stats`, reported honestly.
 
 The paper's "p < 0.05 with Wilcoxon's Sign Rank Test" over 5 paired folds: the exact two-sided p-value cannot go below
-2 / 2**5 = 0.0625 (notebook 05 counts the 32 sign patterns). Beside it: the one-sided exact test, the normal
-approximation, pooling over backbones and the Nadeau-Bengio corrected t-test (folds share training data), with Holm.
+2 / 2**5 = 0.0625 (notebook 05). Beside it: the one-sided test, the normal approximation, pooling over backbones and
+the Nadeau-Bengio corrected t-test (folds share training data), with Holm.
 
 Example:
     >>> r = wilcoxon([0.88, 0.87, 0.89, 0.86, 0.90], [0.87, 0.85, 0.86, 0.82, 0.85])  # five folds, all a > b
@@ -19,15 +19,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats as st
 
-MAX_ENUMERATED = 16  #: most non-zero pairs whose 2**n sign patterns ``wilcoxon`` enumerates when ranks tie
-#: scipy's statistic and p-value, the pairs ``n`` (``n_zero`` of them zero, dropped) and the method used.
+MAX_ENUMERATED = 16  #: most non-zero pairs whose sign patterns ``wilcoxon`` enumerates when ranks tie
 WilcoxonResult = namedtuple("WilcoxonResult", "statistic pvalue n n_zero method")
-#: :func:`corrected_ttest`'s statistic, two-sided p-value and degrees of freedom k - 1.
 TTestResult = namedtuple("TTestResult", "statistic pvalue df")
 
 
 def differences(a: Any, b: Any | None = None) -> np.ndarray:
-    """``a - b`` rounded to 12 decimals, so floating noise (``0.1 + 0.2 - 0.3``) is a zero or a tie."""
+    """``a - b`` rounded to 12 decimals: floating noise is a zero or a tie."""
     d = np.asarray(a, dtype=float).ravel()
     if b is not None:
         other = np.asarray(b, dtype=float).ravel()
@@ -36,18 +34,17 @@ def differences(a: Any, b: Any | None = None) -> np.ndarray:
         d = d - other
     if np.isnan(d).any():
         raise ValueError("differences contain NaN; drop unpaired folds first")
-    return np.round(d, 12) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return np.round(d, 12) + 0.0  # -0.0 -> 0.0
 
 
 def min_exact_pvalue(n: int, alternative: str = "two-sided") -> float:
-    """Smallest exact Wilcoxon p-value with ``n`` non-zero pairs: all of one sign, ``1/2**n`` per side."""
+    """Smallest exact Wilcoxon p-value with ``n`` non-zero pairs: ``1/2**n`` per side."""
     return min(1.0, (2.0 if alternative == "two-sided" else 1.0) * 0.5 ** n)
 
 
 def wilcoxon(a: Any, b: Any | None = None, alternative: str = "two-sided", method: str = "exact") -> WilcoxonResult:
-    """scipy's Wilcoxon signed-rank test of ``d = a - b`` (or of the differences ``a``), zeros dropped; with tied
-    |differences| ``method="exact"`` counts every sign pattern (scipy's exact table assumes no ties), past
-    :data:`MAX_ENUMERATED` pairs it takes the tie-corrected normal approximation."""
+    """scipy's Wilcoxon signed-rank test of ``a - b`` (or of ``a``), zeros dropped; with ties ``"exact"`` counts
+    every sign pattern (scipy's table assumes none), past :data:`MAX_ENUMERATED` pairs the normal approximation."""
     d = differences(a, b)
     if d.size == 0:
         raise ValueError("wilcoxon needs at least one pair")
@@ -56,15 +53,15 @@ def wilcoxon(a: Any, b: Any | None = None, alternative: str = "two-sided", metho
         enumerate_all = nonzero.size <= MAX_ENUMERATED
         how = st.PermutationMethod(n_resamples=2 ** nonzero.size) if enumerate_all else "asymptotic"
         method = "exact (all sign patterns)" if enumerate_all else "asymptotic"
-    if nonzero.size == 0:  # no evidence either way
+    if nonzero.size == 0:
         return WilcoxonResult(0.0, 1.0, d.size, d.size, method)
     r = st.wilcoxon(nonzero, alternative=alternative, method=how)
     return WilcoxonResult(float(r.statistic), float(r.pvalue), d.size, d.size - nonzero.size, method)
 
 
 def corrected_ttest(a: Any, b: Any | None = None, n_train: float = 4.0, n_test: float = 1.0) -> TTestResult:
-    """Nadeau-Bengio corrected resampled t-test (two-sided): ``t = mean(d) / sqrt((1/k + n_test/n_train) var(d))``,
-    k - 1 degrees of freedom (defaults: 5-fold's ratio 1/4; ratio -> 0 gives the plain paired t-test)."""
+    """Nadeau-Bengio corrected t-test (two-sided): ``t = mean(d) / sqrt((1/k + n_test/n_train) var(d))``, k - 1
+    degrees of freedom."""
     d = differences(a, b)
     k = int(d.size)
     if k < 2:
@@ -75,7 +72,7 @@ def corrected_ttest(a: Any, b: Any | None = None, n_train: float = 4.0, n_test: 
 
 
 def holm(pvalues: Any) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values in the input order; a NaN stays NaN and is not counted as a test."""
+    """Holm-Bonferroni adjusted p-values in the input order; a NaN stays NaN, not counted as a test."""
     p = np.asarray(pvalues, dtype=float).ravel()
     out, ok = np.full_like(p, np.nan), np.flatnonzero(~np.isnan(p))
     order = ok[np.argsort(p[ok], kind="stable")]
@@ -85,8 +82,7 @@ def holm(pvalues: Any) -> np.ndarray:
 
 def paired_values(df: pd.DataFrame, a: Any, b: Any, *, column: str = "fusion", value: str = "mcr",
                   pair_on: Sequence[str] = ("backbone", "fold")) -> pd.DataFrame:
-    """``value`` of variants ``a`` and ``b`` of ``column`` side by side: ``*pair_on, a, b, diff`` (a - b), a row per
-    pair with both sides (two rows of one variant for one pair raise ValueError)."""
+    """``value`` of variants ``a`` and ``b`` of ``column`` side by side: ``*pair_on, a, b, diff``, a row per pair."""
     keys = [*pair_on, column]
     part = df.loc[df[column].isin([a, b]), [*keys, value]]
     twice = part.duplicated(keys, keep=False)
@@ -101,10 +97,9 @@ def paired_values(df: pd.DataFrame, a: Any, b: Any, *, column: str = "fusion", v
 
 def compare(records: pd.DataFrame, a: Any = "metanet", b: Any = "none", *, column: str = "fusion",
             by: str = "backbone", value: str = "mcr") -> pd.DataFrame:
-    """``a`` against ``b`` per group (its folds paired), then one ``"pooled"`` row over all pairs: ``n`` pairs,
-    ``mean_diff``, ``wins`` (a > b), Wilcoxon ``p_exact`` (two-sided), ``p_exact_greater`` and ``p_approx``
-    (normal approximation), the corrected t-test ``p_ttest`` (per group; fold sizes from the records' ``n_val`` /
-    ``n_train``, else k-fold's), Holm over the groups (``*_holm``) and the smallest exact p ``min_p_exact``."""
+    """``a`` against ``b`` per group (its folds paired), then a ``"pooled"`` row: ``n``, ``mean_diff``, ``wins``,
+    Wilcoxon ``p_exact``, ``p_exact_greater``, ``p_approx``, corrected t-test ``p_ttest``, Holm over the groups
+    (``*_holm``) and ``min_p_exact``."""
     pairs = paired_values(records, a, b, column=column, value=value, pair_on=(by, "fold"))
 
     def row(name: Any, d: np.ndarray, p_ttest: float = np.nan) -> dict[str, Any]:

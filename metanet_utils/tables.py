@@ -1,12 +1,8 @@
-"""The paper's Tables 1-4 (``resources/paper_table{1..4}.csv``, as ``../shared/paper`` has them) beside ours.
+"""The paper's Tables 1-4 (``resources/paper_table{1..4}.csv``) beside ours.
 
-Each ``build_tableN`` selects the runs of its cells from a records frame (:func:`~metanet_utils.evaluate.load_records`)
-and gives one row per cell: its keys, ``n`` (folds found), ``n_expected``, ``folds``, ``ours_mean``, ``ours_std``
-(sample std, ddof=1, in %), ``paper_mean``, ``paper_std`` and ``diff`` (ours - paper, points); a cell without runs is
-NaN (``—``), never 0. Tables 1 and 2 take all three metadata fields, ``concat`` on the raw metadata (k = 0, Sec. 3.5)
-and ``metanet`` with k layers; Table 3 MetaNet with each subset of the fields (no field: the ``none`` run); Table 4
-MetaNet and concatenation with k = 1..4. The paper's Tables 2-4 are SENet154's: for another backbone the caption says
-to compare trends, not values.
+Each ``build_tableN`` selects the runs of its cells from a records frame and gives one row per cell: its keys, ``n``
+(folds found), ``n_expected``, ``folds``, ``ours_mean``, ``ours_std`` (ddof=1, in %), ``paper_mean``, ``paper_std``
+and ``diff`` (points); a cell without runs is NaN (``—``), never 0. The paper's Tables 2-4 are SENet154's.
 
 Example:
     >>> t = format_table(build_table4(pd.DataFrame(), "senet154"))  # no runs yet
@@ -32,13 +28,12 @@ from .paths import tables_dir
 ALL_META = "+".join(META_FIELDS)
 _CELL = ("n", "n_expected", "folds", "ours_mean", "ours_std", "paper_mean", "paper_std", "diff")
 _NONE = (np.nan, np.nan)
-#: Any spelling of the paper's backbones (alias, the paper's, timm's architecture) -> the alias of BACKBONES.
 _ALIASES = {k.lower(): a for a, b in BACKBONES.items() for k in (a, b.paper_name, b.model.split(".")[0])}
 _ABLATION = BACKBONES[PAPER_PROTOCOL.ablation_backbone].paper_name  # "SENet154"
 
 
 def paper_alias(name: Any) -> str | None:
-    """Our short name (a key of ``constants.BACKBONES``) of one of the paper's backbones in any spelling, or None:
+    """The key of ``BACKBONES`` of one of the paper's backbones in any spelling, or None.
 
     >>> paper_alias("legacy_senet154"), paper_alias("timm/resnet50.a1_in1k"), paper_alias("resnet10t")
     ('senet154', 'resnet50', None)
@@ -48,14 +43,13 @@ def paper_alias(name: Any) -> str | None:
 
 
 def paper_backbone(name: Any) -> str | None:
-    """The paper's spelling of one of its backbones (``'PNASNet-5'``), or None (e.g. tiny demo models)."""
+    """The paper's spelling of one of its backbones (``'PNASNet-5'``), or None."""
     return BACKBONES[alias].paper_name if (alias := paper_alias(name)) else None
 
 
 def paper_table(i: int) -> pd.DataFrame:
-    """The paper's Table ``i``: 1 ``backbone,fusion,mcr_mean,mcr_std``; 2 (SENet154's recall per class)
-    ``class,n_images_paper,fusion,recall_mean,recall_std`` (its Baseline / Fusion-network / Meta-network are none /
-    concat / metanet); 3 ``age,sex,localization,mcr_mean,mcr_std``; 4 ``fusion,fc_layers,mcr_mean,mcr_std``."""
+    """The paper's Table ``i`` as its CSV has it (Table 2's Baseline / Fusion / Meta-network: none / concat /
+    metanet)."""
     return pd.read_csv(Path(__file__).with_name("resources") / f"paper_table{i}.csv")
 
 
@@ -63,14 +57,12 @@ paper_table1, paper_table2, paper_table3, paper_table4 = (functools.partial(pape
 
 
 def _paper(i: int, keys: list[str], what: str = "mcr") -> dict[tuple, tuple[float, float]]:
-    """The paper's Table ``i`` as ``{keys: (mean, std)}``."""
     t = paper_table(i)
     return {tuple(k): (m, s) for k, m, s in zip(t[keys].itertuples(index=False), t[f"{what}_mean"], t[f"{what}_std"])}
 
 
 def _records(records: pd.DataFrame | str | Path | None, n_folds: int | None = None) -> tuple[pd.DataFrame, int]:
-    """A records frame (a runs folder or None: read it) with the columns cells are selected by, and the folds a cell
-    expects: ``n_folds``, else the records' most common ``n_folds``, else the paper's 5."""
+    """A records frame (a runs folder or None: read it) and the folds a cell expects (default the records')."""
     df = load_records(records) if records is None or isinstance(records, (str, Path)) else records
     keys = ["backbone", "fusion", "meta_features", "meta_layers", "fold", "n_folds"]
     df = df.reindex(columns=list(dict.fromkeys([*df.columns, *keys])))
@@ -79,7 +71,7 @@ def _records(records: pd.DataFrame | str | Path | None, n_folds: int | None = No
 
 
 def _select(df: pd.DataFrame, backbone: str, fusion: str, meta: str, layers: int) -> pd.DataFrame:
-    """The runs of one cell, one per fold; raises if they mix settings (``none`` ignores the metadata ones)."""
+    """The runs of one cell, one per fold; raises if they mix settings."""
     sel, ignore = df[(df["backbone"] == backbone) & (df["fusion"] == fusion)], {"meta_features", "meta_layers"}
     if fusion != "none":
         sel, ignore = sel[(sel["meta_features"] == meta) & (pd.to_numeric(sel["meta_layers"]) == layers)], set()
@@ -93,7 +85,7 @@ def _select(df: pd.DataFrame, backbone: str, fusion: str, meta: str, layers: int
 
 
 def _cell(keys: dict[str, Any], sel: pd.DataFrame, value: str, nexp: int, paper: tuple = _NONE) -> dict[str, Any]:
-    """One row: ``keys``, ours (``value`` x 100, mean and sample std over the folds of ``sel``) and the paper's."""
+    """One row: ``keys``, ours (``value`` in %, mean and sample std over the folds) and the paper's."""
     vals = pd.to_numeric(sel[value], errors="coerce") if value in sel else pd.Series(dtype=float)
     x = vals.dropna().to_numpy(dtype=float) * 100.0
     mean, folds = float(x.mean()) if len(x) else np.nan, sorted(sel.loc[vals.notna(), "fold"])
@@ -103,7 +95,7 @@ def _cell(keys: dict[str, Any], sel: pd.DataFrame, value: str, nexp: int, paper:
 
 
 def table1_records(records: pd.DataFrame, meta_layers: int = PAPER_PROTOCOL.meta_layers) -> pd.DataFrame:
-    """The runs of Table 1: each fusion at its Table 1 depth with all metadata fields (``none``: any metadata)."""
+    """The runs of Table 1: each fusion at its Table 1 depth with all metadata fields."""
     df = _records(records)[0]
     depth = df["fusion"].map({**DEFAULT_META_LAYERS, "metanet": meta_layers})  # concat: the raw metadata
     keep = (df["fusion"] == "none") | ((df["meta_features"] == ALL_META) & (pd.to_numeric(df["meta_layers"]) == depth))
@@ -113,9 +105,8 @@ def table1_records(records: pd.DataFrame, meta_layers: int = PAPER_PROTOCOL.meta
 def build_table1(records: pd.DataFrame | str | Path | None, backbones: Sequence[str] | None = None,
                  fusions: Sequence[str] = PAPER_PROTOCOL.fusions, meta_layers: int = PAPER_PROTOCOL.meta_layers,
                  n_folds: int | None = None) -> pd.DataFrame:
-    """Table 1, MCR (%) per backbone and fusion: rows ``backbone, paper_backbone, fusion`` and the cell columns;
-    ``records`` a frame, a runs folder or None (``results/runs``), ``backbones`` by default the paper's six (named as
-    the records name them) then the records' others, ``n_folds`` by default the records'."""
+    """Table 1, MCR (%) per ``backbone, paper_backbone, fusion``; ``backbones`` default: the paper's six, then the
+    records' others."""
     df, nexp = _records(records, n_folds)
     present = list(dict.fromkeys(df["backbone"].dropna().astype(str)))
     if backbones is None:
@@ -130,16 +121,14 @@ def build_table1(records: pd.DataFrame | str | Path | None, backbones: Sequence[
 def build_table2(records: pd.DataFrame | str | Path | None, backbone: str,
                  fusions: Sequence[str] = PAPER_PROTOCOL.fusions, meta_layers: int = PAPER_PROTOCOL.meta_layers,
                  n_folds: int | None = None) -> pd.DataFrame:
-    """Table 2, recall (%) of each class per fusion of one backbone beside SENet154's: rows ``class,
-    n_images_paper, n_images`` (this run's validation images of the class, summed over the cell's folds), ``fusion,
-    backbone, paper_backbone`` and the cell columns, classes largest first."""
+    """Table 2, recall (%) per ``class, n_images_paper, n_images`` (validation images over the folds), ``fusion``."""
     (df, nexp), paper = _records(records, n_folds), _paper(2, ["class", "fusion"], "recall")
     depth = {**DEFAULT_META_LAYERS, "metanet": meta_layers}
     sels = {f: _select(df, backbone, f, ALL_META, depth[f]) for f in fusions}
     rows = []
     for c, n in paper_table2().groupby("class", sort=False)["n_images_paper"].first().items():
         for f, sel in sels.items():
-            n_val = sel[f"n_val_{c}"].sum() if f"n_val_{c}" in sel and len(sel) else np.nan  # no runs: unknown
+            n_val = sel[f"n_val_{c}"].sum() if f"n_val_{c}" in sel and len(sel) else np.nan
             keys = {"class": c, "n_images_paper": n, "n_images": n_val, "fusion": f, "backbone": backbone,
                     "paper_backbone": _ABLATION}
             rows.append(_cell(keys, sel, f"recall_{c}", nexp, paper.get((c, f), _NONE)))
@@ -148,8 +137,7 @@ def build_table2(records: pd.DataFrame | str | Path | None, backbone: str,
 
 def build_table3(records: pd.DataFrame | str | Path | None, backbone: str,
                  meta_layers: int = PAPER_PROTOCOL.meta_layers, n_folds: int | None = None) -> pd.DataFrame:
-    """Table 3, MCR (%) with each subset of the metadata (MetaNet; no field: the ``none`` run): rows ``age, sex,
-    localization`` (0/1), ``fusion, meta_features, backbone, paper_backbone`` and the cell columns."""
+    """Table 3, MCR (%) of MetaNet per subset ``age, sex, localization`` (0/1; no field: the ``none`` run)."""
     (df, nexp), rows = _records(records, n_folds), []
     for used, p in _paper(3, list(META_FIELDS)).items():
         key = meta_key(f for f, u in zip(META_FIELDS, used) if u)
@@ -162,8 +150,7 @@ def build_table3(records: pd.DataFrame | str | Path | None, backbone: str,
 
 def build_table4(records: pd.DataFrame | str | Path | None, backbone: str, meta_layers: Sequence[int] = (1, 2, 3, 4),
                  n_folds: int | None = None) -> pd.DataFrame:
-    """Table 4, MCR (%) by the number k of fully connected layers on the metadata, MetaNet then concatenation: rows
-    ``fusion, fc_layers, backbone, paper_backbone`` and the cell columns."""
+    """Table 4, MCR (%) per ``fusion, fc_layers`` (k layers on the metadata)."""
     (df, nexp), paper = _records(records, n_folds), _paper(4, ["fusion", "fc_layers"])
     return _frame(_cell({"fusion": f, "fc_layers": k, "backbone": backbone, "paper_backbone": _ABLATION},
                         _select(df, backbone, f, ALL_META, k), "mcr", nexp, paper.get((f, k), _NONE))
@@ -175,7 +162,7 @@ def _frame(rows: Any) -> pd.DataFrame:
 
 
 def caption(table: pd.DataFrame) -> str:
-    """The caption of a ``build_tableN`` frame (or its CSV): which table it is follows from its columns."""
+    """The caption of a ``build_tableN`` frame (or its CSV), told apart by its columns."""
     ours = "Ours: mean ± sample std (ddof=1) over folds, in %; paper: mean ± std over 5 folds; diff = ours - paper "
     if not {"fc_layers", "meta_features", "class"} & set(table.columns):
         return ("Table 1. Mean class recall (%) by backbone and fusion (none = image only, concat = concatenation, "
@@ -192,7 +179,7 @@ def caption(table: pd.DataFrame) -> str:
 
 
 def table1_paper_note(table1: pd.DataFrame) -> str:
-    """One sentence where Table 1 (a frame or its CSV) has backbones the paper did not use, else ""."""
+    """One sentence where Table 1 has backbones the paper did not use, else ""."""
     if not len(table1) or not {"backbone", "paper_mean"} <= set(table1.columns):
         return ""
     if table1["paper_mean"].isna().all():
@@ -208,8 +195,7 @@ def _pm(mean: Any, std: Any) -> str:
 
 
 def format_table(df: pd.DataFrame) -> pd.DataFrame:
-    """A display copy of a ``build_tableN`` frame: ``ours`` and ``paper`` as ``mean ± std``, ``n`` as ``5`` or
-    ``3/5 *`` (fewer folds than expected), ``diff`` signed, metadata flags as ticks."""
+    """A display copy: ``ours`` and ``paper`` as ``mean ± std``, ``n`` as ``5`` or ``3/5 *``, ``diff`` signed."""
     out = df[[c for c in df.columns if c not in _CELL]].copy()
     for f in META_FIELDS:
         if f in out and pd.api.types.is_numeric_dtype(out[f]):
@@ -221,12 +207,12 @@ def format_table(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def to_markdown(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
-    """A GitHub-flavoured Markdown table (no tabulate needed); NaN shows as ``—``, numbers right-aligned."""
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table; NaN shows as ``—``, numbers right-aligned."""
     def cell(v: Any) -> str:
         if v is None or (not isinstance(v, str) and pd.isna(v)):
             return "—"
-        return format(v, floatfmt) if isinstance(v, (float, np.floating)) else str(v).replace("|", "\\|")
+        return f"{v:.2f}" if isinstance(v, (float, np.floating)) else str(v).replace("|", "\\|")
 
     numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df]
     rows = [df.columns, *df.itertuples(index=False, name=None)]
@@ -235,8 +221,7 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
 
 
 def render_markdown(df: pd.DataFrame) -> str:
-    """A table as ``results/tables/<name>.md`` has it: caption, :func:`format_table` view, a footnote where cells
-    lack folds; for Table 1 its note and, where the paper used none of its backbones, the paper's own Table 1."""
+    """A table as ``results/tables/<name>.md`` has it: caption, :func:`format_table` view, notes."""
     table1 = bool(len(df)) and not {"class", "fc_layers", "meta_features"} & set(df.columns)
     none, note = table1 and df["paper_mean"].isna().all(), table1_paper_note(df) if table1 else ""
     view = format_table(df).drop(columns=["paper_backbone", "paper", "diff"] if none else [])
@@ -253,8 +238,7 @@ def render_markdown(df: pd.DataFrame) -> str:
 
 
 def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | Path | None = None) -> list[Path]:
-    """Write ``<name>.csv`` (numbers; a missing cell is empty) and ``<name>.md`` (:func:`render_markdown`) of each
-    table atomically; return the paths."""
+    """Write ``<name>.csv`` and ``<name>.md`` of each table atomically; return the paths."""
     out_dir = Path(out_dir or tables_dir())
     for name, df in tables.items():
         atomic_write_text(out_dir / f"{name}.csv", df.to_csv(index=False))

@@ -1,13 +1,10 @@
 """One training run as torchvision's ``references/classification`` writes it: a config in, a record out.
 
-:func:`train_one_epoch` and :func:`evaluate` loop over one fold of the uint8 image cache held in device memory
-(:class:`DeviceData`), augmented there a batch at a time (:class:`BatchAugment`; bf16 and channels_last on a GPU).
-:func:`train_run` trains with the paper's class-weighted cross-entropy, SGD and MultiStepLR, saves one checkpoint dict
-after each epoch (in ``results/runs/.work/<run_id>/``), resumes from it after a kill, and writes the record
-``results/runs/<run_id>/`` atomically (complete or absent). Shuffling, augmentation and dropout are seeded by
-``(seed, epoch)`` at the start of every epoch, so the checkpoint needs no generator state: a resumed run sees the
-batches of an uninterrupted one (``deterministic``: bit-identical). Workers that share a grid hold a lock per run
-around :func:`train_run` (:mod:`metanet_utils.ops.locks`).
+:func:`train_one_epoch` and :func:`evaluate` loop over one fold of the uint8 image cache in device memory, augmented
+there a batch at a time. :func:`train_run` uses the paper's class-weighted cross-entropy, SGD and MultiStepLR, saves
+one checkpoint dict per epoch (``results/runs/.work/<run_id>/``), resumes from it after a kill and writes the record
+``results/runs/<run_id>/`` atomically. Shuffling, augmentation and dropout are seeded by ``(seed, epoch)``, so a
+resumed run sees the batches of an uninterrupted one without generator state in the checkpoint.
 """
 
 from __future__ import annotations
@@ -37,7 +34,7 @@ from .splits import class_weights
 
 
 def record_dir(cfg: RunConfig | str, runs_dir: str | Path | None = None) -> Path:
-    """The record folder ``<runs_dir>/<run_id>`` of a config or run id (default ``results/runs``)."""
+    """``<runs_dir>/<run_id>`` of a config or run id (default ``results/runs``)."""
     return Path(runs_dir or default_runs_dir()) / (cfg if isinstance(cfg, str) else cfg.run_id)
 
 
@@ -50,37 +47,33 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on a GPU (``auto``), fp32 (None) on the CPU; explicit choices are honoured."""
+    """``auto``: bf16 on a GPU, None (fp32) on the CPU."""
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     return torch.float16 if precision == "fp16" else torch.bfloat16
 
 
 def set_determinism(seed: int, deterministic: bool) -> None:
-    """Seed every generator; with ``deterministic`` also force deterministic kernels."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)  # off again after a deterministic run
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = not deterministic
 
 
 def class_weight_tensor(train_labels: np.ndarray, n_classes: int = 7) -> torch.Tensor:
-    """Inverse-frequency class weights of the training fold (:func:`metanet_utils.splits.class_weights`)."""
     return torch.as_tensor(class_weights(train_labels, n_classes=n_classes), dtype=torch.float32)
 
 
 def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.SGD:
-    """The paper's SGD: ``cfg.lr``, momentum and weight decay on every parameter."""
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def sgd_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, prepare: Callable,
              batch_size: int | None = None, amp_dtype: torch.dtype | None = None) -> Callable:
-    """The eager training step, ``step(idx, params) -> loss``: prepare the batch, forward (autocast), loss,
-    backward, one optimizer step; the loss stays on the device. ``batch_size`` is what a CUDA graph step
-    (:func:`metanet_utils.ops.step.graph_step`, same arguments) captures; the eager step takes any."""
+    """The eager training step ``step(idx, params) -> loss`` (the loss stays on the device); ``batch_size`` is
+    for a CUDA graph step (:func:`metanet_utils.ops.step.graph_step`, same arguments)."""
     def step(idx: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         x, meta, y = prepare(idx, params)
         optimizer.zero_grad(set_to_none=True)
@@ -96,13 +89,12 @@ def iter_train_epoch(model: nn.Module, data: DeviceData, augment: BatchAugment, 
                      optimizer: torch.optim.Optimizer, cfg: RunConfig, epoch: int, device: torch.device,
                      amp_dtype: torch.dtype | None = None, channels_last: bool = False,
                      step: Callable | None = None) -> Iterator[int]:
-    """:func:`train_one_epoch` a batch at a time: yields after queuing each batch and returns the epoch's row
-    (runs trained together interleave their batches through these generators)."""
+    """:func:`train_one_epoch` as a generator: yields after each batch, returns the epoch's row."""
     model.train()
     step = step or sgd_step(model, criterion, optimizer, prepare_batch(data, augment, channels_last), None, amp_dtype)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 100_003 + epoch)
     order = data.train_idx[torch.randperm(len(data.train_idx), device=device, generator=gen)]
-    params = augment.draw(len(order), data.images.shape[1], data.images.shape[2], device, gen)  # the whole epoch's
+    params = augment.draw(len(order), data.images.shape[1], data.images.shape[2], device, gen)
     bs = cfg.batch_size
     n_batches = len(order) // bs + (1 if len(order) % bs >= 2 else 0)  # a batch of one would break BatchNorm
     total, seen, t0 = torch.zeros((), device=device), 0, time.perf_counter()
@@ -121,8 +113,8 @@ def train_one_epoch(model: nn.Module, data: DeviceData, augment: BatchAugment, c
                     optimizer: torch.optim.Optimizer, cfg: RunConfig, epoch: int, device: torch.device,
                     amp_dtype: torch.dtype | None = None, channels_last: bool = False,
                     step: Callable | None = None) -> dict[str, float]:
-    """One pass over the training fold in an order fixed by ``(seed, epoch)``, a batch per ``step`` (default
-    :func:`sgd_step`); returns ``{"train_loss", "epoch_time_s", "images_per_s"}``."""
+    """One pass over the training fold in an order fixed by ``(seed, epoch)``; returns ``{"train_loss",
+    "epoch_time_s", "images_per_s"}``."""
     batches = iter_train_epoch(model, data, augment, criterion, optimizer, cfg, epoch, device, amp_dtype,
                                channels_last, step)
     try:
@@ -136,8 +128,7 @@ def train_one_epoch(model: nn.Module, data: DeviceData, augment: BatchAugment, c
 def evaluate(model: nn.Module, data: DeviceData, augment: BatchAugment, device: torch.device,
              amp_dtype: torch.dtype | None = None, channels_last: bool = False, batch_size: int = 128,
              criterion: nn.Module | None = None) -> tuple[np.ndarray, float | None]:
-    """Softmax probabilities of the validation fold (centre crops, in row order) and the criterion on the whole
-    fold at once (for a class-weighted loss ``sum w_y l / sum w_y``, whatever ``batch_size``; None without one)."""
+    """Softmax probabilities of the validation fold (centre crops) and the criterion on the whole fold (or None)."""
     model.eval()
     logits = []
     for s in range(0, len(data.val_idx), batch_size):
@@ -145,20 +136,18 @@ def evaluate(model: nn.Module, data: DeviceData, augment: BatchAugment, device: 
         x = augment(data.images[idx], train=False)
         x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits.append(model(x, data.meta[idx]).float())  # stays on the device: one copy at the end
+            logits.append(model(x, data.meta[idx]).float())
     logits = torch.cat(logits)
     loss = float(criterion(logits, data.labels[data.val_idx])) if criterion is not None else None
     return torch.softmax(logits, dim=1).cpu().numpy().astype(np.float64), loss
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write the checkpoint dict atomically: a kill or a full disk leaves the previous one."""
     atomic_write_with(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: Path, run_id: str) -> dict[str, Any] | None:
-    """The checkpoint dict of ``run_id`` at ``path``, or None: there is none, or (said) it is unreadable,
-    another run's or incomplete, and is then discarded, never half-used."""
+    """The checkpoint dict of ``run_id``, or None (said when it is unreadable, another run's or incomplete)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
         if state is None or (isinstance(state, dict) and state.get("run_id") == run_id
@@ -174,14 +163,12 @@ def load_checkpoint(path: Path, run_id: str) -> dict[str, Any] | None:
 def log_event(runs_dir: Path, run_id: str, event: str) -> None:
     """Append one line to ``<runs_dir>/.events.log``: which worker started, resumed or completed which run."""
     runs_dir.mkdir(parents=True, exist_ok=True)
-    with open(runs_dir / ".events.log", "a") as log:  # one short append: whole lines, whatever other workers write
+    with open(runs_dir / ".events.log", "a") as log:
         log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {os.uname().nodename} pid={os.getpid()} {event} {run_id}\n")
 
 
 class Run:
-    """One run while it trains: built, and resumed from its checkpoint if any, on creation; :meth:`end_epoch`
-    after each epoch, :meth:`write_record` at the end. :func:`train_run` drives one, the grid several at once.
-    Args as :func:`train_run`; ``images``: the cache already on ``device`` (runs trained together share it)."""
+    """One run while it trains, resumed from its checkpoint if any; ``images``: the cache already on ``device``."""
 
     def __init__(self, cfg: RunConfig, dataset, runs_dir: Path, device: torch.device, progress: bool = True,
                  weights_dir: str | Path | None = None, make_step: Callable | None = None,
@@ -191,7 +178,7 @@ class Run:
                              f"but the data given is {dataset.fingerprint}")
         set_determinism(cfg.seed, cfg.deterministic)
         self.cfg, self.runs_dir, self.device, self.progress = cfg, Path(runs_dir), device, progress
-        self.started, self.wall_before, self.sessions = time.perf_counter(), 0.0, 1  # wall time of earlier sessions
+        self.started, self.wall_before, self.sessions = time.perf_counter(), 0.0, 1
         self.checkpoint_path = self.runs_dir / ".work" / cfg.run_id / "checkpoint.pt"
         for p in self.checkpoint_path.parent.glob(".checkpoint.pt.tmp-*"):  # what a killed worker left
             p.unlink(missing_ok=True)
@@ -214,7 +201,6 @@ class Run:
         weights = class_weight_tensor(dataset.labels[self.data.train_idx.cpu().numpy()]).to(device)
         self.criterion = nn.CrossEntropyLoss(weight=weights)
         self.optimizer = make_optimizer(self.model, cfg)
-        # lr / 10 at the paper's epochs 50, 120 and 200, stepped once per epoch
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(cfg.milestones), cfg.lr_gamma)
         self.epoch, self.history, self.probs, self.last_checkpoint = 0, [], None, None
         if (state := load_checkpoint(self.checkpoint_path, cfg.run_id)) is not None:
@@ -230,20 +216,17 @@ class Run:
                                             cfg.batch_size, self.amp_dtype)
 
     def wall_time(self) -> float:
-        """Seconds this run has taken so far, earlier (interrupted) sessions included."""
         return self.wall_before + time.perf_counter() - self.started
 
     def state_dict(self) -> dict[str, Any]:
-        """The one checkpoint dict: model, optimizer, scheduler, epoch, history (and what the record needs)."""
         return {"run_id": self.cfg.run_id, "config": self.cfg.to_dict(), "epoch": self.epoch,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "history": self.history,
                 "wall_time_s": self.wall_time(), "sessions": self.sessions}
 
     def end_epoch(self, row: dict[str, float], force_checkpoint: bool = False) -> None:
-        """Step the schedule, evaluate the validation fold, add the epoch to the history, and checkpoint: after the
-        first epoch of this session and the last of the run, when ``force_checkpoint``, else once
-        ``cfg.checkpoint_interval_s`` have passed since the last checkpoint (0: every epoch)."""
+        """Step the schedule, evaluate, add to the history, checkpoint (first and last epoch, when forced, else
+        every ``cfg.checkpoint_interval_s``)."""
         cfg, lr = self.cfg, self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.probs, val_loss = evaluate(self.model, self.data, self.augment, self.device, self.amp_dtype,
@@ -263,7 +246,7 @@ class Run:
                   f"{row['images_per_s']:.0f} img/s", flush=True)
 
     def write_record(self, trained_together: bool = False) -> dict[str, Any]:
-        """Write the record of the last epoch's model (the reported model, as DESIGN.md says); return its metrics."""
+        """Write the record of the last epoch's model; return its metrics."""
         cfg, data, history = self.cfg, self.data, self.history
         probs = self.probs if self.probs is not None else evaluate(  # None: resumed after the last epoch
             self.model, data, self.augment, self.device, self.amp_dtype, self.channels_last)[0]
@@ -281,7 +264,7 @@ class Run:
             "n_val": len(y_val), "n_train": len(data.train_idx), "data_kind": self.data_kind,
             "precision": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "float32",
             "channels_last": self.channels_last,
-            "execution": {"cuda_graphs": False, **getattr(self.step, "describe", dict)(),  # a CUDA-graph step's
+            "execution": {"cuda_graphs": False, **getattr(self.step, "describe", dict)(),
                           "trained_together": trained_together}}
         with staged_dir(self.runs_dir / cfg.run_id) as stage:
             atomic_write_json(stage / "config.json", {**cfg.to_dict(), "run_id": cfg.run_id})
@@ -309,10 +292,8 @@ class Run:
 def train_run(cfg: RunConfig, dataset, runs_dir: str | Path | None = None, device: str | None = None,
               progress: bool = True, weights_dir: str | Path | None = None, make_step: Callable | None = None,
               stop_after_epochs: int | None = None) -> dict[str, Any]:
-    """Train (or resume, or skip) one run of ``dataset`` (a :class:`metanet_utils.dataset.Dataset`) into
-    ``runs_dir`` (default ``results/runs``) and return its ``metrics.json`` content. ``make_step``: builds the
-    training step as :func:`sgd_step` (the default) does; the grid passes its CUDA-graph step for ``cuda_graphs:
-    on``. ``stop_after_epochs`` (testing): return ``{"interrupted": True, ...}`` after so many epochs, as a kill."""
+    """Train (or resume, or skip) one run into ``runs_dir`` (default ``results/runs``); return its metrics.
+    ``make_step``: as :func:`sgd_step`; ``stop_after_epochs`` (testing): stop as a kill would."""
     runs_dir = Path(runs_dir or default_runs_dir())
     if is_complete(runs_dir / cfg.run_id):
         return read_metrics(runs_dir / cfg.run_id)

@@ -52,11 +52,13 @@ class Backend:
             return f"real Slurm cluster (single node, state in {self.state_dir}, started in {self.start_s:.0f} s)"
         return f"submitit local executor (no Slurm: {self.reason})"
 
-    def stop(self) -> None:
-        """Stop the daemons and remove the cluster's folder."""
+    def stop(self, wait: bool = True) -> None:
+        """Stop the daemons and remove the cluster's folder (``wait=False``: in the background, about 10 s)."""
         if self.kind == "slurm" and self.state_dir is not None:
-            subprocess.run([str(SCRIPTS / "stop_slurm.sh"), str(self.state_dir), "--purge"], capture_output=True,
-                           timeout=120)
+            cmd = [str(SCRIPTS / "stop_slurm.sh"), str(self.state_dir), "--purge"]
+            if not wait:  # a shell that starts it in the background and returns
+                cmd = ["bash", "-c", '"$@" >/dev/null 2>&1 &', "stop", *cmd]
+            subprocess.run(cmd, capture_output=True, timeout=120)
 
 
 def start_backend(timeout_s: float = 600.0) -> Backend:
@@ -66,9 +68,11 @@ def start_backend(timeout_s: float = 600.0) -> Backend:
         return Backend("local", env=local, reason="METANET_SLURM=cluster=local asks for the local executor")
     state = Path(tempfile.mkdtemp(prefix="metanet-slurm-"))  # short: munge's socket path must stay < 108 chars
     t0 = time.monotonic()
+    # the node gets every core (nproc in the script would count OMP_NUM_THREADS, which the tests' workers set)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_THREAD_LIMIT")}
     try:
         proc = subprocess.run([str(SCRIPTS / "start_slurm.sh"), str(state)], capture_output=True, text=True,
-                              timeout=timeout_s)
+                              timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
         proc = None
     if proc is None or proc.returncode != 0:

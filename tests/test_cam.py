@@ -247,7 +247,7 @@ def _fake_dataset(n: int = 14, size: int = 72) -> Dataset:
         "age": rng.integers(2, 17, n) * 5.0, "sex": ["male", "female"] * (n // 2),
         "localization": ["back", "face"] * (n // 2), "path": [""] * n})
     ds = Dataset(df=df, data_dir=__import__("pathlib").Path("."), kind="real", fingerprint="fake0001")
-    ds._images[(size, True)] = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    ds._built[("images", size, True)] = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
     return ds
 
 
@@ -313,15 +313,15 @@ def test_run_inputs_and_pair_cams_use_each_ids_cached_centre_crop_metadata_row_a
 
     ds = _fake_dataset()
     rng = np.random.default_rng(9)
-    ds._images[(72, False)] = rng.integers(0, 256, (14, 72, 72, 3), dtype=np.uint8)  # decoys: the wrong cache
-    ds._images[(64, True)] = rng.integers(0, 256, (14, 64, 64, 3), dtype=np.uint8)
+    ds._built[("images", 72, False)] = rng.integers(0, 256, (14, 72, 72, 3), dtype=np.uint8)  # decoys: the wrong cache
+    ds._built[("images", 64, True)] = rng.integers(0, 256, (14, 64, 64, 3), dtype=np.uint8)
     dn, model_none = _save_run(tmp_path, "none", ds, seed=1)
     dm, model_meta = _save_run(tmp_path, "metanet", ds, seed=2)
     ids = [ds.image_ids[9], ds.image_ids[2], ds.image_ids[5]]
     pos = [9, 2, 5]
 
     # independent inputs: cache rows, centre 64 of 72 (offset 4), (v / 255 - mean) / std
-    crops = np.asarray(ds._images[(72, True)])[pos][:, 4:68, 4:68]
+    crops = np.asarray(ds._built[("images", 72, True)])[pos][:, 4:68, 4:68]
     spec = input_spec("test_resnet")
     mean, std = np.array(spec.mean), np.array(spec.std)
     x_ref = torch.from_numpy(((crops / 255.0 - mean) / std).transpose(0, 3, 1, 2).astype(np.float32))

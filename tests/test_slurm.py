@@ -99,7 +99,7 @@ def backend(request) -> Backend:
         announce(request.config, line)
         warnings.warn(line.strip(), UserWarning, stacklevel=1)
     yield b
-    b.stop()
+    b.stop(wait=False)  # the next tests need not wait for the daemons to go
 
 
 @pytest.fixture()

@@ -1,63 +1,49 @@
-"""Command line: ``python -m metanet_utils ...`` (also installed as ``metanet``).
+"""Command line: ``python -m metanet_utils ...`` (also installed as ``metanet``; docs/reference.md).
 
-Commands:
-    data verify|download|sample|prepare   find, fetch, check and cache the data
-    train                                one run of a profile
-    grid                                 all runs of a profile (here, several workers, or Slurm)
-    weights fetch                        pretrained weights into a folder, for offline machines
-    tables                               Tables 1-4 from the records of a profile
-
-Every command checks its arguments before any work starts and exits non-zero with a
-one-line message on bad input.
+Every command checks its arguments before any work and exits 2 with a one-line message on bad input.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from ..cache import CacheError
 from ..config import ConfigError, load_profile
 from ..data import DataError, find_data_dir
+from ..dataset import profile_dataset
 from ..models import WeightsUnavailable, resolve_backbone
 from ..paths import data_dir, runs_dir
 from ..report import write_profile_tables
-from ..runs import image_sizes
+from ..runs import enumerate_runs, filter_runs, image_sizes, run_config, status_table
 from ..train import is_complete, record_dir, train_run
 from .download import DownloadError, download_official
-from .weights import ensure_weights, fetch_weights
-from ..dataset import profile_dataset
-from ..runs import enumerate_runs, filter_runs, run_config, status_table
 from .grid import parse_only, run_grid, spawn_workers
 from .locks import RunBusy, run_lock
 from .sample import write_sample
 from .verify import verify
+from .weights import ensure_weights, fetch_weights
 
 try:  # Slurm needs submitit, a dependency of the kit; a GPU machine with its own Python may lack it
     from .slurm import run_grid_slurm
 except ImportError:
     run_grid_slurm = None
 
-__all__ = ["main", "build_parser"]
-
 
 class _Parser(argparse.ArgumentParser):
     """Bad arguments: one line ``error: ...`` on stderr (not argparse's usage block), exit code 2."""
+
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
-def _add_data_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="folder with HAM10000_metadata.csv and the ISIC_*.jpg images "
-                        "(default: $METANET_DATA_DIR, then data/ham10000/)")
-
-
-def _add_profile(p: argparse.ArgumentParser, default: str | None = "demo") -> None:
-    p.add_argument("--profile", default=default, help="profile name in configs/ (smoke, demo, quick, paper) "
-                                                      "or a path to a YAML file (default: %(default)s)")
+def _add_data_args(p: argparse.ArgumentParser, profile: bool = True) -> None:
+    if profile:
+        p.add_argument("--profile", default="demo", help="profile name in configs/ (smoke, demo, quick, paper) "
+                                                         "or a path to a YAML file (default: %(default)s)")
+    p.add_argument("--data-dir", type=Path, default=None, help="folder with HAM10000_metadata.csv and the "
+                   "ISIC_*.jpg images (default: $METANET_DATA_DIR, then data/ham10000/)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="find, download, verify, sample and cache data")
     dsub = data.add_subparsers(dest="data_command", required=True)
     v = dsub.add_parser("verify", help="check a data folder: counts vs the paper, missing/extra/broken files")
-    _add_data_dir(v)
+    _add_data_args(v, profile=False)
     v.add_argument("--no-decode", action="store_true", help="skip decoding every image (faster)")
     d = dsub.add_parser("download", help="download the official ISIC 2018 Task 3 files and HAM10000 metadata")
     d.add_argument("--dest", type=Path, default=None, help="target folder (default: data/ham10000/)")
@@ -76,12 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--from", dest="source", type=Path, required=True, help="folder of the full HAM10000")
     s.add_argument("--dest", type=Path, default=None, help="target folder (default: data/sample/)")
     pr = dsub.add_parser("prepare", help="build the image caches and folds a profile needs")
-    _add_data_dir(pr)
-    _add_profile(pr)
+    _add_data_args(pr)
 
     t = sub.add_parser("train", help="train one run (skipped if its record is complete)")
-    _add_profile(t)
-    _add_data_dir(t)
+    _add_data_args(t)
     t.add_argument("--backbone", required=True)
     t.add_argument("--fusion", required=True, choices=["none", "concat", "metanet", "metablock"])
     t.add_argument("--fold", type=int, default=0)
@@ -94,8 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weights-dir", type=Path, default=None)
 
     g = sub.add_parser("grid", help="train every missing run of a profile")
-    _add_profile(g)
-    _add_data_dir(g)
+    _add_data_args(g)
     g.add_argument("--only", nargs="*", default=[], metavar="KEY=VALUE",
                    help="restrict to runs whose setting matches, e.g. fusion=metanet fold=0,1")
     g.add_argument("--workers", type=int, default=None,
@@ -121,8 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--backbones", nargs="*", default=None)
 
     tb = sub.add_parser("tables", help="write results/tables/table{1,2,3,4}.{csv,md} from a profile's records")
-    _add_profile(tb)
-    _add_data_dir(tb)
+    _add_data_args(tb)
     return ap
 
 
@@ -159,11 +141,9 @@ def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.command == "data":
         return _data(args)
     if args.command == "weights":
-        fetch_weights(args.weights_dir, *( [args.backbones] if args.backbones else []))
+        fetch_weights(args.weights_dir, *([args.backbones] if args.backbones else []))
         print(f"weights in {args.weights_dir}; on offline machines set METANET_WEIGHTS_DIR={args.weights_dir}")
         return 0
-
-
     profile = load_profile(args.profile)
     if getattr(args, "data_dir", None) is not None and not Path(args.data_dir).is_dir():
         return _fail(f"--data-dir {args.data_dir} does not exist; give a folder holding HAM10000_metadata.csv "
@@ -177,15 +157,12 @@ def _dispatch(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.command == "grid":
         _check_backbones(profile)
         return _grid(args, profile, argv)
-    if args.command == "tables":
-        return _tables(args, profile)
-    return _fail(f"unknown command {args.command}")
+    print(f"tables written to {write_profile_tables(profile, args.data_dir, require_runs=True)}")  # tables
+    return 0
 
 
 def _check_backbones(profile, backbones: list[str] | None = None) -> None:
-    """Refuse, before any data or cache work, a backbone that does not exist or whose crop
-    would be larger than its image (checked again per run by :class:`RunConfig`)."""
-
+    """Refuse, before any data or cache work, an unknown backbone or a crop larger than its image."""
     names = list(backbones) if backbones is not None else list(profile.backbones)
     if backbones is None and (profile.ablations.table3 or profile.ablations.table4):
         names.append(profile.ablations.backbone or profile.backbones[-1])
@@ -201,8 +178,8 @@ def _check_backbones(profile, backbones: list[str] | None = None) -> None:
 
 
 def _prepare(ds, runs) -> None:
-    """Build the image caches and folds the runs need, once, before any training: a bad image
-    or a full disk stops everything here, named, with nothing written."""
+    """Build the image caches and folds the runs need before any training: a bad image or a full disk stops
+    everything here, named."""
     for size, cc in sorted({(r.image_size, r.color_constancy) for r in runs}):
         ds.images(size, cc)
     for n, scheme, seed in sorted({(r.n_folds, r.split_scheme, r.split_seed) for r in runs}):
@@ -222,22 +199,21 @@ def _data(args: argparse.Namespace) -> int:
         return 0
     if args.data_command == "sample":
         if not (args.source / "HAM10000_metadata.csv").is_file():
-            return _fail(f"--from {args.source} does not hold HAM10000_metadata.csv; give the folder of the full HAM10000")
+            return _fail(f"--from {args.source} does not hold HAM10000_metadata.csv; give the folder of the full "
+                         "HAM10000")
         dest = args.dest or data_dir() / "sample"
         keep = write_sample(args.source, dest)
         print(f"sample of {len(keep)} images ({keep['lesion_id'].nunique()} lesions) in {dest}")
         return 0
-    if args.data_command == "prepare":
-        profile = load_profile(args.profile)
-        if args.data_dir is not None and not Path(args.data_dir).is_dir():
-            return _fail(f"--data-dir {args.data_dir} does not exist")
-        _check_backbones(profile)
-        ds = profile_dataset(profile, args.data_dir)
-        runs = enumerate_runs(profile, ds)
-        _prepare(ds, runs)
-        print(f"prepared {ds.kind} data ({len(ds.df)} images, fingerprint {ds.fingerprint}) for {len(runs)} runs")
-        return 0
-    return _fail(f"unknown data command {args.data_command}")
+    profile = load_profile(args.profile)  # prepare
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        return _fail(f"--data-dir {args.data_dir} does not exist")
+    _check_backbones(profile)
+    ds = profile_dataset(profile, args.data_dir)
+    runs = enumerate_runs(profile, ds)
+    _prepare(ds, runs)
+    print(f"prepared {ds.kind} data ({len(ds.df)} images, fingerprint {ds.fingerprint}) for {len(runs)} runs")
+    return 0
 
 
 def _train(args: argparse.Namespace, profile) -> int:
@@ -271,22 +247,14 @@ def _grid(args: argparse.Namespace, profile, argv: list[str] | None) -> int:
     if args.list:
         print(status_table(runs).to_string(index=False))
         return 0
-
     # weights first: a machine without them stops here, before the image cache is built
     ensure_weights([r.backbone for r in runs if r.pretrained and not is_complete(record_dir(r))], args.weights_dir)
     _prepare(ds, runs)  # once, before the workers start
-    if workers > 1 and not os.environ.get("METANET_WORKER"):
-        rest = [a for a in (argv if argv is not None else sys.argv[1:])]
-        return spawn_workers(workers, rest)
+    if workers > 1:  # each worker is this command again with --workers 1
+        return spawn_workers(workers, list(argv if argv is not None else sys.argv[1:]))
     summary = run_grid(profile, ds, only=only, device=args.device, weights_dir=args.weights_dir,
                        wait=not args.no_wait, together=args.together)
     return 1 if summary.failed else 0
-
-
-def _tables(args: argparse.Namespace, profile) -> int:
-    out = write_profile_tables(profile, args.data_dir, require_runs=True)
-    print(f"tables written to {out}")
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

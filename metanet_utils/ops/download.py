@@ -1,20 +1,12 @@
-"""Download the official HAM10000 / ISIC 2018 Task 3 training data.
-
-The ISIC 2018 Task 3 training images, ground truth and lesion groupings come from the ISIC
-challenge data page (https://challenge.isic-archive.com/data/#2018), the HAM10000 metadata
-(age, sex, localization) from Harvard Dataverse, doi:10.7910/DVN/DBW86T (file id and MD5 read
-from its API). Every step resumes or is atomic. The layout is the one
-:func:`metanet_utils.data.load_metadata` reads::
+"""Download the official HAM10000 / ISIC 2018 Task 3 training data (every step resumes or is atomic): images,
+labels and lesion groupings from the ISIC challenge, the metadata from Harvard Dataverse (file id and MD5 read from
+its API), into the layout :func:`metanet_utils.data.load_metadata` reads::
 
     dest_dir/
         HAM10000_metadata.csv
         ISIC2018_Task3_Training_LesionGroupings.csv
         ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTruth.csv
         ISIC2018_Task3_Training_Input/ISIC_*.jpg
-
-Example:
-    >>> from metanet_utils.ops.download import download_official
-    >>> download_official("data/ham10000")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -33,14 +25,10 @@ import requests
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from ..data import DataError, DataLocation, find_data_dir
+from ..data import METADATA_FILE, DataError, DataLocation, find_data_dir
 from ..paths import data_dir as default_data_root
 
-__all__ = ["DownloadError", "UnsafeArchiveError", "MANUAL_HELP", "ISIC_BASE_URLS", "ISIC_FILES",
-           "download_file", "safe_extract", "dataverse_file", "download_official", "download_complete", "locate_data"]
-
-#: Where the ISIC 2018 challenge files are served, tried in this order: the current ISIC archive
-#: address, then the older challenge-data address (the one most papers cite).
+#: The ISIC 2018 files, tried in order: the current ISIC archive, then the older address most papers cite.
 ISIC_BASE_URLS: tuple[str, ...] = (
     "https://isic-archive.s3.amazonaws.com/challenges/2018",
     "https://isic-challenge-data.s3.amazonaws.com/2018",
@@ -54,10 +42,8 @@ ISIC_FILES: tuple[str, ...] = (
 IMAGES_ZIP_BYTES = 2_600_000_000  # "2.6 GB" on the ISIC data page; for the free-space check only
 DATAVERSE_SERVER = "https://dataverse.harvard.edu"
 HAM10000_DOI = "doi:10.7910/DVN/DBW86T"
-#: MD5 of the HAM10000 metadata CSV the kit was checked against (10015 rows).
 HAM10000_METADATA_MD5 = "70bb67f71bd23dde0bd2eda4bdcc98e5"
-METADATA_FILE = "HAM10000_metadata.csv"
-INCOMPLETE = ".download_incomplete"  # present while a download into the folder has not finished
+INCOMPLETE = ".download_incomplete"  # present while a download into the folder is unfinished
 TIMEOUT = (15.0, 60.0)  # (connect, read) seconds
 CHUNK = 1 << 16  # a transfer cut mid-chunk loses at most this many bytes before its resume
 
@@ -79,7 +65,7 @@ class UnsafeArchiveError(DownloadError):
 
 
 def _reason(e: BaseException) -> str:
-    """A short one-line reason for a network error (``requests`` nests them deeply)."""
+    """A one-line reason for a network error (``requests`` nests them deeply)."""
     m = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(e))
     return m.group(1).strip() if m else (str(e).splitlines() or [type(e).__name__])[0][:160]
 
@@ -121,15 +107,8 @@ def _fetch(url: str, part: Path, progress: bool) -> bool:
 
 def download_file(urls: Sequence[str] | str, dest: str | Path, md5: str | None = None,
                   progress: bool = True) -> Path:
-    """Download ``dest`` from the first of ``urls`` that answers, resuming a ``.part`` left by an earlier try.
-
-    A transfer cut off after some progress resumes at once with ``Range: bytes=N-``; an address
-    that fails outright moves on to the next. The finished file is checked against ``md5`` (a
-    mismatch deletes it) and renamed to ``dest``; an existing ``dest`` is returned untouched.
-
-    Raises:
-        DownloadError: every address failed (the message names them, then :data:`MANUAL_HELP`), or a bad MD5.
-    """
+    """Download ``dest`` from the first of ``urls`` that answers, resuming its ``.part`` (``Range: bytes=N-``) where
+    a transfer was cut off; a bad ``md5`` deletes the file; an existing ``dest`` is returned untouched."""
     dest = Path(dest)
     if dest.is_file():
         return dest
@@ -153,13 +132,8 @@ def download_file(urls: Sequence[str] | str, dest: str | Path, md5: str | None =
 
 
 def safe_extract(zip_path: str | Path, dest: str | Path) -> Path:
-    """Unpack ``zip_path`` into the new folder ``dest``, all or nothing.
-
-    Members with absolute paths or ``..`` are refused before anything is written. The files go
-    to a hidden folder beside ``dest`` renamed to ``dest`` once all of them are written and
-    their CRCs checked; a zip whose members all lie in a folder named like ``dest`` loses that
-    level (``X.zip`` holding ``X/a.jpg`` gives ``dest/a.jpg``). A corrupt zip is deleted.
-    """
+    """Unpack ``zip_path`` into the new folder ``dest``, all or nothing (through a hidden folder), refusing absolute
+    and ``..`` members; ``X.zip`` holding ``X/a.jpg`` gives ``dest/a.jpg``; a corrupt zip is deleted."""
     zip_path, dest = Path(zip_path), Path(dest)
     stage = dest.with_name(f".{dest.name}.partial")
     shutil.rmtree(stage, ignore_errors=True)
@@ -182,11 +156,8 @@ def safe_extract(zip_path: str | Path, dest: str | Path) -> Path:
 
 
 def dataverse_file(server: str = DATAVERSE_SERVER) -> tuple[str, str | None]:
-    """The download URL and MD5 of the HAM10000 metadata in its Dataverse dataset.
-
-    Reads the dataset's file list from ``{server}/api/datasets/:persistentId/?persistentId={doi}``;
-    the metadata, ingested by Dataverse as a ``.tab``, is asked for in its original CSV format.
-    """
+    """The download URL and MD5 of the HAM10000 metadata in its Dataverse dataset's file list; Dataverse ingested
+    it as a ``.tab``, so its original CSV format is asked for."""
     api, doi, stem = f"{server.rstrip('/')}/api", HAM10000_DOI, Path(METADATA_FILE).stem
     try:
         r = requests.get(f"{api}/datasets/:persistentId/", params={"persistentId": doi}, timeout=TIMEOUT)
@@ -214,20 +185,10 @@ def _check_space(dest: Path, zip_path: Path) -> None:
 
 
 def download_official(dest_dir: str | Path, include_images: bool = True, progress: bool = True) -> Path:
-    """Download and unpack the official HAM10000 / ISIC 2018 Task 3 training data into ``dest_dir``.
+    """Download and unpack the official data into ``dest_dir`` (``include_images=False``: not the 2.6 GB zip).
 
-    Files already in place are skipped without network access, so a second call fetches nothing
-    and an interrupted one continues where it stopped. Until the images are unpacked the folder
-    is marked incomplete (:func:`download_complete`). One download per folder at a time (a lock).
-    The addresses are :data:`ISIC_BASE_URLS` (mirrors, in order) and :data:`DATAVERSE_SERVER`.
-
-    Args:
-        dest_dir: target folder (the kit's own is ``data/ham10000``).
-        include_images: also fetch the 2.6 GB image zip (False: metadata and labels only).
-        progress: a progress bar per file.
-
-    Raises:
-        DownloadError: a file could not be fetched or verified; the message says how to get it by hand.
+    Files in place are skipped without network access; until the images are unpacked the folder is marked
+    incomplete (:func:`download_complete`); one download per folder at a time.
     """
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
@@ -256,39 +217,28 @@ def download_official(dest_dir: str | Path, include_images: bool = True, progres
 
 
 def download_complete(dest_dir: str | Path) -> bool:
-    """Whether ``dest_dir`` holds the metadata and no unfinished :func:`download_official` (no network).
-
-    A folder laid out by hand counts as complete; one whose download was interrupted does not.
-    """
+    """Whether ``dest_dir`` holds the metadata and no unfinished :func:`download_official` (a folder laid out by
+    hand counts as complete)."""
     dest = Path(dest_dir)
     return (dest / METADATA_FILE).is_file() and not (dest / INCOMPLETE).exists()
 
 
 def locate_data(profile, data_dir: str | Path | None = "") -> DataLocation:
-    """Find the profile's data; quick / paper (``data: real``) download the official files if none is found.
-
-    Args:
-        profile: a :class:`metanet_utils.config.Profile`.
-        data_dir: a data folder, or empty / None for the default places.
-
-    Returns:
-        The :class:`DataLocation`; demo and smoke (``data: auto``) fall back to the shipped sample.
-
-    Raises:
-        DataError: a given folder holds no data, or ``data: real`` and the download failed.
-    """
+    """Find the profile's data (``data_dir`` empty: the default places); demo and smoke (``data: auto``) fall back
+    to the shipped sample, quick and paper (``data: real``) download the official files if none is found."""
     own = default_data_root() / "ham10000"
     try:
         found = find_data_dir(data_dir or None, sample_fallback=profile.data == "auto")
     except DataError:
         if data_dir or profile.data != "real":
             raise
-        print(f"No data found: profile {profile.name!r} needs the official HAM10000, downloading it (a 2.6 GB image archive) ...")
+        print(f"No data found: profile {profile.name!r} needs the official HAM10000, downloading it "
+              "(a 2.6 GB image archive) ...")
     else:
         if profile.data == "real" and found.kind == "sample":
-            raise DataError(f"{found.path} is the kit's small sample; profile {profile.name!r} needs the full HAM10000: "
-                            "python -m metanet_utils data download, or --data-dir PATH")
-        # the kit's own download folder gets its metadata first: an interrupted download is finished here
+            raise DataError(f"{found.path} is the kit's small sample; profile {profile.name!r} needs the full "
+                            "HAM10000: python -m metanet_utils data download, or --data-dir PATH")
+        # the kit's own folder gets its metadata first: an interrupted download is finished here
         if data_dir or profile.data != "real" or found.path != own.resolve() or download_complete(own):
             return found
         print(f"The download into {own} was interrupted: continuing it ...")

@@ -1,12 +1,10 @@
-"""Training a profile's grid: :func:`run_grid` trains the missing runs (:mod:`metanet_utils.runs`) longest
-first; a lock per run (:mod:`.locks`) keeps workers (processes, machines, Slurm jobs) off each other's runs, and a
-run interrupted anywhere resumes from its last checkpoint.
+"""Training a profile's grid: :func:`run_grid` trains the missing runs longest first; a lock per run keeps workers
+(processes, machines, Slurm jobs) off each other's runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import subprocess
 import sys
 import time
@@ -18,16 +16,15 @@ from typing import Any, Callable, Iterable
 from ..atomic import atomic_write_text
 from ..cache import CacheError
 from ..config import ConfigError, Profile, RunConfig
-from .weights import ensure_weights
 from ..paths import runs_dir as default_runs_dir
 from ..runs import EXPERIMENTS, enumerate_runs, filter_runs
-from .step import graph_step
-from .together import train_runs_together
 from ..train import is_complete, record_dir, train_run
 from .locks import RunBusy, run_lock
+from .step import graph_step
+from .together import train_runs_together
+from .weights import ensure_weights
 
-#: ``progress="auto"`` prints a line per run when no run has more epochs than this, else a line per epoch.
-SHORT_RUN_EPOCHS = 10
+SHORT_RUN_EPOCHS = 10  # progress="auto": a line per run when no run has more epochs, else a line per epoch
 #: Forward GMACs at 224 px (331 px for PNASNet), for ordering runs longest first.
 _GMACS = {"alexnet": 0.71, "vgg19": 19.63, "resnet50": 4.11, "densenet161": 7.79, "senet154": 20.77,
           "legacy_senet154": 20.77, "pnasnet5large": 25.04}
@@ -51,11 +48,10 @@ def parse_only(items: Iterable[str]) -> dict[str, list[str]]:
         out.setdefault(k, []).extend(v.split(","))
     return out
 
+
 def resolve_progress(progress: bool | str, runs: Iterable[RunConfig]) -> str | None:
-    """What ``run_grid`` prints: ``"epochs"`` (also True: each run's start and a line per epoch), ``"runs"`` (a
-    line per finished run), None (False: failures only). ``"auto"`` is ``"runs"`` when no run has more than
-    :data:`SHORT_RUN_EPOCHS` epochs (smoke, demo: seconds a run), else ``"epochs"`` (quick, paper: hours a run,
-    and its epoch lines are the only sign of life).
+    """What ``run_grid`` prints: ``"epochs"`` (True: a line per epoch), ``"runs"`` (a line per run), None (False:
+    failures only); ``"auto"``: ``"runs"`` for short runs, else ``"epochs"`` (hours a run: the only sign of life).
 
     Example:
         >>> resolve_progress("auto", [RunConfig(backbone="test_resnet", epochs=3)])
@@ -70,14 +66,13 @@ def resolve_progress(progress: bool | str, runs: Iterable[RunConfig]) -> str | N
 
 
 def step_for(cfg: RunConfig) -> Callable | None:
-    """The ``make_step`` :func:`~metanet_utils.train.train_run` gets for ``cfg``: the CUDA-graph step for
-    ``cuda_graphs: on`` (opt-in, GPU only), else None (the eager step)."""
+    """The ``make_step`` of ``train_run`` for ``cfg``: the CUDA-graph step for ``cuda_graphs: on``, else None."""
     return graph_step if cfg.cuda_graphs == "on" else None
 
 
 @dataclass
 class GridSummary:
-    """What a grid did: how many runs it has, which it trained, found complete, or saw fail (with their logs)."""
+    """What a grid did: its runs, which it trained, found complete, or saw fail (with their logs)."""
 
     total: int = 0
     trained: list[str] = field(default_factory=list)
@@ -96,12 +91,8 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
              poll_s: float = 5.0, together: int | None = None) -> GridSummary:
     """Train the profile's missing runs here, longest first, skipping complete ones.
 
-    ``progress``: see :func:`resolve_progress` (True: a line per epoch, ``"runs"``: a line per finished run such as
-    ``[3/65] resnet10t metanet age k=2 fold 0: MCR 21.4 % (5 s)``, ``"auto"``, False: failures only). Runs locked by
-    another worker are left to it; with ``wait`` this worker then waits for them (and takes one over, resuming its
-    checkpoint, if its worker dies). A failing run is logged to ``runs/.failed/<run_id>.log`` and the others go on.
-    ``together`` (default: the profile's ``runs_together``, 1) trains up to that many runs with the same images at
-    once in this process (opt-in: :func:`metanet_utils.ops.together.train_runs_together`).
+    Runs another worker holds are left to it; with ``wait`` this worker waits for them (and takes one over if its
+    worker dies). A failing run is logged to ``runs/.failed/<run_id>.log``. ``together``: runs trained at once.
     """
     resolve_progress(progress, [])  # a bad value is refused before any work
     runs_dir = Path(runs_dir or default_runs_dir())
@@ -145,8 +136,8 @@ def run_grid(profile: Profile, dataset, *, only: dict[str, list[str]] | None = N
 
 def _train_group(group: list[RunConfig], dataset, runs_dir: Path, device, weights_dir, mode: str | None,
                  summary: GridSummary, todo: int) -> dict[str, Any]:
-    """Train one run, or several together: run_id -> metrics or the exception that stopped it. A bad image or a
-    full disk (:class:`CacheError`) stops every run, and an interrupt stops the grid: both are raised."""
+    """Train one run, or several together: run_id -> metrics or the exception that stopped it. A
+    :class:`CacheError` (a bad image, a full disk) and an interrupt stop the grid."""
     if mode == "epochs":
         for i, cfg in enumerate(group, start=len(summary.trained) + len(summary.failed) + 1):
             print(f"--- run {cfg.run_id} ({i}/{todo})", flush=True)
@@ -184,8 +175,7 @@ def _trained(summary: GridSummary, runs_dir: Path, cfg: RunConfig, m: dict[str, 
 
 
 def _groups(runs: list[RunConfig], k: int) -> list[list[RunConfig]]:
-    """Consecutive groups of up to ``k`` runs that can share one image cache (same size and colour
-    correction), in the given order (longest first)."""
+    """Groups of up to ``k`` runs that can share one image cache (same size and colour correction), in order."""
     open_groups: dict[tuple, list[RunConfig]] = {}
     out: list[list[RunConfig]] = []
     for r in runs:
@@ -201,6 +191,5 @@ def _groups(runs: list[RunConfig], k: int) -> list[list[RunConfig]]:
 
 def spawn_workers(n: int, argv: list[str]) -> int:
     """Start ``n`` grid worker processes with the same arguments; return the worst exit code."""
-    procs = [subprocess.Popen([sys.executable, "-m", "metanet_utils", *argv], env={**os.environ,
-                              "METANET_WORKER": str(i)}) for i in range(n)]
+    procs = [subprocess.Popen([sys.executable, "-m", "metanet_utils", *argv, "--workers", "1"]) for _ in range(n)]
     return max(p.wait() for p in procs)

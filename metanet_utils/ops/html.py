@@ -1,7 +1,7 @@
 """The HTML report ``outputs/report.html``: one page per executed notebook and an index with Table 1.
 
-Self-contained, so it reads right offline (in a classroom, on a cluster): nbconvert's JupyterLab page without the
-scripts it loads from a CDN, and the notebooks' math pre-rendered as MathML, which browsers draw without a script.
+It reads right offline (a classroom, a cluster): nbconvert's JupyterLab page without the scripts it loads from a CDN,
+the math pre-rendered as MathML, which browsers draw without a script.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from nbconvert.filters.markdown_mistune import IPythonRenderer, MarkdownWithMath
 from ..atomic import atomic_write_text
 from ..paths import tables_dir
 
-#: nbconvert's JupyterLab page without the scripts it loads from a CDN (MathJax, require.js, mermaid).
 _OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {% block html_head_js %}{% endblock html_head_js %}
 {% block html_head_js_mathjax %}{% endblock html_head_js_mathjax %}
@@ -30,8 +29,7 @@ _OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 
 
 def _html_exporter() -> Any:
-    """nbconvert's HTML exporter, self-contained: math pre-rendered as MathML (which browsers draw without a
-    script), no script from the network, code cells hidden."""
+    """nbconvert's HTML exporter with math as MathML, no script from the network, code cells hidden."""
     def mathml(tex: str, display: str) -> str:
         try:
             return latex2mathml.converter.convert(tex, display=display)
@@ -59,31 +57,26 @@ def _html_exporter() -> Any:
 
 
 def _protocol_box(prov: dict[str, Any]) -> str:
-    """A red box for a run that only shows how the kit works, an amber one for a shortened protocol (from
-    ``provenance.json``), else ""."""
+    """A red box for a run that only shows how the kit works, an amber one for a shortened protocol, else ""."""
     diffs = "; ".join(map(str, prov.get("protocol_differences") or []))
     if not diffs and not prov.get("mechanics_only"):
         return ""
     if prov.get("mechanics_only"):
-        colour, head = "#fdd; border: 3px solid #c00", ("<b>NOT THE PAPER'S PROTOCOL: these numbers show how the kit "
-                                                        "works, not the paper's results.</b> Run the <code>quick</code>"
-                                                        " or <code>paper</code> profile for numbers to compare.")
+        colour = "#fdd; border: 3px solid #c00"
+        head = ("<b>NOT THE PAPER'S PROTOCOL: these numbers show how the kit works, not the paper's results.</b> "
+                "Run the <code>quick</code> or <code>paper</code> profile for numbers to compare.")
     else:
-        colour, head = "#fff4d6; border: 3px solid #c80", ("<b>Not exactly the paper's protocol.</b> These numbers "
-                                                           "approximate the paper's setting; compare them with care.")
+        colour = "#fff4d6; border: 3px solid #c80"
+        head = ("<b>Not exactly the paper's protocol.</b> These numbers approximate the paper's setting; compare "
+                "them with care.")
     return (f"<div style='background: {colour}; padding: .8rem 1rem'>{head}<p><code>"
             f"{html.escape(str(prov.get('caption', '')))}</code></p>"
             + (f"<p>Where it departs from the paper: {html.escape(diffs)}.</p>" if diffs else "") + "</div>")
 
 
 def write_html_report(executed_dir: str | Path, out_html: str | Path) -> Path:
-    """The HTML report: one page per executed notebook (code hidden, math as MathML, no script from the network)
-    and an index page with Table 1 (``table1.md``) under a box saying how far the run is from the paper's
-    protocol (``provenance.json``).
-
-    Args:
-        executed_dir: folder of executed notebooks (``outputs/notebooks``); every ``*.ipynb``, sorted.
-        out_html: the index page (``outputs/report.html``); the pages go to ``<its folder>/report/<notebook>.html``.
+    """The HTML report: a page per notebook of ``executed_dir`` in ``<out_html's folder>/report/``, and the index
+    ``out_html`` with Table 1 under a box saying how far the run is from the paper's protocol (``provenance.json``).
     """
     executed_dir, out_html = Path(executed_dir), Path(out_html)
     tables = tables_dir()

@@ -1,7 +1,7 @@
 """The lock per run that keeps workers (processes, machines, Slurm jobs) off each other's runs.
 
 ``<runs_dir>/.locks/<run_id>.lock`` is a ``filelock`` (``flock``) lock, freed by the kernel when its process dies:
-a killed worker leaves no stale lock, and the next worker resumes the run from its checkpoint.
+a killed worker leaves no stale lock.
 
 Example:
     >>> import tempfile

@@ -1,17 +1,8 @@
-"""The notebook chain behind ``./run_all.sh``: every notebook in ``notebooks/``, in order,
-executed with papermill.
+"""The notebook chain behind ``./run_all.sh``: every notebook in ``notebooks/``, in order, executed with papermill.
 
-Each notebook gets the parameters ``profile`` and ``data_dir``; ``04_training`` is
-executed once per backbone of the profile (parameter ``backbone``). Executed copies go
-to ``outputs/notebooks/``; the chain stops at the first failing notebook, naming it and
-the failing cell. At the end the HTML report is written (when notebook 09 exists).
-
-A notebook is executed into ``outputs/notebooks/.running/`` (open it there to follow it live)
-and moved to ``outputs/notebooks/`` when it ends, passed or failed: a run killed midway leaves
-the previous executed copy whole, never a half-written one in its place.
-
-Example:
-    $ python -m metanet_utils.ops.pipeline --profile smoke --data-dir ../shared/ham10000
+Parameters ``profile``, ``data_dir`` (and ``backbone``: ``04_training`` runs once per backbone). A notebook runs in
+``outputs/notebooks/.running/`` (follow it live there) and moves to ``outputs/notebooks/`` when it ends: a killed
+chain never leaves a half-written copy. The chain stops at the first failing notebook, naming its cell.
 """
 
 from __future__ import annotations
@@ -31,15 +22,13 @@ from ..config import ConfigError, load_profile
 from ..data import DataError, find_data_dir
 from ..models import WeightsUnavailable
 from ..paths import figures_dir, outputs_dir, project_root, results_dir
-from .html import write_html_report
 from .cli import _check_backbones
+from .html import write_html_report
 
 try:  # Slurm needs submitit, a dependency of the kit; a GPU machine with its own Python may lack it
     from .slurm import run_profile_on_slurm
 except ImportError:
     run_profile_on_slurm = None
-
-__all__ = ["NotebookJob", "plan_jobs", "run_chain", "kernel_arguments", "main", "RUNNING_DIR"]
 
 RUNNING_DIR = ".running"
 
@@ -52,13 +41,12 @@ class NotebookJob:
 
     @property
     def running(self) -> Path:
-        """Where the notebook is written while it executes."""
         return self.output.parent / RUNNING_DIR / self.output.name
 
     @property
     def label(self) -> str:
         b = self.parameters.get("backbone")
-        return f"{self.source.name}" + (f" [{b}]" if b else "")
+        return self.source.name + (f" [{b}]" if b else "")
 
 
 def plan_jobs(profile_name: str, data_dir: str | None, notebooks_dir: Path, out_dir: Path,
@@ -68,43 +56,31 @@ def plan_jobs(profile_name: str, data_dir: str | None, notebooks_dir: Path, out_
     params = {"profile": profile_name, "data_dir": str(data_dir) if data_dir else ""}
     jobs: list[NotebookJob] = []
     for nb in sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb")):
-        prefix = nb.name[:2]
-        if only and prefix not in only:
-            continue
-        if start and prefix < start:
+        if (only and nb.name[:2] not in only) or (start and nb.name[:2] < start):
             continue
         if nb.stem.startswith("04_training"):
-            for b in profile.backbones:
-                safe = b.replace("/", "_")
-                jobs.append(NotebookJob(nb, out_dir / f"{nb.stem}-{safe}.ipynb", {**params, "backbone": b}))
+            jobs += [NotebookJob(nb, out_dir / f"{nb.stem}-{b.replace('/', '_')}.ipynb", {**params, "backbone": b})
+                     for b in profile.backbones]
         else:
             jobs.append(NotebookJob(nb, out_dir / nb.name, dict(params)))
     return jobs
 
 
 def _cell_of(err: Exception) -> str:
-    idx = getattr(err, "cell_index", None)
-    count = getattr(err, "exec_count", None)
-    ename, evalue = getattr(err, "ename", type(err).__name__), getattr(err, "evalue", str(err))
+    idx, count = getattr(err, "cell_index", None), getattr(err, "exec_count", None)
     where = f"cell {idx}" if idx is not None else "a cell"
-    if count is not None:
-        where += f" (execution count {count})"
-    return f"{where}: {ename}: {evalue}"
+    where += f" (execution count {count})" if count is not None else ""
+    return f"{where}: {getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', str(err))}"
 
 
 def kernel_arguments(kernel_name: str) -> list[str]:
-    """Extra command-line arguments for the kernel that executes the notebooks.
-
-    An IPython kernel (ipykernel) logs a warning about its local TCP transport at every start, one per
-    notebook on the chain's console; its log level is raised to ERROR so that only real problems show.
-    Warnings raised by the notebooks' own code are unaffected (they go to the cell outputs). Any other
-    kernel, or a name no kernel spec has, gets no extra arguments.
+    """Extra kernel arguments: an ipykernel warns about its TCP transport at every start, so its log level is
+    raised to ERROR (the notebooks' own warnings go to the cell outputs).
 
     Example:
         >>> kernel_arguments("no-such-kernel")
         []
     """
-
     try:
         argv = KernelSpecManager().get_kernel_spec(kernel_name).argv
     except NoSuchKernel:
@@ -112,16 +88,10 @@ def kernel_arguments(kernel_name: str) -> list[str]:
     return ["--IPKernelApp.log_level=ERROR"] if any("ipykernel" in a for a in argv) else []
 
 
-def _notebook_kernel(path: Path) -> str:
-    """The kernel name a notebook's metadata asks for (papermill's choice when none is given)."""
-    return nbformat.read(path, as_version=4).metadata.get("kernelspec", {}).get("name", "python3")
-
-
 def run_chain(profile: str = "demo", data_dir: str | None = None, kernel: str | None = None,
               root: Path | None = None, only: list[str] | None = None, start: str | None = None,
               executor: str = "local") -> int:
     """Execute the chain; return 0 on success, 1 at the first failing notebook."""
-
     root = root or project_root()
     out_dir = outputs_dir() / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +115,7 @@ def run_chain(profile: str = "demo", data_dir: str | None = None, kernel: str | 
         t0 = time.perf_counter()
         print(f"[{i}/{len(jobs)}] {job.label} ...", flush=True)
         try:
-            name = kernel or _notebook_kernel(job.source)
+            name = kernel or nbformat.read(job.source, 4).metadata.get("kernelspec", {}).get("name", "python3")
             pm.execute_notebook(str(job.source), str(job.running), parameters=job.parameters,
                                 kernel_name=name, cwd=str(job.source.parent), progress_bar=False,
                                 log_output=True, stdout_file=None, extra_arguments=kernel_arguments(name))
@@ -172,7 +142,8 @@ def _slurm_grid(profile: str, data_dir: str | None) -> int:
     print(f"submitting the grid of profile {profile!r} to Slurm and waiting for it ...", flush=True)
     try:
         if run_profile_on_slurm is None:
-            raise ConfigError("--executor slurm needs submitit, which this Python lacks: pip install 'submitit>=1.5,<2'")
+            raise ConfigError("--executor slurm needs submitit, which this Python lacks: "
+                              "pip install 'submitit>=1.5,<2'")
         rc = run_profile_on_slurm(profile, data_dir)
     except (ConfigError, DataError, WeightsUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -180,11 +151,6 @@ def _slurm_grid(profile: str, data_dir: str | None) -> int:
     if rc != 0:
         print("the Slurm grid did not complete; the notebooks after it were not run", file=sys.stderr, flush=True)
     return rc
-
-
-def _from_caller(path: str) -> Path:
-    """A path the user typed, relative to the folder they typed it in (``run_all.sh`` does not change folder)."""
-    return Path(path).expanduser().resolve()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,16 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from", dest="start", default=None, metavar="NN", help="start at this notebook number")
     args = ap.parse_args(argv)
 
-    profile = args.profile
+    profile = args.profile  # paths are relative to the caller's folder (run_all.sh does not change folder)
     if Path(profile).suffix in (".yaml", ".yml"):  # a file: the notebooks run elsewhere, so pass it absolute
-        profile = str(_from_caller(profile))
+        profile = str(Path(profile).expanduser().resolve())
     try:  # refuse a bad profile before notebook 00 starts
         prof = load_profile(profile)
         _check_backbones(prof)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    data_dir = str(_from_caller(args.data_dir)) if args.data_dir else None
+    data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
     if data_dir and not Path(data_dir).is_dir():
         print(f"error: --data-dir {args.data_dir} does not exist ({data_dir})", file=sys.stderr)
         return 2
@@ -215,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         what = "the shipped sample (no full data found)" if loc.kind == "sample" else "HAM10000"
         print(f"[run_all] profile {prof.name}, data: {what} in {loc.path}", flush=True)
     except DataError:
-        print(f"[run_all] profile {prof.name}: no data found yet; notebook 00 downloads the official files", flush=True)
+        print(f"[run_all] profile {prof.name}: no data found yet; notebook 00 downloads the official files",
+              flush=True)
     return run_chain(profile, data_dir, args.kernel, only=args.only, start=args.start, executor=args.executor)
 
 

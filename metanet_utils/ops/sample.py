@@ -1,10 +1,4 @@
-"""Draw the kit's small sample ``data/sample/`` from the full HAM10000 (``metanet data sample --from DIR``).
-
-Example:
-    >>> from metanet_utils.ops.sample import write_sample                       # doctest: +SKIP
-    >>> len(write_sample("../shared/ham10000", "/tmp/sample"))                  # doctest: +SKIP
-    1095
-"""
+"""Draw the kit's small sample ``data/sample/`` from the full HAM10000 (``metanet data sample --from DIR``)."""
 
 from __future__ import annotations
 
@@ -23,15 +17,9 @@ SAMPLE_SIZE = (128, 96)  # width x height of the shipped sample's images (HAM100
 
 def write_sample(src: str | Path, dest: str | Path, *, n: int = 1000, min_per_class: int = 50, seed: int = 0,
                  size: tuple[int, int] = SAMPLE_SIZE, quality: int = 90) -> pd.DataFrame:
-    """Draw the kit's small sample from the full HAM10000 in ``src`` into ``dest`` (deterministic).
-
-    Whole lesions (every image of a chosen lesion), about ``n`` images with the data's class proportions and at
-    least ``min_per_class`` images per class; images resized to ``size`` (Lanczos) and saved as JPEG; the metadata
-    rows copied byte for byte from the official file, in its order; a README with the licence, attribution and
-    class counts; ``sample.json`` saying how it was drawn. The same ``src`` gives the same bytes.
-
-    Returns:
-        The sample's metadata rows (as :func:`load_metadata` reads them from ``src``).
+    """Draw the sample from the full HAM10000 in ``src`` into ``dest`` (the same ``src`` gives the same bytes):
+    whole lesions, about ``n`` images, at least ``min_per_class`` per class, the metadata rows byte for byte, a README
+    with licence and attribution, ``sample.json``. Returns the sample's rows as :func:`load_metadata` reads them.
     """
     src, dest = Path(src), Path(dest)
     df = load_metadata(src)

@@ -1,35 +1,7 @@
-"""The grid on a Slurm cluster through submitit: one job array, one task per run still to train.
+"""The grid on a Slurm cluster through submitit: one job array, one task per run still to train (docs/slurm.md).
 
-On the cluster's login node, in the project folder (on a filesystem the compute nodes share)::
-
-    python -m metanet_utils weights fetch --weights-dir /shared/weights   # compute nodes are offline
-    export METANET_WEIGHTS_DIR=/shared/weights                            # jobs inherit the environment
-    python -m metanet_utils grid --profile paper --executor slurm --partition gpu --workers 16 \\
-        --slurm-option time=720 cpus-per-task=8 mem=64G
-
-or ``./run_all.sh --profile paper --executor slurm`` with the same settings in ``$METANET_SLURM``
-(``export METANET_SLURM="partition=gpu workers=16 time=720 mem=64G"``; flags win over it).
-
-* Every run whose record is incomplete and whose lock is free goes into one job array, longest
-  first, at most ``workers`` jobs at once. A held lock means a job or worker is training that run:
-  the per-run lock is all the bookkeeping there is (no job table), so rerunning the command
-  submits exactly what is missing.
-* Each task trains its run (:class:`TrainJob`) into ``results/runs/<run_id>/``. Preempted or at its
-  time limit, submitit requeues it and it resumes from the run's checkpoint; cancelled or killed,
-  the checkpoint stays for the next submission.
-* The command waits for its jobs (submitit's ``job.result()``; job states come from ``sacct``) and
-  for runs trained elsewhere (their locks), prints a line per run and returns 0 when every record
-  is complete; ``--no-wait`` returns after submitting.
-  Logs: ``results/slurm/<job id>/``.
-
-Settings (flag, or key of ``$METANET_SLURM``): ``--partition`` (``partition``), ``--gpus-per-job``
-(``gpus``: default 1, 0 on a partition without GPUs), ``--workers`` (``workers``), ``--slurm-option
-KEY=VALUE`` (any other key): ``time`` in minutes (default 1440) and further sbatch options;
-``cluster=local`` runs the jobs as local processes (submitit's local executor, no Slurm needed).
-
-Example:
-    >>> slurm_settings("partition=gpu gpus=0 mem=64G", partition="cpu", options=["cpus-per-task=8"])
-    {'partition': 'cpu', 'gpus': 0, 'mem': '64G', 'cpus_per_task': '8'}
+The per-run lock is all the bookkeeping there is (no job table): rerunning the command submits exactly the runs
+neither complete nor locked. A preempted task is requeued by submitit and resumes from the run's checkpoint.
 """
 
 from __future__ import annotations
@@ -39,7 +11,6 @@ import io
 import os
 import shutil
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -50,30 +21,29 @@ from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from ..config import ConfigError, Profile, RunConfig, load_profile
 from ..dataset import profile_dataset
-from ..runs import enumerate_runs, filter_runs, status_table
-from .weights import ensure_weights
 from ..paths import results_dir, runs_dir as default_runs_dir
+from ..runs import enumerate_runs, filter_runs, status_table
 from ..train import is_complete, record_dir, train_run
 from .grid import estimated_cost, parse_only
 from .locks import RunBusy, run_lock
+from .weights import ensure_weights
 
 DEFAULT_TIME_MIN = 24 * 60
-#: Times a run may reach its time limit and be requeued (each requeue resumes from its checkpoint).
-MAX_REQUEUES = 20
-#: Seconds between two looks at the jobs while waiting.
-POLL_S = 3.0
+MAX_REQUEUES = 20  # times a run may reach its time limit and be requeued
+POLL_S = 3.0  # seconds between two looks at the jobs
 _ALIVE = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "COMPLETING")
 
 
-class SlurmError(RuntimeError):
+class SlurmError(ConfigError):
     """The cluster refused the submission; the message says why and how to fix it."""
 
 
 def slurm_settings(env: str | None = None, options: Iterable[str] | None = None, **flags: Any) -> dict[str, Any]:
     """Job settings: ``$METANET_SLURM`` (or ``env``), then ``options`` (``KEY=VALUE`` words), then non-None flags.
 
-    Keys are sbatch's long options (``-`` or ``_``); a word without ``=`` is a flag (True).
-    ``gpus``, ``workers`` and ``time`` are whole numbers.
+    Example:
+        >>> slurm_settings("partition=gpu gpus=0 mem=64G", partition="cpu", options=["cpus-per-task=8"])
+        {'partition': 'cpu', 'gpus': 0, 'mem': '64G', 'cpus_per_task': '8'}
     """
     text = os.environ.get("METANET_SLURM", "") if env is None else env
     out: dict[str, Any] = {}
@@ -96,7 +66,7 @@ def slurm_settings(env: str | None = None, options: Iterable[str] | None = None,
 
 
 def make_executor(settings: dict[str, Any], folder: Path, name: str) -> submitit.AutoExecutor:
-    """A submitit executor for the job array (see the module docstring for the settings)."""
+    """A submitit executor for the job array (settings: docs/slurm.md)."""
     s = dict(settings)
     cluster = s.pop("cluster", "slurm")
     if cluster == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
@@ -113,11 +83,8 @@ def make_executor(settings: dict[str, Any], folder: Path, name: str) -> submitit
 
 
 class TrainJob(submitit.helpers.Checkpointable):
-    """What every array task runs: train one run, resuming from its checkpoint.
-
-    Checkpointable: on preemption or at the time limit submitit calls ``checkpoint``, which
-    resubmits this same call; the run then resumes from the checkpoint its last epoch wrote.
-    """
+    """What every array task runs: train one run. Preempted or timed out, submitit resubmits this same call
+    (``Checkpointable``), and the run resumes from its last epoch's checkpoint."""
 
     def __init__(self, profile: Profile, data_dir: str | None, runs_dir: str, device: str | None = None,
                  weights_dir: str | None = None) -> None:
@@ -158,11 +125,8 @@ def _state(job: submitit.Job) -> str:
 
 
 def _outcome(job: submitit.Job | None, run_id: str, runs_dir: Path) -> tuple[str, bool] | None:
-    """The report line of a run whose job ended, and whether its record is complete.
-
-    ``job`` None: the run was being trained elsewhere (its lock held), and is no more. Returns None
-    when the job found another job training the run: then that one is waited for.
-    """
+    """The report line of a run whose job (None: a trainer elsewhere) ended, and whether its record is complete;
+    None when the job found another job training the run."""
     if job is None:
         if is_complete(record_dir(run_id, runs_dir)):
             return "done (trained elsewhere)", True
@@ -224,14 +188,8 @@ def _submit(executor: submitit.AutoExecutor, job: TrainJob, runs: list[RunConfig
 def submit_grid(profile: Profile, data_dir: str | Path | None = None, *, only: dict | None = None,
                 settings: dict[str, Any] | None = None, wait: bool = True, device: str | None = None,
                 weights_dir: str | Path | None = None) -> int:
-    """Submit the profile's runs that are neither complete nor being trained, as one job array; wait.
-
-    Returns:
-        0 when every run is complete (or, with ``wait=False``, submitted); 1 when a run failed or ended early.
-
-    Raises:
-        SlurmError: the cluster refused the array (nothing was submitted).
-    """
+    """Submit the profile's runs neither complete nor being trained as one job array, and wait; 0 when every run is
+    complete (or, ``wait=False``, submitted), 1 when a run failed or ended early."""
     settings = slurm_settings() if settings is None else settings
     runs_dir = default_runs_dir().resolve()
     data_arg = str(Path(data_dir).resolve()) if data_dir else None
@@ -262,7 +220,7 @@ def submit_grid(profile: Profile, data_dir: str | Path | None = None, *, only: d
 
 
 def run_grid_slurm(profile: Profile, args: Any) -> int:
-    """``python -m metanet_utils grid --executor slurm ...``: 0 all complete, 1 a run not, 2 refused."""
+    """``python -m metanet_utils grid --executor slurm ...``: 0 all complete, 1 a run not (refused: SlurmError)."""
     only = parse_only(args.only)
     if args.list:
         ds = profile_dataset(profile, args.data_dir)
@@ -272,18 +230,10 @@ def run_grid_slurm(profile: Profile, args: Any) -> int:
         return 0
     settings = slurm_settings(options=args.slurm_option, partition=args.partition, gpus=args.gpus_per_job,
                               workers=args.workers)
-    try:
-        return submit_grid(profile, args.data_dir, only=only, settings=settings, wait=not args.no_wait,
-                           device=args.device, weights_dir=args.weights_dir)
-    except SlurmError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return submit_grid(profile, args.data_dir, only=only, settings=settings, wait=not args.no_wait,
+                       device=args.device, weights_dir=args.weights_dir)
 
 
 def run_profile_on_slurm(profile_name: str, data_dir: str | None) -> int:
     """``./run_all.sh --executor slurm``: train every missing run of a profile on Slurm and wait."""
-    try:
-        return submit_grid(load_profile(profile_name), data_dir)
-    except SlurmError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return submit_grid(load_profile(profile_name), data_dir)

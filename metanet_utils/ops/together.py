@@ -1,22 +1,7 @@
 """Several runs trained at once in one process (opt-in: ``runs_together: K`` or ``grid --together K``).
 
-At the paper's batch of 32 one run may leave a large GPU partly idle; folds or variants trained
-together can fill it (their kernels overlap, one CUDA stream per run) and share one copy of the image
-cache in device memory. Each run keeps everything of its own: model, optimizer, schedule, shuffle and
-augmentation streams, checkpoint, record. The default is one run at a time (``runs_together: 1``) until a
-dated GPU record in ``bench/results/`` shows runs trained together correct and faster
-(``bench/throughput.py --together K`` measures them).
-
-Built on the public pieces of :mod:`metanet_utils.train` (:class:`~metanet_utils.train.Run` and its epoch
-generator) and the run lock of :mod:`.locks`; nothing builds on it but the grid.
-
-Example:
-    >>> from metanet_utils.dataset import open_dataset                                  # doctest: +SKIP
-    >>> ds = open_dataset("../shared/ham10000", max_images=300)                          # doctest: +SKIP
-    >>> cfgs = [RunConfig(backbone="test_resnet", n_folds=2, fold=f, epochs=1, image_size=64, crop_size=56,
-    ...                   pretrained=False, data_fingerprint=ds.fingerprint) for f in (0, 1)]   # doctest: +SKIP
-    >>> sorted(m["mcr"] > 0 for m in train_runs_together(cfgs, ds).values())            # doctest: +SKIP
-    [True, True]
+At batch 32 one run may leave a large GPU partly idle; runs trained together fill it (one CUDA stream each) and
+share one copy of the image cache. Opt-in until a dated GPU record in ``bench/results/`` shows it correct and faster.
 """
 
 from __future__ import annotations
@@ -29,16 +14,13 @@ import torch
 
 from ..config import RunConfig
 from ..paths import runs_dir as default_runs_dir
-from .step import graph_step
 from ..train import Run, is_complete, iter_train_epoch, pick_device, read_metrics
 from .locks import run_lock
-
-__all__ = ["train_runs_together", "EpochIter", "run_interleaved"]
+from .step import graph_step
 
 
 class EpochIter:
-    """One epoch of one run (an :func:`~metanet_utils.train.iter_train_epoch` generator), advanced a batch at a
-    time, its device work queued on ``stream`` (a CUDA stream of its own; None: the current one)."""
+    """One epoch of one run (an ``iter_train_epoch`` generator), a batch at a time on ``stream`` (None: current)."""
 
     def __init__(self, gen: Iterator[int], stream: torch.cuda.Stream | None = None) -> None:
         self.gen, self.stream, self.result, self.error = gen, stream, None, None
@@ -57,8 +39,8 @@ class EpochIter:
 
 
 def run_interleaved(epochs: list[EpochIter], device: torch.device) -> None:
-    """Run several epochs to their end, one batch of each in turn. Each run's stream first waits for what the
-    current stream queued (uploads, evaluations), and the current stream then waits for all of them."""
+    """Run several epochs to their end, one batch of each in turn, their streams ordered after the current one's
+    work (uploads, evaluations) and before what comes next."""
     cur = torch.cuda.current_stream(device) if device.type == "cuda" else None
     for it in epochs:
         if it.stream is not None:
@@ -74,14 +56,9 @@ def run_interleaved(epochs: list[EpochIter], device: torch.device) -> None:
 def train_runs_together(cfgs: list[RunConfig], dataset, runs_dir: str | Path | None = None,
                         device: str | None = None, progress: bool = True,
                         weights_dir: str | Path | None = None) -> dict[str, dict[str, Any] | BaseException]:
-    """Train several runs at once in this process, one batch of each in turn, one CUDA stream each.
-
-    A run's numbers are those of the run trained alone, except where a model draws from the global
-    random generator (dropout: AlexNet and VGG), whose draws now interleave; a deterministic run is
-    therefore trained alone. ``cuda_graphs: on`` runs replay their steps from CUDA graphs.
-
-    Returns run_id -> ``metrics.json`` content, or the exception that stopped that run
-    (:class:`~metanet_utils.ops.locks.RunBusy` where another worker holds it). Complete runs are read back.
+    """Train several runs at once, one batch of each in turn; return run_id -> ``metrics.json`` content, or the
+    exception that stopped that run. The numbers are those of each run alone, except for draws from the global
+    random generator (dropout: AlexNet, VGG), which interleave: a deterministic run is trained alone.
     """
     runs_dir, dev = Path(runs_dir or default_runs_dir()), pick_device(device)
     out: dict[str, dict[str, Any] | BaseException] = {}
@@ -97,8 +74,8 @@ def train_runs_together(cfgs: list[RunConfig], dataset, runs_dir: str | Path | N
                                                  dev, r.amp_dtype, r.channels_last, r.step), streams[r])
                    for r in active}
             run_interleaved(list(its.values()), dev)
-            for r, it in its.items():  # evaluations once every epoch has ended: one between the others' last
-                try:                   # batches would stall them and count in their epoch times
+            for r, it in its.items():  # evaluate once every epoch has ended, not between the others' batches
+                try:
                     if it.error is not None:
                         raise it.error
                     r.end_epoch(it.result)
@@ -116,7 +93,7 @@ def train_runs_together(cfgs: list[RunConfig], dataset, runs_dir: str | Path | N
 
 def _open_runs(cfgs: list[RunConfig], dataset, runs_dir: Path, dev: torch.device, progress: bool, weights_dir,
                out: dict, locks: contextlib.ExitStack) -> list[Run]:
-    """Lock and open every run not complete yet (one image cache shared by all); what stops a run goes to ``out``."""
+    """Lock and open every run not complete yet, sharing one image cache; what stops a run goes to ``out``."""
     runs: list[Run] = []
     shared: dict[tuple, torch.Tensor] = {}
     for cfg in {c.run_id: c for c in cfgs}.values():  # each run once, in order

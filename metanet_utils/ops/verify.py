@@ -1,9 +1,7 @@
 """``python -m metanet_utils data verify``: every problem of a data folder at once, and its class counts.
 
-Unlike :func:`metanet_utils.data.load_metadata`, which stops at the first problem, the report lists them all: a
-metadata error, images missing on disk, files without a metadata row (ignored), broken images (every file is
-decoded), and grayscale or CMYK JPEGs (converted to RGB in the image cache). ``ok`` is False when training would
-fail; the command then exits 1.
+Unlike :func:`metanet_utils.data.load_metadata`, which stops at the first problem, the report lists them all (bad
+metadata, missing, extra, broken, grayscale or CMYK images); ``ok`` is False when training would fail (exit 1).
 
 Example:
     >>> from metanet_utils import paths
@@ -26,7 +24,6 @@ from tqdm.auto import tqdm
 from ..constants import DATA_CLASS_COUNTS, N_IMAGES, N_LESIONS, PAPER_CLASS_COUNTS, PAPER_ORDER
 from ..data import METADATA_FILE, SAMPLE_MARKER, DataError, check_image, find_images, groundtruth_file, load_metadata
 
-#: Colour modes the image cache converts to RGB (``read_rgb``), with a NOTE here.
 CONVERTED_MODES = {"L": "grayscale", "CMYK": "CMYK"}
 
 
@@ -43,7 +40,7 @@ class VerifyReport:
     bad_images: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    sample: bool = False  # the kit's shipped sample: its counts are its own, not the official ones
+    sample: bool = False  # the kit's shipped sample: its counts are its own
 
     @property
     def ok(self) -> bool:
@@ -77,9 +74,9 @@ def _some(names: list[str], n: int = 20) -> str:
     return ", ".join(names[:n]) + (" ..." if len(names) > n else "")
 
 
-def verify(data_dir: str | Path, *, decode: bool = True, workers: int | None = None,
-           progress: bool = True) -> VerifyReport:
-    """Check a data folder: the metadata rules, counts against the paper's, and (``decode``) every image file."""
+def verify(data_dir: str | Path, *, decode: bool = True, progress: bool = True) -> VerifyReport:
+    """Check a data folder: the metadata rules, counts against the paper's, and (``decode``, in threads) every
+    image file."""
     data_dir = Path(data_dir)
     report = VerifyReport(data_dir=data_dir, sample=(data_dir / SAMPLE_MARKER).is_file())
     on_disk = find_images(data_dir)
@@ -105,7 +102,17 @@ def verify(data_dir: str | Path, *, decode: bool = True, workers: int | None = N
         report.files_without_metadata = sorted(set(on_disk) - set(df["image_id"]))
         files = list(df["path"].dropna())
     if decode:
-        _decode_into(report, [Path(p) for p in files], workers, progress)
+        paths, converted = [Path(p) for p in files], {}
+        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as ex:
+            results = tqdm(ex.map(_inspect, paths), total=len(paths), desc="decoding images", unit="img",
+                           mininterval=1.0, disable=not progress)
+            for path, (why, mode) in zip(paths, results):
+                if why:
+                    report.bad_images[path.name] = why
+                elif mode in CONVERTED_MODES:
+                    converted.setdefault(mode, []).append(path.name)
+        report.notes += [f"{len(names)} {CONVERTED_MODES[mode]} image(s) will be converted to RGB: {_some(names)}"
+                         for mode, names in converted.items()]
     return report
 
 
@@ -130,17 +137,3 @@ def _inspect(path: Path) -> tuple[str | None, str | None]:
     with Image.open(path) as im:
         return None, im.mode
 
-
-def _decode_into(report: VerifyReport, files: list[Path], workers: int | None, progress: bool) -> None:
-    """Decode every image in parallel: broken ones into ``report.bad_images``, converted ones into its notes."""
-    converted: dict[str, list[str]] = {}
-    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) * 2)) as ex:
-        results = tqdm(ex.map(_inspect, files), total=len(files), desc="decoding images", unit="img",
-                       mininterval=1.0, disable=not progress)
-        for path, (why, mode) in zip(files, results):
-            if why:
-                report.bad_images[path.name] = why
-            elif mode in CONVERTED_MODES:
-                converted.setdefault(mode, []).append(path.name)
-    report.notes += [f"{len(names)} {CONVERTED_MODES[mode]} image(s) will be converted to RGB: {_some(names)}"
-                     for mode, names in converted.items()]

@@ -1,8 +1,7 @@
 """Pretrained weights for machines without internet: ``python -m metanet_utils weights fetch --weights-dir DIR``.
 
-timm (torchvision for AlexNet) downloads into DIR as into its own cache: the Hugging Face hub layout
-(``models--timm--<name>/``) or a release URL's file. ``build_backbone(weights_dir=DIR)`` (or
-``$METANET_WEIGHTS_DIR``) then reads DIR; copy it with ``cp -r`` or ``rsync -a`` (the hub layout holds symlinks).
+timm (torchvision for AlexNet) downloads into DIR as into its own cache (the Hugging Face hub layout, which holds
+symlinks: copy it with ``cp -r`` or ``rsync -a``); ``build_backbone(weights_dir=DIR)`` then reads it.
 """
 
 from __future__ import annotations
@@ -19,8 +18,8 @@ from ..models import WeightsUnavailable, build_backbone, resolve_backbone
 
 
 def fetch_weights(weights_dir: str | os.PathLike, backbones: Iterable[str] = tuple(BACKBONES)) -> None:
-    """Download the backbones' pretrained weights into a folder; what is there already is kept, and every file is
-    read back offline, so that a broken download shows here."""
+    """Download the backbones' pretrained weights into a folder (what is there is kept); each is read back offline,
+    so that a broken download shows here."""
     weights_dir = Path(weights_dir).expanduser()
     for backbone in backbones:
         try:
