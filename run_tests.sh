@@ -8,13 +8,17 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/ensure_env.sh
 marker=(-m "")
-# one worker per core, each taking a whole test file at a time (a file's fixtures are set up once); -n 0 turns it off
-parallel=(-n "$(getconf _NPROCESSORS_ONLN)" --dist loadfile)
+# one worker per core, each taking a whole test file at a time (its fixtures are set up once), the slowest files
+# first (tests/conftest.py); -n 0 runs every test in this process
+parallel=(-n "$(getconf _NPROCESSORS_ONLN)" --dist loadfile --no-loadscope-reorder)
 case "${1:-}" in
   --fast) shift; marker=() ;;
   --gpu) shift; marker=(-m "gpu"); parallel=() ;;  # one process: the GPU tests measure speed
   --all) shift ;;  # the default since every test runs by default; kept for old habits
 esac
-"$PY" -c "import xdist" 2>/dev/null || { echo "[tests] pytest-xdist missing: one process (pip install -e '.[dev]')"; parallel=(); }
+if ! "$PY" -c "import xdist" 2>/dev/null; then
+  echo "[tests] pytest-xdist is missing: the tests run in one process (pip install -e '.[dev]' runs them in parallel)"
+  parallel=()
+fi
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 exec "$PY" -m pytest "${marker[@]}" "${parallel[@]}" "$@"

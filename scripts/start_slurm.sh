@@ -92,7 +92,7 @@ chmod 0600 "$STATE_DIR/slurmdbd.conf"
 
 # ---------------------------------------------------------------- 3. slurm.conf, slurmctld, slurmd
 HOST="$(hostname -s)"
-CPUS="$(nproc)"
+CPUS="$(getconf _NPROCESSORS_ONLN)"  # not nproc: it counts OMP_NUM_THREADS
 MEM_MB="$(free -m | awk '/^Mem:/ {print int($2 * 0.9)}')"
 cat >"$STATE_DIR/slurm.conf" <<EOF
 # single-node test cluster written by scripts/start_slurm.sh

@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
-from conftest import KERNEL, ensure_kernel  # noqa: F401
+from conftest import ensure_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
