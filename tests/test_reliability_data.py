@@ -77,19 +77,30 @@ def cli_env(root: Path) -> dict:
 # --------------------------------------------------------------------------- verify
 
 
-def test_verify_cli_exit_codes(real_data_dir, tmp_path):
-    """0 for a good folder (and for notes only), 1 for a broken file or bad metadata, 2 for no folder."""
+def test_verify_cli_exit_codes(real_data_dir, tmp_path, monkeypatch, capsys):
+    """0 for a good folder (and for notes only), 1 for a broken file or bad metadata, 2 for no folder: one process
+    per exit code, the other cases through the same ``main`` in this process."""
+    from metanet_utils.ops.cli import main
+
     def verify_cli(d):
         return subprocess.run([sys.executable, "-m", "metanet_utils", "data", "verify", "--data-dir", str(d)],
                               capture_output=True, text=True, env=cli_env(tmp_path / "root"), timeout=120)
 
+    def verify_here(d):
+        rc = main(["data", "verify", "--data-dir", str(d)])
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess([], rc, out.out, out.err)
+
+    for k, v in cli_env(tmp_path / "root").items():
+        if k.startswith("METANET_"):
+            monkeypatch.setenv(k, v)
     good = good_copy(real_data_dir, tmp_path / "good")
     out = verify_cli(good)
     assert out.returncode == 0 and out.stdout.rstrip().endswith("OK"), out.stdout + out.stderr
     for name, rc in [("truncated_jpeg", 1), ("unknown_site", 1), ("missing_image", 1), ("grayscale_jpeg", 0),
                      ("image_without_metadata", 0)]:
         d, expect, _ = make_case(real_data_dir, tmp_path / name, name)
-        out = verify_cli(d)
+        out = (verify_cli if name == "truncated_jpeg" else verify_here)(d)
         assert out.returncode == rc, (name, out.stdout, out.stderr)
         assert all(e in out.stdout for e in expect), (name, expect, out.stdout)
         assert out.stdout.rstrip().endswith("OK" if rc == 0 else "FAILED: fix the problems above")
