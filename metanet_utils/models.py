@@ -226,8 +226,10 @@ def _create(model: str, pretrained: bool, folder: Path | None) -> nn.Module:
             net.load_state_dict(AlexNet_Weights.IMAGENET1K_V1.get_state_dict(model_dir=folder, check_hash=True,
                                                                          weights_only=True))
         return net
+    if not pretrained:  # no classifier at all: one built and dropped would draw from the RNG and change the init
+        return timm.create_model(model, num_classes=0)
     hub_id, kw = get_pretrained_cfg(model).hf_hub_id, {}
-    if pretrained and folder and hub_id:  # read the folder's hub cache offline: no hub retries on a node
+    if folder and hub_id:  # read the folder's hub cache offline: no hub retries on a node
         repo, _, revision = hub_id.partition("@")
         hits = [huggingface_hub.try_to_load_from_cache(repo, name, cache_dir=folder, revision=revision or None)
                 for name in ("model.safetensors", "pytorch_model.bin")]
@@ -235,6 +237,6 @@ def _create(model: str, pretrained: bool, folder: Path | None) -> nn.Module:
         if file is None:
             raise FileNotFoundError(f"no {folder / ('models--' + repo.replace('/', '--'))}")
         kw = {"pretrained_cfg_overlay": {"file": file}}
-    net = timm.create_model(model, pretrained=pretrained, cache_dir=folder, **kw)
+    net = timm.create_model(model, pretrained=True, cache_dir=folder, **kw)
     net.reset_classifier(0)
     return net

@@ -441,3 +441,14 @@ def test_cli_weights_fetch_fills_the_folder(tmp_path, fake_downloads, capsys):
     wd = tmp_path / "w"
     assert main(["weights", "fetch", "--weights-dir", str(wd), "--backbones", TINY]) == 0
     assert fake_downloads == [(TINY_HUB, "model.safetensors")] and "METANET_WEIGHTS_DIR" in capsys.readouterr().out
+
+
+def test_random_backbone_draws_the_same_weights_as_timm_without_a_classifier():
+    """A run's weights depend only on its seed: a random backbone is timm's model built without a classifier (one
+    built and dropped would draw from the RNG and change every weight after it, and so an old record's numbers)."""
+    torch.manual_seed(0)
+    ours = build_model("test_resnet", "metanet", meta_dim=17, meta_layers=2, pretrained=False)
+    torch.manual_seed(0)
+    ref = timm.create_model("test_resnet", num_classes=0)
+    for (name, a), b in zip(ours.backbone.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(a, b), name
