@@ -39,10 +39,17 @@ def fetch_weights(weights_dir: str | os.PathLike, backbones: Iterable[str] = tup
         build_backbone(backbone, pretrained=True, weights_dir=weights_dir)
 
 
+_LOADED: set[tuple[str, str | None]] = set()  # (backbone, folder) loaded in this process: `grid` checks, then run_grid
+
+
 def ensure_weights(backbones: Iterable[str], weights_dir: str | os.PathLike | None = None,
                    progress: bool = True) -> None:
     """Load every backbone's pretrained weights once, so that a grid without them stops before any work."""
+    folder = weights_dir or os.environ.get("METANET_WEIGHTS_DIR")
     for backbone in dict.fromkeys(backbones):
+        if (backbone, str(folder) if folder else None) in _LOADED:
+            continue
         if progress:
             print(f"pretrained weights of {backbone}: checking", flush=True)
         build_backbone(backbone, pretrained=True, weights_dir=weights_dir)
+        _LOADED.add((backbone, str(folder) if folder else None))
